@@ -1,0 +1,82 @@
+// kvbridge generate: local generation with a model file, printing tokens as they come.
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "client/commands.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "kernels/registry.h"
+
+namespace kvb::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, device = "cpu";
+  int32_t n = 128, threads = 0, ctx = 0;
+  float temp = 0.0f, top_p = 1.0f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  bool stats = false;
+};
+
+void run_generate(const GenerateArgs& a) {
+  auto model = load_model(a.model, LoadOptions{a.tokenizer});
+  exit_on_error(model.status());
+  const Model& m = **model;
+  if (!m.tokenizer) {
+    exit_on_error(invalid_argument(fmt::format("{} has no tokenizer; pass --tokenizer", a.model)));
+  }
+  auto device = find_device(a.device);
+  exit_on_error(device.status());
+  auto backend = (*device)->create_backend();
+  exit_on_error(backend.status());
+  if (a.threads > 0) (*backend)->set_n_threads(a.threads);
+  auto runner = ModelRunner::create(m, **backend);
+  exit_on_error(runner.status());
+  auto cache = (*runner)->new_cache(a.ctx);
+  exit_on_error(cache.status());
+
+  const std::vector<int32_t> prompt = m.tokenizer->encode(a.prompt);
+  GenerateParams p;
+  p.sampling = SamplingParams{a.temp, a.top_k, a.top_p, a.seed};
+  p.max_tokens = a.n;
+  std::fputs(a.prompt.c_str(), stdout);
+  int32_t prev = prompt.empty() ? -1 : prompt.back();
+  auto r = generate(**runner, **cache, prompt, p, [&](int32_t id) {
+    std::fputs(m.tokenizer->decode_token(id, prev).c_str(), stdout);
+    std::fflush(stdout);
+    prev = id;
+    return true;
+  });
+  std::fputc('\n', stdout);
+  exit_on_error(r.status());
+  if (a.stats) {
+    const double decode_tps = r->tokens.size() > 1 ? double(r->tokens.size() - 1) / r->decode_s : 0.0;
+    std::fprintf(stderr, "prompt %d tokens in %.1f ms (%.1f tok/s), generated %zu tokens, decode %.1f tok/s\n",
+                 r->n_prompt, r->prefill_s * 1e3, r->n_prompt / r->prefill_s, r->tokens.size(), decode_tps);
+  }
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* c = app.add_subcommand("generate", "Generate text from a prompt with a local model");
+  c->add_option("-m,--model", a->model, "Model file (GGUF or llama2.c .bin)")->required();
+  c->add_option("--tokenizer", a->tokenizer, "Tokenizer file for formats that keep it apart (llama2.c tokenizer.bin)");
+  c->add_option("-p,--prompt", a->prompt, "Prompt text")->required();
+  c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
+  c->add_option("--temp", a->temp, "Sampling temperature (0 = greedy)")->check(CLI::Range(0.0f, 100.0f));
+  c->add_option("--top-k", a->top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 22));
+  c->add_option("--top-p", a->top_p, "Top-p nucleus mass")->check(CLI::Range(0.0f, 1.0f));
+  c->add_option("--seed", a->seed, "RNG seed");
+  c->add_option("-t,--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 1024));
+  c->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (default: the model's)")->check(CLI::Range(0, 1 << 24));
+  c->add_option("--device", a->device, "cpu or cuda:N");
+  c->add_flag("--stats", a->stats, "Print timing to stderr");
+  c->callback([a] { run_generate(*a); });
+}
+
+}  // namespace kvb::cli

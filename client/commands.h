@@ -1,0 +1,27 @@
+// The `kvbridge` CLI: each subcommand registers itself on the app and runs through its callback.
+//
+// A subcommand's callback returns the process exit code through CliExit (thrown only inside the
+// CLI, caught in main): 0 success, 1 runtime error (message printed), 2 usage error (CLI11).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "kernels/status.h"
+
+namespace kvb::cli {
+
+struct CliExit {
+  int code;
+};
+
+// Prints "kvbridge: <status>" to stderr and exits with 1 when the status is not OK.
+void exit_on_error(const Status& s);
+
+void register_generate(CLI::App& app);  // client/cmd_generate.cpp
+void register_tokenize(CLI::App& app);  // client/cmd_tokenize.cpp
+void register_info(CLI::App& app);      // client/cmd_info.cpp
+void register_convert(CLI::App& app);   // client/cmd_convert.cpp
+void register_synth(CLI::App& app);     // client/cmd_synth.cpp
+
+}  // namespace kvb::cli

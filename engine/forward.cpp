@@ -1,0 +1,282 @@
+#include "engine/forward.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace kvb {
+
+namespace {
+
+struct LayerOnDevice {
+  std::unique_ptr<Weight> wq, wk, wv, wo, w_gate, w_up, w_down;
+  Tensor attn_norm, ffn_norm;  // f32 [n_embd], device memory
+};
+
+// Times a region into one OpProfile bucket when profiling is on.
+class OpTimer {
+ public:
+  OpTimer(Backend& b, double* bucket) : backend_(b), bucket_(bucket) {
+    if (bucket_) start_ = std::chrono::steady_clock::now();
+  }
+  ~OpTimer() {
+    if (!bucket_) return;
+    (void)backend_.synchronize();
+    *bucket_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  Backend& backend_;
+  double* bucket_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+struct ModelRunner::Impl {
+  std::vector<LayerOnDevice> layers;
+  std::unique_ptr<Weight> output;
+  Tensor tok_embd, output_norm;  // device memory
+  std::vector<std::unique_ptr<Buffer>> buffers;
+
+  // Scratch, sized for n_batch tokens: activations are f32, rows are tokens.
+  Tensor x, xb, q, k_new, v_new, att, hb, hb2, tokens, pos;  // [n_batch][...]
+  Tensor logits;                                             // [n_logit_rows][n_vocab]
+  int32_t n_logit_rows = 0;
+};
+
+ModelRunner::ModelRunner(const Model& model, Backend& backend, const RunnerOptions& opt)
+    : model_(model), backend_(backend), opt_(opt), impl_(std::make_unique<Impl>()) {}
+
+ModelRunner::~ModelRunner() = default;
+
+Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const Model& model, Backend& backend,
+                                                         const RunnerOptions& opt) {
+  if (opt.n_batch <= 0) return invalid_argument("n_batch must be > 0");
+  std::unique_ptr<ModelRunner> r(new ModelRunner(model, backend, opt));
+  Impl& im = *r->impl_;
+  const ModelConfig& c = model.config;
+  const BufferType& bt = backend.device().buffer_type();
+
+  // Host tensors the device reads directly (norms, embedding table): zero-copy on a host backend.
+  auto to_device = [&](const Tensor& host) -> Result<Tensor> {
+    if (bt.is_host()) return host;
+    KVB_ASSIGN_OR_RETURN(auto buf, bt.alloc(host.nbytes()));
+    KVB_RETURN_IF_ERROR(buf->set(0, host.data, host.nbytes()));
+    Tensor t = host;
+    t.data = buf->data();
+    im.buffers.push_back(std::move(buf));
+    return t;
+  };
+  auto upload = [&](const Tensor& w, const char* what, int32_t layer) -> Result<std::unique_ptr<Weight>> {
+    auto up = backend.upload_weight(w);
+    if (!up.ok()) return up.status().with_context(fmt::format("uploading layer {} {}", layer, what));
+    return up;
+  };
+
+  im.layers.resize(size_t(c.n_layer));
+  for (int32_t i = 0; i < c.n_layer; ++i) {
+    const LlamaLayerWeights& lw = model.weights.layers[size_t(i)];
+    LayerOnDevice& l = im.layers[size_t(i)];
+    KVB_ASSIGN_OR_RETURN(l.wq, upload(lw.wq, "wq", i));
+    KVB_ASSIGN_OR_RETURN(l.wk, upload(lw.wk, "wk", i));
+    KVB_ASSIGN_OR_RETURN(l.wv, upload(lw.wv, "wv", i));
+    KVB_ASSIGN_OR_RETURN(l.wo, upload(lw.wo, "wo", i));
+    KVB_ASSIGN_OR_RETURN(l.w_gate, upload(lw.w_gate, "ffn_gate", i));
+    KVB_ASSIGN_OR_RETURN(l.w_up, upload(lw.w_up, "ffn_up", i));
+    KVB_ASSIGN_OR_RETURN(l.w_down, upload(lw.w_down, "ffn_down", i));
+    KVB_ASSIGN_OR_RETURN(l.attn_norm, to_device(lw.attn_norm));
+    KVB_ASSIGN_OR_RETURN(l.ffn_norm, to_device(lw.ffn_norm));
+  }
+  KVB_ASSIGN_OR_RETURN(im.output, upload(model.weights.output, "output", -1));
+  KVB_ASSIGN_OR_RETURN(im.tok_embd, to_device(model.weights.tok_embd));
+  KVB_ASSIGN_OR_RETURN(im.output_norm, to_device(model.weights.output_norm));
+
+  // One scratch buffer carved into the per-ubatch activations.
+  const int64_t nb = opt.n_batch;
+  const int64_t widths[] = {c.n_embd, c.n_embd, c.n_embd_q(), c.n_embd_kv(), c.n_embd_kv(),
+                            c.n_embd_q(), c.n_ff, c.n_ff};
+  size_t total = 2 * size_t(nb) * 4;  // tokens and positions
+  for (int64_t wdt : widths) total += size_t(nb * wdt) * 4 + 64;
+  KVB_ASSIGN_OR_RETURN(auto scratch, bt.alloc(total));
+  char* p = static_cast<char*>(scratch->data());
+  auto carve = [&p](DType t, int64_t rows, int64_t cols) {
+    Tensor x = Tensor::make(t, p, {rows, cols});
+    p += (x.nbytes() + 63) / 64 * 64;
+    return x;
+  };
+  im.x = carve(DType::kF32, nb, c.n_embd);
+  im.xb = carve(DType::kF32, nb, c.n_embd);
+  im.q = carve(DType::kF32, nb, c.n_embd_q());
+  im.k_new = carve(DType::kF32, nb, c.n_embd_kv());
+  im.v_new = carve(DType::kF32, nb, c.n_embd_kv());
+  im.att = carve(DType::kF32, nb, c.n_embd_q());
+  im.hb = carve(DType::kF32, nb, c.n_ff);
+  im.hb2 = carve(DType::kF32, nb, c.n_ff);
+  im.tokens = carve(DType::kI32, 1, nb);
+  im.pos = carve(DType::kI32, 1, nb);
+  im.tokens = Tensor::make(DType::kI32, im.tokens.data, {nb});
+  im.pos = Tensor::make(DType::kI32, im.pos.data, {nb});
+  im.buffers.push_back(std::move(scratch));
+  return r;
+}
+
+KvLayout ModelRunner::kv_layout(DType dtype) const {
+  const ModelConfig& c = model_.config;
+  return KvLayout{c.n_layer, c.n_head_kv, c.head_dim, dtype};
+}
+
+Result<std::unique_ptr<KvCache>> ModelRunner::new_cache(int32_t n_ctx, DType dtype) const {
+  return KvCache::create(backend_.device().buffer_type(), kv_layout(dtype),
+                         n_ctx > 0 ? n_ctx : model_.config.n_ctx_train);
+}
+
+Status ModelRunner::forward(KvCache& cache, std::span<const int32_t> tokens, std::span<float> logits,
+                            bool all_logits) {
+  const ModelConfig& c = model_.config;
+  if (tokens.empty()) return invalid_argument("forward: no tokens");
+  if (cache.layout() != kv_layout(cache.layout().dtype)) {
+    return invalid_argument("forward: the cache's layout does not match this model");
+  }
+  const size_t want = (all_logits ? tokens.size() : 1) * size_t(c.n_vocab);
+  if (logits.size() != want) {
+    return invalid_argument(fmt::format("forward: logits span has {} floats, expected {}", logits.size(), want));
+  }
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= c.n_vocab) return invalid_argument(fmt::format("token id {} outside [0, {})", t, c.n_vocab));
+  }
+  // Check capacity for the whole input up front, so a long prompt fails before any work.
+  KVB_RETURN_IF_ERROR(cache.plan_append(int32_t(tokens.size())).status());
+
+  const int32_t n_before = cache.n_tokens();
+  for (size_t begin = 0; begin < tokens.size(); begin += size_t(opt_.n_batch)) {
+    const size_t n = std::min(tokens.size() - begin, size_t(opt_.n_batch));
+    const bool last = begin + n == tokens.size();
+    float* out = all_logits ? logits.data() + begin * size_t(c.n_vocab) : (last ? logits.data() : nullptr);
+    Status s = forward_ubatch(cache, tokens.subspan(begin, n), out, all_logits);
+    if (!s.ok()) {
+      (void)cache.truncate(n_before);  // earlier ubatches were committed: roll them back
+      return s;
+    }
+  }
+  return Status::Ok();
+}
+
+Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits_out,
+                                   bool all_logits) {
+  const ModelConfig& c = model_.config;
+  Impl& im = *impl_;
+  Backend& b = backend_;
+  const int64_t n = int64_t(tokens.size());
+  KVB_ASSIGN_OR_RETURN(const KvPlan plan, cache.plan_append(int32_t(n)));
+  const bool f32_cache = cache.layout().dtype == DType::kF32;
+  double* t_mm = opt_.profile ? &profile_.matmul_s : nullptr;
+  double* t_att = opt_.profile ? &profile_.attention_s : nullptr;
+  double* t_other = opt_.profile ? &profile_.other_s : nullptr;
+
+  // Rows of this ubatch, as [n][...] views of the scratch.
+  const Tensor x = im.x.slice_rows(0, n), xb = im.xb.slice_rows(0, n), q = im.q.slice_rows(0, n);
+  const Tensor att = im.att.slice_rows(0, n), hb = im.hb.slice_rows(0, n), hb2 = im.hb2.slice_rows(0, n);
+  const Tensor tok = im.tokens.slice_rows(0, n), pos = im.pos.slice_rows(0, n);
+  auto heads = [n](const Tensor& t, int32_t n_heads, int32_t hd) {
+    return Tensor::make(t.dtype, t.data, {n, n_heads, hd});
+  };
+
+  std::vector<int32_t> positions(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = plan.first_pos + int32_t(i);
+  {
+    OpTimer timer(b, t_other);
+    KVB_RETURN_IF_ERROR(b.copy_from_host(tok.data, tokens.data(), size_t(n) * 4));
+    KVB_RETURN_IF_ERROR(b.copy_from_host(pos.data, positions.data(), size_t(n) * 4));
+    // Token embedding: x = tok_embd[tokens].
+    KVB_RETURN_IF_ERROR(b.embedding(im.tok_embd, tok, x));
+  }
+
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  for (int32_t l = 0; l < c.n_layer; ++l) {
+    const LayerOnDevice& lw = im.layers[size_t(l)];
+    // This ubatch's cells of the layer cache; an f32 cache is written in place by the projections.
+    const Tensor k_cells = cache.k(l).slice_rows(plan.first_cell, n);
+    const Tensor v_cells = cache.v(l).slice_rows(plan.first_cell, n);
+    const Tensor k_new = f32_cache ? Tensor::make(DType::kF32, k_cells.data, {n, c.n_embd_kv()})
+                                   : im.k_new.slice_rows(0, n);
+    const Tensor v_new = f32_cache ? Tensor::make(DType::kF32, v_cells.data, {n, c.n_embd_kv()})
+                                   : im.v_new.slice_rows(0, n);
+
+    // Attention norm, then Q/K/V in one dispatch.
+    {
+      OpTimer timer(b, t_other);
+      KVB_RETURN_IF_ERROR(b.rms_norm(x, lw.attn_norm, c.norm_eps, xb));
+    }
+    {
+      OpTimer timer(b, t_mm);
+      const MatmulOut qkv[] = {{lw.wq.get(), q, false}, {lw.wk.get(), k_new, false}, {lw.wv.get(), v_new, false}};
+      KVB_RETURN_IF_ERROR(b.matmul(xb, qkv));
+    }
+    // RoPE on queries and keys; keys are cached post-RoPE.
+    {
+      OpTimer timer(b, t_other);
+      KVB_RETURN_IF_ERROR(b.rope(heads(q, c.n_head, c.head_dim), pos, c.rope));
+      KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, c.rope));
+      if (!f32_cache) {
+        KVB_RETURN_IF_ERROR(b.convert(k_new, k_cells));
+        KVB_RETURN_IF_ERROR(b.convert(v_new, v_cells));
+      }
+    }
+    // Causal attention over cells [0, first_cell + n).
+    {
+      OpTimer timer(b, t_att);
+      const int64_t n_kv = plan.first_cell + n;
+      KVB_RETURN_IF_ERROR(b.attention(heads(q, c.n_head, c.head_dim), cache.k(l).slice_rows(0, n_kv),
+                                      cache.v(l).slice_rows(0, n_kv), heads(att, c.n_head, c.head_dim), scale));
+    }
+    // Output projection, accumulated into the residual stream.
+    {
+      OpTimer timer(b, t_mm);
+      KVB_RETURN_IF_ERROR(b.matmul(att, *lw.wo, x, /*accumulate=*/true));
+    }
+    // FFN: x += down(silu(gate(xb)) * up(xb)), xb = rms_norm(x).
+    {
+      OpTimer timer(b, t_other);
+      KVB_RETURN_IF_ERROR(b.rms_norm(x, lw.ffn_norm, c.norm_eps, xb));
+    }
+    {
+      OpTimer timer(b, t_mm);
+      const MatmulOut gate_up[] = {{lw.w_gate.get(), hb, false}, {lw.w_up.get(), hb2, false}};
+      KVB_RETURN_IF_ERROR(b.matmul(xb, gate_up));
+    }
+    {
+      OpTimer timer(b, t_other);
+      KVB_RETURN_IF_ERROR(b.silu_mul(hb, hb2, hb));
+    }
+    {
+      OpTimer timer(b, t_mm);
+      KVB_RETURN_IF_ERROR(b.matmul(hb, *lw.w_down, x, /*accumulate=*/true));
+    }
+  }
+  cache.commit_append(plan, tokens);
+  if (logits_out == nullptr) return Status::Ok();
+
+  // Final norm and classifier, for every row or only the last.
+  const int64_t first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
+  if (im.n_logit_rows < rows) {
+    KVB_ASSIGN_OR_RETURN(auto buf, b.device().buffer_type().alloc(size_t(rows * c.n_vocab) * 4));
+    im.logits = Tensor::make(DType::kF32, buf->data(), {rows, c.n_vocab});
+    im.n_logit_rows = int32_t(rows);
+    im.buffers.push_back(std::move(buf));
+  }
+  const Tensor logits = im.logits.slice_rows(0, rows);
+  {
+    OpTimer timer(b, t_other);
+    KVB_RETURN_IF_ERROR(b.rms_norm(x.slice_rows(first, rows), im.output_norm, c.norm_eps, xb.slice_rows(0, rows)));
+  }
+  {
+    OpTimer timer(b, t_mm);
+    KVB_RETURN_IF_ERROR(b.matmul(xb.slice_rows(0, rows), *im.output, logits));
+  }
+  KVB_RETURN_IF_ERROR(b.copy_to_host(logits_out, logits.data, logits.nbytes()));
+  return b.synchronize();
+}
+
+}  // namespace kvb

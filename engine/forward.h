@@ -1,0 +1,71 @@
+// ModelRunner: the optimized forward pass of a Model on one Backend (CPU today, CUDA later).
+//
+// Batched: a prefill of N tokens runs every projection as one GEMM per ubatch (n_batch tokens),
+// decode runs the same code with N = 1. Tested against forward_reference() on every backend.
+//
+// Ownership: the runner borrows the Model and the Backend (both must outlive it) and owns the
+// uploaded weights and its scratch buffers. Threading: one thread drives a runner at a time; the
+// runner is reusable across any number of caches (sequences).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "kernels/backend.h"
+
+namespace kvb {
+
+struct RunnerOptions {
+  int32_t n_batch = 512;  // tokens per ubatch; longer inputs are split
+  bool profile = false;   // time ops by kind (synchronizes after each op)
+};
+
+// Seconds spent per op kind since the last reset (only when RunnerOptions::profile).
+struct OpProfile {
+  double matmul_s = 0;
+  double attention_s = 0;
+  double other_s = 0;
+  double total() const { return matmul_s + attention_s + other_s; }
+};
+
+class ModelRunner {
+ public:
+  ~ModelRunner();
+  // Uploads the weights. INVALID_ARGUMENT/UNIMPLEMENTED when the backend cannot hold them.
+  static Result<std::unique_ptr<ModelRunner>> create(const Model& model, Backend& backend,
+                                                     const RunnerOptions& opt = {});
+
+  const Model& model() const { return model_; }
+  Backend& backend() const { return backend_; }
+  // The cache layout this runner reads and writes, for a cache element type (F32 or F16).
+  KvLayout kv_layout(DType dtype = DType::kF32) const;
+
+  // A new, empty cache in the backend's memory; n_ctx 0 means the model's training context.
+  Result<std::unique_ptr<KvCache>> new_cache(int32_t n_ctx = 0, DType dtype = DType::kF32) const;
+
+  // Appends `tokens` to `cache` and writes logits to host memory:
+  //   all_logits == false: logits is [n_vocab], for the last token;
+  //   all_logits == true:  logits is [tokens.size()][n_vocab].
+  // INVALID_ARGUMENT for an out-of-vocab id, a wrong logits size or a cache of another layout;
+  // RESOURCE_EXHAUSTED when the tokens do not fit. On any error the cache is left as it was.
+  Status forward(KvCache& cache, std::span<const int32_t> tokens, std::span<float> logits, bool all_logits = false);
+
+  const OpProfile& profile() const { return profile_; }
+  void reset_profile() { profile_ = {}; }
+
+ private:
+  struct Impl;
+  ModelRunner(const Model& model, Backend& backend, const RunnerOptions& opt);
+  Status forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits, bool all_logits);
+
+  const Model& model_;
+  Backend& backend_;
+  RunnerOptions opt_;
+  OpProfile profile_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvb

@@ -1,0 +1,87 @@
+#include "engine/kv_cache.h"
+
+#include <fmt/format.h>
+
+namespace kvb {
+
+Result<std::unique_ptr<KvCache>> KvCache::create(const BufferType& buffer_type, const KvLayout& layout,
+                                                 int32_t n_ctx) {
+  if (layout.n_layer <= 0 || layout.n_head_kv <= 0 || layout.head_dim <= 0 ||
+      (layout.dtype != DType::kF32 && layout.dtype != DType::kF16)) {
+    return invalid_argument(fmt::format("kv cache: bad layout ({} layers, {} kv heads x {}, {})", layout.n_layer,
+                                        layout.n_head_kv, layout.head_dim, dtype_name(layout.dtype)));
+  }
+  if (n_ctx <= 0) return invalid_argument(fmt::format("kv cache: n_ctx must be > 0, got {}", n_ctx));
+  std::unique_ptr<KvCache> c(new KvCache());
+  c->layout_ = layout;
+  c->n_ctx_ = n_ctx;
+  const size_t bytes = c->layer_bytes() * 2 * size_t(layout.n_layer);
+  KVB_ASSIGN_OR_RETURN(c->buffer_, buffer_type.alloc(bytes));
+  c->tokens_.reserve(size_t(n_ctx));
+  return c;
+}
+
+std::vector<int32_t> KvCache::positions() const {
+  std::vector<int32_t> p(tokens_.size());
+  for (size_t i = 0; i < p.size(); ++i) p[i] = pos0_ + int32_t(i);
+  return p;
+}
+
+Tensor KvCache::k(int32_t layer) const {
+  KVB_ASSERT(layer >= 0 && layer < layout_.n_layer, "layer out of range");
+  char* base = static_cast<char*>(buffer_->data()) + size_t(2 * layer) * layer_bytes();
+  return Tensor::make(layout_.dtype, base, {n_ctx_, layout_.n_head_kv, layout_.head_dim});
+}
+
+Tensor KvCache::v(int32_t layer) const {
+  KVB_ASSERT(layer >= 0 && layer < layout_.n_layer, "layer out of range");
+  char* base = static_cast<char*>(buffer_->data()) + size_t(2 * layer + 1) * layer_bytes();
+  return Tensor::make(layout_.dtype, base, {n_ctx_, layout_.n_head_kv, layout_.head_dim});
+}
+
+Result<KvPlan> KvCache::plan_append(int32_t n) const {
+  if (n <= 0) return invalid_argument(fmt::format("kv cache: cannot append {} tokens", n));
+  if (int64_t(n_tokens()) + n > n_ctx_) {
+    return resource_exhausted(fmt::format("context full: {} tokens in the cache + {} new > context size {}",
+                                          n_tokens(), n, n_ctx_));
+  }
+  return KvPlan{n_tokens(), n, next_pos()};
+}
+
+void KvCache::commit_append(const KvPlan& plan, std::span<const int32_t> tokens) {
+  KVB_ASSERT(plan.first_cell == n_tokens() && plan.first_pos == next_pos(), "stale kv plan");
+  KVB_ASSERT(int32_t(tokens.size()) == plan.n && n_tokens() + plan.n <= n_ctx_, "kv plan size");
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+}
+
+Status KvCache::truncate(int32_t n) {
+  if (n < 0 || n > n_tokens()) {
+    return out_of_range(fmt::format("kv cache: cannot truncate {} tokens to {}", n_tokens(), n));
+  }
+  tokens_.resize(size_t(n));
+  if (n == 0) pos0_ = 0;
+  return Status::Ok();
+}
+
+void KvCache::clear() {
+  tokens_.clear();
+  pos0_ = 0;
+}
+
+Status KvCache::copy_from(Backend& backend, const KvCache& src, int32_t n) {
+  if (src.layout_ != layout_) return invalid_argument("kv cache copy: layouts differ");
+  if (n < 0 || n > src.n_tokens()) {
+    return out_of_range(fmt::format("kv cache copy: {} of {} tokens", n, src.n_tokens()));
+  }
+  if (n > n_ctx_) return resource_exhausted(fmt::format("kv cache copy: {} tokens > capacity {}", n, n_ctx_));
+  const size_t bytes = size_t(n) * layout_.cell_bytes();
+  for (int32_t l = 0; l < layout_.n_layer; ++l) {
+    KVB_RETURN_IF_ERROR(backend.copy(k(l).data, src.k(l).data, bytes));
+    KVB_RETURN_IF_ERROR(backend.copy(v(l).data, src.v(l).data, bytes));
+  }
+  tokens_.assign(src.tokens_.begin(), src.tokens_.begin() + n);
+  pos0_ = src.pos0_;
+  return Status::Ok();
+}
+
+}  // namespace kvb

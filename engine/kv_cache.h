@@ -1,0 +1,104 @@
+// KvCache: the attention keys and values of one token sequence, for every layer.
+//
+// Layout (per layer, K and V separately, in one backend buffer):
+//     K[l] : [n_ctx][n_head_kv][head_dim]    (cell-major: one cell = one token of the sequence)
+//     V[l] : [n_ctx][n_head_kv][head_dim]
+// Keys are stored post-RoPE (rotated at their position), as llama.cpp, HF DynamicCache and C2C do.
+// Cell-major was chosen over head-major ([n_head_kv][n_ctx][head_dim]) because appending a batch
+// writes one contiguous block per layer, the first n cells of a layer are one contiguous byte range
+// (the wire format streams exactly that, and slices of it by token range), and a prefix copy or a
+// truncation touches nothing but a counter. Decode attention reads each head with a stride of
+// n_head_kv * head_dim elements, which costs nothing measurable at head_dim >= 8 floats.
+//
+// Cells 0 .. n_tokens()-1 are in use, in sequence order; cell i holds token tokens()[i] at position
+// positions()[i], and positions are strictly increasing by one (pos(i) = pos(0) + i).
+// Batches are placed plan-then-apply: plan_append(n) reserves the next n cells without changing the
+// sequence; the forward pass writes K/V there; commit_append(plan, tokens) makes them visible. A
+// failure between the two leaves the cache exactly as it was.
+//
+// Threading: a KvCache is used by one thread at a time (the engine loop that owns it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/status.h"
+#include "kernels/tensor.h"
+
+namespace kvb {
+
+// Everything a receiver must check before touching cache memory (STYLE R3): a blob carries it.
+struct KvLayout {
+  int32_t n_layer = 0;
+  int32_t n_head_kv = 0;
+  int32_t head_dim = 0;
+  DType dtype = DType::kF32;  // F32 or F16
+
+  int64_t cell_elems() const { return int64_t(n_head_kv) * head_dim; }  // per layer, per K or V
+  size_t cell_bytes() const { return row_bytes(dtype, cell_elems()); }
+  bool operator==(const KvLayout&) const = default;
+};
+
+struct KvPlan {
+  int32_t first_cell = 0;  // the batch occupies cells [first_cell, first_cell + n)
+  int32_t n = 0;
+  int32_t first_pos = 0;   // position of the first new token
+};
+
+class KvCache {
+ public:
+  // Allocates n_ctx cells per layer from `buffer_type` (the backend's memory). RESOURCE_EXHAUSTED
+  // when the allocation fails; INVALID_ARGUMENT for a bad layout or n_ctx.
+  static Result<std::unique_ptr<KvCache>> create(const BufferType& buffer_type, const KvLayout& layout,
+                                                 int32_t n_ctx);
+
+  const KvLayout& layout() const { return layout_; }
+  int32_t n_ctx() const { return n_ctx_; }
+  int32_t n_tokens() const { return int32_t(tokens_.size()); }
+  std::span<const int32_t> tokens() const { return tokens_; }
+  // Position of cell 0 (the rest follow by one). 0 for a fresh cache.
+  int32_t pos0() const { return pos0_; }
+  int32_t next_pos() const { return pos0_ + n_tokens(); }
+  std::vector<int32_t> positions() const;
+
+  // Whole-capacity views of layer l: [n_ctx][n_head_kv][head_dim]. Cells >= n_tokens() are scratch.
+  Tensor k(int32_t layer) const;
+  Tensor v(int32_t layer) const;
+  // The n_tokens() cells in use: [n_tokens][n_head_kv][head_dim], one contiguous byte range.
+  Tensor k_used(int32_t layer) const { return k(layer).slice_rows(0, n_tokens()); }
+  Tensor v_used(int32_t layer) const { return v(layer).slice_rows(0, n_tokens()); }
+  bool is_host() const { return buffer_->is_host(); }
+  size_t bytes_used() const { return size_t(n_tokens()) * layout_.cell_bytes() * 2 * size_t(layout_.n_layer); }
+  size_t bytes_allocated() const { return buffer_->size(); }
+
+  // ---- plan-then-apply append ----
+  // RESOURCE_EXHAUSTED when n more cells do not fit in n_ctx; the cache is unchanged.
+  Result<KvPlan> plan_append(int32_t n) const;
+  // Makes the planned cells part of the sequence. `tokens` has plan.n ids. The plan must be the
+  // latest one of this cache and nothing else may have changed it since (asserted).
+  void commit_append(const KvPlan& plan, std::span<const int32_t> tokens);
+
+  // ---- sequence operations ----
+  // seq_rm: keeps cells [0, n) and drops the rest. OUT_OF_RANGE if n > n_tokens().
+  Status truncate(int32_t n);
+  // Drops everything (n_tokens = 0, pos0 = 0).
+  void clear();
+  // seq_cp: replaces this cache's contents with the first n cells of `src` (same layout, enough
+  // capacity; INVALID_ARGUMENT / RESOURCE_EXHAUSTED otherwise). Both caches must live on `backend`.
+  Status copy_from(Backend& backend, const KvCache& src, int32_t n);
+
+ private:
+  KvCache() = default;
+  size_t layer_bytes() const { return size_t(n_ctx_) * layout_.cell_bytes(); }
+
+  KvLayout layout_;
+  int32_t n_ctx_ = 0;
+  int32_t pos0_ = 0;
+  std::vector<int32_t> tokens_;  // [n_tokens]
+  std::unique_ptr<Buffer> buffer_;  // [n_layer][K, V][n_ctx][n_head_kv][head_dim]
+};
+
+}  // namespace kvb

@@ -1,0 +1,28 @@
+// Internal to engine/: one loader per file format, and the storage they fill. Not installed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/gguf.h"
+#include "engine/mmap_file.h"
+#include "engine/model.h"
+
+namespace kvb {
+
+struct Model::Storage {
+  std::unique_ptr<GgufFile> gguf;          // GGUF: tensors point into its mapping
+  MappedFile file;                         // llama2.c: tensors point into this mapping
+  std::vector<std::vector<float>> owned;   // tensors a loader had to convert (e.g. f16 norms)
+  std::vector<std::vector<uint8_t>> owned_bytes;  // raw tensors of any dtype (synthetic models)
+};
+
+// Loads a GGUF model (arch "llama"). The file must already be known to be GGUF.
+Result<std::unique_ptr<Model>> load_gguf_model(const std::string& path, const LoadOptions& opt);
+// Loads a llama2.c version-0 checkpoint; the tokenizer comes from opt.tokenizer_path, or
+// tokenizer.bin beside the model when that exists.
+Result<std::unique_ptr<Model>> load_llama2c_model(const std::string& path, const LoadOptions& opt);
+
+}  // namespace kvb

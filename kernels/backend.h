@@ -1,0 +1,173 @@
+// The hardware interface: every op the engine and the fuser run goes through it.
+//
+// Split by role, as in ggml-backend:
+//   BufferType — where memory comes from (alignment, is_host, alloc)
+//   Buffer     — one owned allocation (set/get bytes)
+//   Weight     — an immutable matrix uploaded once, in whatever layout the backend prefers
+//   Backend    — an in-order execution stream: copies, ops, synchronize
+//   Device     — what a device has and can do (memory, supports_op), and the factory of the above
+// CPU (kernels/cpu) and CUDA (kernels/cuda) implement it; #if KVBRIDGE_CUDA appears only in
+// kernels/cuda and registry.cpp.
+//
+// Conventions for every op below:
+//  - Tensors are views of memory owned by this backend's buffers (host memory for the CPU backend).
+//  - Activations are f32 unless stated. Shapes are outermost first.
+//  - Ops are enqueued in order on the stream; results are visible to the host after synchronize()
+//    (the CPU backend runs each op to completion before returning, so synchronize() is free).
+//  - A Backend is not thread-safe: one thread drives it at a time. Ops may use the backend's own
+//    worker threads internally.
+//  - Shape or dtype mismatches return INVALID_ARGUMENT; they never crash.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "kernels/dtype.h"
+#include "kernels/status.h"
+#include "kernels/tensor.h"
+
+namespace kvb {
+
+class Backend;
+class Device;
+
+enum class OpKind {
+  kMatmul,
+  kRmsNorm,
+  kRope,
+  kSoftmax,
+  kSiluMul,
+  kAdd,
+  kAttention,
+  kEmbedding,
+  kConvert,
+};
+
+// Rotary position embedding parameters.
+enum class RopeType {
+  kNormal,  // llama / ggml mode 0: rotates adjacent pairs (x[2i], x[2i+1])
+  kNeox,    // GPT-NeoX / Qwen: rotates (x[i], x[i + n_rot/2])
+};
+struct RopeParams {
+  RopeType type = RopeType::kNormal;
+  int n_rot = 0;              // leading dims of each head that are rotated (usually head_dim)
+  float theta_base = 10000.f; // theta_i = pos * theta_base^(-2i/n_rot)
+  float freq_scale = 1.0f;    // linear position scaling (pos * freq_scale)
+};
+
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  // Base address in the owning device's address space; host-dereferenceable iff is_host().
+  virtual void* data() = 0;
+  virtual size_t size() const = 0;
+  virtual bool is_host() const = 0;
+  // Synchronous byte copies between this buffer and host memory. Out-of-range → OUT_OF_RANGE.
+  virtual Status set(size_t offset, const void* host_src, size_t n) = 0;
+  virtual Status get(size_t offset, void* host_dst, size_t n) const = 0;
+};
+
+class BufferType {
+ public:
+  virtual ~BufferType() = default;
+  virtual std::string name() const = 0;
+  virtual size_t alignment() const = 0;
+  virtual bool is_host() const = 0;
+  // RESOURCE_EXHAUSTED when the device is out of memory. The caller owns the buffer.
+  virtual Result<std::unique_ptr<Buffer>> alloc(size_t bytes) const = 0;
+};
+
+// A matrix w of shape [n_out][n_in] (row i holds the n_in input weights of output i), uploaded once
+// and packed by the backend; immutable afterwards and safe to share between threads.
+class Weight {
+ public:
+  virtual ~Weight() = default;
+  virtual int64_t n_out() const = 0;
+  virtual int64_t n_in() const = 0;
+  virtual DType dtype() const = 0;       // the stored element type (F32, F16, BF16 or Q8_0)
+  virtual size_t nbytes() const = 0;     // device bytes held, including packing padding
+};
+
+// One output of a matmul: y = x · wᵀ, or y += x · wᵀ when accumulate is set.
+struct MatmulOut {
+  const Weight* w = nullptr;  // [n_out][n_in]
+  Tensor y;                   // f32 [n][n_out]
+  bool accumulate = false;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const Device& device() const = 0;
+
+  // Worker threads for the CPU backend (>= 1); other backends ignore it.
+  virtual void set_n_threads(int n) = 0;
+  virtual int n_threads() const = 0;
+
+  // ---- memory ----
+  // Uploads and packs a host matrix (F32, F16, BF16 or Q8_0, shape [n_out][n_in]); the host memory
+  // may be released afterwards. UNIMPLEMENTED for a dtype the device does not support.
+  virtual Result<std::unique_ptr<Weight>> upload_weight(const Tensor& host) = 0;
+  // Byte copies on the stream. host ↔ device, and device ↔ device within this backend.
+  virtual Status copy_from_host(void* dst, const void* host_src, size_t n) = 0;
+  virtual Status copy_to_host(void* host_dst, const void* src, size_t n) = 0;
+  virtual Status copy(void* dst, const void* src, size_t n) = 0;
+  virtual Status synchronize() = 0;
+
+  // ---- ops ----
+  // For each out: y[n][n_out] (+)= x[n][n_in] · wᵀ. All weights share x and are run in one dispatch
+  // (e.g. Q, K and V projections). x is f32 [n][n_in].
+  virtual Status matmul(const Tensor& x, std::span<const MatmulOut> outs) = 0;
+  Status matmul(const Tensor& x, const Weight& w, const Tensor& y, bool accumulate = false) {
+    const MatmulOut o{&w, y, accumulate};
+    return matmul(x, std::span<const MatmulOut>(&o, 1));
+  }
+  // y[n][d] = x[n][d] / sqrt(mean(x²) + eps) * w[d]. y may alias x. w is f32.
+  virtual Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
+  // In place on x [n][n_heads][head_dim] (f32); pos is i32 [n], the position of each row.
+  virtual Status rope(const Tensor& x, const Tensor& pos, const RopeParams& p) = 0;
+  // Row-wise softmax in place on x [n][m].
+  virtual Status softmax(const Tensor& x) = 0;
+  // out[n][f] = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
+  virtual Status silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  // out = a + b, elementwise, same shapes. out may alias a or b.
+  virtual Status add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // Causal grouped-query attention over one sequence's cache.
+  //   q   [n][n_head][head_dim] f32: the n newest tokens, which occupy the last n cache cells
+  //   k,v [n_kv][n_head_kv][head_dim], f32 or f16: cells 0 .. n_kv-1 (n_kv >= n), post-RoPE keys
+  //   out [n][n_head][head_dim] f32
+  // Query row i attends to cells 0 .. n_kv - n + i. Query head h reads kv head h / (n_head/n_head_kv).
+  // scale multiplies q·k (usually 1/sqrt(head_dim)).
+  virtual Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           float scale) = 0;
+  // out[n][d] (f32) = table[tokens[i]] for table [vocab][d] of any weight dtype; tokens i32 [n].
+  // An id outside [0, vocab) is INVALID_ARGUMENT.
+  virtual Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) = 0;
+  // dst = src converted element-wise (same numel; F32 ↔ F16/BF16, and F32 → Q8_0).
+  virtual Status convert(const Tensor& src, const Tensor& dst) = 0;
+};
+
+struct DeviceMemory {
+  size_t total = 0;  // bytes
+  size_t free = 0;   // bytes
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual std::string name() const = 0;         // "cpu", "cuda:0"
+  virtual std::string description() const = 0;  // e.g. "CPU x86_64 avx512 (2 threads)"
+  virtual DeviceMemory memory() const = 0;
+  // Whether the op is implemented for a weight/cache element type (activations are f32).
+  virtual bool supports_op(OpKind op, DType t) const = 0;
+  virtual const BufferType& buffer_type() const = 0;
+  virtual Result<std::unique_ptr<Backend>> create_backend() const = 0;
+};
+
+// Checks shared by every backend's op entry points (so CPU and CUDA reject the same inputs).
+Status check_matmul_shapes(const Tensor& x, std::span<const MatmulOut> outs);
+
+}  // namespace kvb

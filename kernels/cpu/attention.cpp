@@ -1,0 +1,236 @@
+// attention: causal grouped-query attention of n new queries over one sequence's KV cache.
+//   q   [n][n_head][hd] f32, k/v [n_kv][n_head_kv][hd] f32 or f16, out [n][n_head][hd] f32.
+//   Query row i sees cells 0 .. n_kv - n + i; query head h reads kv head h / (n_head / n_head_kv).
+// All sums are f32.
+//
+// Two paths:
+//   decode (n < kTiledMinRows): one work item per (query row, head): scores = scale * q·k_j for every
+//     visible cell (dot products straight off the cache, f16 converted in registers), a max-subtracted
+//     softmax over them, then out = sum_j p_j v_j (axpy). Parallel over rows x heads.
+//   prefill: flash-attention style tiling with an online softmax. A work item is one kv head and a
+//     block of query rows, with the rows of all query heads of that group stacked (R = group x bq rows),
+//     so each K/V tile is read (and converted from f16) once for the whole group. Per tile of kBk
+//     cells, in the transposed orientation so no cache data is ever transposed:
+//       Sᵀ[j][r] = k_j · (scale q_r)      gemm(K tile [bk][hd], Qᵀ [hd][R])
+//       m_r' = max(m_r, max_j Sᵀ[j][r]);  l_r = l_r e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r')
+//       O[r] = O[r] e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r') v_j   gemm(Pᵀ read transposed, V tile)
+//     and out = O / l at the end. Items are handed out largest (latest query block) first.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "kernels/cpu/ops.h"
+
+namespace kvb::cpu {
+namespace {
+
+constexpr int64_t kTiledMinRows = 4;  // fewer query rows use the decode path
+constexpr int64_t kBk = 64;           // cells per K/V tile
+constexpr int64_t kRowsPerItem = 64;  // target stacked query rows per prefill work item
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct Shapes {
+  int64_t n, n_head, hd, n_kv, n_head_kv, group;
+};
+
+Status validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale, Shapes& s) {
+  KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));
+  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "attention", "out"));
+  for (const Tensor* t : {&k, &v}) {
+    if (t->dtype != DType::kF32 && t->dtype != DType::kF16) {
+      return invalid_argument(fmt::format("attention: k and v must be f32 or f16, got {}", t->describe()));
+    }
+  }
+  KVB_RETURN_IF_ERROR(check_tensor(k, k.dtype, "attention", "k"));
+  KVB_RETURN_IF_ERROR(check_tensor(v, v.dtype, "attention", "v"));
+  if (q.n_dims != 3 || k.n_dims != 3 || v.n_dims != 3 || out.n_dims != 3) {
+    return invalid_argument("attention: q, k, v and out must have 3 dims");
+  }
+  s.n = q.shape[0];
+  s.n_head = q.shape[1];
+  s.hd = q.shape[2];
+  s.n_kv = k.shape[0];
+  s.n_head_kv = k.shape[1];
+  if (out.shape != q.shape) {
+    return invalid_argument(fmt::format("attention: out {} must match q {}", out.describe(), q.describe()));
+  }
+  if (v.shape != k.shape || k.shape[2] != s.hd) {
+    return invalid_argument(
+        fmt::format("attention: k {} and v {} must be [n_kv][n_head_kv][{}]", k.describe(), v.describe(), s.hd));
+  }
+  if (s.n_head_kv <= 0 || s.hd <= 0 || s.n_head % s.n_head_kv != 0) {
+    return invalid_argument(fmt::format("attention: n_head {} must be a multiple of n_head_kv {} (and hd {} > 0)",
+                                        s.n_head, s.n_head_kv, s.hd));
+  }
+  if (s.n_kv < s.n) {
+    return invalid_argument(fmt::format("attention: n_kv {} is smaller than the {} queries", s.n_kv, s.n));
+  }
+  if (!std::isfinite(scale)) return invalid_argument(fmt::format("attention: bad scale {}", scale));
+  if (tensors_overlap(out, q) || tensors_overlap(out, k) || tensors_overlap(out, v)) {
+    return invalid_argument("attention: out overlaps an input");
+  }
+  s.group = s.n_head / s.n_head_kv;
+  return Status::Ok();
+}
+
+// Pointer to row (cell j, kv head h) of a cache tensor, as f32 or f16.
+inline const void* cache_row(const Tensor& t, const Shapes& s, int64_t j, int64_t h) {
+  const size_t elem = t.dtype == DType::kF16 ? 2 : 4;
+  return t.as<const uint8_t>() + size_t((j * s.n_head_kv + h) * s.hd) * elem;
+}
+
+Status run_decode(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                  const Shapes& s) {
+  const VecKernels& vk = *ctx.vec;
+  const int n_threads = ctx.pool->n_threads();
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(s.n_kv + s.hd) * sizeof(float)));
+  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
+  auto items = [&](int64_t begin, int64_t end, int tid) {
+    float* scores = ctx.scratch->thread(tid);
+    float* o = scores + s.n_kv;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / s.n_head, h = item % s.n_head, kvh = h / s.group;
+      const int64_t len = s.n_kv - s.n + i + 1;
+      const float* qr = q.as<const float>() + (i * s.n_head + h) * s.hd;
+      for (int64_t j = 0; j < len; ++j) {
+        const void* kr = cache_row(k, s, j, kvh);
+        scores[j] = scale * (k16 ? vk.dot_f16(qr, static_cast<const uint16_t*>(kr), s.hd)
+                                 : vk.dot(qr, static_cast<const float*>(kr), s.hd));
+      }
+      const float sum = vk.exp_sum(scores, vk.max(scores, len), len);
+      std::fill(o, o + s.hd, 0.0f);
+      for (int64_t j = 0; j < len; ++j) {
+        const void* vr = cache_row(v, s, j, kvh);
+        if (v16) {
+          vk.axpy_f16(scores[j], static_cast<const uint16_t*>(vr), o, s.hd);
+        } else {
+          vk.axpy(scores[j], static_cast<const float*>(vr), o, s.hd);
+        }
+      }
+      float* dst = out.as<float>() + (i * s.n_head + h) * s.hd;
+      const float inv = 1.0f / sum;
+      for (int64_t d = 0; d < s.hd; ++d) dst[d] = o[d] * inv;
+    }
+  };
+  const int64_t n_items = s.n * s.n_head;
+  if (n_items * s.n_kv * s.hd < kMinParallelElements) {
+    items(0, n_items, 0);
+  } else {
+    ctx.pool->parallel_for(n_items, 1, items);
+  }
+  return Status::Ok();
+}
+
+Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                 const Shapes& s) {
+  const VecKernels& vk = *ctx.vec;
+  const int n_threads = ctx.pool->n_threads();
+  const int64_t bq = std::max<int64_t>(1, kRowsPerItem / s.group);  // query rows per item
+  const int64_t rmax = s.group * bq;                                // stacked rows per item
+  const int64_t n_qb = (s.n + bq - 1) / bq;
+  const int64_t hd = s.hd;
+  // Per-thread layout (floats): Qᵀ [hd][R], Sᵀ [kBk][R], O [R][hd], m, l, m_new, tile max [R],
+  // and f32 copies of f16 K and V tiles [kBk][hd].
+  const int64_t per_thread = hd * rmax + kBk * rmax + rmax * hd + 4 * rmax + 2 * kBk * hd;
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
+  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
+  const int64_t ld_cache = s.n_head_kv * hd;  // floats between cells in an f32 cache
+
+  auto items = [&](int64_t begin, int64_t end, int tid) {
+    float* qt = ctx.scratch->thread(tid);
+    float* st = qt + hd * rmax;
+    float* o = st + kBk * rmax;
+    float* m = o + rmax * hd;
+    float* l = m + rmax;
+    float* m_new = l + rmax;
+    float* tmax = m_new + rmax;
+    float* kf = tmax + rmax;
+    float* vf = kf + kBk * hd;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t qb = n_qb - 1 - item / s.n_head_kv;  // heaviest blocks first
+      const int64_t kvh = item % s.n_head_kv;
+      const int64_t i0 = qb * bq, nq = std::min(bq, s.n - i0);
+      const int64_t rows = s.group * nq;  // row r = g * nq + ri: head kvh * group + g, query i0 + ri
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = r / nq, ri = r % nq;
+        const float* src = q.as<const float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
+        for (int64_t d = 0; d < hd; ++d) qt[d * rows + r] = src[d] * scale;
+        m[r] = kNegInf;
+        l[r] = 0.0f;
+      }
+      std::fill(o, o + rows * hd, 0.0f);
+      const int64_t diag = s.n_kv - s.n + i0;  // cells <= diag are visible to every row
+      const int64_t kv_end = diag + nq;        // exclusive: the last row's limit + 1
+      for (int64_t t0 = 0; t0 < kv_end; t0 += kBk) {
+        const int64_t bk = std::min(kBk, kv_end - t0);
+        const float* kt;
+        int64_t ldk;
+        if (k16) {
+          for (int64_t j = 0; j < bk; ++j) {
+            vk.f16_to_f32(static_cast<const uint16_t*>(cache_row(k, s, t0 + j, kvh)), kf + j * hd, hd);
+          }
+          kt = kf;
+          ldk = hd;
+        } else {
+          kt = static_cast<const float*>(cache_row(k, s, t0, kvh));
+          ldk = ld_cache;
+        }
+        vk.gemm(bk, rows, hd, kt, ldk, 1, qt, rows, st, rows, false);
+        if (t0 + bk - 1 > diag) {  // the tile crosses the causal diagonal
+          for (int64_t j = std::max<int64_t>(0, diag + 1 - t0); j < bk; ++j) {
+            const int64_t over = t0 + j - diag;  // row ri sees this cell iff ri >= over
+            for (int64_t r = 0; r < rows; ++r) {
+              if (r % nq < over) st[j * rows + r] = kNegInf;
+            }
+          }
+        }
+        std::fill(tmax, tmax + rows, kNegInf);
+        for (int64_t j = 0; j < bk; ++j) vk.max_into(tmax, st + j * rows, rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          // Cell 0 is visible to every row, so m_new is finite from the first tile on.
+          m_new[r] = std::max(m[r], tmax[r]);
+          const float alpha = std::exp(m[r] - m_new[r]);  // 0 on the first tile (m = -inf)
+          l[r] *= alpha;
+          if (alpha != 1.0f) vk.scale(o + r * hd, alpha, hd);
+          m[r] = m_new[r];
+        }
+        for (int64_t j = 0; j < bk; ++j) vk.exp_sub_into(st + j * rows, m_new, l, rows);
+        const float* vt;
+        int64_t ldv;
+        if (v16) {
+          for (int64_t j = 0; j < bk; ++j) {
+            vk.f16_to_f32(static_cast<const uint16_t*>(cache_row(v, s, t0 + j, kvh)), vf + j * hd, hd);
+          }
+          vt = vf;
+          ldv = hd;
+        } else {
+          vt = static_cast<const float*>(cache_row(v, s, t0, kvh));
+          ldv = ld_cache;
+        }
+        vk.gemm(rows, hd, bk, st, 1, rows, vt, ldv, o, hd, true);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = r / nq, ri = r % nq;
+        float* dst = out.as<float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
+        const float inv = 1.0f / l[r];
+        for (int64_t d = 0; d < hd; ++d) dst[d] = o[r * hd + d] * inv;
+      }
+    }
+  };
+  ctx.pool->parallel_for(n_qb * s.n_head_kv, 1, items);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
+  Shapes s{};
+  KVB_RETURN_IF_ERROR(validate(q, k, v, out, scale, s));
+  if (s.n == 0 || s.n_head == 0) return Status::Ok();
+  if (s.n < kTiledMinRows) return run_decode(ctx, q, k, v, out, scale, s);
+  return run_tiled(ctx, q, k, v, out, scale, s);
+}
+
+}  // namespace kvb::cpu

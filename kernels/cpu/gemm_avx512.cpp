@@ -1,0 +1,252 @@
+// AVX-512 matmul kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c).
+//
+// A panel row (32 outputs at one k) is two zmm registers. Everything here lives in an anonymous
+// namespace and uses no out-of-line library templates, so no AVX-512 instruction can leak into code
+// that a CPU without AVX-512 runs (the linker would otherwise be free to pick this TU's copy of a
+// shared inline function).
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized in their own _mm512_undefined_* helpers
+// (GCC PR105593); the warnings are silenced for the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include "kernels/cpu/gemm.h"
+
+namespace kvb::cpu {
+namespace {
+
+constexpr int kMr = 14;  // 14 x 32 accumulators = 28 zmm, + 2 for b and 1 for the a broadcast
+
+inline __mmask16 lo_mask(int nc) { return nc >= 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1); }
+inline __mmask16 hi_mask(int nc) {
+  return nc >= 32 ? __mmask16(0xffff) : nc <= 16 ? __mmask16(0) : __mmask16((1u << (nc - 16)) - 1);
+}
+
+// ---- panel row loaders: row k of a plain panel as two f32 vectors (columns 0-15, 16-31) ----
+struct LoadF32 {
+  static inline void row(const uint8_t* panel, int64_t k, __m512& w0, __m512& w1) {
+    const float* p = reinterpret_cast<const float*>(panel) + k * kPanel;
+    w0 = _mm512_load_ps(p);
+    w1 = _mm512_load_ps(p + 16);
+  }
+};
+struct LoadF16 {
+  static inline void row(const uint8_t* panel, int64_t k, __m512& w0, __m512& w1) {
+    const auto* p = reinterpret_cast<const __m256i*>(panel + k * kPanel * 2);
+    w0 = _mm512_cvtph_ps(_mm256_load_si256(p));
+    w1 = _mm512_cvtph_ps(_mm256_load_si256(p + 1));
+  }
+};
+struct LoadBF16 {
+  static inline __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static inline void row(const uint8_t* panel, int64_t k, __m512& w0, __m512& w1) {
+    const auto* p = reinterpret_cast<const __m256i*>(panel + k * kPanel * 2);
+    w0 = widen(_mm256_load_si256(p));
+    w1 = widen(_mm256_load_si256(p + 1));
+  }
+};
+inline __m512 q8_to_f32(const int8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(q))));
+}
+inline __m512 f16x16_to_f32(const uint8_t* p) {
+  return _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <int N>
+inline void store_rows(__m512 (&acc)[N][2], float* y, int64_t ldy, int nc, bool accumulate) {
+  const __mmask16 m0 = lo_mask(nc), m1 = hi_mask(nc);
+  for (int r = 0; r < N; ++r) {
+    float* yr = y + r * ldy;
+    __m512 v0 = acc[r][0], v1 = acc[r][1];
+    if (accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yr + 16));
+    }
+    _mm512_mask_storeu_ps(yr, m0, v0);
+    _mm512_mask_storeu_ps(yr + 16, m1, v1);
+  }
+}
+
+// ---- gemv: n <= 4 rows of x against one panel in its stored dtype ----
+template <int N, class L>
+void gemv_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
+               bool accumulate) {
+  // Independent accumulator sets hide the 4-cycle FMA latency when few rows share a weight load.
+  constexpr int kU = N == 1 ? 4 : N == 2 ? 2 : 1;
+  __m512 acc[kU][N][2];
+  for (int u = 0; u < kU; ++u)
+    for (int r = 0; r < N; ++r) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_ps();
+  int64_t kk = 0;
+  for (; kk + kU <= k; kk += kU) {
+#pragma GCC unroll 4
+    for (int u = 0; u < kU; ++u) {
+      __m512 w0, w1;
+      L::row(panel, kk + u, w0, w1);
+#pragma GCC unroll 4
+      for (int r = 0; r < N; ++r) {
+        const __m512 xb = _mm512_set1_ps(x[r * ldx + kk + u]);
+        acc[u][r][0] = _mm512_fmadd_ps(xb, w0, acc[u][r][0]);
+        acc[u][r][1] = _mm512_fmadd_ps(xb, w1, acc[u][r][1]);
+      }
+    }
+  }
+  for (; kk < k; ++kk) {
+    __m512 w0, w1;
+    L::row(panel, kk, w0, w1);
+    for (int r = 0; r < N; ++r) {
+      const __m512 xb = _mm512_set1_ps(x[r * ldx + kk]);
+      acc[0][r][0] = _mm512_fmadd_ps(xb, w0, acc[0][r][0]);
+      acc[0][r][1] = _mm512_fmadd_ps(xb, w1, acc[0][r][1]);
+    }
+  }
+  for (int u = 1; u < kU; ++u) {
+    for (int r = 0; r < N; ++r) {
+      acc[0][r][0] = _mm512_add_ps(acc[0][r][0], acc[u][r][0]);
+      acc[0][r][1] = _mm512_add_ps(acc[0][r][1], acc[u][r][1]);
+    }
+  }
+  store_rows<N>(acc[0], y, ldy, nc, accumulate);
+}
+
+template <int N>
+void gemv_q8_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
+                  bool accumulate) {
+  constexpr int kU = N == 1 ? 2 : 1;
+  __m512 acc[N][2];
+  for (int r = 0; r < N; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < k / kQ8BlockSize; ++g) {
+    const uint8_t* group = panel + g * int64_t(kQ8GroupBytes);
+    const auto* q = reinterpret_cast<const int8_t*>(group + kPanel * 2);
+    const float* xg = x + g * kQ8BlockSize;
+    // Sum q * x over the block in f32, then scale once by d (per output row).
+    __m512 blk[kU][N][2];
+    for (int u = 0; u < kU; ++u)
+      for (int r = 0; r < N; ++r) blk[u][r][0] = blk[u][r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int kk = 0; kk < kQ8BlockSize; kk += kU) {
+#pragma GCC unroll 2
+      for (int u = 0; u < kU; ++u) {
+        const __m512 w0 = q8_to_f32(q + (kk + u) * kPanel);
+        const __m512 w1 = q8_to_f32(q + (kk + u) * kPanel + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < N; ++r) {
+          const __m512 xb = _mm512_set1_ps(xg[r * ldx + kk + u]);
+          blk[u][r][0] = _mm512_fmadd_ps(xb, w0, blk[u][r][0]);
+          blk[u][r][1] = _mm512_fmadd_ps(xb, w1, blk[u][r][1]);
+        }
+      }
+    }
+    const __m512 d0 = f16x16_to_f32(group), d1 = f16x16_to_f32(group + 32);
+    for (int r = 0; r < N; ++r) {
+      __m512 b0 = blk[0][r][0], b1 = blk[0][r][1];
+      if constexpr (kU == 2) {
+        b0 = _mm512_add_ps(b0, blk[1][r][0]);
+        b1 = _mm512_add_ps(b1, blk[1][r][1]);
+      }
+      acc[r][0] = _mm512_fmadd_ps(b0, d0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(b1, d1, acc[r][1]);
+    }
+  }
+  store_rows<N>(acc, y, ldy, nc, accumulate);
+}
+
+template <class L>
+void gemv_plain(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
+                bool accumulate) {
+  switch (n) {
+    case 1: return gemv_rows<1, L>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    case 2: return gemv_rows<2, L>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    case 3: return gemv_rows<3, L>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    default: return gemv_rows<4, L>(panel, k, x, ldx, y, ldy, nc, accumulate);
+  }
+}
+
+void gemv_q8(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
+             bool accumulate) {
+  switch (n) {
+    case 1: return gemv_q8_rows<1>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    case 2: return gemv_q8_rows<2>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    case 3: return gemv_q8_rows<3>(panel, k, x, ldx, y, ldy, nc, accumulate);
+    default: return gemv_q8_rows<4>(panel, k, x, ldx, y, ldy, nc, accumulate);
+  }
+}
+
+// ---- unpack: stored dtype -> f32 tile[kc][32] ----
+template <class L>
+void unpack_plain(const uint8_t* panel, int64_t k0, int64_t kc, float* tile) {
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    __m512 w0, w1;
+    L::row(panel, k0 + kk, w0, w1);
+    _mm512_store_ps(tile + kk * kPanel, w0);
+    _mm512_store_ps(tile + kk * kPanel + 16, w1);
+  }
+}
+
+void unpack_q8(const uint8_t* panel, int64_t k0, int64_t kc, float* tile) {
+  for (int64_t g = k0 / kQ8BlockSize; g < (k0 + kc) / kQ8BlockSize; ++g) {
+    const uint8_t* group = panel + g * int64_t(kQ8GroupBytes);
+    const auto* q = reinterpret_cast<const int8_t*>(group + kPanel * 2);
+    const __m512 d0 = f16x16_to_f32(group), d1 = f16x16_to_f32(group + 32);
+    float* t = tile + (g * kQ8BlockSize - k0) * kPanel;
+    for (int kk = 0; kk < kQ8BlockSize; ++kk) {
+      _mm512_store_ps(t + kk * kPanel, _mm512_mul_ps(q8_to_f32(q + kk * kPanel), d0));
+      _mm512_store_ps(t + kk * kPanel + 16, _mm512_mul_ps(q8_to_f32(q + kk * kPanel + 16), d1));
+    }
+  }
+}
+
+// ---- micro-kernel: c[M][32] (+)= a[kc][kMr] (first M rows) * b[kc][32] ----
+template <int M>
+void micro_m(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int nc, bool load_c) {
+  const __mmask16 m0 = lo_mask(nc), m1 = hi_mask(nc);
+  __m512 c0[M], c1[M];
+  if (load_c) {
+    for (int i = 0; i < M; ++i) {
+      c0[i] = _mm512_maskz_loadu_ps(m0, c + i * ldc);
+      c1[i] = _mm512_maskz_loadu_ps(m1, c + i * ldc + 16);
+    }
+  } else {
+    for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  }
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const __m512 b0 = _mm512_load_ps(b + kk * kPanel);
+    const __m512 b1 = _mm512_load_ps(b + kk * kPanel + 16);
+    const float* ak = a + kk * kMr;
+#pragma GCC unroll 14
+    for (int i = 0; i < M; ++i) {
+      const __m512 ai = _mm512_set1_ps(ak[i]);
+      c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    _mm512_mask_storeu_ps(c + i * ldc, m0, c0[i]);
+    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, c1[i]);
+  }
+}
+
+template <int M>
+inline void micro_dispatch(int m, int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int nc,
+                           bool load_c) {
+  if constexpr (M > 0) {
+    if (m == M) return micro_m<M>(kc, a, b, c, ldc, nc, load_c);
+    micro_dispatch<M - 1>(m, kc, a, b, c, ldc, nc, load_c);
+  }
+}
+
+void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c) {
+  micro_dispatch<kMr>(m, kc, a, b, c, ldc, nc, load_c);
+}
+
+}  // namespace
+
+const GemmKernels& gemm_kernels_avx512() {
+  // Aggregate initialization: no (shared, inline) constructor of GemmKernels runs in this TU.
+  static const GemmKernels k{"avx512", kMr, {gemv_plain<LoadF32>, gemv_plain<LoadF16>, gemv_plain<LoadBF16>, gemv_q8},
+                             {unpack_plain<LoadF32>, unpack_plain<LoadF16>, unpack_plain<LoadBF16>, unpack_q8}, micro};
+  return k;
+}
+
+}  // namespace kvb::cpu

@@ -1,0 +1,161 @@
+// matmul: y[n][n_out] (+)= x[n][n_in] · wᵀ for several packed weights sharing x, in one dispatch.
+//
+// Work is cut along output panels (32 outputs each, see packed_weight.h) of all weights together,
+// so Q/K/V or gate/up run as one parallel loop. Two regimes:
+//   n <= kMaxGemvRows (decode): each panel is streamed once through the ISA's gemv kernel, which
+//     converts the stored dtype in registers; the run is bound by memory bandwidth.
+//   larger n (prefill): BLIS-style. x is packed once into row blocks [k][mr]; then, per k block of
+//     kKc, each panel's k block is (converted to an f32 tile if needed and) multiplied against every
+//     row block by the register-blocked micro-kernel. Rows are grouped by kMcRows so the packed x
+//     block in use stays in L2; when there are few panels, row groups also spread work over threads.
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/packed_weight.h"
+
+namespace kvb::cpu {
+namespace {
+
+constexpr int64_t kKc = 256;       // k block: a [kKc][32] f32 tile (32 KiB) stays in L1
+constexpr int64_t kMcRows = 512;   // row group: packed x [kMcRows][kKc] (512 KiB) stays in L2
+
+struct OutPanels {
+  const PackedWeight* w;
+  int type;  // weight_type_index
+  float* y;
+  int64_t ldy;
+  bool accumulate;
+  int64_t first_panel;  // index of this output's first panel in the global panel list
+};
+
+inline const OutPanels& find_out(const std::vector<OutPanels>& outs, int64_t g) {
+  size_t i = 0;
+  while (i + 1 < outs.size() && outs[i + 1].first_panel <= g) ++i;
+  return outs[i];
+}
+
+// dst[kk * mr + i] = x[rb * mr + i][kk] for one row block; rows past n are zero.
+void pack_x_block(const float* x, int64_t n, int64_t k, int mr, int64_t rb, float* dst) {
+  float* d = dst + rb * mr * k;
+  for (int i = 0; i < mr; ++i) {
+    const int64_t row = rb * mr + i;
+    if (row < n) {
+      const float* src = x + row * k;
+      for (int64_t kk = 0; kk < k; ++kk) d[kk * mr + i] = src[kk];
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) d[kk * mr + i] = 0.0f;
+    }
+  }
+}
+
+Status validate(const Tensor& x, std::span<const MatmulOut> outs, std::vector<OutPanels>& panels) {
+  KVB_RETURN_IF_ERROR(check_matmul_shapes(x, outs));
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "matmul", "x"));
+  int64_t first = 0;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const MatmulOut& o = outs[i];
+    const auto* w = dynamic_cast<const PackedWeight*>(o.w);
+    if (w == nullptr) return invalid_argument("matmul: weight was not uploaded by a CPU backend");
+    KVB_RETURN_IF_ERROR(check_tensor(o.y, DType::kF32, "matmul", "y"));
+    if (tensors_overlap(o.y, x)) return invalid_argument(fmt::format("matmul: y[{}] overlaps x", i));
+    for (size_t j = 0; j < i; ++j) {
+      if (tensors_overlap(o.y, outs[j].y)) return invalid_argument(fmt::format("matmul: y[{}] overlaps y[{}]", i, j));
+    }
+    panels.push_back({w, weight_type_index(w->dtype()), o.y.as<float>(), w->n_out(), o.accumulate, first});
+    first += w->n_panels();
+  }
+  return Status::Ok();
+}
+
+void run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
+              int64_t n_panels) {
+  const GemmKernels& kern = *ctx.gemm;
+  const int64_t chunk = std::max<int64_t>(1, n_panels / (int64_t(ctx.pool->n_threads()) * 4));
+  ctx.pool->parallel_for(n_panels, chunk, [&](int64_t begin, int64_t end, int) {
+    for (int64_t g = begin; g < end; ++g) {
+      const OutPanels& o = find_out(outs, g);
+      const int64_t p = g - o.first_panel;
+      const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
+      kern.gemv[o.type](o.w->panel(p), k, x, k, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
+    }
+  });
+}
+
+Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
+                int64_t n_panels) {
+  const GemmKernels& kern = *ctx.gemm;
+  ThreadPool& pool = *ctx.pool;
+  const int n_threads = pool.n_threads();
+  const int mr = kern.mr;
+  const int64_t n_row_blocks = (n + mr - 1) / mr;
+
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(size_t(n_row_blocks) * size_t(mr) * size_t(k) * sizeof(float)));
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(kKc) * kPanel * sizeof(float)));
+  float* xp = ctx.scratch->shared();
+  pool.parallel_for(n_row_blocks, std::max<int64_t>(1, n_row_blocks / (n_threads * 4)),
+                    [&](int64_t begin, int64_t end, int) {
+                      for (int64_t rb = begin; rb < end; ++rb) pack_x_block(x, n, k, mr, rb, xp);
+                    });
+
+  // Row groups: whole multiples of mr rows, at most kMcRows, and enough groups to feed every thread
+  // when the weights have few panels.
+  int64_t blocks_per_group = std::max<int64_t>(1, kMcRows / mr);
+  int64_t n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
+  if (n_groups * n_panels < 2 * n_threads) {
+    n_groups = std::min(n_row_blocks, (2 * n_threads + n_panels - 1) / n_panels);
+    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
+    n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
+  }
+  const int64_t rows_per_group = blocks_per_group * mr;
+  const int64_t n_items = n_groups * n_panels;
+  const int64_t chunk = std::clamp<int64_t>(n_items / (int64_t(n_threads) * 4), 1, 16);
+
+  pool.parallel_for(n_items, chunk, [&](int64_t begin, int64_t end, int tid) {
+    float* tile = ctx.scratch->thread(tid);
+    for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+      const int64_t kc = std::min(kKc, k - k0);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t group = item / n_panels;
+        const int64_t g = item % n_panels;
+        const OutPanels& o = find_out(outs, g);
+        const int64_t p = g - o.first_panel;
+        const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
+        const float* b;
+        if (o.type == 0) {
+          b = reinterpret_cast<const float*>(o.w->panel(p)) + k0 * kPanel;
+        } else {
+          kern.unpack[o.type](o.w->panel(p), k0, kc, tile);
+          b = tile;
+        }
+        const bool load_c = k0 > 0 || o.accumulate;
+        const int64_t r1 = std::min(n, (group + 1) * rows_per_group);
+        for (int64_t r = group * rows_per_group; r < r1; r += mr) {
+          const float* a = xp + r * k + k0 * mr;  // row block r / mr, k offset k0
+          kern.micro(kc, a, b, o.y + r * o.ldy + p * kPanel, o.ldy, int(std::min<int64_t>(mr, r1 - r)), nc, load_c);
+        }
+      }
+    }
+  });
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs) {
+  std::vector<OutPanels> panels;
+  panels.reserve(outs.size());
+  KVB_RETURN_IF_ERROR(validate(x, outs, panels));
+  const int64_t n = x.shape[0];
+  const int64_t k = x.shape[1];
+  if (n == 0 || panels.empty()) return Status::Ok();
+  const int64_t n_panels = panels.back().first_panel + panels.back().w->n_panels();
+  if (n <= kMaxGemvRows) {
+    run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
+    return Status::Ok();
+  }
+  return run_gemm(ctx, x.as<const float>(), n, k, panels, n_panels);
+}
+
+}  // namespace kvb::cpu

@@ -1,0 +1,44 @@
+// rms_norm: y[n][d] = x[n][d] / sqrt(mean(x²) + eps) * w[d]. Rows are independent; y may alias x.
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "kernels/cpu/ops.h"
+
+namespace kvb::cpu {
+
+Status rms_norm(OpContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rms_norm", "x"));
+  KVB_RETURN_IF_ERROR(check_tensor(w, DType::kF32, "rms_norm", "w"));
+  KVB_RETURN_IF_ERROR(check_tensor(y, DType::kF32, "rms_norm", "y"));
+  const int64_t d = x.cols();
+  if (w.numel() != d || y.numel() != x.numel() || y.cols() != d) {
+    return invalid_argument(fmt::format("rms_norm: x {}, w {}, y {} do not match", x.describe(), w.describe(), y.describe()));
+  }
+  if (!(eps >= 0.0f) || !std::isfinite(eps)) return invalid_argument(fmt::format("rms_norm: bad eps {}", eps));
+  if (tensors_overlap(w, y)) return invalid_argument("rms_norm: y overlaps w");
+  if (y.data != x.data && tensors_overlap(x, y)) return invalid_argument("rms_norm: y partially overlaps x");
+  const int64_t n = x.rows();
+  if (n == 0 || d == 0) return Status::Ok();
+
+  const VecKernels& vk = *ctx.vec;
+  const float* xs = x.as<const float>();
+  const float* ws = w.as<const float>();
+  float* ys = y.as<float>();
+  auto rows = [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float ss = vk.sum_sq(xs + r * d, d);
+      const float s = 1.0f / std::sqrt(ss / float(d) + eps);
+      vk.scale_mul(xs + r * d, s, ws, ys + r * d, d);
+    }
+  };
+  if (n * d < kMinParallelElements) {
+    rows(0, n, 0);
+  } else {
+    ctx.pool->parallel_for(n, std::max<int64_t>(1, kMinParallelElements / 4 / d), rows);
+  }
+  return Status::Ok();
+}
+
+}  // namespace kvb::cpu

@@ -1,0 +1,83 @@
+// rope: rotary position embedding, in place on x[n][n_heads][head_dim] with positions pos[n] (i32).
+//
+// Pair i (i < n_rot/2) of every head of row t is rotated by theta = pos[t] * freq_scale *
+// theta_base^(-2i/n_rot): adjacent pairs (x[2i], x[2i+1]) for kNormal, (x[i], x[i + n_rot/2]) for
+// kNeox. Dims >= n_rot are left as they are. The angles and their cos/sin are computed in double
+// (positions reach 1e5+, where a float angle would already be off by ~1e-2 rad), once per row and
+// shared by all heads.
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "kernels/cpu/ops.h"
+
+namespace kvb::cpu {
+
+Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams& p) {
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rope", "x"));
+  KVB_RETURN_IF_ERROR(check_tensor(pos, DType::kI32, "rope", "pos"));
+  if (x.n_dims != 3) return invalid_argument(fmt::format("rope: x must be [n][n_heads][head_dim], got {}", x.describe()));
+  const int64_t n = x.shape[0], n_heads = x.shape[1], head_dim = x.shape[2];
+  if (pos.numel() != n) {
+    return invalid_argument(fmt::format("rope: pos {} must hold one position per row of x {}", pos.describe(), x.describe()));
+  }
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim) {
+    return invalid_argument(fmt::format("rope: n_rot {} must be even and in (0, head_dim = {}]", p.n_rot, head_dim));
+  }
+  if (!(p.theta_base > 0.0f) || !std::isfinite(p.theta_base) || !std::isfinite(p.freq_scale)) {
+    return invalid_argument(fmt::format("rope: bad theta_base {} or freq_scale {}", p.theta_base, p.freq_scale));
+  }
+  if (tensors_overlap(x, pos)) return invalid_argument("rope: x overlaps pos");
+  if (n == 0 || n_heads == 0) return Status::Ok();
+
+  const int half = p.n_rot / 2;
+  const int n_threads = ctx.pool->n_threads();
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(size_t(half) * sizeof(double)));
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(p.n_rot) * sizeof(float)));
+  auto* inv_freq = reinterpret_cast<double*>(ctx.scratch->shared());
+  for (int i = 0; i < half; ++i) {
+    inv_freq[i] = double(p.freq_scale) * std::pow(double(p.theta_base), -2.0 * i / double(p.n_rot));
+  }
+
+  float* xs = x.as<float>();
+  const int32_t* ps = pos.as<const int32_t>();
+  const bool neox = p.type == RopeType::kNeox;
+  auto rows = [&](int64_t begin, int64_t end, int tid) {
+    float* cs = ctx.scratch->thread(tid);  // cos [half], then sin [half]
+    float* sn = cs + half;
+    for (int64_t t = begin; t < end; ++t) {
+      for (int i = 0; i < half; ++i) {
+        const double theta = double(ps[t]) * inv_freq[i];
+        cs[i] = float(std::cos(theta));
+        sn[i] = float(std::sin(theta));
+      }
+      for (int64_t h = 0; h < n_heads; ++h) {
+        float* v = xs + (t * n_heads + h) * head_dim;
+        if (neox) {
+          for (int i = 0; i < half; ++i) {
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs[i] - x1 * sn[i];
+            v[i + half] = x0 * sn[i] + x1 * cs[i];
+          }
+        } else {
+          for (int i = 0; i < half; ++i) {
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cs[i] - x1 * sn[i];
+            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+          }
+        }
+      }
+    }
+  };
+  // Each row costs half sin/cos pairs (~40 ns each) plus the rotations.
+  const int64_t row_cost = half * 8 + n_heads * half;
+  if (n * row_cost < kMinParallelElements) {
+    rows(0, n, 0);
+  } else {
+    ctx.pool->parallel_for(n, std::max<int64_t>(1, kMinParallelElements / 4 / row_cost), rows);
+  }
+  return Status::Ok();
+}
+
+}  // namespace kvb::cpu

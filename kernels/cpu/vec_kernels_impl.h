@@ -1,0 +1,341 @@
+// The VecKernels algorithms, written once against a SIMD trait S and included by
+// vec_kernels_{generic,avx2,avx512}.cpp, each of which defines its S in an anonymous namespace (so
+// every instantiation has internal linkage and no ISA-specific code can be shared across TUs).
+//
+// S provides, for a vector V of S::kW floats:
+//   zero() set1(f) load(p) store(p, v) load_n(p, n, fill) store_n(p, v, n)   (n < kW lanes)
+//   load_h(p) load_h_n(p, n) store_h(p, v) store_h_n(p, v, n)                  (IEEE half memory)
+//   add sub mul div max min fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b
+//   hsum(v) hmax(v) round(v) (to nearest) ldexp(p, n) = p * 2^n (n integral, |n| <= 127)
+//   zero_below(v, x, c) = x < c ? 0 : v (lane-wise)
+// Only include this from a vec_kernels_*.cpp file.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cpu/vec_kernels.h"
+
+namespace kvb::cpu::vec_impl {
+
+inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---- exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-7 Taylor polynomial
+// (truncation < 6e-9 relative, below f32 rounding) scaled by 2^n. ----
+template <class S>
+inline typename S::V exp_v(typename S::V x) {
+  constexpr float kMinArg = -87.33654f;  // exp(kMinArg) = 2^-126, the smallest normal
+  constexpr float kMaxArg = 88.0f;       // keeps n <= 127
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // 16 significant bits: n * kLn2Hi is exact
+  constexpr float kLn2Lo = 1.42860682030941723212e-6f;
+  const auto xc = S::min(S::max(x, S::set1(kMinArg)), S::set1(kMaxArg));
+  const auto n = S::round(S::mul(xc, S::set1(kLog2e)));
+  auto r = S::fnma(n, S::set1(kLn2Hi), xc);
+  r = S::fnma(n, S::set1(kLn2Lo), r);
+  auto p = S::set1(1.0f / 5040.0f);
+  p = S::fma(p, r, S::set1(1.0f / 720.0f));
+  p = S::fma(p, r, S::set1(1.0f / 120.0f));
+  p = S::fma(p, r, S::set1(1.0f / 24.0f));
+  p = S::fma(p, r, S::set1(1.0f / 6.0f));
+  p = S::fma(p, r, S::set1(0.5f));
+  p = S::fma(p, r, S::set1(1.0f));
+  p = S::fma(p, r, S::set1(1.0f));
+  return S::zero_below(S::ldexp(p, n), x, kMinArg);
+}
+
+template <class S>
+float dot(const float* a, const float* b, int64_t n) {
+  constexpr int kW = S::kW;
+  auto s0 = S::zero(), s1 = S::zero(), s2 = S::zero(), s3 = S::zero();
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    s0 = S::fma(S::load(a + i), S::load(b + i), s0);
+    s1 = S::fma(S::load(a + i + kW), S::load(b + i + kW), s1);
+    s2 = S::fma(S::load(a + i + 2 * kW), S::load(b + i + 2 * kW), s2);
+    s3 = S::fma(S::load(a + i + 3 * kW), S::load(b + i + 3 * kW), s3);
+  }
+  for (; i + kW <= n; i += kW) s0 = S::fma(S::load(a + i), S::load(b + i), s0);
+  if (i < n) s1 = S::fma(S::load_n(a + i, int(n - i), 0.0f), S::load_n(b + i, int(n - i), 0.0f), s1);
+  return S::hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
+}
+
+template <class S>
+float dot_f16(const float* a, const uint16_t* b, int64_t n) {
+  constexpr int kW = S::kW;
+  auto s0 = S::zero(), s1 = S::zero(), s2 = S::zero(), s3 = S::zero();
+  int64_t i = 0;
+  for (; i + 4 * kW <= n; i += 4 * kW) {
+    s0 = S::fma(S::load(a + i), S::load_h(b + i), s0);
+    s1 = S::fma(S::load(a + i + kW), S::load_h(b + i + kW), s1);
+    s2 = S::fma(S::load(a + i + 2 * kW), S::load_h(b + i + 2 * kW), s2);
+    s3 = S::fma(S::load(a + i + 3 * kW), S::load_h(b + i + 3 * kW), s3);
+  }
+  for (; i + kW <= n; i += kW) s0 = S::fma(S::load(a + i), S::load_h(b + i), s0);
+  if (i < n) s1 = S::fma(S::load_n(a + i, int(n - i), 0.0f), S::load_h_n(b + i, int(n - i)), s1);
+  return S::hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
+}
+
+template <class S>
+void axpy(float a, const float* x, float* y, int64_t n) {
+  constexpr int kW = S::kW;
+  const auto av = S::set1(a);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(y + i, S::fma(av, S::load(x + i), S::load(y + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(y + i, S::fma(av, S::load_n(x + i, t, 0.0f), S::load_n(y + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
+  constexpr int kW = S::kW;
+  const auto av = S::set1(a);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(y + i, S::fma(av, S::load_h(x + i), S::load(y + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(y + i, S::fma(av, S::load_h_n(x + i, t), S::load_n(y + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+void scale(float* x, float s, int64_t n) {
+  constexpr int kW = S::kW;
+  const auto sv = S::set1(s);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(x + i, S::mul(S::load(x + i), sv));
+  if (i < n) S::store_n(x + i, S::mul(S::load_n(x + i, int(n - i), 0.0f), sv), int(n - i));
+}
+
+template <class S>
+float max(const float* x, int64_t n) {
+  constexpr int kW = S::kW;
+  auto m0 = S::set1(kNegInf), m1 = S::set1(kNegInf);
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    m0 = S::max(m0, S::load(x + i));
+    m1 = S::max(m1, S::load(x + i + kW));
+  }
+  for (; i + kW <= n; i += kW) m0 = S::max(m0, S::load(x + i));
+  if (i < n) m1 = S::max(m1, S::load_n(x + i, int(n - i), kNegInf));
+  return S::hmax(S::max(m0, m1));
+}
+
+template <class S>
+float exp_sum(float* x, float sub, int64_t n) {
+  constexpr int kW = S::kW;
+  const auto sv = S::set1(sub);
+  auto s0 = S::zero(), s1 = S::zero();
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const auto e0 = exp_v<S>(S::sub(S::load(x + i), sv));
+    const auto e1 = exp_v<S>(S::sub(S::load(x + i + kW), sv));
+    S::store(x + i, e0);
+    S::store(x + i + kW, e1);
+    s0 = S::add(s0, e0);
+    s1 = S::add(s1, e1);
+  }
+  for (; i + kW <= n; i += kW) {
+    const auto e = exp_v<S>(S::sub(S::load(x + i), sv));
+    S::store(x + i, e);
+    s0 = S::add(s0, e);
+  }
+  if (i < n) {
+    const auto e = exp_v<S>(S::sub(S::load_n(x + i, int(n - i), kNegInf), sv));  // pad lanes: exp = 0
+    S::store_n(x + i, e, int(n - i));
+    s1 = S::add(s1, e);
+  }
+  return S::hsum(S::add(s0, s1));
+}
+
+template <class S>
+void max_into(float* acc, const float* x, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(acc + i, S::max(S::load(acc + i), S::load(x + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(acc + i, S::max(S::load_n(acc + i, t, 0.0f), S::load_n(x + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+void exp_sub_into(float* x, const float* sub, float* sum, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const auto e = exp_v<S>(S::sub(S::load(x + i), S::load(sub + i)));
+    S::store(x + i, e);
+    S::store(sum + i, S::add(S::load(sum + i), e));
+  }
+  if (i < n) {
+    const int t = int(n - i);
+    const auto e = exp_v<S>(S::sub(S::load_n(x + i, t, 0.0f), S::load_n(sub + i, t, 0.0f)));
+    S::store_n(x + i, e, t);
+    S::store_n(sum + i, S::add(S::load_n(sum + i, t, 0.0f), e), t);
+  }
+}
+
+template <class S>
+float sum_sq(const float* x, int64_t n) {
+  constexpr int kW = S::kW;
+  auto s0 = S::zero(), s1 = S::zero();
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const auto a = S::load(x + i), b = S::load(x + i + kW);
+    s0 = S::fma(a, a, s0);
+    s1 = S::fma(b, b, s1);
+  }
+  for (; i + kW <= n; i += kW) {
+    const auto a = S::load(x + i);
+    s0 = S::fma(a, a, s0);
+  }
+  if (i < n) {
+    const auto a = S::load_n(x + i, int(n - i), 0.0f);
+    s1 = S::fma(a, a, s1);
+  }
+  return S::hsum(S::add(s0, s1));
+}
+
+template <class S>
+void scale_mul(const float* x, float s, const float* w, float* y, int64_t n) {
+  constexpr int kW = S::kW;
+  const auto sv = S::set1(s);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(y + i, S::mul(S::mul(S::load(x + i), sv), S::load(w + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(y + i, S::mul(S::mul(S::load_n(x + i, t, 0.0f), sv), S::load_n(w + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+inline typename S::V silu_mul_v(typename S::V g, typename S::V u) {
+  const auto e = exp_v<S>(S::sub(S::zero(), g));
+  return S::div(S::mul(g, u), S::add(S::set1(1.0f), e));
+}
+
+template <class S>
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(out + i, silu_mul_v<S>(S::load(g + i), S::load(u + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(out + i, silu_mul_v<S>(S::load_n(g + i, t, 0.0f), S::load_n(u + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+void add(const float* a, const float* b, float* out, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(out + i, S::add(S::load(a + i), S::load(b + i)));
+  if (i < n) {
+    const int t = int(n - i);
+    S::store_n(out + i, S::add(S::load_n(a + i, t, 0.0f), S::load_n(b + i, t, 0.0f)), t);
+  }
+}
+
+template <class S>
+void f16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store(y + i, S::load_h(x + i));
+  if (i < n) S::store_n(y + i, S::load_h_n(x + i, int(n - i)), int(n - i));
+}
+
+template <class S>
+void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
+  constexpr int kW = S::kW;
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) S::store_h(y + i, S::load(x + i));
+  if (i < n) S::store_h_n(y + i, S::load_n(x + i, int(n - i), 0.0f), int(n - i));
+}
+
+// ---- gemm: an R x (NV vectors) block of c; the last vector holds `last` valid lanes ----
+template <class S, int R, int NV, bool kFull>
+void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
+                int64_t ldc, bool accumulate, int last) {
+  constexpr int kW = S::kW;
+  typename S::V acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      const float* cp = c + r * ldc + v * kW;
+      if (!accumulate) {
+        acc[r][v] = S::zero();
+      } else {
+        acc[r][v] = (kFull || v < NV - 1) ? S::load(cp) : S::load_n(cp, last, 0.0f);
+      }
+    }
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float* bk = b + kk * ldb;
+    typename S::V bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = (kFull || v < NV - 1) ? S::load(bk + v * kW) : S::load_n(bk + v * kW, last, 0.0f);
+    for (int r = 0; r < R; ++r) {
+      const auto av = S::set1(a[r * a_rs + kk * a_cs]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + r * ldc + v * kW;
+      if (kFull || v < NV - 1) {
+        S::store(cp, acc[r][v]);
+      } else {
+        S::store_n(cp, acc[r][v], last);
+      }
+    }
+  }
+}
+
+template <class S, int R, int NV>
+inline void gemm_block_dispatch(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+                                float* c, int64_t ldc, bool accumulate, int last) {
+  if (last == S::kW) {
+    gemm_block<S, R, NV, true>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+  } else {
+    gemm_block<S, R, NV, false>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+  }
+}
+
+template <class S, int R>
+inline void gemm_rows(int nv, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate, int last) {
+  switch (nv) {
+    case 1: return gemm_block_dispatch<S, R, 1>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    case 2: return gemm_block_dispatch<S, R, 2>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    case 3: return gemm_block_dispatch<S, R, 3>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    default: return gemm_block_dispatch<S, R, 4>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+  }
+}
+
+template <class S>
+void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+          float* c, int64_t ldc, bool accumulate) {
+  constexpr int kW = S::kW;
+  for (int64_t j0 = 0; j0 < n; j0 += 4 * kW) {
+    const int cols = int(n - j0 < 4 * kW ? n - j0 : 4 * kW);
+    const int nv = (cols + kW - 1) / kW;
+    const int last = cols - (nv - 1) * kW;
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) {
+      gemm_rows<S, 2>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+    }
+    if (i < m) gemm_rows<S, 1>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+  }
+}
+
+// All of the above for one trait, as a table. Aggregate-initialized (no shared inline constructor).
+template <class S>
+VecKernels make_vec_kernels(const char* name) {
+  return VecKernels{name,           dot<S>,      dot_f16<S>,   axpy<S>,      axpy_f16<S>,
+                    scale<S>,       max<S>,      exp_sum<S>,   max_into<S>,  exp_sub_into<S>,
+                    sum_sq<S>,      scale_mul<S>, silu_mul<S>, add<S>,       f16_to_f32<S>,
+                    f32_to_f16<S>,  gemm<S>};
+}
+
+}  // namespace kvb::cpu::vec_impl

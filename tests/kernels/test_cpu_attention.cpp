@@ -1,0 +1,123 @@
+// Differential tests of the CPU attention (decode and tiled prefill paths) against a plain
+// double-precision causal GQA softmax attention, for f32 and f16 caches.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu_test_util.h"
+#include "kernels/dtype.h"
+
+namespace kvb::test {
+namespace {
+
+struct AttnShape {
+  int64_t n, n_kv, n_head, n_head_kv, hd;
+};
+
+// A cache tensor in f32 or f16, with the f32 values it stands for.
+struct Cache {
+  DType dtype;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;
+};
+
+Cache make_cache(DType t, size_t n, uint32_t seed) {
+  Cache c{t, {}, random_floats(n, seed)};
+  c.bytes.resize(n * dtype_block_bytes(t));
+  from_f32(t, c.values.data(), c.bytes.data(), int64_t(n));
+  to_f32(t, c.bytes.data(), c.values.data(), int64_t(n));
+  return c;
+}
+
+std::vector<double> reference(const AttnShape& s, const std::vector<float>& q, const Cache& k, const Cache& v,
+                              float scale) {
+  const int64_t group = s.n_head / s.n_head_kv;
+  std::vector<double> out(size_t(s.n * s.n_head * s.hd));
+  std::vector<double> p(size_t(s.n_kv));
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int64_t h = 0; h < s.n_head; ++h) {
+      const int64_t kvh = h / group, len = s.n_kv - s.n + i + 1;
+      const float* qr = q.data() + (i * s.n_head + h) * s.hd;
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < len; ++j) {
+        const float* kr = k.values.data() + (j * s.n_head_kv + kvh) * s.hd;
+        double d = 0;
+        for (int64_t e = 0; e < s.hd; ++e) d += double(qr[e]) * double(kr[e]);
+        p[size_t(j)] = d * scale;
+        mx = std::max(mx, p[size_t(j)]);
+      }
+      double sum = 0;
+      for (int64_t j = 0; j < len; ++j) sum += (p[size_t(j)] = std::exp(p[size_t(j)] - mx));
+      double* o = out.data() + (i * s.n_head + h) * s.hd;
+      for (int64_t j = 0; j < len; ++j) {
+        const float* vr = v.values.data() + (j * s.n_head_kv + kvh) * s.hd;
+        for (int64_t e = 0; e < s.hd; ++e) o[e] += p[size_t(j)] / sum * double(vr[e]);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cpu attention matches a double reference (decode and prefill, GQA, f32/f16 cache)", "[kernels]") {
+  const AttnShape s = GENERATE(AttnShape{1, 1, 1, 1, 8}, AttnShape{1, 600, 8, 2, 64}, AttnShape{2, 37, 4, 4, 16},
+                               AttnShape{3, 130, 8, 2, 128}, AttnShape{7, 7, 4, 1, 16}, AttnShape{4, 70, 2, 2, 8},
+                               AttnShape{64, 100, 4, 2, 64}, AttnShape{300, 300, 2, 1, 64},
+                               AttnShape{300, 600, 2, 2, 16}, AttnShape{65, 200, 16, 4, 128},
+                               AttnShape{9, 9, 12, 12, 64});
+  const DType kt = GENERATE(DType::kF32, DType::kF16);
+  const DType vt = GENERATE(DType::kF32, DType::kF16);
+  if (kt != vt && s.n > 7) return;  // mixed cache types: small shapes are enough
+  CAPTURE(s.n, s.n_kv, s.n_head, s.n_head_kv, s.hd, dtype_name(kt), dtype_name(vt));
+
+  const size_t q_elems = size_t(s.n * s.n_head * s.hd), kv_elems = size_t(s.n_kv * s.n_head_kv * s.hd);
+  // Larger q spreads the scores so the softmax is not nearly uniform.
+  const std::vector<float> q = random_floats(q_elems, 3, -2.0f, 2.0f);
+  const Cache k = make_cache(kt, kv_elems, 4), v = make_cache(vt, kv_elems, 5);
+  const float scale = 1.0f / std::sqrt(float(s.hd));
+  const std::vector<double> ref = reference(s, q, k, v, scale);
+
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    Guarded out(q_elems);
+    auto st = cfg.backend->attention(
+        Tensor::make(DType::kF32, const_cast<float*>(q.data()), {s.n, s.n_head, s.hd}),
+        Tensor::make(kt, const_cast<uint8_t*>(k.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
+        Tensor::make(vt, const_cast<uint8_t*>(v.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
+        Tensor::make(DType::kF32, out.data(), {s.n, s.n_head, s.hd}), scale);
+    REQUIRE(st.ok());
+    CHECK(normalized_error(out.data(), ref) <= 1e-5);
+    CHECK(out.guards_intact());
+  }
+}
+
+TEST_CASE("cpu attention rejects bad shapes", "[kernels]") {
+  Backend& be = *cpu_backends().back().backend;
+  std::vector<float> q(4 * 4 * 8), k(8 * 2 * 8), v(8 * 2 * 8), out(4 * 4 * 8);
+  auto run = [&](std::initializer_list<int64_t> qs, std::initializer_list<int64_t> ks, float scale = 1.0f) {
+    return be.attention(Tensor::make(DType::kF32, q.data(), qs), Tensor::make(DType::kF32, k.data(), ks),
+                        Tensor::make(DType::kF32, v.data(), ks), Tensor::make(DType::kF32, out.data(), qs), scale)
+        .code();
+  };
+  CHECK(run({4, 4, 8}, {8, 2, 8}) == StatusCode::kOk);
+  CHECK(run({4, 3, 8}, {8, 2, 8}) == StatusCode::kInvalidArgument);  // 3 heads over 2 kv heads
+  CHECK(run({4, 4, 8}, {3, 2, 8}) == StatusCode::kInvalidArgument);  // n_kv < n
+  CHECK(run({4, 4, 8}, {4, 2, 4}) == StatusCode::kInvalidArgument);  // head_dim mismatch
+  CHECK(run({4, 4, 8}, {8, 2, 8}, NAN) == StatusCode::kInvalidArgument);
+  CHECK(run({4, 32}, {8, 2, 8}) == StatusCode::kInvalidArgument);    // q not 3-d
+  // out overlapping q.
+  CHECK(be.attention(Tensor::make(DType::kF32, q.data(), {4, 4, 8}), Tensor::make(DType::kF32, k.data(), {8, 2, 8}),
+                     Tensor::make(DType::kF32, v.data(), {8, 2, 8}), Tensor::make(DType::kF32, q.data(), {4, 4, 8}),
+                     1.0f)
+            .code() == StatusCode::kInvalidArgument);
+  // k of an unsupported dtype.
+  CHECK(be.attention(Tensor::make(DType::kF32, q.data(), {4, 4, 8}), Tensor::make(DType::kBF16, k.data(), {8, 2, 8}),
+                     Tensor::make(DType::kF32, v.data(), {8, 2, 8}), Tensor::make(DType::kF32, out.data(), {4, 4, 8}),
+                     1.0f)
+            .code() == StatusCode::kInvalidArgument);
+}
+
+}  // namespace kvb::test
