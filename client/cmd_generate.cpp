@@ -1,8 +1,10 @@
-// kvbridge generate: local generation with a model file, printing tokens as they come.
+// kvbridge generate: generation with a local model file (--model), or by an agent (--agent, with
+// optional context caches), printing tokens as they come.
 #include <fmt/format.h>
 
 #include <cstdio>
 
+#include "client/cli_remote.h"
 #include "client/commands.h"
 #include "engine/generate.h"
 #include "engine/model.h"
@@ -19,9 +21,36 @@ struct GenerateArgs {
   int32_t top_k = 0;
   uint64_t seed = 0;
   bool stats = false;
+  // remote mode
+  std::string agent;
+  std::vector<std::string> context;
+  bool keep_cache = false;
+  RemoteFlags remote;
+  WireFlags wire;
 };
 
+void run_remote_generate(const GenerateArgs& a) {
+  // The agent reads max_tokens 0 as its default (128), not as "nothing".
+  if (a.n == 0) throw CLI::ValidationError("-n", "an agent generates at least one token");
+  auto agent = connect_or_exit(a.agent, a.remote);
+  client::v1::GenerateRequest req;
+  req.set_text(a.prompt);
+  for (const std::string& c : a.context) *req.add_context() = parse_cache_ref(c);
+  req.set_max_tokens(uint32_t(a.n));
+  req.mutable_sampling()->set_temperature(a.temp);
+  req.mutable_sampling()->set_top_k(a.top_k);
+  req.mutable_sampling()->set_top_p(a.top_p);
+  req.mutable_sampling()->set_seed(a.seed);
+  req.mutable_pull()->set_dtype(a.wire.dtype());
+  req.mutable_pull()->set_compression(a.wire.compression());
+  req.set_keep_cache(a.keep_cache);
+  std::fputs(a.prompt.c_str(), stdout);
+  const client::v1::GenerateSummary s = stream_generate(*agent, req, a.stats);
+  if (a.keep_cache && !a.stats) std::fprintf(stderr, "cache_id=%s\n", s.cache_id().c_str());
+}
+
 void run_generate(const GenerateArgs& a) {
+  if (!a.agent.empty()) return run_remote_generate(a);
   auto model = load_model(a.model, LoadOptions{a.tokenizer});
   exit_on_error(model.status());
   const Model& m = **model;
@@ -63,8 +92,16 @@ void run_generate(const GenerateArgs& a) {
 
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  CLI::App* c = app.add_subcommand("generate", "Generate text from a prompt with a local model");
-  c->add_option("-m,--model", a->model, "Model file (GGUF or llama2.c .bin)")->required();
+  CLI::App* c = app.add_subcommand("generate", "Generate text from a prompt with a local model or an agent");
+  auto* model = c->add_option("-m,--model", a->model, "Model file (GGUF or llama2.c .bin)");
+  auto* agent = c->add_option("--agent", a->agent, "Generate on this agent (host:port) instead of a local model");
+  model->excludes(agent);
+  c->add_option("--context", a->context, "Context cache AGENT/ID placed before the prompt (repeatable, in order)")
+      ->needs(agent);
+  c->add_flag("--keep-cache", a->keep_cache, "Keep context + prompt + output as a new cache; print its id")
+      ->needs(agent);
+  add_wire_flags(c, a->wire, "context caches pulled from other agents");
+  add_remote_flags(c, a->remote);
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file for formats that keep it apart (llama2.c tokenizer.bin)");
   c->add_option("-p,--prompt", a->prompt, "Prompt text")->required();
   c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
@@ -76,7 +113,10 @@ void register_generate(CLI::App& app) {
   c->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (default: the model's)")->check(CLI::Range(0, 1 << 24));
   c->add_option("--device", a->device, "cpu or cuda:N");
   c->add_flag("--stats", a->stats, "Print timing to stderr");
-  c->callback([a] { run_generate(*a); });
+  c->callback([a] {
+    if (a->model.empty() && a->agent.empty()) throw CLI::RequiredError("--model or --agent");
+    run_generate(*a);
+  });
 }
 
 }  // namespace kvb::cli

@@ -1,8 +1,10 @@
-// kvbridge info: a model summary (format, shapes, dtypes, tokenizer, memory).
+// kvbridge info: a model summary (format, shapes, dtypes, tokenizer, memory), or an agent's
+// (--agent, client/cmd_agent_info.cpp).
 #include <fmt/format.h>
 
 #include <cstdio>
 
+#include "client/cli_remote.h"
 #include "client/commands.h"
 #include "engine/model.h"
 #include "kernels/registry.h"
@@ -11,13 +13,18 @@ namespace kvb::cli {
 
 void register_info(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer;
+    std::string model, tokenizer, agent;
+    RemoteFlags remote;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* c = app.add_subcommand("info", "Print a model summary");
-  c->add_option("-m,--model,model", a->model, "Model file (GGUF or llama2.c .bin)")->required();
+  CLI::App* c = app.add_subcommand("info", "Print a model summary, or an agent's");
+  auto* model_opt = c->add_option("-m,--model,model", a->model, "Model file (GGUF or llama2.c .bin)");
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");
+  c->add_option("--agent", a->agent, "Ask this agent (host:port) instead")->excludes(model_opt);
+  add_remote_flags(c, a->remote);
   c->callback([a] {
+    if (!a->agent.empty()) return print_agent_info(a->agent, a->remote);
+    if (a->model.empty()) throw CLI::RequiredError("--model or --agent");
     auto model = load_model(a->model, LoadOptions{a->tokenizer});
     exit_on_error(model.status());
     const Model& m = **model;

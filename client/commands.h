@@ -23,5 +23,10 @@ void register_tokenize(CLI::App& app);  // client/cmd_tokenize.cpp
 void register_info(CLI::App& app);      // client/cmd_info.cpp
 void register_convert(CLI::App& app);   // client/cmd_convert.cpp
 void register_synth(CLI::App& app);     // client/cmd_synth.cpp
+// Remote commands (flags shared through client/cli_remote.h).
+void register_prefill(CLI::App& app);   // client/cmd_prefill.cpp
+void register_pass(CLI::App& app);      // client/cmd_pass.cpp
+void register_caches(CLI::App& app);    // client/cmd_caches.cpp
+void register_cache(CLI::App& app);     // client/cmd_cache.cpp: save|load|drop|pin
 
 }  // namespace kvb::cli

@@ -12,6 +12,10 @@ int main(int argc, char** argv) {
   kvb::cli::register_info(app);
   kvb::cli::register_convert(app);
   kvb::cli::register_synth(app);
+  kvb::cli::register_prefill(app);
+  kvb::cli::register_pass(app);
+  kvb::cli::register_caches(app);
+  kvb::cli::register_cache(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

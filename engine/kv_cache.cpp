@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include <climits>
+
 #include <fmt/format.h>
 
 namespace kvb {
@@ -81,6 +83,62 @@ Status KvCache::copy_from(Backend& backend, const KvCache& src, int32_t n) {
   }
   tokens_.assign(src.tokens_.begin(), src.tokens_.begin() + n);
   pos0_ = src.pos0_;
+  return Status::Ok();
+}
+
+Status KvCache::set_pos0(int32_t pos0) {
+  if (n_tokens() != 0) {
+    return failed_precondition(fmt::format("kv cache: cannot set pos0 of a cache holding {} tokens", n_tokens()));
+  }
+  if (pos0 < 0) return invalid_argument(fmt::format("kv cache: pos0 must be >= 0, got {}", pos0));
+  pos0_ = pos0;
+  return Status::Ok();
+}
+
+Status KvCache::append_shifted(Backend& backend, const KvCache& src, const RopeParams& rope) {
+  if (src.layout_ != layout_) return invalid_argument("kv cache append: layouts differ");
+  if (layout_.dtype != DType::kF32) {
+    return invalid_argument(fmt::format("kv cache append: only f32 caches can be shifted, got {}",
+                                        dtype_name(layout_.dtype)));
+  }
+  if (&src == this) return invalid_argument("kv cache append: a cache cannot be appended to itself");
+  const int32_t n = src.n_tokens();
+  if (n == 0) return Status::Ok();
+  if (int64_t(n_tokens()) + n > n_ctx_) {
+    return resource_exhausted(fmt::format("kv cache append: {} tokens + {} more > context size {}", n_tokens(), n,
+                                          n_ctx_));
+  }
+  if (int64_t(next_pos()) + n > INT32_MAX) {
+    return resource_exhausted(fmt::format("kv cache append: positions {} + {} pass INT32_MAX", next_pos(), n));
+  }
+  const int64_t delta = int64_t(next_pos()) - src.pos0();
+
+  // Copy into the free cells (scratch until committed), then turn every copied key by the same
+  // angle: rope at "position" delta. The positions live in backend memory; they and the host
+  // staging vector must outlive the enqueued ops, hence the synchronize on every path.
+  std::unique_ptr<Buffer> pos_buf;
+  std::vector<int32_t> deltas;
+  auto enqueue = [&]() -> Status {
+    const size_t bytes = size_t(n) * layout_.cell_bytes();
+    for (int32_t l = 0; l < layout_.n_layer; ++l) {
+      KVB_RETURN_IF_ERROR(backend.copy(k(l).slice_rows(n_tokens(), n).data, src.k(l).data, bytes));
+      KVB_RETURN_IF_ERROR(backend.copy(v(l).slice_rows(n_tokens(), n).data, src.v(l).data, bytes));
+    }
+    if (delta == 0) return Status::Ok();
+    KVB_ASSIGN_OR_RETURN(pos_buf, backend.device().buffer_type().alloc(size_t(n) * sizeof(int32_t)));
+    deltas.assign(static_cast<size_t>(n), int32_t(delta));
+    KVB_RETURN_IF_ERROR(backend.copy_from_host(pos_buf->data(), deltas.data(), size_t(n) * sizeof(int32_t)));
+    const Tensor pos = Tensor::make(DType::kI32, pos_buf->data(), {n});
+    for (int32_t l = 0; l < layout_.n_layer; ++l) {
+      KVB_RETURN_IF_ERROR(backend.rope(k(l).slice_rows(n_tokens(), n), pos, rope));
+    }
+    return Status::Ok();
+  };
+  const Status enqueued = enqueue();
+  const Status synced = backend.synchronize();
+  KVB_RETURN_IF_ERROR(enqueued);
+  KVB_RETURN_IF_ERROR(synced);
+  tokens_.insert(tokens_.end(), src.tokens_.begin(), src.tokens_.end());
   return Status::Ok();
 }
 

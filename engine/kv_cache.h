@@ -89,6 +89,22 @@ class KvCache {
   // seq_cp: replaces this cache's contents with the first n cells of `src` (same layout, enough
   // capacity; INVALID_ARGUMENT / RESOURCE_EXHAUSTED otherwise). Both caches must live on `backend`.
   Status copy_from(Backend& backend, const KvCache& src, int32_t n);
+  // Sets the position of cell 0 of an EMPTY cache, so that the next append starts at `pos0` (a
+  // cache received over the wire keeps its sender's positions). FAILED_PRECONDITION when the cache
+  // holds tokens; INVALID_ARGUMENT for pos0 < 0.
+  Status set_pos0(int32_t pos0);
+  // Concatenation: appends all cells of `src` after this cache's cells, as if src's tokens had been
+  // computed at positions next_pos() .. next_pos() + src.n_tokens() - 1. Keys are stored post-RoPE,
+  // so src's keys are re-rotated by delta = next_pos() - src.pos0() (rotations compose:
+  // R(p + d) = R(d)·R(p)); values are copied unchanged. Note the cells of src still only attended
+  // to src's own tokens when they were computed (this is cache concatenation, not a re-prefill).
+  // `rope` must be the model's RoPE parameters. Both caches must live on `backend` and be f32
+  // (INVALID_ARGUMENT otherwise, and for different layouts); RESOURCE_EXHAUSTED when src does not
+  // fit in the free cells, or the positions would pass INT32_MAX. On any error this cache is left
+  // exactly as it was (only scratch cells beyond n_tokens() may have been written). Synchronous:
+  // the backend is synchronized before returning. Allocates a small positions buffer
+  // (4 bytes per src cell) from backend.device().buffer_type().
+  Status append_shifted(Backend& backend, const KvCache& src, const RopeParams& rope);
 
  private:
   KvCache() = default;

@@ -72,14 +72,15 @@ Vocab synth_vocab(int32_t n_vocab);
 // INVALID_ARGUMENT), in memory: the Model owns its weights (about weight_bytes() of RAM, a single
 // copy) and a Tokenizer over synth_vocab. Model::format is kGguf and Model::path is
 // "synth-<spec>", so write_model_gguf names it that way. Deterministic: the same (spec, dtype,
-// seed) gives bit-identical weights on every platform. Single-threaded; roughly 1-3 ns per weight.
+// seed) gives bit-identical weights on every platform. Single-threaded, a few ns per weight
+// (stories110M in f32: about 0.5 s).
 Result<std::unique_ptr<Model>> synth_model(std::string_view spec, DType dtype, uint64_t seed);
 
 // Writes the GGUF of synth_model(spec, dtype, seed) to `path` without building the model: each
 // tensor is generated in row blocks while the file is written, so memory stays at a few MiB plus
-// the vocabulary whatever the preset (llama3-8b included). The file is byte-identical to
-// write_model_gguf(*synth_model(spec, dtype, seed), path). Errors as synth_model and
-// write_model_gguf.
+// the vocabulary whatever the preset (llama3-8b in q8_0: ~25 MiB RSS, an 8 GiB file in ~90 s).
+// The file is byte-identical to write_model_gguf(*synth_model(spec, dtype, seed), path).
+// Errors as synth_model and write_model_gguf.
 Status write_synth_gguf(std::string_view spec, DType dtype, uint64_t seed, const std::string& path,
                         const ExportProgress& progress = {});
 

@@ -17,21 +17,26 @@ namespace kvb::cpu {
 namespace {
 
 constexpr int kMr = 6;  // 6 x 16 accumulators = 12 ymm, + 2 for b and 1 for the a broadcast
+// Software prefetch distance of the gemv streams (see gemm_avx512.cpp).
+constexpr int64_t kPrefetchBytes = 2048;
 
 inline int clamp_cols(int n) { return n < 0 ? 0 : n > 8 ? 8 : n; }
 
 // ---- panel loaders: columns [8c, 8c + 8) of row k as f32 ----
 struct LoadF32 {
+  static constexpr int64_t kRowBytes = kPanel * 4;
   static inline __m256 vec(const uint8_t* panel, int64_t k, int c) {
     return _mm256_load_ps(reinterpret_cast<const float*>(panel) + k * kPanel + 8 * c);
   }
 };
 struct LoadF16 {
+  static constexpr int64_t kRowBytes = kPanel * 2;
   static inline __m256 vec(const uint8_t* panel, int64_t k, int c) {
     return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(panel + (k * kPanel + 8 * c) * 2)));
   }
 };
 struct LoadBF16 {
+  static constexpr int64_t kRowBytes = kPanel * 2;
   static inline __m256 vec(const uint8_t* panel, int64_t k, int c) {
     const __m128i h = _mm_load_si128(reinterpret_cast<const __m128i*>(panel + (k * kPanel + 8 * c) * 2));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -72,6 +77,9 @@ void gemv_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t 
   for (; kk + kU <= k; kk += kU) {
 #pragma GCC unroll 2
     for (int u = 0; u < kU; ++u) {
+      const uint8_t* pf = panel + (kk + u) * L::kRowBytes + kPrefetchBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+      if constexpr (L::kRowBytes > 64) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
 #pragma GCC unroll 4
       for (int c = 0; c < NC; ++c) {
         const __m256 w = L::vec(panel, kk + u, c0 + c);
@@ -111,6 +119,9 @@ void gemv_q8_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64
     }
 #pragma GCC unroll 4
     for (int kk = 0; kk < kQ8BlockSize; ++kk) {
+      if (kk % 2 == 0) {  // 17 lines per 32 k's: one prefetch every other k
+        _mm_prefetch(reinterpret_cast<const char*>(group + kPrefetchBytes + kk * 34), _MM_HINT_T0);
+      }
 #pragma GCC unroll 4
       for (int c = 0; c < NC; ++c) {
         const __m256 w = _mm256_mul_ps(q8_to_f32(q + kk * kPanel + 8 * (c0 + c)), d[c]);

@@ -51,7 +51,7 @@ void ThreadPool::resize(int n_threads) {
 
 void ThreadPool::start_workers(int n_threads) {
   n_threads = std::clamp(n_threads, 1, kMaxThreads);
-  stop_ = false;
+  stop_.store(false, std::memory_order_relaxed);
   const uint32_t generation = generation_.load();
   workers_.reserve(size_t(n_threads - 1));
   for (int tid = 1; tid < n_threads; ++tid) {
@@ -66,7 +66,7 @@ void ThreadPool::start_workers(int n_threads) {
 
 void ThreadPool::stop_workers() {
   if (workers_.empty()) return;
-  stop_ = true;
+  stop_.store(true, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_seq_cst);
   generation_.notify_all();
   for (std::thread& t : workers_) t.join();
@@ -74,27 +74,43 @@ void ThreadPool::stop_workers() {
   n_threads_ = 1;
 }
 
-void ThreadPool::run_job(Job job) {
+void ThreadPool::run_chunks(uint32_t n_chunks, Job job) {
   job_ = job;
-  const uint32_t n_workers = uint32_t(n_threads_ - 1);
   n_done_.store(0, std::memory_order_relaxed);
+  ticket_.store(uint64_t(n_chunks) << 32, std::memory_order_release);
   // seq_cst pairs with the workers' n_sleeping_ increment (Dekker): either a worker sees the new
   // generation before it blocks, or we see it counted as sleeping and wake it.
   generation_.fetch_add(1, std::memory_order_seq_cst);
   if (n_sleeping_.load(std::memory_order_seq_cst) > 0) generation_.notify_all();
 
-  job.fn(job.ctx, 0, n_threads_);
+  work(0);
 
+  // Only chunks that workers claimed can be outstanding now.
   for (;;) {
     uint32_t done = n_done_.load(std::memory_order_acquire);
-    if (done == n_workers) break;
+    if (done == n_chunks) break;
     const uint32_t seen = spin_while_equal(n_done_, done);
     if (seen != done) continue;  // progress: keep spinning
-    // Spin budget spent (a worker was descheduled): sleep; same Dekker pairing as above.
+    // Spin budget spent (a worker was descheduled mid-chunk): sleep, same Dekker pairing as above.
     caller_sleeping_.store(true, std::memory_order_seq_cst);
     done = n_done_.load(std::memory_order_seq_cst);
-    if (done != n_workers) n_done_.wait(done, std::memory_order_seq_cst);
+    if (done != n_chunks) n_done_.wait(done, std::memory_order_seq_cst);
     caller_sleeping_.store(false, std::memory_order_relaxed);
+  }
+}
+
+void ThreadPool::work(int tid) {
+  uint64_t t = ticket_.load(std::memory_order_acquire);
+  for (;;) {
+    const auto n = uint32_t(t >> 32), next = uint32_t(t);
+    if (next >= n) return;
+    // A successful claim also acquires job_ (published before the ticket), which cannot change
+    // until this chunk is counted done.
+    if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    job_.fn(job_.ctx, int64_t(next), tid);
+    n_done_.fetch_add(1, std::memory_order_seq_cst);
+    if (caller_sleeping_.load(std::memory_order_seq_cst)) n_done_.notify_one();
+    t = ticket_.load(std::memory_order_acquire);
   }
 }
 
@@ -109,10 +125,8 @@ void ThreadPool::worker_loop(int tid, uint32_t generation) {
       n_sleeping_.fetch_sub(1, std::memory_order_relaxed);
     }
     generation = g;
-    if (stop_) return;
-    job_.fn(job_.ctx, tid, n_threads_);
-    n_done_.fetch_add(1, std::memory_order_seq_cst);
-    if (caller_sleeping_.load(std::memory_order_seq_cst)) n_done_.notify_one();
+    if (stop_.load(std::memory_order_relaxed)) return;
+    work(tid);
   }
 }
 

@@ -1,12 +1,15 @@
 // ThreadPool: the persistent workers of one CPU backend.
 //
-// run(fn) executes fn(tid, n_threads) once per thread, tid 0 on the calling thread, and returns when
-// every thread has finished (a full barrier). Between jobs the workers spin for ~100 µs, so the
-// ~100 back-to-back ops of a decode step cost a few hundred nanoseconds each to dispatch, and then
-// sleep on a futex (no CPU is burnt while the backend is idle).
+// parallel_for(n, chunk, fn) cuts [0, n) into chunks that the calling thread (tid 0) and the
+// workers (tid 1 .. n_threads-1) claim from one atomic ticket, and returns when every chunk is done.
+// The caller works too and never waits for a worker that has not started: a worker descheduled by a
+// noisy neighbour costs at most the chunk it already holds. Between jobs the workers spin for
+// ~100 µs, so the ~100 back-to-back ops of a decode step dispatch in well under a microsecond, and
+// then sleep on a futex (no CPU is burnt while the backend is idle).
 //
-// Threading: one thread drives a pool (as one thread drives a Backend). run() is not reentrant: a job
-// must not call run() or parallel_for() on its own pool. Jobs must not throw.
+// Threading: one thread drives a pool (as one thread drives a Backend). parallel_for is not
+// reentrant: a job must not call it on its own pool. Jobs must not throw. Each tid runs on one thread
+// only, so per-tid scratch memory needs no locking.
 #pragma once
 
 #include <algorithm>
@@ -31,59 +34,49 @@ class ThreadPool {
   // Joins or starts workers. Only between jobs (never from inside one).
   void resize(int n_threads);
 
-  // fn(int tid, int n_threads) on every thread; returns after all are done.
-  template <class F>
-  void run(F&& fn) {
-    if (n_threads_ == 1) {
-      fn(0, 1);
-      return;
-    }
-    run_job(Job{&fn, [](void* ctx, int tid, int n) { (*static_cast<std::remove_reference_t<F>*>(ctx))(tid, n); }});
-  }
-
-  // Splits [0, n) into chunks of `chunk` items handed out dynamically (a thread that is descheduled
-  // by a noisy neighbour does not stall the others); fn(int64_t begin, int64_t end, int tid).
-  // Runs inline, as one range, when there is a single chunk or a single thread.
+  // fn(int64_t begin, int64_t end, int tid) over chunks of `chunk` items covering [0, n); returns
+  // when all are done. Runs inline, as one range, when there is a single chunk or a single thread.
   template <class F>
   void parallel_for(int64_t n, int64_t chunk, F&& fn) {
     if (n <= 0) return;
-    chunk = std::max<int64_t>(chunk, 1);
+    chunk = std::max<int64_t>({chunk, 1, (n + kMaxChunks - 1) / kMaxChunks});
     const int64_t n_chunks = (n + chunk - 1) / chunk;
     if (n_chunks == 1 || n_threads_ == 1) {
       fn(int64_t(0), n, 0);
       return;
     }
-    next_chunk_.store(0, std::memory_order_relaxed);
-    run([&](int tid, int) {
-      for (;;) {
-        const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
-        if (c >= n_chunks) break;
-        fn(c * chunk, std::min(n, (c + 1) * chunk), tid);
-      }
-    });
+    auto body = [&](int64_t c, int tid) { fn(c * chunk, std::min(n, (c + 1) * chunk), tid); };
+    run_chunks(uint32_t(n_chunks), Job{&body, [](void* ctx, int64_t c, int tid) {
+                                         (*static_cast<decltype(body)*>(ctx))(c, tid);
+                                       }});
   }
 
  private:
+  static constexpr int64_t kMaxChunks = int64_t(1) << 30;
   struct Job {
     void* ctx = nullptr;
-    void (*fn)(void* ctx, int tid, int n_threads) = nullptr;
+    void (*fn)(void* ctx, int64_t chunk, int tid) = nullptr;
   };
 
-  void run_job(Job job);
+  void run_chunks(uint32_t n_chunks, Job job);
+  // Claims and runs chunks of the current job until none is left.
+  void work(int tid);
   void start_workers(int n_threads);
   void stop_workers();
   void worker_loop(int tid, uint32_t generation);
 
   int n_threads_ = 1;
   std::vector<std::thread> workers_;
-  Job job_;
-  bool stop_ = false;  // published by the generation_ bump that ends the workers
-  // Each hot atomic on its own cache line: workers poll generation_ while others bump n_done_.
-  alignas(64) std::atomic<uint32_t> generation_{0};  // bumped once per job (and once to stop)
-  alignas(64) std::atomic<uint32_t> n_done_{0};      // workers finished with the current job
+  Job job_;            // written by the caller before the ticket is published
+  std::atomic<bool> stop_{false};  // published by the generation_ bump that ends the workers
+  // Each hot atomic on its own cache line.
+  // ticket_ = n_chunks << 32 | next unclaimed chunk. One word, so a claim (CAS) can only succeed on
+  // a live job, and job_ cannot change under a claimed chunk (the caller waits for it).
+  alignas(64) std::atomic<uint64_t> ticket_{0};
+  alignas(64) std::atomic<uint32_t> n_done_{0};      // chunks finished in the current job
+  alignas(64) std::atomic<uint32_t> generation_{0};  // bumped per job (and to stop): wakes workers
   alignas(64) std::atomic<int> n_sleeping_{0};       // workers blocked in generation_.wait
   std::atomic<bool> caller_sleeping_{false};
-  alignas(64) std::atomic<int64_t> next_chunk_{0};
 };
 
 }  // namespace kvb::cpu

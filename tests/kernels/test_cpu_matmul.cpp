@@ -60,7 +60,7 @@ TEST_CASE("cpu matmul matches a double reference for all ISAs, threads, dtypes a
   const Shape s = GENERATE(Shape{1, 32, 1}, Shape{1, 64, 33}, Shape{1, 768, 100}, Shape{2, 96, 64},
                            Shape{3, 45, 31}, Shape{4, 128, 65}, Shape{5, 256, 96}, Shape{7, 33, 70},
                            Shape{29, 7, 5}, Shape{64, 288, 130}, Shape{17, 1024, 32}, Shape{300, 64, 3},
-                           Shape{300, 544, 70});
+                           Shape{300, 544, 70}, Shape{70, 1056, 40}, Shape{9, 2080, 33});
   if (t == DType::kQ8_0 && s.n_in % kQ8BlockSize != 0) return;
   CAPTURE(dtype_name(t), s.n, s.n_in, s.n_out);
 

@@ -1,0 +1,580 @@
+#include "engine/kv_wire.h"
+
+#include <xxhash.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include <fmt/format.h>
+
+namespace kvb {
+
+// The payload layouts below are little-endian, and the codec memcpy's host values.
+static_assert(std::endian::native == std::endian::little, "kv_wire assumes a little-endian host");
+
+namespace {
+
+constexpr uint64_t kAutoChunkBytes = uint64_t(1) << 20;  // raw payload per chunk when chunk_tokens == 0
+constexpr int kZstdLevel = 1;  // fast: a chunk must compress faster than loopback gRPC moves it
+
+// Streaming xxh3-64 (seed 0) over fixed-width little-endian encodings of fields.
+class Hasher {
+ public:
+  Hasher() : state_(XXH3_createState()) {
+    KVB_ASSERT(state_ != nullptr, "XXH3_createState failed");
+    XXH3_64bits_reset(state_.get());
+  }
+  void bytes(const void* p, size_t n) {
+    if (n > 0) XXH3_64bits_update(state_.get(), p, n);
+  }
+  void u32(uint32_t v) { bytes(&v, 4); }
+  void i32(int32_t v) { u32(uint32_t(v)); }
+  void u64(uint64_t v) { bytes(&v, 8); }
+  void f32(float v) { u32(std::bit_cast<uint32_t>(v)); }
+  void str(std::string_view s) {
+    u64(s.size());  // length-prefixed: ("ab","c") and ("a","bc") hash differently
+    bytes(s.data(), s.size());
+  }
+  uint64_t digest() const { return XXH3_64bits_digest(state_.get()); }
+
+ private:
+  struct Free {
+    void operator()(XXH3_state_t* s) const { XXH3_freeState(s); }
+  };
+  std::unique_ptr<XXH3_state_t, Free> state_;
+};
+
+uint64_t hash_tokenizer(const Tokenizer* tok) {
+  if (tok == nullptr) return 0;
+  const Vocab& v = tok->vocab();
+  Hasher h;
+  h.str("kvbridge.tokenizer.v1");
+  h.u32(uint32_t(v.model));
+  h.u64(v.pieces.size());
+  for (const std::string& p : v.pieces) h.str(p);
+  h.u64(v.scores.size());
+  for (float s : v.scores) h.f32(s);
+  h.u64(v.types.size());
+  for (TokenType t : v.types) h.i32(int32_t(t));
+  h.u64(v.merges.size());
+  for (const std::string& m : v.merges) h.str(m);
+  for (int32_t id : {v.bos, v.eos, v.unk, v.pad}) h.i32(id);
+  for (bool f : {v.add_bos, v.add_eos, v.add_space_prefix}) h.u32(f ? 1 : 0);
+  // Vocab::spm_flavor is left out on purpose: it changes only how odd text is split, never what a
+  // token id means, so a cache of ids stays valid across flavors.
+  return h.digest();
+}
+
+void hash_tensor(Hasher& h, std::string_view slot, const Tensor& t) {
+  h.str(slot);
+  h.str(dtype_name(t.dtype));
+  h.u32(uint32_t(t.n_dims));
+  for (int i = 0; i < t.n_dims; ++i) h.u64(uint64_t(t.shape[size_t(i)]));
+  const size_t n = t.data != nullptr ? t.nbytes() : 0;
+  h.u64(n);
+  h.bytes(t.data, n);
+}
+
+uint64_t hash_weights(const Model& m) {
+  Hasher h;
+  h.str("kvbridge.weights.v1");
+  const ModelWeights& w = m.weights;
+  hash_tensor(h, "token_embd", w.tok_embd);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LlamaLayerWeights& lw = w.layers[l];
+    const std::pair<const char*, const Tensor*> slots[] = {
+        {"attn_norm", &lw.attn_norm}, {"attn_q", &lw.wq},         {"attn_k", &lw.wk},
+        {"attn_v", &lw.wv},           {"attn_output", &lw.wo},    {"ffn_norm", &lw.ffn_norm},
+        {"ffn_gate", &lw.w_gate},     {"ffn_up", &lw.w_up},       {"ffn_down", &lw.w_down},
+    };
+    for (const auto& [name, t] : slots) hash_tensor(h, fmt::format("blk.{}.{}", l, name), *t);
+  }
+  hash_tensor(h, "output_norm", w.output_norm);
+  if (!m.config.tied_output) hash_tensor(h, "output", w.output);
+  return h.digest();
+}
+
+std::string_view rope_type_name(RopeType t) { return t == RopeType::kNeox ? "neox" : "normal"; }
+
+// One comparable, printable field of ModelIdentity. Floats print as their shortest round-trip
+// form, so equal strings mean equal values (bit patterns, save NaN payloads).
+struct IdentityField {
+  std::string_view name;
+  std::string (*repr)(const ModelIdentity&);
+};
+
+const IdentityField kIdentityFields[] = {
+    {"arch", [](const ModelIdentity& m) { return m.arch; }},
+    {"n_layer", [](const ModelIdentity& m) { return fmt::format("{}", m.n_layer); }},
+    {"n_embd", [](const ModelIdentity& m) { return fmt::format("{}", m.n_embd); }},
+    {"n_head", [](const ModelIdentity& m) { return fmt::format("{}", m.n_head); }},
+    {"n_head_kv", [](const ModelIdentity& m) { return fmt::format("{}", m.n_head_kv); }},
+    {"head_dim", [](const ModelIdentity& m) { return fmt::format("{}", m.head_dim); }},
+    {"n_ff", [](const ModelIdentity& m) { return fmt::format("{}", m.n_ff); }},
+    {"n_vocab", [](const ModelIdentity& m) { return fmt::format("{}", m.n_vocab); }},
+    {"rope_type", [](const ModelIdentity& m) { return m.rope_type; }},
+    {"rope_n_rot", [](const ModelIdentity& m) { return fmt::format("{}", m.rope_n_rot); }},
+    {"rope_theta", [](const ModelIdentity& m) { return fmt::format("{}", m.rope_theta); }},
+    {"rope_freq_scale", [](const ModelIdentity& m) { return fmt::format("{}", m.rope_freq_scale); }},
+    {"norm_eps", [](const ModelIdentity& m) { return fmt::format("{}", m.norm_eps); }},
+    {"tokenizer_hash", [](const ModelIdentity& m) { return fmt::format("{:016x}", m.tokenizer_hash); }},
+    {"weights_hash", [](const ModelIdentity& m) { return fmt::format("{:016x}", m.weights_hash); }},
+    {"fingerprint", [](const ModelIdentity& m) { return fmt::format("{:016x}", m.fingerprint); }},
+};
+
+bool valid_dtype(WireDType t) {
+  switch (t) {
+    case WireDType::kF32:
+    case WireDType::kF16:
+    case WireDType::kBF16:
+    case WireDType::kInt8: return true;
+  }
+  return false;
+}
+
+bool valid_compression(WireCompression c) { return c == WireCompression::kNone || c == WireCompression::kZstd; }
+
+// a * b, saturating at UINT64_MAX (never a real size, so it fails every equality check).
+uint64_t mul_sat(uint64_t a, uint64_t b) {
+  uint64_t r;
+  return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+uint64_t digest_of(const std::vector<uint64_t>& checksums) {
+  // u64 little-endian each (the host order, asserted above).
+  return XXH3_64bits(checksums.data(), checksums.size() * sizeof(uint64_t));
+}
+
+// Per-thread zstd contexts: reused across chunks (a context costs ~100 µs to set up), never shared.
+struct ZstdCFree {
+  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+};
+struct ZstdDFree {
+  void operator()(ZSTD_DCtx* c) const { ZSTD_freeDCtx(c); }
+};
+ZSTD_CCtx* thread_cctx() {
+  thread_local std::unique_ptr<ZSTD_CCtx, ZstdCFree> ctx(ZSTD_createCCtx());
+  return ctx.get();
+}
+ZSTD_DCtx* thread_dctx() {
+  thread_local std::unique_ptr<ZSTD_DCtx, ZstdDFree> ctx(ZSTD_createDCtx());
+  return ctx.get();
+}
+
+// Encodes n_cells cells of f32 values (each n_head_kv x head_dim) into `dst` (exactly
+// wire_payload_bytes(...) bytes) in the wire dtype.
+void encode_values(WireDType dtype, const float* x, int64_t n_cells, int64_t n_head_kv, int64_t head_dim,
+                   char* dst) {
+  const int64_t n = n_cells * n_head_kv * head_dim;
+  switch (dtype) {
+    case WireDType::kF32: std::memcpy(dst, x, size_t(n) * 4); return;
+    case WireDType::kF16: from_f32(DType::kF16, x, dst, n); return;
+    case WireDType::kBF16: from_f32(DType::kBF16, x, dst, n); return;
+    case WireDType::kInt8: {
+      char* scales = dst;
+      auto* q = reinterpret_cast<int8_t*>(dst + size_t(n_cells * n_head_kv) * 4);
+      for (int64_t r = 0; r < n_cells * n_head_kv; ++r) {
+        const float* v = x + r * head_dim;
+        float amax = 0.0f;
+        for (int64_t d = 0; d < head_dim; ++d) amax = std::max(amax, std::fabs(v[d]));
+        const float scale = amax / 127.0f;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        std::memcpy(scales + r * 4, &scale, 4);
+        for (int64_t d = 0; d < head_dim; ++d) {
+          // Clamp first (also maps NaN to -127): lrint of an out-of-range value is undefined.
+          float t = v[d] * inv;
+          if (!(t >= -127.0f)) t = -127.0f;
+          if (t > 127.0f) t = 127.0f;
+          q[r * head_dim + d] = static_cast<int8_t>(std::lrint(t));
+        }
+      }
+      return;
+    }
+  }
+}
+
+// The inverse: `src` holds exactly wire_payload_bytes(...) bytes; writes f32 values.
+void decode_values(WireDType dtype, const char* src, int64_t n_cells, int64_t n_head_kv, int64_t head_dim,
+                   float* y) {
+  const int64_t n = n_cells * n_head_kv * head_dim;
+  switch (dtype) {
+    case WireDType::kF32: std::memcpy(y, src, size_t(n) * 4); return;
+    case WireDType::kF16: to_f32(DType::kF16, src, y, n); return;
+    case WireDType::kBF16: to_f32(DType::kBF16, src, y, n); return;
+    case WireDType::kInt8: {
+      const auto* q = reinterpret_cast<const int8_t*>(src + size_t(n_cells * n_head_kv) * 4);
+      for (int64_t r = 0; r < n_cells * n_head_kv; ++r) {
+        float scale;
+        std::memcpy(&scale, src + r * 4, 4);
+        for (int64_t d = 0; d < head_dim; ++d) y[r * head_dim + d] = scale * float(q[r * head_dim + d]);
+      }
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+// ---- identity ----
+
+std::string_view wire_dtype_name(WireDType t) {
+  switch (t) {
+    case WireDType::kF32: return "f32";
+    case WireDType::kF16: return "f16";
+    case WireDType::kBF16: return "bf16";
+    case WireDType::kInt8: return "int8";
+  }
+  return "?";
+}
+
+ModelIdentity model_identity(const Model& m) {
+  const ModelConfig& c = m.config;
+  ModelIdentity id;
+  id.arch = std::string(arch_name(c.arch));
+  id.n_layer = uint32_t(c.n_layer);
+  id.n_embd = uint32_t(c.n_embd);
+  id.n_head = uint32_t(c.n_head);
+  id.n_head_kv = uint32_t(c.n_head_kv);
+  id.head_dim = uint32_t(c.head_dim);
+  id.n_ff = uint32_t(c.n_ff);
+  id.n_vocab = uint32_t(c.n_vocab);
+  id.rope_type = std::string(rope_type_name(c.rope.type));
+  id.rope_n_rot = uint32_t(c.rope.n_rot);
+  id.rope_theta = c.rope.theta_base;
+  id.rope_freq_scale = c.rope.freq_scale;
+  id.norm_eps = c.norm_eps;
+  id.tokenizer_hash = hash_tokenizer(m.tokenizer.get());
+  id.weights_hash = hash_weights(m);
+  id.fingerprint = identity_fingerprint(id);
+  return id;
+}
+
+uint64_t identity_fingerprint(const ModelIdentity& id) {
+  Hasher h;
+  h.str("kvbridge.identity.v1");
+  h.str(id.arch);
+  for (uint32_t v : {id.n_layer, id.n_embd, id.n_head, id.n_head_kv, id.head_dim, id.n_ff, id.n_vocab}) h.u32(v);
+  h.str(id.rope_type);
+  h.u32(id.rope_n_rot);
+  h.f32(id.rope_theta);
+  h.f32(id.rope_freq_scale);
+  h.f32(id.norm_eps);
+  h.u64(id.tokenizer_hash);
+  h.u64(id.weights_hash);
+  return h.digest();
+}
+
+std::string first_difference(const ModelIdentity& expected, const ModelIdentity& got) {
+  for (const IdentityField& f : kIdentityFields) {
+    if (f.repr(expected) != f.repr(got)) return std::string(f.name);
+  }
+  return {};
+}
+
+uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_dim, uint32_t count) {
+  const uint64_t elems = uint64_t(n_head_kv) * head_dim;  // < 2^64: two u32 factors
+  switch (dtype) {
+    case WireDType::kF32: return mul_sat(mul_sat(elems, 4), count);
+    case WireDType::kF16:
+    case WireDType::kBF16: return mul_sat(mul_sat(elems, 2), count);
+    case WireDType::kInt8: {
+      const uint64_t per_cell = elems + uint64_t(n_head_kv) * 4;  // q + one f32 scale per head
+      return per_cell < elems ? UINT64_MAX : mul_sat(per_cell, count);
+    }
+  }
+  return UINT64_MAX;
+}
+
+// ---- encoder ----
+
+Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cache, const ModelIdentity& id,
+                                                             WireDType dtype, WireCompression compression,
+                                                             uint32_t chunk_tokens) {
+  if (!cache.is_host()) return invalid_argument("kv wire encode: the cache must be in host memory");
+  if (!valid_dtype(dtype)) return invalid_argument("kv wire encode: unknown wire dtype");
+  if (!valid_compression(compression)) return invalid_argument("kv wire encode: unknown compression");
+  const KvLayout& lay = cache.layout();
+  if (uint32_t(lay.n_layer) != id.n_layer || uint32_t(lay.n_head_kv) != id.n_head_kv ||
+      uint32_t(lay.head_dim) != id.head_dim) {
+    return invalid_argument(fmt::format(
+        "kv wire encode: cache layout ({} layers, {} kv heads x {}) does not match the model ({}, {} x {})",
+        lay.n_layer, lay.n_head_kv, lay.head_dim, id.n_layer, id.n_head_kv, id.head_dim));
+  }
+  if (lay.dtype != DType::kF32 && lay.dtype != DType::kF16) {
+    return invalid_argument(fmt::format("kv wire encode: unsupported cache dtype {}", dtype_name(lay.dtype)));
+  }
+
+  std::unique_ptr<KvWireEncoder> e(new KvWireEncoder(cache));
+  const uint32_t n_tokens = uint32_t(cache.n_tokens());
+  const uint64_t cell_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, 1);
+  if (chunk_tokens == 0) chunk_tokens = uint32_t(std::clamp<uint64_t>(kAutoChunkBytes / cell_bytes, 1, UINT32_MAX));
+  chunk_tokens = std::max<uint32_t>(1, std::min(chunk_tokens, n_tokens));
+  const uint64_t slices = (uint64_t(n_tokens) + chunk_tokens - 1) / chunk_tokens;
+  const uint64_t n_chunks = slices * 2 * id.n_layer;
+  if (n_chunks > UINT32_MAX) {
+    return invalid_argument(fmt::format("kv wire encode: {} chunks; use larger chunks", n_chunks));
+  }
+
+  KvWireHeader& h = e->header_;
+  h.format_version = kKvWireVersion;
+  h.model = id;
+  h.n_layer = id.n_layer;
+  h.n_head_kv = id.n_head_kv;
+  h.head_dim = id.head_dim;
+  h.dtype = dtype;
+  h.compression = compression;
+  h.tokens.assign(cache.tokens().begin(), cache.tokens().end());
+  h.pos0 = cache.pos0();
+  h.total_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, n_tokens) * 2 * id.n_layer;
+  h.n_chunks = uint32_t(n_chunks);
+  e->chunk_tokens_ = chunk_tokens;
+  e->checksums_.reserve(size_t(n_chunks));
+  return e;
+}
+
+bool KvWireEncoder::next(KvWireChunk& out) {
+  const uint32_t n_tokens = uint32_t(header_.tokens.size());
+  if (layer_ >= header_.n_layer || n_tokens == 0) return false;
+
+  const uint32_t count = std::min(chunk_tokens_, n_tokens - token_);
+  const int64_t n_head_kv = header_.n_head_kv, head_dim = header_.head_dim;
+  const uint64_t raw = wire_payload_bytes(header_.dtype, header_.n_head_kv, header_.head_dim, count);
+  out.layer = layer_;
+  out.is_v = is_v_;
+  out.token_begin = token_;
+  out.token_count = count;
+  out.raw_size = raw;
+
+  // Source cells as f32: the cache itself when it is f32, else a converted copy.
+  const Tensor cells = (is_v_ ? cache_.v(int32_t(layer_)) : cache_.k(int32_t(layer_))).slice_rows(token_, count);
+  const int64_t n = int64_t(count) * n_head_kv * head_dim;
+  const float* x = cells.as<const float>();
+  std::vector<float> converted;
+  if (cells.dtype != DType::kF32) {
+    converted.resize(static_cast<size_t>(n));
+    to_f32(cells.dtype, cells.data, converted.data(), n);
+    x = converted.data();
+  }
+
+  if (header_.compression == WireCompression::kZstd) {
+    scratch_.resize(size_t(raw));
+    encode_values(header_.dtype, x, count, n_head_kv, head_dim, scratch_.data());
+    out.payload.resize(ZSTD_compressBound(size_t(raw)));
+    const size_t z = ZSTD_compressCCtx(thread_cctx(), out.payload.data(), out.payload.size(), scratch_.data(),
+                                       scratch_.size(), kZstdLevel);
+    // compressBound always suffices; an error here is a bug (or a failed context allocation).
+    KVB_ASSERT(!ZSTD_isError(z), fmt::format("zstd compress failed: {}", ZSTD_getErrorName(z)));
+    out.payload.resize(z);
+  } else {
+    out.payload.resize(size_t(raw));
+    encode_values(header_.dtype, x, count, n_head_kv, head_dim, out.payload.data());
+  }
+  out.xxh3 = XXH3_64bits(out.payload.data(), out.payload.size());
+  checksums_.push_back(out.xxh3);
+  ++emitted_;
+
+  token_ += count;
+  if (token_ >= n_tokens) {
+    token_ = 0;
+    if (!is_v_) {
+      is_v_ = true;
+    } else {
+      is_v_ = false;
+      ++layer_;
+    }
+  }
+  return true;
+}
+
+uint64_t KvWireEncoder::digest() const { return digest_of(checksums_); }
+
+// ---- decoder ----
+
+Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader& header,
+                                                             const ModelIdentity& expected,
+                                                             const BufferType& buffer_type, int32_t n_ctx_min,
+                                                             const KvWireLimits& limits) {
+  if (!buffer_type.is_host()) return invalid_argument("kv wire decode: the cache must be allocated in host memory");
+  if (header.format_version != kKvWireVersion) {
+    return invalid_argument(fmt::format("kv wire: unsupported format version {} (this agent speaks {})",
+                                        header.format_version, kKvWireVersion));
+  }
+  // Identity first: a cache of another model is a precondition failure, whatever else is wrong.
+  const std::string diff = first_difference(expected, header.model);
+  if (!diff.empty()) {
+    for (const IdentityField& f : kIdentityFields) {
+      if (f.name != diff) continue;
+      return failed_precondition(fmt::format("kv wire: the cache comes from a different model: {} differs "
+                                             "(this model: {}, the cache's: {})",
+                                             diff, f.repr(expected), f.repr(header.model)));
+    }
+  }
+  if (expected.n_layer == 0 || expected.n_layer > 1u << 16 || expected.n_head_kv == 0 || expected.head_dim == 0 ||
+      uint64_t(expected.n_head_kv) * expected.head_dim > 1u << 24) {
+    return invalid_argument("kv wire decode: the receiver's model identity has no usable layout");
+  }
+  if (header.n_layer != expected.n_layer || header.n_head_kv != expected.n_head_kv ||
+      header.head_dim != expected.head_dim) {
+    return invalid_argument(fmt::format(
+        "kv wire: header layout ({} layers, {} kv heads x {}) contradicts its model ({} layers, {} x {})",
+        header.n_layer, header.n_head_kv, header.head_dim, expected.n_layer, expected.n_head_kv,
+        expected.head_dim));
+  }
+  if (!valid_dtype(header.dtype)) return invalid_argument("kv wire: unknown wire dtype");
+  if (!valid_compression(header.compression)) return invalid_argument("kv wire: unknown compression");
+
+  const uint64_t n_tokens = header.tokens.size();
+  if (n_tokens > limits.max_tokens || n_tokens > uint64_t(INT32_MAX)) {
+    return resource_exhausted(fmt::format("kv wire: the cache holds {} tokens, over the limit of {}", n_tokens,
+                                          std::min<uint64_t>(limits.max_tokens, INT32_MAX)));
+  }
+  if (header.pos0 < 0 || int64_t(header.pos0) + int64_t(n_tokens) > int64_t(INT32_MAX)) {
+    return invalid_argument(fmt::format("kv wire: positions {} .. {} + {} out of range", header.pos0,
+                                        header.pos0, n_tokens));
+  }
+  for (size_t i = 0; i < header.tokens.size(); ++i) {
+    const int32_t t = header.tokens[i];
+    if (t < 0 || uint32_t(t) >= expected.n_vocab) {
+      return invalid_argument(fmt::format("kv wire: token {} at cell {} is outside the vocabulary [0, {})", t, i,
+                                          expected.n_vocab));
+    }
+  }
+  const uint64_t total =
+      mul_sat(wire_payload_bytes(header.dtype, header.n_head_kv, header.head_dim, uint32_t(n_tokens)),
+              uint64_t(2) * header.n_layer);
+  if (header.total_bytes != total) {
+    return invalid_argument(fmt::format("kv wire: total_bytes {} but {} tokens of {} make {}", header.total_bytes,
+                                        n_tokens, wire_dtype_name(header.dtype), total));
+  }
+  // The decoded cache is f32 whatever the wire dtype: bound what we allocate, not what travels.
+  const uint64_t cache_bytes =
+      mul_sat(mul_sat(uint64_t(header.n_head_kv) * header.head_dim * 4, n_tokens), uint64_t(2) * header.n_layer);
+  if (cache_bytes > limits.max_bytes) {
+    return resource_exhausted(fmt::format("kv wire: the cache needs {} bytes, over the limit of {}", cache_bytes,
+                                          limits.max_bytes));
+  }
+  const uint64_t min_chunks = n_tokens == 0 ? 0 : uint64_t(2) * header.n_layer;
+  const uint64_t max_chunks = uint64_t(2) * header.n_layer * n_tokens;  // one cell each
+  if (header.n_chunks < min_chunks || header.n_chunks > max_chunks) {
+    return invalid_argument(fmt::format("kv wire: {} chunks cannot carry {} layers x {} tokens", header.n_chunks,
+                                        header.n_layer, n_tokens));
+  }
+
+  std::unique_ptr<KvWireDecoder> d(new KvWireDecoder());
+  const int32_t n_ctx = std::max({int32_t(n_tokens), n_ctx_min, int32_t(1)});
+  const KvLayout layout{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
+  KVB_ASSIGN_OR_RETURN(d->cache_, KvCache::create(buffer_type, layout, n_ctx));
+  KVB_RETURN_IF_ERROR(d->cache_->set_pos0(header.pos0));
+  try {
+    d->covered_.assign(size_t(max_chunks), 0);
+    d->checksums_.reserve(header.n_chunks);
+    d->header_ = header;
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("kv wire decode: out of memory for the cache's bookkeeping");
+  }
+  return d;
+}
+
+Status KvWireDecoder::add(const KvWireChunk& chunk) {
+  if (cache_ == nullptr) return failed_precondition("kv wire: the decoder has already finished");
+  const uint32_t n_tokens = uint32_t(header_.tokens.size());
+  if (checksums_.size() >= header_.n_chunks) {
+    return invalid_argument(fmt::format("kv wire: more data chunks than the {} the header announced",
+                                        header_.n_chunks));
+  }
+  if (chunk.layer >= header_.n_layer) {
+    return invalid_argument(fmt::format("kv wire: chunk for layer {} of {}", chunk.layer, header_.n_layer));
+  }
+  if (chunk.token_count == 0 || uint64_t(chunk.token_begin) + chunk.token_count > n_tokens) {
+    return invalid_argument(fmt::format("kv wire: chunk cells [{}, {} + {}) outside the cache's {} tokens",
+                                        chunk.token_begin, chunk.token_begin, chunk.token_count, n_tokens));
+  }
+  const uint64_t raw = wire_payload_bytes(header_.dtype, header_.n_head_kv, header_.head_dim, chunk.token_count);
+  if (chunk.raw_size != raw) {
+    return invalid_argument(fmt::format("kv wire: chunk raw_size {} but {} cells of {} make {}", chunk.raw_size,
+                                        chunk.token_count, wire_dtype_name(header_.dtype), raw));
+  }
+  const bool zstd = header_.compression == WireCompression::kZstd;
+  if (!zstd && chunk.payload.size() != raw) {
+    return invalid_argument(fmt::format("kv wire: chunk payload of {} bytes, expected {}", chunk.payload.size(), raw));
+  }
+  if (zstd && chunk.payload.size() > ZSTD_compressBound(size_t(raw))) {
+    return invalid_argument(fmt::format("kv wire: compressed chunk of {} bytes for {} raw bytes",
+                                        chunk.payload.size(), raw));
+  }
+  uint8_t* covered = covered_.data() + (size_t(chunk.layer) * 2 + (chunk.is_v ? 1 : 0)) * n_tokens;
+  for (uint32_t t = chunk.token_begin; t < chunk.token_begin + chunk.token_count; ++t) {
+    if (covered[t]) {
+      return invalid_argument(fmt::format("kv wire: chunk layer {} {} cells [{}, {}) overlaps cell {} already received",
+                                          chunk.layer, chunk.is_v ? "V" : "K", chunk.token_begin,
+                                          chunk.token_begin + chunk.token_count, t));
+    }
+  }
+  if (XXH3_64bits(chunk.payload.data(), chunk.payload.size()) != chunk.xxh3) {
+    return data_loss(fmt::format("kv wire: checksum mismatch in chunk layer {} {} cells [{}, {})", chunk.layer,
+                                 chunk.is_v ? "V" : "K", chunk.token_begin, chunk.token_begin + chunk.token_count));
+  }
+
+  const char* src = chunk.payload.data();
+  if (zstd) {
+    ZSTD_DCtx* dctx = thread_dctx();
+    if (dctx == nullptr) return resource_exhausted("kv wire: cannot create a zstd context");
+    try {
+      scratch_.resize(size_t(raw));
+    } catch (const std::bad_alloc&) {
+      return resource_exhausted("kv wire: out of memory for a chunk");
+    }
+    // Single-shot into a buffer of exactly raw bytes: a frame that inflates to more is an error,
+    // and no window beyond that buffer is ever allocated.
+    const size_t r = ZSTD_decompressDCtx(dctx, scratch_.data(), scratch_.size(), src, chunk.payload.size());
+    if (ZSTD_isError(r) || r != raw) {
+      return data_loss(fmt::format("kv wire: chunk layer {} does not decompress to its {} raw bytes ({})",
+                                   chunk.layer, raw, ZSTD_isError(r) ? ZSTD_getErrorName(r) : "short"));
+    }
+    src = scratch_.data();
+  }
+
+  const Tensor cells =
+      (chunk.is_v ? cache_->v(int32_t(chunk.layer)) : cache_->k(int32_t(chunk.layer))).slice_rows(chunk.token_begin,
+                                                                                                 chunk.token_count);
+  decode_values(header_.dtype, src, chunk.token_count, header_.n_head_kv, header_.head_dim, cells.as<float>());
+  std::fill(covered + chunk.token_begin, covered + chunk.token_begin + chunk.token_count, uint8_t(1));
+  checksums_.push_back(chunk.xxh3);
+  bytes_received_ += chunk.payload.size();
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<KvCache>> KvWireDecoder::finish(const KvWireTrailer& trailer) {
+  if (cache_ == nullptr) return failed_precondition("kv wire: the decoder has already finished");
+  if (trailer.n_chunks != header_.n_chunks) {
+    return invalid_argument(fmt::format("kv wire: trailer counts {} chunks, the header announced {}",
+                                        trailer.n_chunks, header_.n_chunks));
+  }
+  if (checksums_.size() != header_.n_chunks) {
+    return invalid_argument(fmt::format("kv wire: incomplete cache: {} of {} data chunks received",
+                                        checksums_.size(), header_.n_chunks));
+  }
+  const auto hole = std::find(covered_.begin(), covered_.end(), uint8_t(0));
+  if (hole != covered_.end()) {
+    const size_t i = size_t(hole - covered_.begin()), n = header_.tokens.size();
+    return invalid_argument(fmt::format("kv wire: incomplete cache: layer {} {} cell {} was never sent",
+                                        i / n / 2, (i / n) % 2 ? "V" : "K", i % n));
+  }
+  if (digest_of(checksums_) != trailer.digest) {
+    return data_loss("kv wire: trailer digest does not match the chunks received");
+  }
+  if (!header_.tokens.empty()) {
+    KVB_ASSIGN_OR_RETURN(const KvPlan plan, cache_->plan_append(int32_t(header_.tokens.size())));
+    cache_->commit_append(plan, header_.tokens);
+  }
+  covered_ = {};
+  return std::move(cache_);
+}
+
+}  // namespace kvb

@@ -1,0 +1,167 @@
+// The KV-cache wire format, natively: model identity, header, data chunks, trailer.
+//
+// This is the byte-level contract of proto/kvbridge/v1/kv_wire.proto without protobuf types
+// (server/ and client/ convert one to the other field by field). An encoder turns a host KvCache
+// into header → chunks → trailer; a decoder validates a header against the receiver's model before
+// allocating anything, applies chunks (checksum first), and yields a KvCache only when the stream
+// was complete and consistent.
+//
+// Payload layout of one chunk (layer l, K or V, cells [token_begin, token_begin + token_count)),
+// before compression, little-endian:
+//   f32/f16/bf16: values [token_count][n_head_kv][head_dim]
+//   int8:         scales f32 [token_count][n_head_kv], then q int8 [token_count][n_head_kv][head_dim],
+//                 x ≈ scale · q with scale = max|x| / 127 over one head of one token.
+// Checksum: xxh3-64 (seed 0) of the payload as sent (after compression). Trailer digest: xxh3-64
+// of the sequence of chunk checksums (u64 little-endian each), in sending order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+
+namespace kvb {
+
+inline constexpr uint32_t kKvWireVersion = 1;
+
+enum class WireDType { kF32, kF16, kBF16, kInt8 };
+enum class WireCompression { kNone, kZstd };
+std::string_view wire_dtype_name(WireDType t);  // "f32", "f16", "bf16", "int8"
+
+// Everything that must match for a cache to be reused as is. Hashes are xxh3-64, seed 0.
+struct ModelIdentity {
+  std::string arch;
+  uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
+  std::string rope_type;  // "normal" | "neox"
+  uint32_t rope_n_rot = 0;
+  float rope_theta = 0, rope_freq_scale = 0, norm_eps = 0;
+  uint64_t tokenizer_hash = 0;  // over pieces, scores, types, special ids and flags (0: no tokenizer)
+  uint64_t weights_hash = 0;    // over every weight tensor: name, dtype, shape, bytes
+  uint64_t fingerprint = 0;     // over all fields above
+
+  bool operator==(const ModelIdentity&) const = default;
+};
+
+// Computes the identity of a loaded model. Hashes all weight bytes once (about 10 GB/s);
+// call it at startup, not per request.
+ModelIdentity model_identity(const Model& m);
+// Recomputes `fingerprint` from the other fields.
+uint64_t identity_fingerprint(const ModelIdentity& id);
+// Name of the first field that differs ("n_layer", "weights_hash", ...), empty when equal.
+std::string first_difference(const ModelIdentity& expected, const ModelIdentity& got);
+
+struct KvWireHeader {
+  uint32_t format_version = kKvWireVersion;
+  ModelIdentity model;
+  uint32_t n_layer = 0, n_head_kv = 0, head_dim = 0;
+  WireDType dtype = WireDType::kF32;
+  WireCompression compression = WireCompression::kNone;
+  std::vector<int32_t> tokens;  // one id per cell
+  int32_t pos0 = 0;
+  uint64_t total_bytes = 0;     // sum of raw (uncompressed) payload sizes
+  uint32_t n_chunks = 0;
+};
+
+struct KvWireChunk {
+  uint32_t layer = 0;
+  bool is_v = false;            // K when false
+  uint32_t token_begin = 0;
+  uint32_t token_count = 0;
+  uint64_t raw_size = 0;
+  std::string payload;
+  uint64_t xxh3 = 0;
+};
+
+struct KvWireTrailer {
+  uint32_t n_chunks = 0;
+  uint64_t digest = 0;
+};
+
+// Raw payload bytes of `count` cells of one layer's K or V in `dtype`.
+uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_dim, uint32_t count);
+
+// Serializes a host cache (f32 or f16). The cache must stay unchanged while the encoder lives (it
+// is read lazily, chunk by chunk); the encoder borrows it. Chunks go layer by layer, K then V,
+// token slices of chunk_tokens cells (0: as many cells as fit ~1 MiB of raw payload; values above
+// n_tokens are capped). An empty cache gives a header with n_chunks 0 and no chunks.
+// int8 error bound: |x - scale·q| <= scale/2 per element (scale = max|x|/127 of its head and
+// token), up to f32 rounding (< 5e-5 · scale). zstd uses level 1, one frame per chunk.
+// Threading: one thread at a time (zstd contexts are per thread).
+class KvWireEncoder {
+ public:
+  // INVALID_ARGUMENT when the cache is not host memory or the identity does not match its layout.
+  static Result<std::unique_ptr<KvWireEncoder>> create(const KvCache& cache, const ModelIdentity& id,
+                                                       WireDType dtype, WireCompression compression,
+                                                       uint32_t chunk_tokens = 0);
+  const KvWireHeader& header() const { return header_; }
+  // Fills the next chunk; false when all chunks were produced.
+  bool next(KvWireChunk& out);
+  // Valid after next() returned false.
+  KvWireTrailer trailer() const { return {emitted_, digest()}; }
+
+ private:
+  KvWireEncoder(const KvCache& cache) : cache_(cache) {}
+  uint64_t digest() const;
+
+  const KvCache& cache_;
+  KvWireHeader header_;
+  uint32_t chunk_tokens_ = 0;
+  uint32_t layer_ = 0, token_ = 0, emitted_ = 0;
+  bool is_v_ = false;
+  std::vector<uint64_t> checksums_;
+  std::string scratch_;  // raw payload before compression
+};
+
+struct KvWireLimits {
+  uint32_t max_tokens = 1u << 20;         // cells a received cache may have
+  // Bytes the decoded (f32) cache's cells may take: n_tokens x n_layer x 2 x n_head_kv x head_dim x 4.
+  // This bounds what the receiver allocates; it is >= the raw payload bytes of any wire dtype.
+  uint64_t max_bytes = uint64_t(1) << 34;
+};
+
+// Rebuilds a cache from a header, chunks and a trailer. Chunks may arrive in any order (each cell
+// of each layer's K and V exactly once); the digest is checked over the order received. An add()
+// that fails leaves the decoder as it was (no cell is marked received), but callers should treat
+// any error as the end of the stream (CacheStreamReader in proto/wire_convert.h does).
+// Threading: one thread at a time. Decoded values are always stored in an f32 cache.
+class KvWireDecoder {
+ public:
+  // Validates the header against the receiver's identity and limits before allocating:
+  //   FAILED_PRECONDITION naming the first differing identity field;
+  //   INVALID_ARGUMENT for an unknown version, inconsistent layout, sizes or token ids;
+  //   RESOURCE_EXHAUSTED when the cache exceeds the limits.
+  // The cache is allocated from `buffer_type` (which must be host memory: INVALID_ARGUMENT
+  // otherwise) with n_ctx = max(n_tokens, n_ctx_min, 1), layout f32, pos0 = header.pos0; allocation
+  // failure is RESOURCE_EXHAUSTED. `expected` is only read during the call.
+  static Result<std::unique_ptr<KvWireDecoder>> create(const KvWireHeader& header, const ModelIdentity& expected,
+                                                       const BufferType& buffer_type, int32_t n_ctx_min,
+                                                       const KvWireLimits& limits = {});
+  // Applies one chunk. Checks, in order: INVALID_ARGUMENT for more chunks than announced, an
+  // out-of-range layer or slice, a raw_size other than the slice's, a payload of the wrong size
+  // (uncompressed) or over zstd's bound, a slice overlapping cells already received (duplicates
+  // included); DATA_LOSS for a checksum mismatch, then for a frame that does not decompress to
+  // exactly raw_size bytes. Decompression is single-shot into raw_size bytes (no other buffer).
+  // After finish() succeeded: FAILED_PRECONDITION.
+  Status add(const KvWireChunk& chunk);
+  // INVALID_ARGUMENT when the trailer's count differs from the header's or chunks are missing;
+  // DATA_LOSS when the digest differs. On success the caller owns the cache (its tokens
+  // committed) and the decoder is spent.
+  Result<std::unique_ptr<KvCache>> finish(const KvWireTrailer& trailer);
+
+  const KvWireHeader& header() const { return header_; }
+  uint64_t bytes_received() const { return bytes_received_; }  // payload bytes as sent
+
+ private:
+  KvWireDecoder() = default;
+  KvWireHeader header_;
+  std::unique_ptr<KvCache> cache_;
+  std::vector<uint8_t> covered_;  // [n_layer][2][n_tokens]: 1 when a chunk filled that cell
+  std::vector<uint64_t> checksums_;
+  uint64_t bytes_received_ = 0;
+  std::string scratch_;
+};
+
+}  // namespace kvb

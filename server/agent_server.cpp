@@ -1,0 +1,256 @@
+#include "server/agent_server.h"
+
+#include <fmt/format.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include <climits>
+#include <csignal>
+#include <cstdio>
+
+#include "engine/kv_wire.h"
+#include "engine/model.h"
+#include "server/agent_service.h"
+#include "server/auth.h"
+#include "server/cache_store.h"
+#include "server/engine_loop.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+#include "server/peer_client.h"
+
+namespace kvb::server {
+
+namespace {
+
+constexpr const char* kServiceName = "kvbridge.v1.AgentService";
+
+bool is_local_host(const std::string& h) {
+  return h == "0.0.0.0" || h == "[::]" || h == "127.0.0.1" || h == "localhost" || h == "[::1]";
+}
+
+}  // namespace
+
+AgentServer::AgentServer(AgentConfig config) : config_(std::move(config)) {}
+
+AgentServer::~AgentServer() { shutdown(std::chrono::milliseconds(0)); }
+
+Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
+  std::unique_ptr<AgentServer> s(new AgentServer(std::move(config)));
+  const AgentConfig& c = s->config_;
+
+  LoadOptions lo;
+  lo.tokenizer_path = c.tokenizer_path;
+  KVB_ASSIGN_OR_RETURN(s->model_, load_model(c.model_path, lo));
+  if (!s->model_->tokenizer) {
+    return failed_precondition(fmt::format("{} has no tokenizer; pass --tokenizer", c.model_path));
+  }
+  s->identity_ = std::make_unique<ModelIdentity>(model_identity(*s->model_));
+  const int32_t n_ctx_train = s->model_->config.n_ctx_train;
+  if (c.ctx_size > 0 && n_ctx_train > 0 && c.ctx_size > n_ctx_train) {
+    log_event(spdlog::level::warn, "--ctx-size exceeds the model's training context; positions beyond it extrapolate",
+              {{"ctx_size", int64_t(c.ctx_size)}, {"n_ctx_train", int64_t(n_ctx_train)}});
+  }
+
+  s->metrics_ = std::make_unique<Metrics>();
+  CacheStoreOptions so;
+  so.max_bytes = c.max_cache_bytes;
+  so.default_ttl_s = c.cache_ttl_s;
+  s->store_ = std::make_unique<CacheStore>(so);
+  s->auth_ = std::make_unique<BearerAuth>(c.auth_token);
+  s->self_ = std::make_unique<SelfAddresses>();
+
+  EngineOptions eo;
+  eo.n_threads = c.threads;
+  eo.ctx_size = c.ctx_size;
+  eo.max_request_cache_bytes = c.request_cache_limit();
+  eo.fingerprint = s->identity_->fingerprint;
+  KVB_ASSIGN_OR_RETURN(s->engine_, EngineLoop::create(*s->model_, *s->store_, eo));
+
+  // Received caches (imports, pulls): at most a context's worth of cells, and no more f32 bytes
+  // than one request may hold.
+  const KvLayout lay = s->engine_->kv_layout();
+  const uint64_t cache_bytes_per_cell = uint64_t(lay.cell_bytes()) * 2 * uint64_t(lay.n_layer);
+  KvWireLimits limits;
+  limits.max_tokens = static_cast<uint32_t>(
+      std::min<uint64_t>(uint64_t(s->engine_->ctx_size()), c.request_cache_limit() / cache_bytes_per_cell));
+  limits.max_bytes = c.request_cache_limit();
+
+  PeerClientOptions po;
+  po.identity = *s->identity_;
+  po.limits = limits;
+  po.max_message_bytes = c.max_message_bytes;
+  po.tls = c.tls.enabled();
+  po.tls_root_pem = c.tls.mutual() ? c.tls.client_ca_pem : c.tls.cert_pem;
+  po.tls_cert_pem = c.tls.cert_pem;
+  po.tls_key_pem = c.tls.key_pem;
+  po.auth_token = c.auth_token;
+  po.metrics = s->metrics_.get();
+  s->peers_ = std::make_unique<PeerClient>(std::move(po));
+
+  ServiceDeps d;
+  d.config = &s->config_;
+  d.model = s->model_.get();
+  d.identity = s->identity_.get();
+  d.store = s->store_.get();
+  d.engine = s->engine_.get();
+  d.peers = s->peers_.get();
+  d.metrics = s->metrics_.get();
+  d.auth = s->auth_.get();
+  d.self = s->self_.get();
+  d.import_limits = limits;
+  s->service_ = std::make_unique<AgentServiceImpl>(std::move(d));
+  return s;
+}
+
+Status AgentServer::start() {
+  const AgentConfig& c = config_;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (c.tls.enabled()) {
+    grpc::SslServerCredentialsOptions so(c.tls.mutual() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                        : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    so.pem_key_cert_pairs.push_back({c.tls.key_pem, c.tls.cert_pem});
+    if (c.tls.mutual()) so.pem_root_certs = c.tls.client_ca_pem;
+    creds = grpc::SslServerCredentials(so);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort(c.listen.to_string(), creds, &port);
+  b.RegisterService(service_.get());
+  // Messages up to --max-message-bytes are served; between that and twice it, handlers answer
+  // INVALID_ARGUMENT (agent.proto); beyond, gRPC refuses them (RESOURCE_EXHAUSTED) unread.
+  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(2 * c.max_message_bytes, INT_MAX)));
+  b.SetMaxSendMessageSize(static_cast<int>(std::min<uint64_t>(c.max_message_bytes, INT_MAX)));
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error, not a shared one
+  // Peers ping every 5 s during transfers to detect a hung sharer; accept that.
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
+  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  server_ = b.BuildAndStart();
+  if (!server_ || port == 0) {
+    server_.reset();
+    return unavailable(fmt::format("cannot serve on --listen {} (address in use or not local, or TLS credentials "
+                                   "rejected)",
+                                   c.listen.to_string()));
+  }
+  bound_ = fmt::format("{}:{}", c.listen.host, port);
+
+  std::vector<std::string> self{bound_};
+  if (is_local_host(c.listen.host)) {
+    for (const char* h : {"127.0.0.1", "localhost", "[::1]"}) self.push_back(fmt::format("{}:{}", h, port));
+  }
+  if (!c.name.empty()) self.push_back(c.name);
+  self_->set(c.name.empty() ? bound_ : c.name, std::move(self));
+
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(kServiceName, true);
+    health->SetServingStatus("", true);
+  }
+  if (c.metrics_listen) {
+    metrics_endpoint_ = std::make_unique<MetricsEndpoint>(*metrics_, *store_);
+    KVB_RETURN_IF_ERROR(metrics_endpoint_->start(*c.metrics_listen));
+  }
+  sweep_thread_ = std::thread([this] { sweeper(); });
+  return Status::Ok();
+}
+
+int AgentServer::metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : 0; }
+
+std::string AgentServer::summary() const {
+  return fmt::format("{} | {} | ctx {} | store {} MiB", describe(*model_), engine_->backend_description(),
+                     engine_->ctx_size(), config_.max_cache_bytes >> 20);
+}
+
+void AgentServer::sweeper() {
+  std::unique_lock<std::mutex> lock(sweep_mu_);
+  while (!sweep_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return sweep_stop_; })) {
+    const size_t n = store_->sweep();
+    if (n > 0) log_event(spdlog::level::info, "expired caches", {{"count", int64_t(n)}});
+  }
+}
+
+void AgentServer::shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) {
+    if (auto* health = server_->GetHealthCheckService()) {
+      health->SetServingStatus(kServiceName, false);
+      health->SetServingStatus("", false);
+    }
+    // Waits for running calls until the deadline, then cancels them (their CancelTokens stop
+    // generations and pulls) and waits for their reactors to finish.
+    server_->Shutdown(std::chrono::system_clock::now() + grace);
+  }
+  if (engine_) engine_->stop();
+  if (peers_) peers_->stop();
+  {
+    std::lock_guard<std::mutex> lock(sweep_mu_);
+    sweep_stop_ = true;
+  }
+  sweep_cv_.notify_all();
+  if (sweep_thread_.joinable()) sweep_thread_.join();
+  if (metrics_endpoint_) metrics_endpoint_->stop();
+  if (server_) server_->Wait();
+}
+
+// ============================== main ==============================
+
+int agent_main(int argc, char** argv) {
+  ParsedArgs args = parse_agent_args(argc, argv);
+  if (!args.config) {
+    std::fputs(args.output.c_str(), args.exit_code == 0 ? stdout : stderr);
+    return args.exit_code;
+  }
+  AgentConfig cfg = std::move(*args.config);
+  setup_logging(cfg.log_format);
+  if (Status st = load_agent_files(cfg); !st.ok()) {
+    log_event(spdlog::level::err, "bad configuration", {{"error", st.message()}});
+    return 2;
+  }
+
+  // Every thread created from here on inherits the blocked signals; main waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  auto server = AgentServer::create(cfg);
+  if (!server.ok()) {
+    log_event(spdlog::level::err, "startup failed", {{"error", server.status().to_string()}});
+    return 1;
+  }
+  if (Status st = (*server)->start(); !st.ok()) {
+    log_event(spdlog::level::err, "startup failed", {{"error", st.to_string()}});
+    return 1;
+  }
+  const AgentServer& s = **server;
+  log_event(spdlog::level::info, "agent ready",
+            {{"model", s.summary()},
+             {"path", cfg.model_path},
+             {"listen", s.bound_address()},
+             {"tls", cfg.tls.enabled() ? (cfg.tls.mutual() ? "mutual" : "on") : "off"},
+             {"auth", !cfg.auth_token.empty()},
+             {"metrics_port", int64_t(s.metrics_port())}});
+  std::printf("listening on %s\n", s.bound_address().c_str());
+  if (cfg.metrics_listen) std::printf("metrics on %s:%d\n", cfg.metrics_listen->host.c_str(), s.metrics_port());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  log_event(spdlog::level::info, "shutting down", {{"signal", int64_t(sig)}});
+  (*server)->shutdown(std::chrono::seconds(5));
+  server->reset();
+  log_event(spdlog::level::info, "stopped", {});
+  return 0;
+}
+
+}  // namespace kvb::server

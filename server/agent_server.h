@@ -1,0 +1,96 @@
+// AgentServer: one kvbridge agent assembled — model, engine loop, cache store, peer client, the
+// gRPC server (AgentService + grpc.health.v1 + reflection, TLS or mutual TLS, message limits)
+// and the optional Prometheus endpoint — with Start / Wait-for-signal / Shutdown.
+//
+//   auto server = AgentServer::create(config);  // loads the model, uploads weights (seconds)
+//   server->start();                            // binds; bound_address() is now known
+//   ... SIGINT / SIGTERM ...
+//   server->shutdown(std::chrono::seconds(5));  // graceful, then cancels what is left
+//
+// Ownership: AgentServer owns everything it builds. Destruction = shutdown(0s) if still running.
+// Threading: create/start/shutdown from one thread (main); the parts run their own threads
+// (gRPC's, the engine loop, peer workers, the store sweeper, the metrics listener).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "kernels/status.h"
+#include "server/agent_config.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace kvb {
+struct Model;
+struct ModelIdentity;
+}  // namespace kvb
+
+namespace kvb::server {
+
+class AgentServiceImpl;
+class BearerAuth;
+class CacheStore;
+class EngineLoop;
+class Metrics;
+class MetricsEndpoint;
+class PeerClient;
+class SelfAddresses;
+
+class AgentServer {
+ public:
+  // Loads the model and builds every part; nothing listens yet. NOT_FOUND / INVALID_ARGUMENT from
+  // the model loader; INVALID_ARGUMENT for a --ctx-size the model cannot use.
+  static Result<std::unique_ptr<AgentServer>> create(AgentConfig config);
+  ~AgentServer();
+  AgentServer(const AgentServer&) = delete;
+  AgentServer& operator=(const AgentServer&) = delete;
+
+  // Binds and starts serving gRPC (and /metrics). UNAVAILABLE when an address cannot be bound or
+  // the TLS credentials are rejected.
+  Status start();
+  // "host:port" with the real port (after start()).
+  const std::string& bound_address() const { return bound_; }
+  int metrics_port() const;
+  // One line for the startup log: model summary, backend, limits.
+  std::string summary() const;
+
+  // Stops accepting calls, lets running ones finish for up to `grace`, cancels the rest, then
+  // stops the engine, the peer workers and the endpoints. Idempotent.
+  void shutdown(std::chrono::milliseconds grace);
+
+ private:
+  explicit AgentServer(AgentConfig config);
+  void sweeper();
+
+  AgentConfig config_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<ModelIdentity> identity_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<CacheStore> store_;
+  std::unique_ptr<BearerAuth> auth_;
+  std::unique_ptr<SelfAddresses> self_;
+  std::unique_ptr<EngineLoop> engine_;
+  std::unique_ptr<PeerClient> peers_;
+  std::unique_ptr<AgentServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
+  std::string bound_;
+
+  std::mutex sweep_mu_;
+  std::condition_variable sweep_cv_;
+  bool sweep_stop_ = false;
+  std::thread sweep_thread_;
+  bool shut_down_ = false;
+};
+
+// The whole kvbridge-agent program: flags → config → logging → server → "listening on HOST:PORT"
+// on stdout → wait for SIGINT/SIGTERM → graceful shutdown (5 s). Returns the exit code.
+int agent_main(int argc, char** argv);
+
+}  // namespace kvb::server

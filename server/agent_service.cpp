@@ -1,0 +1,618 @@
+#include "server/agent_service.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <optional>
+
+#include "kernels/registry.h"
+#include "proto/wire_convert.h"
+#include "server/logging.h"
+#include "server/request_convert.h"
+#include "server/status_grpc.h"
+
+namespace kvb::server {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr const char* kVersion = "0.1.0";
+
+// ============================== per-call bookkeeping ==============================
+
+// Request id, peer, start time; logs one line and records metrics when the call ends.
+class CallLog {
+ public:
+  CallLog(const ServiceDeps& d, std::string_view method, grpc::CallbackServerContext* ctx)
+      : d_(d), method_(method), id_(new_request_id()), peer_(ctx->peer()) {
+    ctx->AddInitialMetadata("x-request-id", id_);
+  }
+  const std::string& id() const { return id_; }
+  Clock::time_point start() const { return start_; }
+
+  void done(const Status& st) {
+    const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
+    d_.metrics->record_request(method_, st.code(), secs);
+    const auto level = st.ok() || st.code() == StatusCode::kCancelled ? spdlog::level::info : spdlog::level::warn;
+    log_event(level, "request",
+              {{"request_id", id_},
+               {"method", method_},
+               {"peer", peer_},
+               {"code", status_code_name(st.code())},
+               {"duration_ms", secs * 1e3},
+               {"error", st.message()}});
+  }
+
+ private:
+  const ServiceDeps& d_;
+  std::string_view method_;
+  std::string id_;
+  std::string peer_;
+  Clock::time_point start_ = Clock::now();
+};
+
+// Auth, size limit and byte accounting shared by every handler that has its request at hand.
+Status admit(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const google::protobuf::Message& req) {
+  const uint64_t n = req.ByteSizeLong();
+  d.metrics->add_bytes_received(n);
+  KVB_RETURN_IF_ERROR(d.auth->check(*ctx));
+  if (n > d.config->max_message_bytes) {
+    return invalid_argument(
+        fmt::format("request of {} bytes exceeds --max-message-bytes {}", n, d.config->max_message_bytes));
+  }
+  return Status::Ok();
+}
+
+RequestLimits request_limits(const ServiceDeps& d) {
+  RequestLimits lim;
+  lim.tokenizer = d.model->tokenizer.get();
+  lim.ctx_size = d.engine->ctx_size();
+  lim.max_new_tokens = d.config->max_new_tokens;
+  const SelfAddresses* self = d.self;
+  lim.is_self = [self](std::string_view a) { return self->contains(a); };
+  return lim;
+}
+
+// A unary reactor that finishes once, logs, and deletes itself when gRPC is done with it.
+class UnaryCall : public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall(const ServiceDeps& d, std::string_view method, grpc::CallbackServerContext* ctx)
+      : log_(d, method, ctx) {}
+  // Exactly once per call, from any thread.
+  void complete(Status st) {
+    status_ = std::move(st);
+    Finish(to_grpc_status(status_));
+  }
+  void OnDone() override {
+    log_.done(status_);
+    delete this;
+  }
+
+ protected:
+  CallLog log_;
+  Status status_;
+};
+
+// ============================== context resolution ==============================
+
+struct ResolvedContext {
+  std::vector<std::shared_ptr<const KvCache>> caches;  // in request order
+  uint64_t bytes_pulled = 0;
+};
+using ResolveDone = std::function<void(Result<ResolvedContext>)>;
+
+Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, CancelToken& cancel) {
+  ResolvedContext out;
+  for (size_t i = 0; i < spec.context.size(); ++i) {
+    const ContextRef& ref = spec.context[i];
+    if (ref.is_local()) {
+      auto e = d.store->get(ref.cache_id);
+      if (!e.ok()) return e.status().with_context(fmt::format("context[{}]", i));
+      out.caches.push_back(std::move(e->cache));
+    } else {
+      auto p = d.peers->pull(ref.agent, ref.cache_id, spec.pull, cancel);
+      if (!p.ok()) return p.status().with_context(fmt::format("context[{}]", i));
+      out.bytes_pulled += p->wire_bytes;
+      out.caches.push_back(std::move(p->cache));
+    }
+  }
+  return out;
+}
+
+// Local-only contexts resolve on the calling thread (store lookups); anything that needs a peer
+// moves to the PeerClient's workers so that no gRPC callback thread blocks on the network.
+void resolve_context(const ServiceDeps& d, SessionSpec spec, CancelTokenPtr cancel, ResolveDone done) {
+  if (!spec.has_remote_context()) return done(resolve_now(d, spec, *cancel));
+  auto shared_spec = std::make_shared<SessionSpec>(std::move(spec));
+  d.peers->post([&d, shared_spec, cancel, done = std::move(done)] { done(resolve_now(d, *shared_spec, *cancel)); });
+}
+
+// ============================== Generate ==============================
+
+// The per-call queue between the engine (producer) and the write reactor (consumer). Owned jointly
+// by the reactor, the engine task and any pending resolution, so it outlives whichever ends last;
+// it never touches the reactor after calling Finish.
+class GenerateStream final : public GenerateSink {
+ public:
+  GenerateStream(grpc::ServerWriteReactor<pb::GenerateResponse>* reactor, const ServiceDeps& d)
+      : reactor_(reactor), d_(d), cancel_(std::make_shared<CancelToken>()) {}
+
+  const CancelTokenPtr& cancel() const { return cancel_; }
+  void set_bytes_pulled(uint64_t n) { bytes_pulled_ = n; }
+
+  void on_token(int32_t id, std::string_view text) override {
+    pb::GenerateResponse msg;
+    msg.mutable_token()->set_id(id);
+    msg.mutable_token()->set_text(std::string(text));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_ || final_) return;
+    pending_.push_back(std::move(msg));
+    pump_locked();
+  }
+
+  void on_done(Result<GenerateOutcome> r) override {
+    if (!r.ok()) return fail(r.status());
+    const GenerateOutcome& o = *r;
+    pb::GenerateResponse msg;
+    pb::GenerateSummary* s = msg.mutable_done();
+    s->set_stop_reason(to_proto(o.reason));
+    s->set_context_tokens(static_cast<uint32_t>(o.n_context));
+    s->set_prompt_tokens(static_cast<uint32_t>(o.n_prompt));
+    s->set_generated_tokens(static_cast<uint32_t>(o.n_generated));
+    s->set_time_to_first_token_ms(o.ttft_ms);
+    s->set_decode_ms(o.decode_ms);
+    s->set_context_bytes_pulled(bytes_pulled_);
+    if (o.kept) s->set_cache_id(o.kept->id);
+    s->set_text(o.text);
+    d_.metrics->observe_time_to_first_token(o.ttft_ms / 1e3);
+    if (o.n_generated > 1) d_.metrics->observe_time_per_output_token(o.decode_ms / 1e3 / (o.n_generated - 1));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (final_) return;
+    if (!broken_) pending_.push_back(std::move(msg));
+    final_ = broken_ ? cancelled("the client went away") : Status::Ok();
+    pump_locked();
+  }
+
+  // Ends the call with `st` (after the queued messages), at most once.
+  void fail(const Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (final_) return;
+    final_ = st;
+    pump_locked();
+  }
+
+  // From the reactor's OnWriteDone.
+  void on_write_done(bool ok) {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {  // the client is gone: drop what is queued, stop the generation
+      broken_ = true;
+      pending_.clear();
+      cancel_->cancel();
+    }
+    pump_locked();
+  }
+
+  Status final_status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return final_.value_or(Status::Ok());
+  }
+
+ private:
+  void pump_locked() {
+    if (writing_ || finished_) return;
+    if (!broken_ && !pending_.empty()) {
+      current_ = std::move(pending_.front());
+      pending_.pop_front();
+      writing_ = true;
+      d_.metrics->add_bytes_sent(current_.ByteSizeLong());
+      reactor_->StartWrite(&current_);
+      return;
+    }
+    if (final_) {
+      finished_ = true;
+      reactor_->Finish(to_grpc_status(*final_));  // the reactor may be deleted from here on
+    }
+  }
+
+  grpc::ServerWriteReactor<pb::GenerateResponse>* const reactor_;
+  const ServiceDeps& d_;
+  const CancelTokenPtr cancel_;
+  std::atomic<uint64_t> bytes_pulled_{0};
+  std::mutex mu_;
+  std::deque<pb::GenerateResponse> pending_;
+  pb::GenerateResponse current_;  // the message being written
+  bool writing_ = false, broken_ = false, finished_ = false;
+  std::optional<Status> final_;
+};
+
+class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
+ public:
+  GenerateCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::GenerateRequest& req)
+      : d_(d), log_(d, "Generate", ctx), stream_(std::make_shared<GenerateStream>(this, d)) {
+    const Status admitted = admit(d, ctx, req);
+    if (!admitted.ok()) {
+      stream_->fail(admitted);
+      return;
+    }
+    auto spec = convert_generate(req, request_limits(d));
+    if (!spec.ok()) {
+      stream_->fail(spec.status());
+      return;
+    }
+
+    SessionInput in;
+    in.tokens = std::move(spec->session.tokens);
+    in.arrival = log_.start();
+    in.cancel = stream_->cancel();
+    auto state = std::make_shared<std::pair<SessionInput, GenerateOptions>>(std::move(in), std::move(spec->options));
+    const ServiceDeps* deps = &d_;
+    std::shared_ptr<GenerateStream> stream = stream_;
+    resolve_context(d_, std::move(spec->session), stream_->cancel(),
+                    [deps, stream, state](Result<ResolvedContext> r) {
+                      if (!r.ok()) return stream->fail(r.status());
+                      stream->set_bytes_pulled(r->bytes_pulled);
+                      state->first.context = std::move(r->caches);
+                      deps->engine->submit_generate(std::move(state->first), std::move(state->second), stream);
+                    });
+  }
+
+  void OnWriteDone(bool ok) override { stream_->on_write_done(ok); }
+  void OnCancel() override { stream_->cancel()->cancel(); }
+  void OnDone() override {
+    log_.done(stream_->final_status());
+    delete this;
+  }
+
+ private:
+  const ServiceDeps& d_;
+  CallLog log_;
+  std::shared_ptr<GenerateStream> stream_;
+};
+
+// ============================== Prefill ==============================
+
+class PrefillCall final : public UnaryCall {
+ public:
+  PrefillCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::PrefillRequest& req,
+              pb::PrefillResponse* resp)
+      : UnaryCall(d, "Prefill", ctx), cancel_(std::make_shared<CancelToken>()) {
+    const Status admitted = admit(d, ctx, req);
+    if (!admitted.ok()) {
+      complete(admitted);
+      return;
+    }
+    auto spec = convert_prefill(req, request_limits(d));
+    if (!spec.ok()) {
+      complete(spec.status());
+      return;
+    }
+
+    auto in = std::make_shared<SessionInput>();
+    in->tokens = std::move(spec->session.tokens);
+    in->arrival = log_.start();
+    in->cancel = cancel_;
+    const PrefillOptions opt = spec->options;
+    const ServiceDeps* deps = &d;
+    const uint64_t fingerprint = d.identity->fingerprint;
+    // `this` stays valid until complete() calls Finish, which happens exactly once below.
+    resolve_context(d, std::move(spec->session), cancel_, [this, deps, in, opt, resp, fingerprint](Result<ResolvedContext> r) {
+      if (!r.ok()) return complete(r.status());
+      in->context = std::move(r->caches);
+      deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<PrefillOutcome> p) {
+        if (!p.ok()) return complete(p.status());
+        resp->set_cache_id(p->cache.id);
+        resp->set_n_tokens(static_cast<uint32_t>(p->cache.n_tokens));
+        resp->set_fingerprint(fingerprint);
+        resp->set_cache_bytes(p->cache.bytes);
+        resp->set_prefill_ms(p->prefill_ms);
+        deps->metrics->add_bytes_sent(resp->ByteSizeLong());
+        complete(Status::Ok());
+      });
+    });
+  }
+  void OnCancel() override { cancel_->cancel(); }
+
+ private:
+  CancelTokenPtr cancel_;
+};
+
+// ============================== ExportCache ==============================
+
+class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
+ public:
+  ExportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::ExportCacheRequest& req)
+      : d_(d), log_(d, "ExportCache", ctx) {
+    const Status st = start(ctx, req);
+    if (st.ok()) {
+      advance(std::unique_lock<std::mutex>(mu_));
+    } else {
+      status_ = st;
+      Finish(to_grpc_status(status_));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      if (finish_locked(cancelled("the client went away"))) {
+        lock.unlock();
+        Finish(to_grpc_status(status_));
+      }
+      return;
+    }
+    advance(std::move(lock));
+  }
+  void OnDone() override {
+    log_.done(status_);
+    delete this;
+  }
+
+ private:
+  Status start(grpc::CallbackServerContext* ctx, const pb::ExportCacheRequest& req) {
+    KVB_RETURN_IF_ERROR(admit(d_, ctx, req));
+    KVB_ASSIGN_OR_RETURN(const ExportSpec spec, convert_export(req));
+    KVB_ASSIGN_OR_RETURN(CacheEntry entry, d_.store->get(spec.cache_id));
+    cache_ = std::move(entry.cache);
+
+    // Chunks must fit the message limit with room for zstd's worst-case growth and framing.
+    const KvLayout& lay = cache_->layout();
+    const uint64_t limit = d_.config->max_message_bytes;
+    const uint64_t budget = limit - limit / 32 - 4096;
+    const uint64_t per_token =
+        wire_payload_bytes(spec.dtype, uint32_t(lay.n_head_kv), uint32_t(lay.head_dim), /*count=*/1);
+    const uint64_t max_chunk = std::max<uint64_t>(1, budget / per_token);
+    const uint64_t auto_chunk = std::max<uint64_t>(1, (uint64_t(1) << 20) / per_token);
+    const uint64_t chunk = std::min<uint64_t>(spec.chunk_tokens ? spec.chunk_tokens : auto_chunk, max_chunk);
+    if (uint64_t(cache_->n_tokens()) * 5 + 4096 > budget) {
+      return resource_exhausted(fmt::format("cache {} ({} tokens): its header would exceed --max-message-bytes {}",
+                                            spec.cache_id, cache_->n_tokens(), limit));
+    }
+    KVB_ASSIGN_OR_RETURN(encoder_, KvWireEncoder::create(*cache_, *d_.identity, spec.dtype, spec.compression,
+                                                         static_cast<uint32_t>(chunk)));
+    writer_ = std::make_unique<wire::CacheStreamWriter>(*encoder_);
+    return Status::Ok();
+  }
+
+  // Keeps one write in flight and, while it is on the wire, encodes the next message into next_
+  // (outside the lock). OnWriteDone may run on another thread while a message is being encoded;
+  // whoever finds the write slot free and a message ready starts it. Finish is called without the
+  // lock held, as the last action on `this`.
+  void advance(std::unique_lock<std::mutex> lock) {
+    for (;;) {
+      if (finished_) return;
+      if (!writing_ && next_ready_) {
+        current_.Swap(&next_);
+        next_ready_ = false;
+        writing_ = true;
+        d_.metrics->add_bytes_sent(current_.ByteSizeLong());
+        StartWrite(&current_);
+      }
+      if (!writing_ && !next_ready_ && exhausted_ && !producing_) {
+        if (finish_locked(Status::Ok())) {
+          lock.unlock();
+          Finish(to_grpc_status(status_));
+        }
+        return;
+      }
+      if (producing_ || next_ready_ || exhausted_) return;
+      producing_ = true;
+      lock.unlock();
+      const bool have = writer_->next(&next_);  // next_ is ours alone while producing_
+      lock.lock();
+      producing_ = false;
+      (have ? next_ready_ : exhausted_) = true;
+    }
+  }
+
+  // True when this call should Finish now (only once).
+  bool finish_locked(Status st) {
+    if (finished_) return false;
+    finished_ = true;
+    status_ = std::move(st);
+    return true;
+  }
+
+  const ServiceDeps& d_;
+  CallLog log_;
+  Status status_;
+  std::shared_ptr<const KvCache> cache_;  // keeps the cache alive even if dropped meanwhile
+  std::unique_ptr<KvWireEncoder> encoder_;
+  std::unique_ptr<wire::CacheStreamWriter> writer_;
+  std::mutex mu_;
+  pb::CacheChunk current_, next_;  // on the wire / being prepared
+  bool writing_ = false, producing_ = false, next_ready_ = false, exhausted_ = false, finished_ = false;
+};
+
+// ============================== ImportCache ==============================
+
+class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
+ public:
+  ImportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, pb::ImportCacheResponse* resp)
+      : d_(d), ctx_(ctx), resp_(resp), log_(d, "ImportCache", ctx),
+        reader_(*d.identity, cpu_device().buffer_type(), /*n_ctx_min=*/0, d.import_limits) {
+    const Status st = d.auth->check(*ctx);
+    if (st.ok()) {
+      StartRead(&msg_);
+    } else {
+      end(st);
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      const uint64_t n = msg_.ByteSizeLong();
+      d_.metrics->add_bytes_received(n);
+      if (n > d_.config->max_message_bytes) {
+        return end(invalid_argument(
+            fmt::format("cache message of {} bytes exceeds --max-message-bytes {}", n, d_.config->max_message_bytes)));
+      }
+      const Status st = reader_.add(std::move(msg_));
+      if (!st.ok()) return end(st);
+      msg_.Clear();
+      StartRead(&msg_);
+      return;
+    }
+    // The client half-closed (or went away): store the cache only if the stream was complete.
+    if (ctx_->IsCancelled()) return end(cancelled("the client cancelled the import"));
+    end(store());
+  }
+  void OnDone() override {
+    log_.done(status_);
+    delete this;
+  }
+
+ private:
+  Status store() {
+    KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, reader_.finish());
+    const uint64_t limit = d_.config->request_cache_limit();
+    if (cache->bytes_allocated() > limit) {
+      return resource_exhausted(fmt::format("imported cache of {} bytes exceeds --max-request-cache-bytes {}",
+                                            cache->bytes_allocated(), limit));
+    }
+    InsertOptions io;
+    io.fingerprint = d_.identity->fingerprint;
+    KVB_ASSIGN_OR_RETURN(const CacheInfo info, d_.store->insert(std::shared_ptr<const KvCache>(std::move(cache)), io));
+    resp_->set_cache_id(info.id);
+    resp_->set_n_tokens(static_cast<uint32_t>(info.n_tokens));
+    resp_->set_cache_bytes(info.bytes);
+    d_.metrics->add_bytes_sent(resp_->ByteSizeLong());
+    return Status::Ok();
+  }
+
+  void end(Status st) {
+    status_ = std::move(st);
+    Finish(to_grpc_status(status_));
+  }
+
+  const ServiceDeps& d_;
+  grpc::CallbackServerContext* ctx_;
+  pb::ImportCacheResponse* resp_;
+  CallLog log_;
+  Status status_;
+  wire::CacheStreamReader reader_;
+  pb::CacheChunk msg_;
+};
+
+}  // namespace
+
+// ============================== SelfAddresses ==============================
+
+void SelfAddresses::set(std::string name, std::vector<std::string> addresses) {
+  std::lock_guard<std::mutex> lock(mu_);
+  name_ = std::move(name);
+  addresses_ = std::move(addresses);
+}
+
+bool SelfAddresses::contains(std::string_view agent) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::find(addresses_.begin(), addresses_.end(), agent) != addresses_.end();
+}
+
+std::string SelfAddresses::name() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return name_;
+}
+
+// ============================== the service ==============================
+
+AgentServiceImpl::AgentServiceImpl(ServiceDeps deps) : d_(std::move(deps)) {}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext* ctx, const pb::GetInfoRequest* req,
+                                                    pb::AgentInfo* resp) {
+  auto* call = new UnaryCall(d_, "GetInfo", ctx);
+  const Status st = admit(d_, ctx, *req);
+  if (!st.ok()) {
+    call->complete(st);
+    return call;
+  }
+  const Model& m = *d_.model;
+  resp->set_name(d_.self->name());
+  resp->set_version(kVersion);
+  wire::to_proto(*d_.identity, resp->mutable_model());
+  resp->set_model_path(m.path);
+  resp->set_backend(d_.engine->backend_description());
+  resp->set_tokenizer(m.tokenizer->vocab().model == Vocab::Model::kSpm ? "spm" : "bpe");
+  resp->set_bos_id(m.tokenizer->bos());
+  resp->set_eos_id(m.tokenizer->eos());
+  pb::Limits* lim = resp->mutable_limits();
+  lim->set_max_context_tokens(static_cast<uint32_t>(d_.engine->ctx_size()));
+  lim->set_max_new_tokens(static_cast<uint32_t>(d_.config->max_new_tokens));
+  lim->set_max_cache_store_bytes(d_.store->max_bytes());
+  lim->set_max_request_cache_bytes(d_.config->request_cache_limit());
+  lim->set_max_message_bytes(d_.config->max_message_bytes);
+  lim->set_default_cache_ttl_seconds(d_.store->default_ttl_s());
+  for (auto t : {pb::WIRE_DTYPE_F32, pb::WIRE_DTYPE_F16, pb::WIRE_DTYPE_BF16, pb::WIRE_DTYPE_INT8}) {
+    resp->add_wire_dtypes(t);
+  }
+  resp->add_transports("grpc");
+  d_.metrics->add_bytes_sent(resp->ByteSizeLong());
+  call->complete(Status::Ok());
+  return call;
+}
+
+grpc::ServerWriteReactor<pb::GenerateResponse>* AgentServiceImpl::Generate(grpc::CallbackServerContext* ctx,
+                                                                            const pb::GenerateRequest* req) {
+  return new GenerateCall(d_, ctx, *req);
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::Prefill(grpc::CallbackServerContext* ctx, const pb::PrefillRequest* req,
+                                                    pb::PrefillResponse* resp) {
+  return new PrefillCall(d_, ctx, *req, resp);
+}
+
+grpc::ServerWriteReactor<pb::CacheChunk>* AgentServiceImpl::ExportCache(grpc::CallbackServerContext* ctx,
+                                                                         const pb::ExportCacheRequest* req) {
+  return new ExportCall(d_, ctx, *req);
+}
+
+grpc::ServerReadReactor<pb::CacheChunk>* AgentServiceImpl::ImportCache(grpc::CallbackServerContext* ctx,
+                                                                        pb::ImportCacheResponse* resp) {
+  return new ImportCall(d_, ctx, resp);
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::ListCaches(grpc::CallbackServerContext* ctx,
+                                                       const pb::ListCachesRequest* req, pb::ListCachesResponse* resp) {
+  auto* call = new UnaryCall(d_, "ListCaches", ctx);
+  Status st = admit(d_, ctx, *req);
+  if (st.ok()) {
+    for (const CacheInfo& c : d_.store->list()) to_proto(c, resp->add_caches());
+    to_proto(d_.store->stats(), resp->mutable_stats());
+    d_.metrics->add_bytes_sent(resp->ByteSizeLong());
+  }
+  call->complete(std::move(st));
+  return call;
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::DropCache(grpc::CallbackServerContext* ctx, const pb::DropCacheRequest* req,
+                                                      pb::DropCacheResponse* /*resp*/) {
+  auto* call = new UnaryCall(d_, "DropCache", ctx);
+  Status st = admit(d_, ctx, *req);
+  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
+  if (st.ok()) st = d_.store->drop(req->cache_id());
+  call->complete(std::move(st));
+  return call;
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::PinCache(grpc::CallbackServerContext* ctx, const pb::PinCacheRequest* req,
+                                                     pb::PinCacheResponse* resp) {
+  auto* call = new UnaryCall(d_, "PinCache", ctx);
+  Status st = admit(d_, ctx, *req);
+  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
+  if (st.ok()) {
+    auto info = d_.store->set_pinned(req->cache_id(), req->pinned());
+    if (info.ok()) {
+      to_proto(*info, resp->mutable_cache());
+      d_.metrics->add_bytes_sent(resp->ByteSizeLong());
+    } else {
+      st = info.status();
+    }
+  }
+  call->complete(std::move(st));
+  return call;
+}
+
+}  // namespace kvb::server

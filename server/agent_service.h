@@ -1,0 +1,95 @@
+// AgentServiceImpl: the kvbridge.v1.AgentService handlers (gRPC callback API), kept thin.
+//
+// Every handler: counts the request bytes, checks the bearer token (UNAUTHENTICATED), checks the
+// message size against --max-message-bytes (INVALID_ARGUMENT, as agent.proto says; gRPC itself
+// refuses messages over twice that limit with RESOURCE_EXHAUSTED before any handler runs),
+// validates and converts the request (request_convert.h), and then either answers from the cache
+// store at once (GetInfo, ListCaches, DropCache, PinCache), streams a stored cache
+// (ExportCache: KvWireEncoder, ~1 MiB chunks unless chunk_tokens says otherwise, encoding the next
+// chunk while the previous one is on the wire), rebuilds and stores a streamed cache
+// (ImportCache: CacheStreamReader; nothing is stored on any error), or resolves the context caches
+// (store reads; pulls from other agents on the PeerClient's workers) and submits a task to the
+// EngineLoop (Generate, Prefill), whose results stream back through a per-call queue.
+// Nothing throws into gRPC; a bad request never reaches the engine. A cancelled client cancels
+// its CancelToken: queued or running generations stop at their next step, pulls are interrupted.
+// Each call gets a request id (response metadata "x-request-id"), one log line when it ends
+// (method, peer, code, duration) and its Metrics.
+//
+// Ownership: the service borrows everything in ServiceDeps; all of it must outlive the
+// grpc::Server the service is registered with (and the EngineLoop and PeerClient must be stopped
+// before what they reference is destroyed). Threading: handlers run on gRPC's callback threads.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/kv_wire.h"
+#include "engine/model.h"
+#include "kvbridge/v1/agent.grpc.pb.h"
+#include "server/agent_config.h"
+#include "server/auth.h"
+#include "server/cache_store.h"
+#include "server/engine_loop.h"
+#include "server/metrics.h"
+#include "server/peer_client.h"
+#include "server/request_convert.h"
+
+namespace kvb::server {
+
+// The addresses a CacheRef.agent may use to name this agent (its --name, its bound address and,
+// when bound to a wildcard or loopback address, the loopback spellings of its port). Thread-safe.
+// Also holds the agent's display name (AgentInfo.name), known only once the port is bound.
+class SelfAddresses {
+ public:
+  void set(std::string name, std::vector<std::string> addresses);
+  bool contains(std::string_view agent) const;
+  std::string name() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::string name_;
+  std::vector<std::string> addresses_;
+};
+
+struct ServiceDeps {
+  const AgentConfig* config = nullptr;
+  const Model* model = nullptr;
+  const ModelIdentity* identity = nullptr;
+  CacheStore* store = nullptr;
+  EngineLoop* engine = nullptr;
+  PeerClient* peers = nullptr;
+  Metrics* metrics = nullptr;
+  const BearerAuth* auth = nullptr;
+  const SelfAddresses* self = nullptr;
+  KvWireLimits import_limits;  // for ImportCache streams
+};
+
+class AgentServiceImpl final : public kvbridge::v1::AgentService::CallbackService {
+ public:
+  explicit AgentServiceImpl(ServiceDeps deps);
+
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx, const pb::GetInfoRequest* req,
+                                    pb::AgentInfo* resp) override;
+  grpc::ServerWriteReactor<pb::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
+                                                           const pb::GenerateRequest* req) override;
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx, const pb::PrefillRequest* req,
+                                    pb::PrefillResponse* resp) override;
+  grpc::ServerWriteReactor<pb::CacheChunk>* ExportCache(grpc::CallbackServerContext* ctx,
+                                                        const pb::ExportCacheRequest* req) override;
+  grpc::ServerReadReactor<pb::CacheChunk>* ImportCache(grpc::CallbackServerContext* ctx,
+                                                       pb::ImportCacheResponse* resp) override;
+  grpc::ServerUnaryReactor* ListCaches(grpc::CallbackServerContext* ctx, const pb::ListCachesRequest* req,
+                                       pb::ListCachesResponse* resp) override;
+  grpc::ServerUnaryReactor* DropCache(grpc::CallbackServerContext* ctx, const pb::DropCacheRequest* req,
+                                      pb::DropCacheResponse* resp) override;
+  grpc::ServerUnaryReactor* PinCache(grpc::CallbackServerContext* ctx, const pb::PinCacheRequest* req,
+                                     pb::PinCacheResponse* resp) override;
+
+ private:
+  ServiceDeps d_;
+};
+
+}  // namespace kvb::server

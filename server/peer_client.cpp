@@ -1,0 +1,157 @@
+#include "server/peer_client.h"
+
+#include <fmt/format.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "kernels/registry.h"
+#include "kvbridge/v1/agent.grpc.pb.h"
+#include "proto/wire_convert.h"
+#include "server/status_grpc.h"
+
+namespace kvb::server {
+
+PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
+  const int n = opt_.n_workers > 0 ? opt_.n_workers : 1;
+  for (int i = 0; i < n; ++i) workers_.emplace_back([this] { worker(); });
+}
+
+PeerClient::~PeerClient() { stop(); }
+
+void PeerClient::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+void PeerClient::post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      tasks_.push_back(std::move(fn));
+      cv_.notify_one();
+      return;
+    }
+  }
+  fn();
+}
+
+void PeerClient::worker() {
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;  // stopping, and nothing left to run
+      fn = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    fn();
+  }
+}
+
+std::shared_ptr<grpc::Channel> PeerClient::channel(const std::string& agent) {
+  std::lock_guard<std::mutex> lock(channels_mu_);
+  auto& ch = channels_[agent];
+  if (ch) return ch;
+  grpc::ChannelArguments args;
+  const int max_msg = static_cast<int>(std::min<uint64_t>(opt_.max_message_bytes, INT32_MAX));
+  args.SetMaxReceiveMessageSize(max_msg);
+  args.SetMaxSendMessageSize(max_msg);
+  // A peer that stops answering (hung, or its host gone without a TCP reset) is detected by
+  // HTTP/2 pings even while the stream carries no data; our agents accept pings this often.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Fail fast on a dead address instead of backing off for a minute before the next try.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (opt_.tls) {
+    grpc::SslCredentialsOptions so;
+    so.pem_root_certs = opt_.tls_root_pem;
+    so.pem_cert_chain = opt_.tls_cert_pem;
+    so.pem_private_key = opt_.tls_key_pem;
+    creds = grpc::SslCredentials(so);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  ch = grpc::CreateCustomChannel(agent, creds, args);
+  return ch;
+}
+
+Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string& cache_id, const PullOptions& po,
+                                     CancelToken& cancel) {
+  const auto where = [&] { return fmt::format("pulling cache {} from {}", cache_id, agent); };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return unavailable(where() + ": the agent is shutting down");
+  }
+  if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
+
+  auto stub = kvbridge::v1::AgentService::NewStub(channel(agent));
+  grpc::ClientContext ctx;
+  auth_.attach(ctx);
+  ctx.set_deadline(std::chrono::system_clock::now() + opt_.pull_timeout);
+  cancel.set_hook([&ctx] { ctx.TryCancel(); });
+  struct HookGuard {
+    CancelToken& c;
+    ~HookGuard() { c.clear_hook(); }
+  } guard{cancel};
+
+  kvbridge::v1::ExportCacheRequest req;
+  req.set_cache_id(cache_id);
+  req.set_dtype(wire::to_proto(po.dtype));
+  req.set_compression(wire::to_proto(po.compression));
+  if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
+
+  wire::CacheStreamReader reader(opt_.identity, cpu_device().buffer_type(), /*n_ctx_min=*/0, opt_.limits);
+  auto stream = stub->ExportCache(&ctx, req);
+  kvbridge::v1::CacheChunk msg;
+  uint64_t wire_bytes = 0;
+  Status decode_error;
+  while (stream->Read(&msg)) {
+    const uint64_t n = msg.ByteSizeLong();
+    wire_bytes += n;
+    if (opt_.metrics) opt_.metrics->add_bytes_received(n);
+    decode_error = reader.add(std::move(msg));
+    if (!decode_error.ok()) {
+      ctx.TryCancel();
+      while (stream->Read(&msg)) {
+      }
+      break;
+    }
+  }
+  const grpc::Status gs = stream->Finish();
+  if (!decode_error.ok()) return decode_error.with_context(where());
+  if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
+  if (!gs.ok()) {
+    Status st = from_grpc_status(gs);
+    switch (st.code()) {
+      case StatusCode::kDeadlineExceeded:
+      case StatusCode::kCancelled:
+        st = unavailable(fmt::format("the peer did not complete the transfer: {}", st.message()));
+        break;
+      case StatusCode::kUnauthenticated:
+        st = Status(StatusCode::kPermissionDenied, fmt::format("the peer refused this agent's token: {}", st.message()));
+        break;
+      default:
+        break;
+    }
+    return st.with_context(where());
+  }
+  auto cache = reader.finish();
+  if (!cache.ok()) return cache.status().with_context(where());
+  PulledCache out;
+  out.cache = std::shared_ptr<const KvCache>(std::move(cache).value());
+  out.wire_bytes = wire_bytes;
+  return out;
+}
+
+}  // namespace kvb::server

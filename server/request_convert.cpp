@@ -1,0 +1,211 @@
+#include "server/request_convert.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "proto/wire_convert.h"
+#include "server/agent_config.h"
+
+namespace kvb::server {
+
+namespace {
+
+constexpr uint32_t kMaxTtlS = 365u * 24 * 3600;
+
+Result<std::vector<ContextRef>> convert_context(const google::protobuf::RepeatedPtrField<pb::CacheRef>& refs,
+                                                const RequestLimits& lim) {
+  if (static_cast<size_t>(refs.size()) > kMaxContextRefs) {
+    return invalid_argument(fmt::format("context: {} cache refs, at most {}", refs.size(), kMaxContextRefs));
+  }
+  std::vector<ContextRef> out;
+  out.reserve(static_cast<size_t>(refs.size()));
+  for (int i = 0; i < refs.size(); ++i) {
+    const pb::CacheRef& r = refs.Get(i);
+    const std::string field = fmt::format("context[{}]", i);
+    KVB_RETURN_IF_ERROR(check_cache_id(r.cache_id(), field + ".cache_id"));
+    ContextRef c;
+    c.cache_id = r.cache_id();
+    if (!r.agent().empty() && !(lim.is_self && lim.is_self(r.agent()))) {
+      auto hp = parse_host_port(r.agent(), /*allow_port_zero=*/false);
+      if (!hp.ok()) return invalid_argument(field + ".agent: " + hp.status().message());
+      c.agent = r.agent();
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+Result<PullOptions> convert_pull(const pb::PullOptions& p) {
+  PullOptions out;
+  auto dtype = wire::wire_dtype_from_proto(p.dtype());
+  if (!dtype.ok()) return invalid_argument("pull.dtype: " + dtype.status().message());
+  auto comp = wire::compression_from_proto(p.compression());
+  if (!comp.ok()) return invalid_argument("pull.compression: " + comp.status().message());
+  out.dtype = *dtype;
+  out.compression = *comp;
+  return out;
+}
+
+// The input (text or token ids) → validated ids. `text` / `tokens` per the oneof.
+template <class Req>
+Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const RequestLimits& lim) {
+  const int32_t n_vocab = lim.tokenizer->n_vocab();
+  std::vector<int32_t> ids;
+  if (r.has_tokens()) {
+    const auto& src = r.tokens().ids();
+    if (src.size() > lim.ctx_size) {
+      return resource_exhausted(
+          fmt::format("input of {} tokens exceeds the context size of {} tokens", src.size(), lim.ctx_size));
+    }
+    ids.reserve(static_cast<size_t>(src.size()));
+    for (int i = 0; i < src.size(); ++i) {
+      const int32_t id = src.Get(i);
+      if (id < 0 || id >= n_vocab) {
+        return invalid_argument(fmt::format("tokens.ids[{}] = {} is outside the vocabulary [0, {})", i, id, n_vocab));
+      }
+      ids.push_back(id);
+    }
+  } else if (r.has_text()) {
+    // Text of more than 64 bytes per context cell cannot fit (no piece is that long): refuse it
+    // before tokenizing.
+    if (r.text().size() > size_t(lim.ctx_size) * 64 + 4096) {
+      return resource_exhausted(fmt::format("input text of {} bytes cannot fit the context size of {} tokens",
+                                            r.text().size(), lim.ctx_size));
+    }
+    EncodeOptions eo;
+    eo.add_bos = r.has_add_bos() ? r.add_bos() : !has_context;
+    ids = lim.tokenizer->encode(r.text(), eo);
+    if (ids.size() > size_t(lim.ctx_size)) {
+      return resource_exhausted(
+          fmt::format("input text is {} tokens, more than the context size of {} tokens", ids.size(), lim.ctx_size));
+    }
+  }
+  if (ids.empty() && !has_context) {
+    return invalid_argument("empty input: give text or tokens (or context caches to continue from)");
+  }
+  return ids;
+}
+
+Result<SamplingParams> convert_sampling(const pb::SamplingParams& p) {
+  SamplingParams s;
+  if (!std::isfinite(p.temperature()) || p.temperature() < 0 || p.temperature() > 100) {
+    return invalid_argument(fmt::format("sampling.temperature must be in [0, 100], got {}", p.temperature()));
+  }
+  if (p.top_k() < 0) return invalid_argument(fmt::format("sampling.top_k must be >= 0, got {}", p.top_k()));
+  if (!std::isfinite(p.top_p()) || p.top_p() < 0 || p.top_p() > 1) {
+    return invalid_argument(fmt::format("sampling.top_p must be in [0, 1] (0 = off), got {}", p.top_p()));
+  }
+  s.temperature = p.temperature();
+  s.top_k = p.top_k();
+  s.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();
+  s.seed = p.seed();
+  const Status st = s.validate();
+  if (!st.ok()) return invalid_argument("sampling: " + st.message());
+  return s;
+}
+
+Status check_ttl(uint32_t ttl_s) {
+  if (ttl_s > kMaxTtlS) return invalid_argument(fmt::format("cache_ttl_seconds must be <= {}", kMaxTtlS));
+  return Status::Ok();
+}
+
+}  // namespace
+
+bool SessionSpec::has_remote_context() const {
+  for (const auto& c : context) {
+    if (!c.is_local()) return true;
+  }
+  return false;
+}
+
+Status check_cache_id(std::string_view id, std::string_view field) {
+  if (id.empty()) return invalid_argument(fmt::format("{} is empty", field));
+  if (!is_well_formed_cache_id(id)) {
+    return invalid_argument(fmt::format("{} is not a cache id (32 lowercase hex characters)", field));
+  }
+  return Status::Ok();
+}
+
+Result<GenerateSpec> convert_generate(const pb::GenerateRequest& r, const RequestLimits& lim) {
+  GenerateSpec g;
+  KVB_ASSIGN_OR_RETURN(g.session.context, convert_context(r.context(), lim));
+  KVB_ASSIGN_OR_RETURN(g.session.pull, convert_pull(r.pull()));
+  KVB_ASSIGN_OR_RETURN(g.session.tokens, convert_input(r, !g.session.context.empty(), lim));
+  KVB_ASSIGN_OR_RETURN(g.options.sampling, convert_sampling(r.sampling()));
+  const int64_t asked = r.max_tokens() == 0 ? kDefaultMaxTokens : int64_t(r.max_tokens());
+  g.options.max_tokens = int32_t(std::min<int64_t>(asked, lim.max_new_tokens));  // capped (agent.proto)
+  if (static_cast<size_t>(r.stop_size()) > kMaxStopStrings) {
+    return invalid_argument(fmt::format("stop: {} strings, at most {}", r.stop_size(), kMaxStopStrings));
+  }
+  for (int i = 0; i < r.stop_size(); ++i) {
+    const std::string& s = r.stop(i);
+    if (s.empty() || s.size() > kMaxStopBytes) {
+      return invalid_argument(fmt::format("stop[{}] must be 1..{} bytes", i, kMaxStopBytes));
+    }
+    g.options.stop.push_back(s);
+  }
+  g.options.ignore_eos = r.ignore_eos();
+  g.options.keep_cache = r.keep_cache();
+  KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
+  g.options.cache_ttl_s = r.cache_ttl_seconds();
+  return g;
+}
+
+Result<PrefillSpec> convert_prefill(const pb::PrefillRequest& r, const RequestLimits& lim) {
+  PrefillSpec p;
+  KVB_ASSIGN_OR_RETURN(p.session.context, convert_context(r.context(), lim));
+  KVB_ASSIGN_OR_RETURN(p.session.pull, convert_pull(r.pull()));
+  KVB_ASSIGN_OR_RETURN(p.session.tokens, convert_input(r, !p.session.context.empty(), lim));
+  KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
+  p.options.ttl_s = r.cache_ttl_seconds();
+  p.options.pin = r.pin();
+  return p;
+}
+
+Result<ExportSpec> convert_export(const pb::ExportCacheRequest& r) {
+  ExportSpec e;
+  KVB_RETURN_IF_ERROR(check_cache_id(r.cache_id(), "cache_id"));
+  e.cache_id = r.cache_id();
+  auto dtype = wire::wire_dtype_from_proto(r.dtype());
+  if (!dtype.ok()) return invalid_argument("dtype: " + dtype.status().message());
+  auto comp = wire::compression_from_proto(r.compression());
+  if (!comp.ok()) return invalid_argument("compression: " + comp.status().message());
+  e.dtype = *dtype;
+  e.compression = *comp;
+  e.chunk_tokens = r.chunk_tokens();
+  return e;
+}
+
+void to_proto(const CacheInfo& c, pb::CacheInfo* out) {
+  out->set_cache_id(c.id);
+  out->set_n_tokens(static_cast<uint32_t>(c.n_tokens));
+  out->set_bytes(c.bytes);
+  out->set_pinned(c.pinned);
+  out->set_created_unix_ms(c.created_ms);
+  out->set_last_used_unix_ms(c.last_used_ms);
+  out->set_expires_unix_ms(c.expires_ms);
+  out->set_fingerprint(c.fingerprint);
+}
+
+void to_proto(const CacheStoreStats& s, pb::StoreStats* out) {
+  out->set_bytes_used(s.bytes_used);
+  out->set_bytes_budget(s.bytes_budget);
+  out->set_n_caches(s.n_caches);
+  out->set_hits(s.hits);
+  out->set_misses(s.misses);
+  out->set_evictions(s.evictions);
+  out->set_expirations(s.expirations);
+}
+
+pb::StopReason to_proto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kEos: return pb::STOP_REASON_EOS;
+    case FinishReason::kMaxTokens: return pb::STOP_REASON_MAX_TOKENS;
+    case FinishReason::kStopString: return pb::STOP_REASON_STOP_STRING;
+    case FinishReason::kContextFull: return pb::STOP_REASON_CONTEXT_FULL;
+  }
+  return pb::STOP_REASON_UNSPECIFIED;
+}
+
+}  // namespace kvb::server
