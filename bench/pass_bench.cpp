@@ -129,7 +129,8 @@ Timed timed_generate(AgentClient& agent, const v1::GenerateRequest& req) {
   const auto t0 = Clock::now();
   t.summary = must(agent.generate(req,
                                   [&](const v1::TokenEvent& e) {
-                                    if (t.ids.empty()) t.ttft_s = std::chrono::duration<double>(Clock::now() - t0).count();
+                                    if (t.ids.empty())
+                                      t.ttft_s = std::chrono::duration<double>(Clock::now() - t0).count();
                                     t.ids.push_back(e.id());
                                     return true;
                                   }),
@@ -179,11 +180,16 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--serve-raw") return serve_raw();
-    if (a == "--contexts" && i + 1 < argc) contexts = parse_list(argv[++i]);
-    else if (a == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (a == "--shape" && i + 1 < argc) shape = argv[++i];
-    else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (a == "--agent-bin" && i + 1 < argc) agent_bin = argv[++i];
+    if (a == "--contexts" && i + 1 < argc)
+      contexts = parse_list(argv[++i]);
+    else if (a == "--reps" && i + 1 < argc)
+      reps = std::atoi(argv[++i]);
+    else if (a == "--shape" && i + 1 < argc)
+      shape = argv[++i];
+    else if (a == "--threads" && i + 1 < argc)
+      threads = std::atoi(argv[++i]);
+    else if (a == "--agent-bin" && i + 1 < argc)
+      agent_bin = argv[++i];
     else {
       fmt::print(stderr,
                  "usage: pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC] [--threads T] "
@@ -239,8 +245,9 @@ int main(int argc, char** argv) {
   const v1::AgentInfo info = must(cr->get_info(), "GetInfo");
   fmt::print("agents: sharer {} and receiver {} on loopback, backend {}\n", sharer->address(), receiver->address(),
              info.backend());
-  fmt::print("times: client side, request sent -> first token received; median of {} runs ((a), (c): fewer at 2048)\n\n",
-             reps);
+  fmt::print(
+      "times: client side, request sent -> first token received; median of {} runs ((a), (c): fewer at 2048)\n\n",
+      reps);
 
   // Token ids: BOS, then pseudo-random normal pieces (the synthetic vocabulary's ids >= 259).
   std::mt19937 rng(42);
@@ -296,7 +303,8 @@ int main(int argc, char** argv) {
     // (c) the sharer writes a 64-token summary from its cache; the receiver reads summary + question.
     std::vector<double> gen, recv;
     for (int i = 0; i < slow_reps; ++i) {
-      const Timed s = timed_generate(*cs, request(summarize, {client::cache_ref("", cache.cache_id())}, kSummaryTokens));
+      const Timed s =
+          timed_generate(*cs, request(summarize, {client::cache_ref("", cache.cache_id())}, kSummaryTokens));
       if (s.ids.size() != size_t(kSummaryTokens)) die(internal_error("short summary"), "summary");
       std::vector<int32_t> text = {info.bos_id()};
       text.insert(text.end(), s.ids.begin(), s.ids.end());
@@ -322,32 +330,33 @@ int main(int argc, char** argv) {
   }
 
   // ---- report ----
-  fmt::print("receiver time to first token, ms (the {}-token question alone, no context: {:.1f} ms)\n",
-             kQuestionTokens, q_only * 1e3);
+  fmt::print("receiver time to first token, ms (the {}-token question alone, no context: {:.1f} ms)\n", kQuestionTokens,
+             q_only * 1e3);
   fmt::print("{:>6} | {:>10} | {:>9} {:>9} {:>9} | {:>10} {:>8} {:>9} | {:>7} {:>7}\n", "ctx", "(a) text", "(b) f32",
              "f16", "int8", "(c) total", "sum gen", "recv", "a/b", "c/b");
   for (const Row& r : rows) {
     const double c = r.c_gen + r.c_recv;
-    fmt::print("{:>6} | {:>10.1f} | {:>9.1f} {:>9.1f} {:>9.1f} | {:>10.1f} {:>8.1f} {:>9.1f} | {:>6.1f}x {:>6.1f}x\n", r.n,
-               r.a * 1e3, r.b_f32 * 1e3, r.b_f16 * 1e3, r.b_int8 * 1e3, c * 1e3, r.c_gen * 1e3, r.c_recv * 1e3,
+    fmt::print("{:>6} | {:>10.1f} | {:>9.1f} {:>9.1f} {:>9.1f} | {:>10.1f} {:>8.1f} {:>9.1f} | {:>6.1f}x {:>6.1f}x\n",
+               r.n, r.a * 1e3, r.b_f32 * 1e3, r.b_f16 * 1e3, r.b_int8 * 1e3, c * 1e3, r.c_gen * 1e3, r.c_recv * 1e3,
                r.a / r.b_f32, c / r.b_f32);
   }
   fmt::print("\nwire: ExportCache sharer -> this process vs a raw gRPC bytes stream (same sizes), GB/s of messages\n");
   fmt::print("{:>6} | {:>9} | {:>8} {:>8} {:>8} | {:>8} | {:>8}\n", "ctx", "f32 MB", "f32", "f16", "int8", "raw",
              "f32/raw");
   for (const Row& r : rows) {
-    fmt::print("{:>6} | {:>9.1f} | {:>8.2f} {:>8.2f} {:>8.2f} | {:>8.2f} | {:>7.0f}%\n", r.n, r.cache_mb, r.gbs_f32 / 1e9,
-               r.gbs_f16 / 1e9, r.gbs_int8 / 1e9, r.gbs_raw / 1e9, 100.0 * r.gbs_f32 / r.gbs_raw);
+    fmt::print("{:>6} | {:>9.1f} | {:>8.2f} {:>8.2f} {:>8.2f} | {:>8.2f} | {:>7.0f}%\n", r.n, r.cache_mb,
+               r.gbs_f32 / 1e9, r.gbs_f16 / 1e9, r.gbs_int8 / 1e9, r.gbs_raw / 1e9, 100.0 * r.gbs_f32 / r.gbs_raw);
   }
 
   const auto it = std::find_if(rows.begin(), rows.end(), [](const Row& r) { return r.n == 2048; });
   if (it != rows.end()) {
     const double c = it->c_gen + it->c_recv;
     const bool ok_a = it->a / it->b_f32 >= 10, ok_c = c / it->b_f32 >= 10, ok_w = it->gbs_f32 / it->gbs_raw >= 0.7;
-    fmt::print("\ntargets at 2048 tokens: (b) >= 10x faster than (a): {:.1f}x {}; than (c): {:.1f}x {}; "
-               "transfer >= 70% of raw: {:.0f}% {}\n",
-               it->a / it->b_f32, ok_a ? "PASS" : "FAIL", c / it->b_f32, ok_c ? "PASS" : "FAIL",
-               100 * it->gbs_f32 / it->gbs_raw, ok_w ? "PASS" : "FAIL");
+    fmt::print(
+        "\ntargets at 2048 tokens: (b) >= 10x faster than (a): {:.1f}x {}; than (c): {:.1f}x {}; "
+        "transfer >= 70% of raw: {:.0f}% {}\n",
+        it->a / it->b_f32, ok_a ? "PASS" : "FAIL", c / it->b_f32, ok_c ? "PASS" : "FAIL",
+        100 * it->gbs_f32 / it->gbs_raw, ok_w ? "PASS" : "FAIL");
   }
   return 0;
 }

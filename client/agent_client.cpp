@@ -249,8 +249,9 @@ Result<TransferStats> AgentClient::export_cache(const std::string& cache_id, con
   return st;
 }
 
-Result<std::vector<v1::CacheChunk>> AgentClient::export_cache(const std::string& cache_id,
-                                                              const ExportOptions& options, TransferStats* stats) {
+Result<std::vector<v1::CacheChunk>> AgentClient::export_cache_messages(const std::string& cache_id,
+                                                                       const ExportOptions& options,
+                                                                       TransferStats* stats) {
   std::vector<v1::CacheChunk> out;
   KVB_ASSIGN_OR_RETURN(TransferStats st, export_cache(cache_id, options, [&](v1::CacheChunk&& m) {
                          out.push_back(std::move(m));

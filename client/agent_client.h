@@ -40,12 +40,6 @@
 #include "kernels/status.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
 
-namespace grpc {
-class Channel;
-class ClientContext;
-class Status;
-}  // namespace grpc
-
 namespace kvb::client {
 
 namespace v1 = ::kvbridge::v1;
@@ -57,9 +51,9 @@ Status from_grpc_status(const grpc::Status& s);
 struct ClientOptions {
   // TLS: on when tls_ca_file or tls_cert_file is set (or `tls` is true, for system roots).
   bool tls = false;
-  std::string tls_ca_file;    // PEM roots that must have signed the agent's certificate
-  std::string tls_cert_file;  // PEM client certificate chain, for mutual TLS (with tls_key_file)
-  std::string tls_key_file;   // PEM private key of tls_cert_file
+  std::string tls_ca_file;      // PEM roots that must have signed the agent's certificate
+  std::string tls_cert_file;    // PEM client certificate chain, for mutual TLS (with tls_key_file)
+  std::string tls_key_file;     // PEM private key of tls_cert_file
   std::string tls_server_name;  // overrides the name checked against the agent's certificate
   // Bearer token sent as "authorization: Bearer <token>" on every call. auth_token wins over
   // auth_token_file, which connect() reads once (surrounding whitespace trimmed).
@@ -97,12 +91,12 @@ struct ExportOptions {
 
 // What one cache transfer moved.
 struct TransferStats {
-  uint32_t n_tokens = 0;        // cells in the cache (from the header)
-  uint32_t n_chunks = 0;        // data messages
-  uint64_t total_bytes = 0;     // raw payload bytes (KvHeader.total_bytes)
-  uint64_t payload_bytes = 0;   // payload bytes as sent (after compression)
-  uint64_t message_bytes = 0;   // serialized message bytes, i.e. what crossed the wire
-  double seconds = 0;           // first request byte to last message
+  uint32_t n_tokens = 0;       // cells in the cache (from the header)
+  uint32_t n_chunks = 0;       // data messages
+  uint64_t total_bytes = 0;    // raw payload bytes (KvHeader.total_bytes)
+  uint64_t payload_bytes = 0;  // payload bytes as sent (after compression)
+  uint64_t message_bytes = 0;  // serialized message bytes, i.e. what crossed the wire
+  double seconds = 0;          // first request byte to last message
 };
 
 struct ImportResult {
@@ -133,8 +127,8 @@ class AgentClient {
   // here). Returns what was moved; the sink's error or the agent's.
   Result<TransferStats> export_cache(const std::string& cache_id, const ExportOptions& options, const ChunkSink& sink);
   // The whole stream in memory (header, data..., trailer).
-  Result<std::vector<v1::CacheChunk>> export_cache(const std::string& cache_id, const ExportOptions& options,
-                                                   TransferStats* stats = nullptr);
+  Result<std::vector<v1::CacheChunk>> export_cache_messages(const std::string& cache_id, const ExportOptions& options,
+                                                            TransferStats* stats = nullptr);
   // The stream to a snapshot file (kv_wire.proto's snapshot format), written atomically: nothing
   // appears at `path` unless the whole stream arrived.
   Result<TransferStats> save_cache(const std::string& cache_id, const std::string& path, const ExportOptions& options);

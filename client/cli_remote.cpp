@@ -65,7 +65,7 @@ void add_sampling_flags(CLI::App* cmd, SamplingFlags& f) {
   cmd->add_option("--top-k", f.top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 22));
   cmd->add_option("--top-p", f.top_p, "Top-p nucleus mass")->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--seed", f.seed, "RNG seed");
-  cmd->add_option("--stop", f.stop, "Stop when the output contains this text (repeatable)");
+  cmd->add_option("--stop", f.stop, "Stop when the output contains this text (repeatable)")->allow_extra_args(false);
   cmd->add_flag("--ignore-eos", f.ignore_eos, "Keep generating past the end-of-sequence token");
 }
 
@@ -86,10 +86,13 @@ std::string human_bytes(uint64_t n) {
 
 client::TransferProgress progress_reporter(const std::string& what) {
   if (!::isatty(STDERR_FILENO)) return {};
-  return [what](uint64_t done, uint64_t total) {
+  return [what, last = -1](uint64_t done, uint64_t total) mutable {
     if (total < 1'000'000) return;
-    std::fprintf(stderr, "\r%s %s / %s (%3.0f%%)", what.c_str(), human_bytes(done).c_str(), human_bytes(total).c_str(),
-                 100.0 * double(done) / double(total));
+    const int percent = int(100 * done / total);
+    if (percent == last) return;  // one update per percent
+    last = percent;
+    std::fprintf(stderr, "\r%s %s / %s (%3d%%)", what.c_str(), human_bytes(done).c_str(), human_bytes(total).c_str(),
+                 percent);
     if (done >= total) std::fputs("\r\033[K", stderr);
     std::fflush(stderr);
   };
@@ -105,11 +108,16 @@ namespace {
 
 const char* stop_reason_name(v1::StopReason r) {
   switch (r) {
-    case v1::STOP_REASON_EOS: return "eos";
-    case v1::STOP_REASON_MAX_TOKENS: return "max_tokens";
-    case v1::STOP_REASON_STOP_STRING: return "stop_string";
-    case v1::STOP_REASON_CONTEXT_FULL: return "context_full";
-    default: return "unspecified";
+    case v1::STOP_REASON_EOS:
+      return "eos";
+    case v1::STOP_REASON_MAX_TOKENS:
+      return "max_tokens";
+    case v1::STOP_REASON_STOP_STRING:
+      return "stop_string";
+    case v1::STOP_REASON_CONTEXT_FULL:
+      return "context_full";
+    default:
+      return "unspecified";
   }
 }
 

@@ -23,8 +23,8 @@ void print_agent_info(const std::string& addr, const RemoteFlags& remote) {
               static_cast<unsigned long long>(m.weights_hash()));
   std::printf("tokenizer    %s, bos %d, eos %d\n", i.tokenizer().c_str(), i.bos_id(), i.eos_id());
   std::printf("backend      %s\n", i.backend().c_str());
-  std::printf("limits       context %u tokens, %u new tokens, messages %s, request caches %s\n",
-              l.max_context_tokens(), l.max_new_tokens(), human_bytes(l.max_message_bytes()).c_str(),
+  std::printf("limits       context %u tokens, %u new tokens, messages %s, request caches %s\n", l.max_context_tokens(),
+              l.max_new_tokens(), human_bytes(l.max_message_bytes()).c_str(),
               human_bytes(l.max_request_cache_bytes()).c_str());
   std::printf("cache store  %s, default ttl %us\n", human_bytes(l.max_cache_store_bytes()).c_str(),
               l.default_cache_ttl_seconds());

@@ -1,8 +1,8 @@
 // kvbridge caches: the caches an agent holds, as a table, and its store's counters.
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstdio>
-
-#include <fmt/format.h>
 
 #include "client/cli_remote.h"
 
@@ -35,9 +35,9 @@ void register_caches(CLI::App& app) {
     auto agent = connect_or_exit(a->agent, a->remote);
     auto r = agent->list_caches();
     exit_on_error(r.status());
-    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count();
+    const int64_t now =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     std::printf("%-32s %7s %11s %6s %6s %8s\n", "ID", "TOKENS", "BYTES", "PINNED", "IDLE", "EXPIRES");
     for (const client::v1::CacheInfo& ci : r->caches()) {
       std::printf("%-32s %7u %11s %6s %6s %8s\n", ci.cache_id().c_str(), ci.n_tokens(), human_bytes(ci.bytes()).c_str(),
@@ -45,8 +45,8 @@ void register_caches(CLI::App& app) {
                   ci.expires_unix_ms() == 0 ? "never" : human_duration_ms(ci.expires_unix_ms() - now).c_str());
     }
     const client::v1::StoreStats& s = r->stats();
-    std::printf("store: %u caches, %s of %s; hits %llu, misses %llu, evictions %llu, expirations %llu\n",
-                s.n_caches(), human_bytes(s.bytes_used()).c_str(), human_bytes(s.bytes_budget()).c_str(),
+    std::printf("store: %u caches, %s of %s; hits %llu, misses %llu, evictions %llu, expirations %llu\n", s.n_caches(),
+                human_bytes(s.bytes_used()).c_str(), human_bytes(s.bytes_budget()).c_str(),
                 static_cast<unsigned long long>(s.hits()), static_cast<unsigned long long>(s.misses()),
                 static_cast<unsigned long long>(s.evictions()), static_cast<unsigned long long>(s.expirations()));
   });

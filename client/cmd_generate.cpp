@@ -97,6 +97,7 @@ void register_generate(CLI::App& app) {
   auto* agent = c->add_option("--agent", a->agent, "Generate on this agent (host:port) instead of a local model");
   model->excludes(agent);
   c->add_option("--context", a->context, "Context cache AGENT/ID placed before the prompt (repeatable, in order)")
+      ->allow_extra_args(false)
       ->needs(agent);
   c->add_flag("--keep-cache", a->keep_cache, "Keep context + prompt + output as a new cache; print its id")
       ->needs(agent);

@@ -59,7 +59,8 @@ void register_prefill(CLI::App& app) {
   auto* text = c->add_option("--text", a->text, "Text to prefill");
   auto* file = c->add_option("--file", a->file, "File whose contents to prefill ('-' = stdin)");
   text->excludes(file);
-  c->add_option("--context", a->context, "Cache AGENT/ID placed before the text (repeatable, in order)");
+  c->add_option("--context", a->context, "Cache AGENT/ID placed before the text (repeatable, in order)")
+      ->allow_extra_args(false);
   c->add_flag("--pin", a->pin, "Pin the new cache (never evicted for space)");
   c->add_flag("--no-bos", a->no_bos, "Do not put BOS before the text");
   c->add_option("--ttl", a->ttl_s, "Idle seconds before the cache expires (0 = the agent's default)");

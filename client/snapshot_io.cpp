@@ -18,12 +18,16 @@ Status errno_status(std::string_view what, const std::string& path, int err) {
   std::string m = fmt::format("{} {}: {}", what, path, std::strerror(err));
   switch (err) {
     case ENOENT:
-    case ENOTDIR: return not_found(std::move(m));
+    case ENOTDIR:
+      return not_found(std::move(m));
     case EACCES:
     case EPERM:
-    case EROFS: return Status(StatusCode::kPermissionDenied, std::move(m));
-    case ENOSPC: return resource_exhausted(std::move(m));
-    default: return internal_error(std::move(m));
+    case EROFS:
+      return Status(StatusCode::kPermissionDenied, std::move(m));
+    case ENOSPC:
+      return resource_exhausted(std::move(m));
+    default:
+      return internal_error(std::move(m));
   }
 }
 
@@ -120,8 +124,8 @@ SnapshotReader::~SnapshotReader() {
 
 Status SnapshotReader::read_exact(char* dst, size_t n) {
   if (n > size_ - offset_) {
-    return invalid_argument(fmt::format("{}: truncated: {} bytes wanted at offset {}, {} left", path_, n, offset_,
-                                        size_ - offset_));
+    return invalid_argument(
+        fmt::format("{}: truncated: {} bytes wanted at offset {}, {} left", path_, n, offset_, size_ - offset_));
   }
   size_t got = 0;
   while (got < n) {
@@ -142,8 +146,8 @@ Result<bool> SnapshotReader::next(::kvbridge::v1::CacheChunk& msg) {
   uint32_t len = 0;
   for (int i = 0; i < 4; ++i) len |= uint32_t(uint8_t(le[i])) << (8 * i);
   if (len > wire::kMaxSnapshotMessageBytes) {
-    return invalid_argument(fmt::format("{}: a message of {} bytes over the limit of {}", path_, len,
-                                        wire::kMaxSnapshotMessageBytes));
+    return invalid_argument(
+        fmt::format("{}: a message of {} bytes over the limit of {}", path_, len, wire::kMaxSnapshotMessageBytes));
   }
   scratch_.resize(len);
   KVB_RETURN_IF_ERROR(read_exact(scratch_.data(), len));

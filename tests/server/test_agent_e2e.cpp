@@ -12,9 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -92,7 +92,8 @@ std::unique_ptr<AgentProcess> start_agent(const std::string& name, std::vector<s
   o.binary = KVB_AGENT_BIN;
   o.args = {"--model", m.model, "--tokenizer", m.tokenizer, "--name", name};
   // One engine thread per agent unless asked otherwise: tests run several agents on few cores.
-  if (std::find(extra.begin(), extra.end(), "--threads") == extra.end()) o.args.insert(o.args.end(), {"--threads", "1"});
+  if (std::find(extra.begin(), extra.end(), "--threads") == extra.end())
+    o.args.insert(o.args.end(), {"--threads", "1"});
   o.args.insert(o.args.end(), extra.begin(), extra.end());
   o.log_path = test::temp_dir() + "/" + name + ".log";
   return must(AgentProcess::start(o));
@@ -137,10 +138,10 @@ struct Output {
 Result<Output> run(AgentClient& agent, const v1::GenerateRequest& req) {
   Output out;
   KVB_ASSIGN_OR_RETURN(out.summary, agent.generate(req, [&](const v1::TokenEvent& t) {
-                         out.ids.push_back(t.id());
-                         out.text += t.text();
-                         return true;
-                       }));
+    out.ids.push_back(t.id());
+    out.text += t.text();
+    return true;
+  }));
   return out;
 }
 
@@ -162,7 +163,7 @@ std::vector<v1::CacheChunk> export_msgs(AgentClient& agent, const std::string& i
   client::ExportOptions o;
   o.dtype = dtype;
   o.chunk_tokens = chunk_tokens;
-  return must(agent.export_cache(id, o));
+  return must(agent.export_cache_messages(id, o));
 }
 
 // A cache's values, decoded from an f32 uncompressed export: [kind][layer][token][head][dim].
@@ -362,7 +363,8 @@ TEST_CASE("caches passed in a row concatenate like the texts", "[e2e][pass]") {
             REQUIRE(vz.at(0, l, t, h, d) == vx.at(0, l, t, h, d));
             REQUIRE(vz.at(1, l, t, h, d) == vx.at(1, l, t, h, d));
           }
-          for (uint32_t t = 0; t < vy.n_tokens; ++t) REQUIRE(vz.at(1, l, vx.n_tokens + t, h, d) == vy.at(1, l, t, h, d));
+          for (uint32_t t = 0; t < vy.n_tokens; ++t)
+            REQUIRE(vz.at(1, l, vx.n_tokens + t, h, d) == vy.at(1, l, t, h, d));
         }
         for (uint32_t t = 0; t < vy.n_tokens; ++t) {
           for (uint32_t d = 0; d + 1 < vz.head_dim; d += 2) {
@@ -395,12 +397,12 @@ TEST_CASE("bad inputs fail with precise codes and harm nothing", "[e2e][errors]"
 
   SECTION("an unknown cache id is NOT_FOUND, here and through a peer") {
     const std::string unknown(32, 'a');
-    REQUIRE_CODE(ca->export_cache(unknown, {}), StatusCode::kNotFound);
+    REQUIRE_CODE(ca->export_cache_messages(unknown, {}), StatusCode::kNotFound);
     REQUIRE_CODE(ca->drop_cache(unknown), StatusCode::kNotFound);
     REQUIRE_CODE(ca->pin_cache(unknown), StatusCode::kNotFound);
     REQUIRE_CODE(run(*ca, greedy({5}, {client::cache_ref("", unknown)})), StatusCode::kNotFound);
     // An id this agent could never have issued is a malformed request rather than a miss.
-    REQUIRE_CODE(ca->export_cache("not-even-hex", {}), StatusCode::kInvalidArgument);
+    REQUIRE_CODE(ca->export_cache_messages("not-even-hex", {}), StatusCode::kInvalidArgument);
     auto b = start_agent("err-b");
     auto cb = connect_to(*b);
     REQUIRE_CODE(run(*cb, greedy({5}, {client::cache_ref(a->address(), unknown)})), StatusCode::kNotFound);
@@ -594,7 +596,7 @@ TEST_CASE("a sharer killed mid-transfer: UNAVAILABLE promptly, the receiver keep
 
   SECTION("the sharer dies after the header and some chunks") {
     // The stream of a real cache, in small chunks, replayed by a stand-in that hangs after 6 of
-    // its messages (header + 5 of 50 data chunks) until SIGKILL.
+    // its messages (the header and 5 of its ~120 data chunks) until SIGKILL.
     const std::string snap = test::temp_dir() + "/kill.kvbcache";
     client::ExportOptions o;
     o.chunk_tokens = 16;
@@ -746,7 +748,7 @@ TEST_CASE("TLS, mutual TLS and bearer tokens: good credentials pass, others are 
       REQUIRE_CODE(bad->get_info(), StatusCode::kUnauthenticated);
       REQUIRE_CODE(bad->list_caches(), StatusCode::kUnauthenticated);
       REQUIRE_CODE(run(*bad, greedy({1, 400})), StatusCode::kUnauthenticated);
-      REQUIRE_CODE(bad->export_cache(p.cache_id(), {}), StatusCode::kUnauthenticated);
+      REQUIRE_CODE(bad->export_cache_messages(p.cache_id(), {}), StatusCode::kUnauthenticated);
       REQUIRE_CODE(bad->drop_cache(p.cache_id()), StatusCode::kUnauthenticated);
     }
     CHECK(must(c->list_caches()).caches_size() == 1);  // the refused drop dropped nothing
@@ -755,7 +757,7 @@ TEST_CASE("TLS, mutual TLS and bearer tokens: good credentials pass, others are 
   SECTION("two mutual-TLS agents with tokens pass a cache between them") {
     const std::string token_file = test::temp_dir() + "/token-pass";
     std::ofstream(token_file) << "shared-token\n";
-    const std::vector<std::string> flags = {"--tls-cert",      k.server_cert, "--tls-key", k.server_key,
+    const std::vector<std::string> flags = {"--tls-cert",      k.server_cert, "--tls-key",         k.server_key,
                                             "--tls-client-ca", k.ca,          "--auth-token-file", token_file};
     auto a = start_agent("secure-a", flags);
     auto b = start_agent("secure-b", flags);
@@ -785,7 +787,7 @@ TEST_CASE("cache store: budget, LRU of unpinned caches, pinning, TTL", "[e2e][st
     texts.push_back(t);
   }
   auto exists = [](AgentClient& c, const std::string& id) {
-    const Status s = c.export_cache(id, {}).status();
+    const Status s = c.export_cache_messages(id, {}).status();
     INFO(s.to_string());
     REQUIRE((s.ok() || s.code() == StatusCode::kNotFound));
     return s.ok();
@@ -892,7 +894,8 @@ TEST_CASE("32 concurrent clients x 20 requests: all succeed, outputs equal the s
         const size_t k = size_t(i + j) % requests.size();
         auto out = run(**client, requests[k]);
         if (!out.ok()) return void(failures[size_t(i)] = out.status().to_string());
-        if (out->ids != expected[k]) return void(failures[size_t(i)] = "different tokens for request " + std::to_string(k));
+        if (out->ids != expected[k])
+          return void(failures[size_t(i)] = "different tokens for request " + std::to_string(k));
         ++ok;
       }
     });
