@@ -8,7 +8,7 @@
 #include <optional>
 #include <sstream>
 
-#include "client/snapshot_io.h"
+#include "proto/wire_convert.h"
 
 namespace kvb::client {
 
@@ -86,15 +86,6 @@ void account(const v1::CacheChunk& msg, TransferStats& st, uint64_t& raw_done, c
 }
 
 }  // namespace
-
-Status from_grpc_status(const grpc::Status& s) {
-  if (s.ok()) return Status::Ok();
-  const int code = static_cast<int>(s.error_code());
-  if (code <= 0 || code > static_cast<int>(StatusCode::kUnauthenticated)) {
-    return Status(StatusCode::kUnknown, s.error_message());
-  }
-  return Status(static_cast<StatusCode>(code), s.error_message());
-}
 
 v1::CacheRef cache_ref(const std::string& agent, const std::string& cache_id) {
   v1::CacheRef r;
@@ -263,7 +254,7 @@ Result<std::vector<v1::CacheChunk>> AgentClient::export_cache_messages(const std
 
 Result<TransferStats> AgentClient::save_cache(const std::string& cache_id, const std::string& path,
                                               const ExportOptions& options) {
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotWriter> w, SnapshotWriter::create(path));
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<wire::SnapshotWriter> w, wire::SnapshotWriter::create(path));
   KVB_ASSIGN_OR_RETURN(TransferStats st,
                        export_cache(cache_id, options, [&](v1::CacheChunk&& m) { return w->append(m); }));
   KVB_RETURN_IF_ERROR(w->commit());
@@ -309,8 +300,14 @@ Result<ImportResult> AgentClient::import_cache(std::span<const v1::CacheChunk> m
 }
 
 Result<ImportResult> AgentClient::load_cache(const std::string& path, const TransferProgress& progress) {
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotReader> r, SnapshotReader::open(path));
-  return import_cache([&](v1::CacheChunk& m) { return r->next(m); }, progress);
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<wire::SnapshotReader> r, wire::SnapshotReader::open(path));
+  return import_cache(
+      [&](v1::CacheChunk& m) -> Result<bool> {
+        Result<bool> more = r->next(m);
+        if (!more.ok()) return more.status().with_context(path);
+        return more;
+      },
+      progress);
 }
 
 }  // namespace kvb::client

@@ -3,8 +3,9 @@
 // One AgentClient owns one gRPC channel to one agent. Requests and replies are the kvbridge.v1
 // protobuf messages themselves (proto/kvbridge/v1/agent.proto documents every field): the client
 // adds what every call needs (credentials, the bearer token, message-size limits, an optional
-// deadline), turns grpc::Status into kvb::Status in exactly one function (from_grpc_status), and
-// streams cache transfers to and from files or memory with progress reports.
+// deadline), turns grpc::Status into kvb::Status with the one mapping the agent uses too
+// (kvb::from_grpc_status, proto/grpc_status.h), and streams cache transfers to and from files
+// (wire::SnapshotWriter/SnapshotReader, proto/wire_convert.h) or memory with progress reports.
 //
 //   ClientOptions opt;
 //   opt.auth_token_file = "token.txt";
@@ -39,14 +40,11 @@
 
 #include "kernels/status.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
+#include "proto/grpc_status.h"
 
 namespace kvb::client {
 
 namespace v1 = ::kvbridge::v1;
-
-// grpc::Status → kvb::Status: same code (the enums share values), same message. The one place
-// the client converts (STYLE R6); codes outside the canonical range become UNKNOWN.
-Status from_grpc_status(const grpc::Status& s);
 
 struct ClientOptions {
   // TLS: on when tls_ca_file or tls_cert_file is set (or `tls` is true, for system roots).

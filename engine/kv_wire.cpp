@@ -1,4 +1,5 @@
 #include "engine/kv_wire.h"
+#include "engine/kv_wire_values.h"
 
 #include <xxhash.h>
 #include <zstd.h>
@@ -167,58 +168,6 @@ ZSTD_DCtx* thread_dctx() {
   return ctx.get();
 }
 
-// Encodes n_cells cells of f32 values (each n_head_kv x head_dim) into `dst` (exactly
-// wire_payload_bytes(...) bytes) in the wire dtype.
-void encode_values(WireDType dtype, const float* x, int64_t n_cells, int64_t n_head_kv, int64_t head_dim,
-                   char* dst) {
-  const int64_t n = n_cells * n_head_kv * head_dim;
-  switch (dtype) {
-    case WireDType::kF32: std::memcpy(dst, x, size_t(n) * 4); return;
-    case WireDType::kF16: from_f32(DType::kF16, x, dst, n); return;
-    case WireDType::kBF16: from_f32(DType::kBF16, x, dst, n); return;
-    case WireDType::kInt8: {
-      char* scales = dst;
-      auto* q = reinterpret_cast<int8_t*>(dst + size_t(n_cells * n_head_kv) * 4);
-      for (int64_t r = 0; r < n_cells * n_head_kv; ++r) {
-        const float* v = x + r * head_dim;
-        float amax = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) amax = std::max(amax, std::fabs(v[d]));
-        const float scale = amax / 127.0f;
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        std::memcpy(scales + r * 4, &scale, 4);
-        for (int64_t d = 0; d < head_dim; ++d) {
-          // Clamp first (also maps NaN to -127): lrint of an out-of-range value is undefined.
-          float t = v[d] * inv;
-          if (!(t >= -127.0f)) t = -127.0f;
-          if (t > 127.0f) t = 127.0f;
-          q[r * head_dim + d] = static_cast<int8_t>(std::lrint(t));
-        }
-      }
-      return;
-    }
-  }
-}
-
-// The inverse: `src` holds exactly wire_payload_bytes(...) bytes; writes f32 values.
-void decode_values(WireDType dtype, const char* src, int64_t n_cells, int64_t n_head_kv, int64_t head_dim,
-                   float* y) {
-  const int64_t n = n_cells * n_head_kv * head_dim;
-  switch (dtype) {
-    case WireDType::kF32: std::memcpy(y, src, size_t(n) * 4); return;
-    case WireDType::kF16: to_f32(DType::kF16, src, y, n); return;
-    case WireDType::kBF16: to_f32(DType::kBF16, src, y, n); return;
-    case WireDType::kInt8: {
-      const auto* q = reinterpret_cast<const int8_t*>(src + size_t(n_cells * n_head_kv) * 4);
-      for (int64_t r = 0; r < n_cells * n_head_kv; ++r) {
-        float scale;
-        std::memcpy(&scale, src + r * 4, 4);
-        for (int64_t d = 0; d < head_dim; ++d) y[r * head_dim + d] = scale * float(q[r * head_dim + d]);
-      }
-      return;
-    }
-  }
-}
-
 }  // namespace
 
 // ---- identity ----
@@ -334,50 +283,23 @@ Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cach
   h.total_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, n_tokens) * 2 * id.n_layer;
   h.n_chunks = uint32_t(n_chunks);
   e->chunk_tokens_ = chunk_tokens;
+  e->zero_copy_ = dtype == WireDType::kF32 && compression == WireCompression::kNone && lay.dtype == DType::kF32;
   e->checksums_.reserve(size_t(n_chunks));
   return e;
 }
 
-bool KvWireEncoder::next(KvWireChunk& out) {
+bool KvWireEncoder::next_slice(KvWireChunkView& out, Tensor& cells) {
   const uint32_t n_tokens = uint32_t(header_.tokens.size());
   if (layer_ >= header_.n_layer || n_tokens == 0) return false;
 
   const uint32_t count = std::min(chunk_tokens_, n_tokens - token_);
-  const int64_t n_head_kv = header_.n_head_kv, head_dim = header_.head_dim;
-  const uint64_t raw = wire_payload_bytes(header_.dtype, header_.n_head_kv, header_.head_dim, count);
+  out = KvWireChunkView{};
   out.layer = layer_;
   out.is_v = is_v_;
   out.token_begin = token_;
   out.token_count = count;
-  out.raw_size = raw;
-
-  // Source cells as f32: the cache itself when it is f32, else a converted copy.
-  const Tensor cells = (is_v_ ? cache_.v(int32_t(layer_)) : cache_.k(int32_t(layer_))).slice_rows(token_, count);
-  const int64_t n = int64_t(count) * n_head_kv * head_dim;
-  const float* x = cells.as<const float>();
-  std::vector<float> converted;
-  if (cells.dtype != DType::kF32) {
-    converted.resize(static_cast<size_t>(n));
-    to_f32(cells.dtype, cells.data, converted.data(), n);
-    x = converted.data();
-  }
-
-  if (header_.compression == WireCompression::kZstd) {
-    scratch_.resize(size_t(raw));
-    encode_values(header_.dtype, x, count, n_head_kv, head_dim, scratch_.data());
-    out.payload.resize(ZSTD_compressBound(size_t(raw)));
-    const size_t z = ZSTD_compressCCtx(thread_cctx(), out.payload.data(), out.payload.size(), scratch_.data(),
-                                       scratch_.size(), kZstdLevel);
-    // compressBound always suffices; an error here is a bug (or a failed context allocation).
-    KVB_ASSERT(!ZSTD_isError(z), fmt::format("zstd compress failed: {}", ZSTD_getErrorName(z)));
-    out.payload.resize(z);
-  } else {
-    out.payload.resize(size_t(raw));
-    encode_values(header_.dtype, x, count, n_head_kv, head_dim, out.payload.data());
-  }
-  out.xxh3 = XXH3_64bits(out.payload.data(), out.payload.size());
-  checksums_.push_back(out.xxh3);
-  ++emitted_;
+  out.raw_size = wire_payload_bytes(header_.dtype, header_.n_head_kv, header_.head_dim, count);
+  cells = (is_v_ ? cache_.v(int32_t(layer_)) : cache_.k(int32_t(layer_))).slice_rows(token_, count);
 
   token_ += count;
   if (token_ >= n_tokens) {
@@ -392,6 +314,60 @@ bool KvWireEncoder::next(KvWireChunk& out) {
   return true;
 }
 
+void KvWireEncoder::encode_into(const Tensor& cells, uint32_t count, std::string& dst) {
+  const int64_t n_head_kv = header_.n_head_kv, head_dim = header_.head_dim;
+  const uint64_t raw = wire_payload_bytes(header_.dtype, header_.n_head_kv, header_.head_dim, count);
+  // Source cells as f32: the cache itself when it is f32, else a converted copy.
+  const float* x = cells.as<const float>();
+  if (cells.dtype != DType::kF32) {
+    converted_.resize(static_cast<size_t>(int64_t(count) * n_head_kv * head_dim));
+    to_f32(cells.dtype, cells.data, converted_.data(), int64_t(converted_.size()));
+    x = converted_.data();
+  }
+  if (header_.compression == WireCompression::kZstd) {
+    scratch_.resize(size_t(raw));
+    kv_wire_values::encode(header_.dtype, x, int64_t(count) * n_head_kv, head_dim, scratch_.data());
+    dst.resize(ZSTD_compressBound(size_t(raw)));
+    const size_t z =
+        ZSTD_compressCCtx(thread_cctx(), dst.data(), dst.size(), scratch_.data(), scratch_.size(), kZstdLevel);
+    // compressBound always suffices; an error here is a bug (or a failed context allocation).
+    KVB_ASSERT(!ZSTD_isError(z), fmt::format("zstd compress failed: {}", ZSTD_getErrorName(z)));
+    dst.resize(z);
+  } else {
+    dst.resize(size_t(raw));
+    kv_wire_values::encode(header_.dtype, x, int64_t(count) * n_head_kv, head_dim, dst.data());
+  }
+}
+
+void KvWireEncoder::record(KvWireChunkView& out, std::string_view payload) {
+  out.payload = payload;
+  out.xxh3 = XXH3_64bits(payload.data(), payload.size());
+  checksums_.push_back(out.xxh3);
+  ++emitted_;
+}
+
+bool KvWireEncoder::next(KvWireChunk& out) {
+  KvWireChunkView v;
+  Tensor cells;
+  if (!next_slice(v, cells)) return false;
+  encode_into(cells, v.token_count, out.payload);
+  record(v, out.payload);
+  static_cast<KvWireSlice&>(out) = v;
+  return true;
+}
+
+bool KvWireEncoder::next(KvWireChunkView& out) {
+  Tensor cells;
+  if (!next_slice(out, cells)) return false;
+  if (zero_copy_) {
+    record(out, std::string_view(static_cast<const char*>(cells.data), size_t(out.raw_size)));
+  } else {
+    encode_into(cells, out.token_count, payload_);
+    record(out, payload_);
+  }
+  return true;
+}
+
 uint64_t KvWireEncoder::digest() const { return digest_of(checksums_); }
 
 // ---- decoder ----
@@ -399,7 +375,7 @@ uint64_t KvWireEncoder::digest() const { return digest_of(checksums_); }
 Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader& header,
                                                              const ModelIdentity& expected,
                                                              const BufferType& buffer_type, int32_t n_ctx_min,
-                                                             const KvWireLimits& limits) {
+                                                             const KvWireLimits& limits, int32_t n_ctx_extra) {
   if (!buffer_type.is_host()) return invalid_argument("kv wire decode: the cache must be allocated in host memory");
   if (header.format_version != kKvWireVersion) {
     return invalid_argument(fmt::format("kv wire: unsupported format version {} (this agent speaks {})",
@@ -467,7 +443,11 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
   }
 
   std::unique_ptr<KvWireDecoder> d(new KvWireDecoder());
-  const int32_t n_ctx = std::max({int32_t(n_tokens), n_ctx_min, int32_t(1)});
+  // Free cells for the receiver's own tokens, within the same limits as the received ones.
+  const uint64_t cell_bytes = uint64_t(header.n_head_kv) * header.head_dim * 4 * 2 * header.n_layer;
+  const uint64_t max_cells = std::min<uint64_t>({limits.max_tokens, limits.max_bytes / cell_bytes, INT32_MAX});
+  const uint64_t with_extra = std::min<uint64_t>(n_tokens + uint64_t(std::max(n_ctx_extra, 0)), max_cells);
+  const int32_t n_ctx = std::max({int32_t(n_tokens), int32_t(with_extra), n_ctx_min, int32_t(1)});
   const KvLayout layout{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
   KVB_ASSIGN_OR_RETURN(d->cache_, KvCache::create(buffer_type, layout, n_ctx));
   KVB_RETURN_IF_ERROR(d->cache_->set_pos0(header.pos0));
@@ -481,7 +461,40 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
   return d;
 }
 
-Status KvWireDecoder::add(const KvWireChunk& chunk) {
+KvWireChunkView view_of(const KvWireChunk& c) {
+  KvWireChunkView v;
+  static_cast<KvWireSlice&>(v) = c;
+  v.payload = c.payload;
+  return v;
+}
+
+uint64_t KvWireChunkView::payload_size() const {
+  if (pieces.empty()) return payload.size();
+  uint64_t n = 0;
+  for (std::string_view p : pieces) n += p.size();
+  return n;
+}
+
+void KvWireDecoder::HashStateFree::operator()(void* state) const {
+  XXH3_freeState(static_cast<XXH3_state_t*>(state));
+}
+
+uint64_t KvWireDecoder::checksum(const KvWireChunkView& chunk) {
+  if (chunk.pieces.empty()) return XXH3_64bits(chunk.payload.data(), chunk.payload.size());
+  if (chunk.pieces.size() == 1) return XXH3_64bits(chunk.pieces[0].data(), chunk.pieces[0].size());
+  if (hash_state_ == nullptr) {
+    hash_state_.reset(XXH3_createState());
+    KVB_ASSERT(hash_state_ != nullptr, "XXH3_createState failed");
+  }
+  auto* st = static_cast<XXH3_state_t*>(hash_state_.get());
+  XXH3_64bits_reset(st);
+  for (std::string_view p : chunk.pieces) {
+    if (!p.empty()) XXH3_64bits_update(st, p.data(), p.size());
+  }
+  return XXH3_64bits_digest(st);
+}
+
+Status KvWireDecoder::add(const KvWireChunkView& chunk) {
   if (cache_ == nullptr) return failed_precondition("kv wire: the decoder has already finished");
   const uint32_t n_tokens = uint32_t(header_.tokens.size());
   if (checksums_.size() >= header_.n_chunks) {
@@ -501,12 +514,12 @@ Status KvWireDecoder::add(const KvWireChunk& chunk) {
                                         chunk.token_count, wire_dtype_name(header_.dtype), raw));
   }
   const bool zstd = header_.compression == WireCompression::kZstd;
-  if (!zstd && chunk.payload.size() != raw) {
-    return invalid_argument(fmt::format("kv wire: chunk payload of {} bytes, expected {}", chunk.payload.size(), raw));
+  const uint64_t size = chunk.payload_size();
+  if (!zstd && size != raw) {
+    return invalid_argument(fmt::format("kv wire: chunk payload of {} bytes, expected {}", size, raw));
   }
-  if (zstd && chunk.payload.size() > ZSTD_compressBound(size_t(raw))) {
-    return invalid_argument(fmt::format("kv wire: compressed chunk of {} bytes for {} raw bytes",
-                                        chunk.payload.size(), raw));
+  if (zstd && size > ZSTD_compressBound(size_t(raw))) {
+    return invalid_argument(fmt::format("kv wire: compressed chunk of {} bytes for {} raw bytes", size, raw));
   }
   uint8_t* covered = covered_.data() + (size_t(chunk.layer) * 2 + (chunk.is_v ? 1 : 0)) * n_tokens;
   for (uint32_t t = chunk.token_begin; t < chunk.token_begin + chunk.token_count; ++t) {
@@ -516,12 +529,39 @@ Status KvWireDecoder::add(const KvWireChunk& chunk) {
                                           chunk.token_begin + chunk.token_count, t));
     }
   }
-  if (XXH3_64bits(chunk.payload.data(), chunk.payload.size()) != chunk.xxh3) {
+  if (checksum(chunk) != chunk.xxh3) {
     return data_loss(fmt::format("kv wire: checksum mismatch in chunk layer {} {} cells [{}, {})", chunk.layer,
                                  chunk.is_v ? "V" : "K", chunk.token_begin, chunk.token_begin + chunk.token_count));
   }
 
-  const char* src = chunk.payload.data();
+  const Tensor cells =
+      (chunk.is_v ? cache_->v(int32_t(chunk.layer)) : cache_->k(int32_t(chunk.layer))).slice_rows(chunk.token_begin,
+                                                                                                 chunk.token_count);
+  const char* src = chunk.pieces.empty() ? chunk.payload.data() : chunk.pieces[0].data();
+  bool written = false;  // the cells already hold the values
+  if (chunk.pieces.size() > 1) {
+    if (!zstd && header_.dtype == WireDType::kF32) {
+      // f32 payload bytes are the cells' bytes: copy each piece straight to its place.
+      char* dst = static_cast<char*>(cells.data);
+      for (std::string_view p : chunk.pieces) {
+        if (!p.empty()) std::memcpy(dst, p.data(), p.size());
+        dst += p.size();
+      }
+      written = true;
+    } else {
+      try {
+        gathered_.resize(size_t(size));
+      } catch (const std::bad_alloc&) {
+        return resource_exhausted("kv wire: out of memory for a chunk");
+      }
+      size_t off = 0;
+      for (std::string_view p : chunk.pieces) {
+        if (!p.empty()) std::memcpy(gathered_.data() + off, p.data(), p.size());
+        off += p.size();
+      }
+      src = gathered_.data();
+    }
+  }
   if (zstd) {
     ZSTD_DCtx* dctx = thread_dctx();
     if (dctx == nullptr) return resource_exhausted("kv wire: cannot create a zstd context");
@@ -532,7 +572,7 @@ Status KvWireDecoder::add(const KvWireChunk& chunk) {
     }
     // Single-shot into a buffer of exactly raw bytes: a frame that inflates to more is an error,
     // and no window beyond that buffer is ever allocated.
-    const size_t r = ZSTD_decompressDCtx(dctx, scratch_.data(), scratch_.size(), src, chunk.payload.size());
+    const size_t r = ZSTD_decompressDCtx(dctx, scratch_.data(), scratch_.size(), src, size_t(size));
     if (ZSTD_isError(r) || r != raw) {
       return data_loss(fmt::format("kv wire: chunk layer {} does not decompress to its {} raw bytes ({})",
                                    chunk.layer, raw, ZSTD_isError(r) ? ZSTD_getErrorName(r) : "short"));
@@ -540,13 +580,13 @@ Status KvWireDecoder::add(const KvWireChunk& chunk) {
     src = scratch_.data();
   }
 
-  const Tensor cells =
-      (chunk.is_v ? cache_->v(int32_t(chunk.layer)) : cache_->k(int32_t(chunk.layer))).slice_rows(chunk.token_begin,
-                                                                                                 chunk.token_count);
-  decode_values(header_.dtype, src, chunk.token_count, header_.n_head_kv, header_.head_dim, cells.as<float>());
+  if (!written) {
+    kv_wire_values::decode(header_.dtype, src, int64_t(chunk.token_count) * header_.n_head_kv, header_.head_dim,
+                           cells.as<float>());
+  }
   std::fill(covered + chunk.token_begin, covered + chunk.token_begin + chunk.token_count, uint8_t(1));
   checksums_.push_back(chunk.xxh3);
-  bytes_received_ += chunk.payload.size();
+  bytes_received_ += size;
   return Status::Ok();
 }
 

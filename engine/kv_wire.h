@@ -17,7 +17,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/kv_cache.h"
@@ -65,15 +67,34 @@ struct KvWireHeader {
   uint32_t n_chunks = 0;
 };
 
-struct KvWireChunk {
+// What a data chunk carries besides its payload: layer l's K or V, cells [token_begin,
+// token_begin + token_count), the payload's size before compression and its checksum as sent.
+struct KvWireSlice {
   uint32_t layer = 0;
   bool is_v = false;            // K when false
   uint32_t token_begin = 0;
   uint32_t token_count = 0;
   uint64_t raw_size = 0;
-  std::string payload;
   uint64_t xxh3 = 0;
 };
+
+struct KvWireChunk : KvWireSlice {
+  std::string payload;
+};
+
+// The same chunk with a borrowed payload: the sender's cache cells themselves (a zero-copy
+// encoder), or the bytes still inside the message they arrived in (so that a receiver neither
+// copies nor frees ~1 MiB per chunk). Nothing keeps the payload alive: it must outlive the call
+// the view is passed to.
+struct KvWireChunkView : KvWireSlice {
+  // The payload: `payload`, or, when `pieces` is not empty, the concatenation of `pieces` (the
+  // slices of a received message, say; `payload` is then ignored).
+  std::string_view payload;
+  std::span<const std::string_view> pieces;
+
+  uint64_t payload_size() const;
+};
+KvWireChunkView view_of(const KvWireChunk& c);
 
 struct KvWireTrailer {
   uint32_t n_chunks = 0;
@@ -99,20 +120,35 @@ class KvWireEncoder {
   const KvWireHeader& header() const { return header_; }
   // Fills the next chunk; false when all chunks were produced.
   bool next(KvWireChunk& out);
+  // The same, borrowing the payload (one range, no pieces) instead of copying it out: when
+  // zero_copy(), the payload is the cache's own cells (valid while the cache lives unchanged; the
+  // encoder only hashed them); otherwise it is the encoder's buffer, valid until the next call.
+  // Calls of both overloads may be mixed; they share one sequence.
+  bool next(KvWireChunkView& out);
+  // Whether the payloads are the cache's bytes as they are: f32 wire, no compression, f32 cache.
+  bool zero_copy() const { return zero_copy_; }
   // Valid after next() returned false.
   KvWireTrailer trailer() const { return {emitted_, digest()}; }
 
  private:
   KvWireEncoder(const KvCache& cache) : cache_(cache) {}
   uint64_t digest() const;
+  // Describes the next chunk in `out` and its source cells (f32), advancing the position; false at the end.
+  bool next_slice(KvWireChunkView& out, Tensor& cells);
+  // Encodes `cells` (f32 or the cache's f16) in the wire dtype into `dst`, compressed when asked.
+  void encode_into(const Tensor& cells, uint32_t count, std::string& dst);
+  void record(KvWireChunkView& out, std::string_view payload);
 
   const KvCache& cache_;
   KvWireHeader header_;
   uint32_t chunk_tokens_ = 0;
   uint32_t layer_ = 0, token_ = 0, emitted_ = 0;
   bool is_v_ = false;
+  bool zero_copy_ = false;
   std::vector<uint64_t> checksums_;
   std::string scratch_;  // raw payload before compression
+  std::string payload_;  // next(KvWireChunkView&)'s payload when not zero-copy
+  std::vector<float> converted_;  // f16 cache cells as f32
 };
 
 struct KvWireLimits {
@@ -134,18 +170,23 @@ class KvWireDecoder {
   //   INVALID_ARGUMENT for an unknown version, inconsistent layout, sizes or token ids;
   //   RESOURCE_EXHAUSTED when the cache exceeds the limits.
   // The cache is allocated from `buffer_type` (which must be host memory: INVALID_ARGUMENT
-  // otherwise) with n_ctx = max(n_tokens, n_ctx_min, 1), layout f32, pos0 = header.pos0; allocation
-  // failure is RESOURCE_EXHAUSTED. `expected` is only read during the call.
+  // otherwise) with n_ctx = max(n_tokens + extra, n_ctx_min, 1), layout f32, pos0 = header.pos0;
+  // allocation failure is RESOURCE_EXHAUSTED. `expected` is only read during the call.
+  // n_ctx_extra >= 0 reserves free cells after the received ones, for tokens the receiver will
+  // append (a session can then run in the received cache itself instead of a copy); it is
+  // best-effort: extra = min(n_ctx_extra, what limits.max_tokens and limits.max_bytes leave).
+  // Chunks are decoded straight into the cache's cells (no intermediate copy but zstd's output).
   static Result<std::unique_ptr<KvWireDecoder>> create(const KvWireHeader& header, const ModelIdentity& expected,
                                                        const BufferType& buffer_type, int32_t n_ctx_min,
-                                                       const KvWireLimits& limits = {});
+                                                       const KvWireLimits& limits = {}, int32_t n_ctx_extra = 0);
   // Applies one chunk. Checks, in order: INVALID_ARGUMENT for more chunks than announced, an
   // out-of-range layer or slice, a raw_size other than the slice's, a payload of the wrong size
   // (uncompressed) or over zstd's bound, a slice overlapping cells already received (duplicates
   // included); DATA_LOSS for a checksum mismatch, then for a frame that does not decompress to
   // exactly raw_size bytes. Decompression is single-shot into raw_size bytes (no other buffer).
   // After finish() succeeded: FAILED_PRECONDITION.
-  Status add(const KvWireChunk& chunk);
+  Status add(const KvWireChunkView& chunk);
+  Status add(const KvWireChunk& chunk) { return add(view_of(chunk)); }
   // INVALID_ARGUMENT when the trailer's count differs from the header's or chunks are missing;
   // DATA_LOSS when the digest differs. On success the caller owns the cache (its tokens
   // committed) and the decoder is spent.
@@ -156,12 +197,19 @@ class KvWireDecoder {
 
  private:
   KvWireDecoder() = default;
+  uint64_t checksum(const KvWireChunkView& chunk);
+
   KvWireHeader header_;
   std::unique_ptr<KvCache> cache_;
   std::vector<uint8_t> covered_;  // [n_layer][2][n_tokens]: 1 when a chunk filled that cell
   std::vector<uint64_t> checksums_;
   uint64_t bytes_received_ = 0;
-  std::string scratch_;
+  std::string scratch_;    // zstd output
+  std::string gathered_;   // a payload in pieces, made contiguous (zstd, non-f32 dtypes)
+  struct HashStateFree {
+    void operator()(void* state) const;
+  };
+  std::unique_ptr<void, HashStateFree> hash_state_;  // XXH3_state_t for payloads in pieces, made on first use
 };
 
 }  // namespace kvb

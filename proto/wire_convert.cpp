@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -139,8 +140,9 @@ void chunk_fields(const KvWireChunk& c, pb::KvData* out) {
   out->set_xxh3(c.xxh3);
 }
 
-Result<KvWireChunk> chunk_fields(const pb::KvData& m) {
-  KvWireChunk c;
+template <class Chunk>
+Result<Chunk> chunk_fields(const pb::KvData& m) {
+  Chunk c;
   switch (m.kind()) {
     case pb::KV_KIND_K: c.is_v = false; break;
     case pb::KV_KIND_V: c.is_v = true; break;
@@ -167,13 +169,19 @@ void to_proto(KvWireChunk&& c, pb::KvData* out) {
 }
 
 Result<KvWireChunk> from_proto(const pb::KvData& m) {
-  KVB_ASSIGN_OR_RETURN(KvWireChunk c, chunk_fields(m));
+  KVB_ASSIGN_OR_RETURN(KvWireChunk c, chunk_fields<KvWireChunk>(m));
+  c.payload = m.payload();
+  return c;
+}
+
+Result<KvWireChunkView> view_from_proto(const pb::KvData& m) {
+  KVB_ASSIGN_OR_RETURN(KvWireChunkView c, chunk_fields<KvWireChunkView>(m));
   c.payload = m.payload();
   return c;
 }
 
 Result<KvWireChunk> from_proto(pb::KvData&& m) {
-  KVB_ASSIGN_OR_RETURN(KvWireChunk c, chunk_fields(m));
+  KVB_ASSIGN_OR_RETURN(KvWireChunk c, chunk_fields<KvWireChunk>(m));
   c.payload.swap(*m.mutable_payload());  // no copy, arena or not: std::string swaps its buffer
   return c;
 }
@@ -207,9 +215,191 @@ bool CacheStreamWriter::next(pb::CacheChunk* out) {
   return false;
 }
 
+// ---- serialized messages ----
+
+namespace {
+
+// Protobuf wire format: field tags are (number << 3) | wire type.
+constexpr uint8_t kTagData = (2 << 3) | 2;  // CacheChunk.data, length-delimited
+enum KvDataTag : uint8_t {
+  kTagLayer = (1 << 3) | 0,
+  kTagKind = (2 << 3) | 0,
+  kTagTokenBegin = (3 << 3) | 0,
+  kTagTokenCount = (4 << 3) | 0,
+  kTagRawSize = (5 << 3) | 0,
+  kTagPayload = (6 << 3) | 2,
+  kTagXxh3 = (7 << 3) | 1,
+};
+
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(char(uint8_t(v) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(char(uint8_t(v)));
+}
+
+// A proto3 scalar: omitted when zero, as protobuf serializes it.
+void put_varint_field(std::string& out, uint8_t tag, uint64_t v) {
+  if (v == 0) return;
+  out.push_back(char(tag));
+  put_varint(out, v);
+}
+
+// Sequential reads over consecutive byte ranges.
+class PieceReader {
+ public:
+  explicit PieceReader(std::span<const std::string_view> pieces) : pieces_(pieces) {
+    for (std::string_view p : pieces) left_ += p.size();
+    skip_empty();
+  }
+  uint64_t left() const { return left_; }
+  bool byte(uint8_t& b) {
+    if (left_ == 0) return false;
+    b = uint8_t(pieces_[i_][off_]);
+    advance(1);
+    return true;
+  }
+  bool varint(uint64_t& v) {
+    v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b;
+      if (!byte(b)) return false;
+      v |= uint64_t(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;  // over 10 bytes
+  }
+  bool fixed64(uint64_t& v) {
+    v = 0;
+    for (int i = 0; i < 8; ++i) {
+      uint8_t b;
+      if (!byte(b)) return false;
+      v |= uint64_t(b) << (8 * i);
+    }
+    return true;
+  }
+  // The next n bytes, as borrowed ranges appended to `out`.
+  bool take(uint64_t n, std::vector<std::string_view>& out) {
+    if (n > left_) return false;
+    while (n > 0) {
+      const size_t k = size_t(std::min<uint64_t>(n, pieces_[i_].size() - off_));
+      out.push_back(pieces_[i_].substr(off_, k));
+      advance(k);
+      n -= k;
+    }
+    return true;
+  }
+
+ private:
+  void advance(size_t n) {  // within the current piece
+    off_ += n;
+    left_ -= n;
+    skip_empty();
+  }
+  void skip_empty() {
+    while (i_ < pieces_.size() && off_ == pieces_[i_].size()) {
+      ++i_;
+      off_ = 0;
+    }
+  }
+
+  std::span<const std::string_view> pieces_;
+  size_t i_ = 0, off_ = 0;
+  uint64_t left_ = 0;
+};
+
+// The fields of a KvData that fills the rest of `r`, when they are the ones kv_wire.proto defines
+// with their declared wire types (in any order, repeated ones: the last wins, as protobuf). False
+// for anything else (unknown fields, other wire types, truncation): the caller then lets protobuf
+// parse the message.
+bool parse_kv_data(PieceReader& r, KvWireChunkView& c, int32_t& kind, std::vector<std::string_view>& payload) {
+  c = KvWireChunkView{};
+  kind = 0;
+  payload.clear();
+  while (r.left() > 0) {
+    uint64_t tag = 0, v = 0;
+    if (!r.varint(tag)) return false;
+    switch (tag) {
+      case kTagLayer: if (!r.varint(v)) return false; c.layer = uint32_t(v); break;
+      case kTagKind: if (!r.varint(v)) return false; kind = int32_t(v); break;
+      case kTagTokenBegin: if (!r.varint(v)) return false; c.token_begin = uint32_t(v); break;
+      case kTagTokenCount: if (!r.varint(v)) return false; c.token_count = uint32_t(v); break;
+      case kTagRawSize: if (!r.varint(v)) return false; c.raw_size = v; break;
+      case kTagXxh3: if (!r.fixed64(v)) return false; c.xxh3 = v; break;
+      case kTagPayload:
+        payload.clear();
+        if (!r.varint(v) || !r.take(v, payload)) return false;
+        break;
+      default: return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+void data_message_framing(const KvWireChunkView& c, std::string* head, std::string* tail) {
+  const uint64_t payload = c.payload_size();
+  std::string fields;
+  put_varint_field(fields, kTagLayer, c.layer);
+  put_varint_field(fields, kTagKind, c.is_v ? pb::KV_KIND_V : pb::KV_KIND_K);
+  put_varint_field(fields, kTagTokenBegin, c.token_begin);
+  put_varint_field(fields, kTagTokenCount, c.token_count);
+  put_varint_field(fields, kTagRawSize, c.raw_size);
+  if (payload > 0) {
+    fields.push_back(char(kTagPayload));
+    put_varint(fields, payload);
+  }
+  tail->clear();
+  if (c.xxh3 != 0) {
+    tail->push_back(char(kTagXxh3));
+    for (int i = 0; i < 8; ++i) tail->push_back(char(uint8_t(c.xxh3 >> (8 * i))));
+  }
+  head->clear();
+  head->push_back(char(kTagData));
+  put_varint(*head, fields.size() + payload + tail->size());
+  head->append(fields);
+}
+
+bool SerializedStreamWriter::next(SerializedChunk* out) {
+  out->owned.clear();
+  out->borrowed = {};
+  out->tail.clear();
+  pb::CacheChunk msg;
+  switch (stage_) {
+    case Stage::kHeader:
+      to_proto(encoder_.header(), msg.mutable_header());
+      stage_ = Stage::kData;
+      break;
+    case Stage::kData: {
+      KvWireChunkView v;
+      if (encoder_.zero_copy() ? encoder_.next(v) : encoder_.next(chunk_)) {
+        if (encoder_.zero_copy()) {
+          out->borrowed = v.payload;
+        } else {
+          v = view_of(chunk_);
+          out->owned = std::move(chunk_.payload);
+          v.payload = out->owned;
+        }
+        data_message_framing(v, &out->head, &out->tail);
+        return true;
+      }
+      to_proto(encoder_.trailer(), msg.mutable_trailer());
+      stage_ = Stage::kDone;
+      break;
+    }
+    case Stage::kDone: return false;
+  }
+  out->head.clear();
+  msg.AppendToString(&out->head);
+  return true;
+}
+
 CacheStreamReader::CacheStreamReader(const ModelIdentity& expected, const BufferType& buffer_type, int32_t n_ctx_min,
-                                     const KvWireLimits& limits)
-    : expected_(expected), buffer_type_(buffer_type), n_ctx_min_(n_ctx_min), limits_(limits) {}
+                                     const KvWireLimits& limits, int32_t n_ctx_extra)
+    : expected_(expected), buffer_type_(buffer_type), n_ctx_min_(n_ctx_min), limits_(limits),
+      n_ctx_extra_(n_ctx_extra) {}
 
 Status CacheStreamReader::fail(Status s) {
   error_ = s;
@@ -225,20 +415,42 @@ Status CacheStreamReader::add(const pb::CacheChunk& msg) {
     case pb::CacheChunk::kData:
       // Order first: never convert (or copy a payload of) a message that is out of place.
       KVB_RETURN_IF_ERROR(check_data_order());
-      return add_data(from_proto(msg.data()));
+      return add_data(msg.data());
     case pb::CacheChunk::kTrailer: return add_trailer(msg.trailer());
     case pb::CacheChunk::PART_NOT_SET: break;
   }
   return fail(invalid_argument("cache stream: a message with no header, data or trailer"));
 }
 
-Status CacheStreamReader::add(pb::CacheChunk&& msg) {
+Status CacheStreamReader::add(pb::CacheChunk&& msg) { return add(static_cast<const pb::CacheChunk&>(msg)); }
+
+Status CacheStreamReader::add_serialized(std::span<const std::string_view> pieces) {
   if (!error_.ok()) return error_;
-  if (msg.part_case() == pb::CacheChunk::kData) {
-    KVB_RETURN_IF_ERROR(check_data_order());
-    return add_data(from_proto(std::move(*msg.mutable_data())));
+  {
+    // The common message, CacheChunk{data} and nothing else: read its fields in place.
+    PieceReader r(pieces);
+    uint64_t tag = 0, len = 0;
+    KvWireChunkView c;
+    int32_t kind = 0;
+    if (r.varint(tag) && tag == kTagData && r.varint(len) && len == r.left() &&
+        parse_kv_data(r, c, kind, payload_pieces_)) {
+      KVB_RETURN_IF_ERROR(check_data_order());
+      if (kind != pb::KV_KIND_K && kind != pb::KV_KIND_V) {
+        return fail(invalid_argument(fmt::format("kv data: kind {} is neither K nor V", kind)));
+      }
+      c.is_v = kind == pb::KV_KIND_V;
+      c.pieces = payload_pieces_;
+      if (Status st = decoder_->add(c); !st.ok()) return fail(st);
+      ++chunks_;
+      return Status::Ok();
+    }
   }
-  return add(static_cast<const pb::CacheChunk&>(msg));
+  // Anything else (header, trailer, unusual encodings): protobuf parses it.
+  gathered_.clear();
+  for (std::string_view p : pieces) gathered_.append(p);
+  pb::CacheChunk msg;
+  if (!msg.ParseFromString(gathered_)) return fail(invalid_argument("cache stream: a message does not parse"));
+  return add(msg);
 }
 
 Status CacheStreamReader::check_data_order() {
@@ -257,14 +469,16 @@ Status CacheStreamReader::add_header(const pb::KvHeader& m) {
   }
   Result<KvWireHeader> h = from_proto(m);
   if (!h.ok()) return fail(h.status());
-  Result<std::unique_ptr<KvWireDecoder>> d = KvWireDecoder::create(*h, expected_, buffer_type_, n_ctx_min_, limits_);
+  Result<std::unique_ptr<KvWireDecoder>> d = KvWireDecoder::create(*h, expected_, buffer_type_, n_ctx_min_, limits_,
+                                                                    n_ctx_extra_);
   if (!d.ok()) return fail(d.status());
   decoder_ = std::move(d).value();
   stage_ = Stage::kData;
   return Status::Ok();
 }
 
-Status CacheStreamReader::add_data(Result<KvWireChunk> chunk) {
+Status CacheStreamReader::add_data(const pb::KvData& m) {
+  const Result<KvWireChunkView> chunk = view_from_proto(m);
   if (!chunk.ok()) return fail(chunk.status());
   if (Status s = decoder_->add(*chunk); !s.ok()) return fail(s);
   ++chunks_;

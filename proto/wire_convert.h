@@ -5,6 +5,9 @@
 // here, engine/ never sees a protobuf type. Conversions check what the proto can express but the
 // native type cannot (unknown enum values, a missing oneof); everything that needs the receiver's
 // model (layout, token ids, sizes) is checked by KvWireDecoder, which CacheStreamReader drives.
+// For bulk transfers the data messages also exist in serialized form, read and written in place
+// (SerializedStreamWriter, CacheStreamReader::add_serialized): the agent's ExportCache and peer
+// pulls move payloads between the cache and gRPC's slices without a protobuf copy in between.
 //
 // Error codes (gRPC canonical, mapped 1:1 by the server):
 //   INVALID_ARGUMENT    malformed or out-of-order messages, unknown enum values, truncated streams
@@ -19,9 +22,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "engine/kv_wire.h"
 #include "kvbridge/v1/kv_wire.pb.h"
@@ -57,6 +62,8 @@ void to_proto(KvWireChunk&& c, pb::KvData* out);
 // out of `m` (m's payload is left empty).
 Result<KvWireChunk> from_proto(const pb::KvData& m);
 Result<KvWireChunk> from_proto(pb::KvData&& m);
+// The same checks, borrowing the payload from `m` (valid while `m` is alive and unchanged).
+Result<KvWireChunkView> view_from_proto(const pb::KvData& m);
 
 void to_proto(const KvWireTrailer& t, pb::KvTrailer* out);
 KvWireTrailer from_proto(const pb::KvTrailer& m);
@@ -81,6 +88,39 @@ class CacheStreamWriter {
   KvWireChunk chunk_;  // the payload moves into each message
 };
 
+// One CacheChunk message in protobuf wire format, with its data payload left out of line so that a
+// sender can hand the payload to its transport without copying it: the message's bytes are
+// head + payload() + tail (byte-identical to serializing CacheStreamWriter's message).
+struct SerializedChunk {
+  std::string head;           // the whole message for a header or a trailer
+  std::string owned;          // the payload, when the encoder produced its bytes
+  std::string_view borrowed;  // the payload, when it is the cache's own cells (a zero-copy encoder)
+  std::string tail;
+
+  std::string_view payload() const { return borrowed.empty() ? std::string_view(owned) : borrowed; }
+  uint64_t size() const { return head.size() + payload().size() + tail.size(); }
+};
+
+// CacheStreamWriter's sequence, serialized. With a zero-copy encoder (KvWireEncoder::zero_copy)
+// a data message's payload is `borrowed` from the cache, which must then stay alive and unchanged
+// until the transport is done with those bytes; otherwise it is `owned` (the caller may move it
+// out). Borrows the encoder, which must outlive the writer. One thread at a time.
+class SerializedStreamWriter {
+ public:
+  explicit SerializedStreamWriter(KvWireEncoder& encoder) : encoder_(encoder) {}
+  // Fills `out` (all fields replaced) with the next message; false once the trailer was produced.
+  bool next(SerializedChunk* out);
+
+ private:
+  enum class Stage { kHeader, kData, kDone };
+  KvWireEncoder& encoder_;
+  Stage stage_ = Stage::kHeader;
+  KvWireChunk chunk_;
+};
+
+// The bytes around a data payload: CacheChunk{data: c} is head + c's payload + tail.
+void data_message_framing(const KvWireChunkView& c, std::string* head, std::string* tail);
+
 // Consumes CacheChunk messages and rebuilds the cache. The one place that enforces message order
 // (ImportCache, peer pulls and snapshot files all go through it):
 //   exactly one header first → data chunks → exactly one trailer → nothing more.
@@ -98,16 +138,24 @@ class CacheStreamWriter {
 // A transport failure (the peer died: gRPC UNAVAILABLE) is the caller's to report as such: the
 // reader only sees that the stream ended early, and finish() then says INVALID_ARGUMENT.
 // The expected identity and buffer type are borrowed and must outlive the reader. The cache is
-// allocated in host memory (buffer_type must be host) with n_ctx = max(n_tokens, n_ctx_min, 1),
-// f32, at the sender's positions (pos0 kept).
+// allocated in host memory (buffer_type must be host) with n_ctx = max(n_tokens + n_ctx_extra,
+// n_ctx_min, 1) (the extra cells within `limits`, see KvWireDecoder::create), f32, at the sender's
+// positions (pos0 kept).
 class CacheStreamReader {
  public:
   CacheStreamReader(const ModelIdentity& expected, const BufferType& buffer_type, int32_t n_ctx_min,
-                    const KvWireLimits& limits = {});
+                    const KvWireLimits& limits = {}, int32_t n_ctx_extra = 0);
 
-  // Consumes the next message. The && overload moves data payloads out of `msg` (no copy).
+  // Consumes the next message. Data payloads are checksummed and decoded straight from `msg`
+  // (never copied out of it). The && overload is the same (kept for callers that move).
   Status add(const pb::CacheChunk& msg);
   Status add(pb::CacheChunk&& msg);
+  // The same for one serialized CacheChunk given as consecutive byte ranges (the slices of a
+  // received message, borrowed for the call): a data message's payload is checksummed and decoded
+  // straight from the ranges, never copied into a message (f32) or copied once (other dtypes, zstd).
+  // Anything but a plain data message is parsed with protobuf and handed to add(). Same checks and
+  // codes; bytes that do not parse are INVALID_ARGUMENT.
+  Status add_serialized(std::span<const std::string_view> pieces);
 
   // Once the trailer was accepted: the cache (ownership passes to the caller; once only, a second
   // call is FAILED_PRECONDITION). Before: INVALID_ARGUMENT ("stream ended before its trailer"),
@@ -125,7 +173,7 @@ class CacheStreamReader {
   enum class Stage { kHeader, kData, kDone };
   Status add_header(const pb::KvHeader& m);
   Status check_data_order();
-  Status add_data(Result<KvWireChunk> chunk);  // in order (checked by the caller)
+  Status add_data(const pb::KvData& m);  // in order (checked by the caller)
   Status add_trailer(const pb::KvTrailer& m);
   Status fail(Status s);
 
@@ -133,12 +181,15 @@ class CacheStreamReader {
   const BufferType& buffer_type_;
   int32_t n_ctx_min_;
   KvWireLimits limits_;
+  int32_t n_ctx_extra_;
   Stage stage_ = Stage::kHeader;
   Status error_;
   uint32_t chunks_ = 0;
   std::unique_ptr<KvWireDecoder> decoder_;
   std::unique_ptr<KvCache> cache_;
   bool taken_ = false;
+  std::vector<std::string_view> payload_pieces_;  // add_serialized's, reused
+  std::string gathered_;                          // add_serialized's slow path, reused
 };
 
 // ============================== snapshot files ==============================

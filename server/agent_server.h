@@ -35,6 +35,7 @@ namespace kvb::server {
 
 class AgentServiceImpl;
 class BearerAuth;
+class BufferPool;
 class CacheStore;
 class EngineLoop;
 class Metrics;
@@ -75,6 +76,7 @@ class AgentServer {
   std::unique_ptr<CacheStore> store_;
   std::unique_ptr<BearerAuth> auth_;
   std::unique_ptr<SelfAddresses> self_;
+  std::unique_ptr<BufferPool> session_buffers_;  // borrowed by engine_ and peers_: declared before them
   std::unique_ptr<EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
   std::unique_ptr<AgentServiceImpl> service_;

@@ -8,10 +8,10 @@
 #include <optional>
 
 #include "kernels/registry.h"
+#include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
 #include "server/logging.h"
 #include "server/request_convert.h"
-#include "server/status_grpc.h"
 
 namespace kvb::server {
 
@@ -99,7 +99,13 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
 struct ResolvedContext {
   std::vector<std::shared_ptr<const KvCache>> caches;  // in request order
+  std::unique_ptr<KvCache> owned;  // instead of `caches`: the request's one context, a fresh pull
   uint64_t bytes_pulled = 0;
+
+  void move_to(SessionInput& in) {
+    in.context = std::move(caches);
+    in.owned_context = std::move(owned);
+  }
 };
 using ResolveDone = std::function<void(Result<ResolvedContext>)>;
 
@@ -115,7 +121,11 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
       auto p = d.peers->pull(ref.agent, ref.cache_id, spec.pull, cancel);
       if (!p.ok()) return p.status().with_context(fmt::format("context[{}]", i));
       out.bytes_pulled += p->wire_bytes;
-      out.caches.push_back(std::move(p->cache));
+      if (spec.context.size() == 1) {
+        out.owned = std::move(p->cache);  // the engine may run the session in it
+      } else {
+        out.caches.push_back(std::move(p->cache));
+      }
     }
   }
   return out;
@@ -254,7 +264,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
                     [deps, stream, state](Result<ResolvedContext> r) {
                       if (!r.ok()) return stream->fail(r.status());
                       stream->set_bytes_pulled(r->bytes_pulled);
-                      state->first.context = std::move(r->caches);
+                      r->move_to(state->first);
                       deps->engine->submit_generate(std::move(state->first), std::move(state->second), stream);
                     });
   }
@@ -300,7 +310,7 @@ class PrefillCall final : public UnaryCall {
     // `this` stays valid until complete() calls Finish, which happens exactly once below.
     resolve_context(d, std::move(spec->session), cancel_, [this, deps, in, opt, resp, fingerprint](Result<ResolvedContext> r) {
       if (!r.ok()) return complete(r.status());
-      in->context = std::move(r->caches);
+      r->move_to(*in);
       deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<PrefillOutcome> p) {
         if (!p.ok()) return complete(p.status());
         resp->set_cache_id(p->cache.id);
@@ -321,11 +331,15 @@ class PrefillCall final : public UnaryCall {
 
 // ============================== ExportCache ==============================
 
-class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
+// Served raw (AgentServiceImpl): the messages are written as byte buffers whose payload slices are
+// the cache's own memory (f32, no compression) or the encoder's output, never copied into a
+// protobuf message and serialized again. A slice keeps what it points into alive (the cache, or
+// the payload string) until the transport is done with it, which may be after this call ended.
+class ExportCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  ExportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::ExportCacheRequest& req)
+  ExportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw)
       : d_(d), log_(d, "ExportCache", ctx) {
-    const Status st = start(ctx, req);
+    const Status st = start(ctx, raw);
     if (st.ok()) {
       advance(std::unique_lock<std::mutex>(mu_));
     } else {
@@ -352,7 +366,13 @@ class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
   }
 
  private:
-  Status start(grpc::CallbackServerContext* ctx, const pb::ExportCacheRequest& req) {
+  Status start(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw) {
+    pb::ExportCacheRequest req;
+    grpc::ByteBuffer copy(raw);  // Deserialize consumes its buffer; this copy shares the slices
+    if (!grpc::SerializationTraits<pb::ExportCacheRequest>::Deserialize(&copy, &req).ok()) {
+      d_.metrics->add_bytes_received(raw.Length());
+      return invalid_argument("ExportCache: the request does not parse");
+    }
     KVB_RETURN_IF_ERROR(admit(d_, ctx, req));
     KVB_ASSIGN_OR_RETURN(const ExportSpec spec, convert_export(req));
     KVB_ASSIGN_OR_RETURN(CacheEntry entry, d_.store->get(spec.cache_id));
@@ -373,8 +393,26 @@ class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
     }
     KVB_ASSIGN_OR_RETURN(encoder_, KvWireEncoder::create(*cache_, *d_.identity, spec.dtype, spec.compression,
                                                          static_cast<uint32_t>(chunk)));
-    writer_ = std::make_unique<wire::CacheStreamWriter>(*encoder_);
+    writer_ = std::make_unique<wire::SerializedStreamWriter>(*encoder_);
     return Status::Ok();
+  }
+
+  // The message as slices: head and tail copied (a few bytes), the payload by reference.
+  grpc::ByteBuffer to_byte_buffer(wire::SerializedChunk& m) const {
+    grpc::Slice parts[3];
+    size_t n = 0;
+    parts[n++] = grpc::Slice(m.head);
+    if (!m.borrowed.empty()) {
+      auto* keep = new std::shared_ptr<const KvCache>(cache_);
+      parts[n++] = grpc::Slice(const_cast<char*>(m.borrowed.data()), m.borrowed.size(),
+                               [](void* p) { delete static_cast<std::shared_ptr<const KvCache>*>(p); }, keep);
+    } else if (!m.owned.empty()) {
+      auto* owned = new std::string(std::move(m.owned));
+      parts[n++] = grpc::Slice(owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); },
+                               owned);
+    }
+    if (!m.tail.empty()) parts[n++] = grpc::Slice(m.tail);
+    return grpc::ByteBuffer(parts, n);
   }
 
   // Keeps one write in flight and, while it is on the wire, encodes the next message into next_
@@ -386,9 +424,10 @@ class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
       if (finished_) return;
       if (!writing_ && next_ready_) {
         current_.Swap(&next_);
+        next_.Clear();
         next_ready_ = false;
         writing_ = true;
-        d_.metrics->add_bytes_sent(current_.ByteSizeLong());
+        d_.metrics->add_bytes_sent(current_.Length());
         StartWrite(&current_);
       }
       if (!writing_ && !next_ready_ && exhausted_ && !producing_) {
@@ -401,7 +440,8 @@ class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
       if (producing_ || next_ready_ || exhausted_) return;
       producing_ = true;
       lock.unlock();
-      const bool have = writer_->next(&next_);  // next_ is ours alone while producing_
+      const bool have = writer_->next(&message_);  // message_ and next_ are ours alone while producing_
+      if (have) next_ = to_byte_buffer(message_);
       lock.lock();
       producing_ = false;
       (have ? next_ready_ : exhausted_) = true;
@@ -421,9 +461,10 @@ class ExportCall final : public grpc::ServerWriteReactor<pb::CacheChunk> {
   Status status_;
   std::shared_ptr<const KvCache> cache_;  // keeps the cache alive even if dropped meanwhile
   std::unique_ptr<KvWireEncoder> encoder_;
-  std::unique_ptr<wire::CacheStreamWriter> writer_;
+  std::unique_ptr<wire::SerializedStreamWriter> writer_;
+  wire::SerializedChunk message_;  // being prepared
   std::mutex mu_;
-  pb::CacheChunk current_, next_;  // on the wire / being prepared
+  grpc::ByteBuffer current_, next_;  // on the wire / ready
   bool writing_ = false, producing_ = false, next_ready_ = false, exhausted_ = false, finished_ = false;
 };
 
@@ -564,8 +605,8 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Prefill(grpc::CallbackServerContext*
   return new PrefillCall(d_, ctx, *req, resp);
 }
 
-grpc::ServerWriteReactor<pb::CacheChunk>* AgentServiceImpl::ExportCache(grpc::CallbackServerContext* ctx,
-                                                                         const pb::ExportCacheRequest* req) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* AgentServiceImpl::ExportCache(grpc::CallbackServerContext* ctx,
+                                                                          const grpc::ByteBuffer* req) {
   return new ExportCall(d_, ctx, *req);
 }
 

@@ -6,7 +6,8 @@
 // validates and converts the request (request_convert.h), and then either answers from the cache
 // store at once (GetInfo, ListCaches, DropCache, PinCache), streams a stored cache
 // (ExportCache: KvWireEncoder, ~1 MiB chunks unless chunk_tokens says otherwise, encoding the next
-// chunk while the previous one is on the wire), rebuilds and stores a streamed cache
+// chunk while the previous one is on the wire; served raw, with f32 payloads sent from the cache's
+// memory as they are), rebuilds and stores a streamed cache
 // (ImportCache: CacheStreamReader; nothing is stored on any error), or resolves the context caches
 // (store reads; pulls from other agents on the PeerClient's workers) and submits a task to the
 // EngineLoop (Generate, Prefill), whose results stream back through a per-call queue.
@@ -67,7 +68,12 @@ struct ServiceDeps {
   KvWireLimits import_limits;  // for ImportCache streams
 };
 
-class AgentServiceImpl final : public kvbridge::v1::AgentService::CallbackService {
+// ExportCache is served raw (byte buffers, see ExportCall) so that payloads go out without a copy;
+// every other method uses the generated message types.
+using AgentServiceBase =
+    kvbridge::v1::AgentService::WithRawCallbackMethod_ExportCache<kvbridge::v1::AgentService::CallbackService>;
+
+class AgentServiceImpl final : public AgentServiceBase {
  public:
   explicit AgentServiceImpl(ServiceDeps deps);
 
@@ -77,8 +83,8 @@ class AgentServiceImpl final : public kvbridge::v1::AgentService::CallbackServic
                                                            const pb::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx, const pb::PrefillRequest* req,
                                     pb::PrefillResponse* resp) override;
-  grpc::ServerWriteReactor<pb::CacheChunk>* ExportCache(grpc::CallbackServerContext* ctx,
-                                                        const pb::ExportCacheRequest* req) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportCache(grpc::CallbackServerContext* ctx,
+                                                         const grpc::ByteBuffer* req) override;
   grpc::ServerReadReactor<pb::CacheChunk>* ImportCache(grpc::CallbackServerContext* ctx,
                                                        pb::ImportCacheResponse* resp) override;
   grpc::ServerUnaryReactor* ListCaches(grpc::CallbackServerContext* ctx, const pb::ListCachesRequest* req,

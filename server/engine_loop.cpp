@@ -27,6 +27,7 @@ struct EngineLoop::Session {
   GenerateOptions opt;
   std::shared_ptr<GenerateSink> sink;
   std::unique_ptr<KvCache> cache;
+  int32_t capacity = 0;       // cells the session may fill (the cache may have more)
   Sampler sampler;
   std::vector<float> logits;  // [n_vocab]: the distribution for the next token
   bool last_fed = true;       // whether the last streamed token is in the cache
@@ -154,9 +155,25 @@ void EngineLoop::run_task(Task& t) {
   sessions_.push_back(std::move(s).value());
 }
 
-Result<std::unique_ptr<KvCache>> EngineLoop::assemble_context(const SessionInput& in, int32_t cells) {
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, runner_->new_cache(cells, DType::kF32));
+Result<std::unique_ptr<KvCache>> EngineLoop::new_session_cache(int32_t cells) const {
+  if (opt_.session_buffers == nullptr) return runner_->new_cache(cells, DType::kF32);
+  return KvCache::create(*opt_.session_buffers, runner_->kv_layout(DType::kF32), cells);
+}
+
+Result<std::unique_ptr<KvCache>> EngineLoop::assemble_context(SessionInput& in, int32_t cells) {
   const KvLayout want = runner_->kv_layout(DType::kF32);
+  std::unique_ptr<KvCache> owned = std::move(in.owned_context);
+  if (owned != nullptr) {
+    if (owned->layout() != want || !owned->is_host()) {
+      return failed_precondition("the context cache has a layout this model cannot use");
+    }
+    // The common pass: one pulled cache, decoded with room for this session. Positions from 0
+    // mean no key needs turning, so it already is what append_shifted would build.
+    const bool adopt = in.context.empty() && owned->pos0() == 0 && owned->n_ctx() >= cells &&
+                       backend_->device().buffer_type().is_host();
+    if (adopt) return owned;
+  }
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, new_session_cache(cells));
   for (size_t i = 0; i < in.context.size(); ++i) {
     const KvCache& c = *in.context[i];
     if (c.layout() != want || !c.is_host()) {
@@ -165,6 +182,10 @@ Result<std::unique_ptr<KvCache>> EngineLoop::assemble_context(const SessionInput
     const Status st = cache->append_shifted(*backend_, c, model_.config.rope);
     if (!st.ok()) return st.with_context(fmt::format("appending context cache {}", i));
   }
+  if (owned != nullptr) {
+    const Status st = cache->append_shifted(*backend_, *owned, model_.config.rope);
+    if (!st.ok()) return st.with_context("appending the context cache");
+  }
   return cache;
 }
 
@@ -172,7 +193,7 @@ namespace {
 
 // Total context cells, or RESOURCE_EXHAUSTED when context + input cannot fit `ctx_size`.
 Result<int64_t> count_context(const SessionInput& in, int32_t ctx_size) {
-  int64_t n = 0;
+  int64_t n = in.owned_context ? in.owned_context->n_tokens() : 0;
   for (const auto& c : in.context) n += c->n_tokens();
   const int64_t total = n + int64_t(in.tokens.size());
   if (total > ctx_size) {
@@ -207,8 +228,9 @@ Result<PrefillOutcome> EngineLoop::run_prefill(Task& t) {
 }
 
 Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin) {
-  // Stored caches are exactly as large as their contents.
-  if (cache->n_ctx() != cache->n_tokens()) {
+  // Stored caches are exactly as large as their contents (free cells, or a pooled buffer's slack,
+  // would count against the store's budget for nothing), in the device's own memory.
+  if (cache->bytes_allocated() != cache->bytes_used()) {
     KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> tight, runner_->new_cache(cache->n_tokens(), DType::kF32));
     KVB_RETURN_IF_ERROR(tight->copy_from(*backend_, *cache, cache->n_tokens()));
     KVB_RETURN_IF_ERROR(backend_->synchronize());
@@ -245,6 +267,7 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start_session(Task& t) 
   s->logits.resize(static_cast<size_t>(model_.config.n_vocab));
 
   KVB_ASSIGN_OR_RETURN(s->cache, assemble_context(s->in, cells));
+  s->capacity = cells;
   s->in.context.clear();  // the session has its own copy; release the shared caches early
   if (n_in > 0) {
     KVB_RETURN_IF_ERROR(runner_->forward(*s->cache, s->in.tokens, s->logits));
@@ -296,7 +319,7 @@ bool EngineLoop::step(Session& s) {
     finish(s, FinishReason::kMaxTokens);
     return false;
   }
-  if (s.cache->n_tokens() >= s.cache->n_ctx()) {
+  if (s.cache->n_tokens() >= s.capacity) {
     finish(s, FinishReason::kContextFull);
     return false;
   }
@@ -322,7 +345,7 @@ void EngineLoop::finish(Session& s, FinishReason reason) {
   if (s.opt.keep_cache) {
     // The cache should hold everything streamed: feed the last token when there is room (not
     // after a full context, where the last token stays out of the kept cache).
-    if (!s.last_fed && s.cache->n_tokens() < s.cache->n_ctx()) {
+    if (!s.last_fed && s.cache->n_tokens() < s.capacity) {
       const int32_t last = s.prev;
       const Status st = runner_->forward(*s.cache, std::span<const int32_t>(&last, 1), s.logits);
       if (!st.ok()) return s.sink->on_done(st);

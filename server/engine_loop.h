@@ -5,7 +5,9 @@
 //   1. take every task queued so far, in arrival order: a Prefill runs to completion (context
 //      concatenation + input forward + store insert); a Generate builds its session (a fresh
 //      KvCache sized for context + input + max_tokens, the context caches appended in order with
-//      KvCache::append_shifted, the input forwarded) and joins the active set;
+//      KvCache::append_shifted, the input forwarded) and joins the active set. A context that is
+//      one cache the request owns outright (SessionInput::owned_context, a fresh pull) becomes the
+//      session's cache itself when it has the room, instead of being copied;
 //   2. one turn: each active Generate session, round-robin, samples one token, streams it and
 //      feeds it back (one decode step), or finishes.
 // So concurrent Generates interleave token by token, and queued prefills run between turns.
@@ -13,8 +15,9 @@
 // data for their gRPC reactor.
 //
 // Ownership: the loop owns the Backend, the ModelRunner and every session's KvCache; it borrows the
-// Model and the CacheStore (both must outlive it). Context caches are shared read-only pointers
-// (the store's entries, or freshly pulled caches); the loop never writes into them.
+// Model, the CacheStore and EngineOptions::session_buffers (all must outlive it). Shared context
+// caches (the store's entries) are read-only pointers the loop never writes into; an owned context
+// is the loop's to use as it likes.
 // Threading: submit_*() and stop() are thread-safe; sinks and callbacks are called on the engine
 // thread (or on the caller's thread, with UNAVAILABLE, after stop()), exactly once per task for
 // the final result, and must not block.
@@ -48,12 +51,20 @@ struct EngineOptions {
   int32_t ctx_size = 0;                 // max cells per session; 0 = the model's n_ctx_train
   uint64_t max_request_cache_bytes = 0; // largest cache a Prefill / keep_cache may store; 0 = none
   uint64_t fingerprint = 0;             // ModelIdentity::fingerprint, stamped on stored caches
+  // Memory for session caches (borrowed; null: the backend's device memory), e.g. a BufferPool
+  // over it. It must be memory the backend computes on (host memory for the CPU backend).
+  const BufferType* session_buffers = nullptr;
 };
 
 // The part of a Generate or Prefill that is the same for both, already validated.
 struct SessionInput {
   // Placed first, in order; host caches of this model's layout (checked again here).
   std::vector<std::shared_ptr<const KvCache>> context;
+  // Alternatively (`context` then empty): the whole context as one cache that this request owns,
+  // such as a fresh pull. When its cells start at position 0 and it has room for the session
+  // (free cells for input + max_tokens, or input for a Prefill: see KvWireDecoder's n_ctx_extra),
+  // the session runs in it, with no copy; otherwise it is appended like a shared context.
+  std::unique_ptr<KvCache> owned_context;
   std::vector<int32_t> tokens;  // input ids, each in [0, n_vocab); BOS already added when asked
   std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
   CancelTokenPtr cancel;        // never null
@@ -138,8 +149,10 @@ class EngineLoop {
   EngineLoop(const Model& model, CacheStore& store, const EngineOptions& opt);
   void run();
   void run_task(Task& t);
-  // Builds a cache of `cells` cells holding the concatenated context (and nothing else).
-  Result<std::unique_ptr<KvCache>> assemble_context(const SessionInput& in, int32_t cells);
+  // A cache of at least `cells` cells holding the concatenated context (and nothing else): the
+  // owned context itself when it fits (moved out of `in`), else a new one.
+  Result<std::unique_ptr<KvCache>> assemble_context(SessionInput& in, int32_t cells);
+  Result<std::unique_ptr<KvCache>> new_session_cache(int32_t cells) const;
   Result<PrefillOutcome> run_prefill(Task& t);
   Result<std::unique_ptr<Session>> start_session(Task& t);
   // One decode turn; false when the session finished (its sink got on_done).

@@ -2,14 +2,27 @@
 
 #include <fmt/format.h>
 #include <grpcpp/create_channel.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/sync_stream.h>
+
+#include <string_view>
+#include <vector>
 
 #include "kernels/registry.h"
-#include "kvbridge/v1/agent.grpc.pb.h"
+#include "kvbridge/v1/agent.pb.h"
+#include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
-#include "server/status_grpc.h"
 
 namespace kvb::server {
+
+namespace {
+
+// agent.proto's AgentService.ExportCache, called raw (byte buffers) rather than through the stub.
+constexpr const char* kExportCacheMethod = "/kvbridge.v1.AgentService/ExportCache";
+
+}  // namespace
 
 PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
   const int n = opt_.n_workers > 0 ? opt_.n_workers : 1;
@@ -95,7 +108,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   }
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
 
-  auto stub = kvbridge::v1::AgentService::NewStub(channel(agent));
+  const std::shared_ptr<grpc::Channel> ch = channel(agent);
   grpc::ClientContext ctx;
   auth_.attach(ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + opt_.pull_timeout);
@@ -111,16 +124,30 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   req.set_compression(wire::to_proto(po.compression));
   if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
 
-  wire::CacheStreamReader reader(opt_.identity, cpu_device().buffer_type(), /*n_ctx_min=*/0, opt_.limits);
-  auto stream = stub->ExportCache(&ctx, req);
-  kvbridge::v1::CacheChunk msg;
+  const BufferType& buffers = opt_.cache_buffers ? *opt_.cache_buffers : cpu_device().buffer_type();
+  wire::CacheStreamReader reader(opt_.identity, buffers, /*n_ctx_min=*/0, opt_.limits, po.reserve_cells);
+  // Read raw: each message stays in the slices gRPC received it in, and the reader checksums and
+  // decodes the payload from there (no protobuf copy of ~1 MiB per message).
+  const grpc::internal::RpcMethod method(kExportCacheMethod, grpc::internal::RpcMethod::SERVER_STREAMING);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(ch.get(), method, &ctx, req));
+  grpc::ByteBuffer msg;
+  std::vector<grpc::Slice> slices;
+  std::vector<std::string_view> pieces;
   uint64_t wire_bytes = 0;
   Status decode_error;
   while (stream->Read(&msg)) {
-    const uint64_t n = msg.ByteSizeLong();
+    const uint64_t n = msg.Length();
     wire_bytes += n;
     if (opt_.metrics) opt_.metrics->add_bytes_received(n);
-    decode_error = reader.add(std::move(msg));
+    slices.clear();
+    pieces.clear();
+    if (msg.Dump(&slices).ok()) {
+      for (const grpc::Slice& sl : slices) pieces.emplace_back(reinterpret_cast<const char*>(sl.begin()), sl.size());
+      decode_error = reader.add_serialized(pieces);
+    } else {
+      decode_error = invalid_argument("a message could not be read");
+    }
     if (!decode_error.ok()) {
       ctx.TryCancel();
       while (stream->Read(&msg)) {
@@ -149,7 +176,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   auto cache = reader.finish();
   if (!cache.ok()) return cache.status().with_context(where());
   PulledCache out;
-  out.cache = std::shared_ptr<const KvCache>(std::move(cache).value());
+  out.cache = std::move(cache).value();
   out.wire_bytes = wire_bytes;
   return out;
 }

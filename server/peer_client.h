@@ -6,7 +6,8 @@
 // through wire::CacheStreamReader, which checks the header against this agent's ModelIdentity
 // (FAILED_PRECONDITION naming the differing field), every chunk's checksum and the trailer digest
 // (DATA_LOSS), sizes and token ids (INVALID_ARGUMENT), and the limits (RESOURCE_EXHAUSTED), and
-// yields a host KvCache.
+// yields a host KvCache that the caller owns, decoded chunk by chunk as messages arrive, with
+// PullOptions::reserve_cells free cells after the received ones (so that a session can run in it).
 //
 // Failure model: a peer that cannot be reached, dies mid-transfer, or stops answering
 // (HTTP/2 keepalive pings every 5 s, 5 s timeout; a whole-pull deadline) → UNAVAILABLE; the
@@ -60,11 +61,14 @@ struct PeerClientOptions {
   std::chrono::milliseconds pull_timeout{std::chrono::minutes(5)};  // whole-transfer deadline
   int n_workers = 4;
   Metrics* metrics = nullptr;    // borrowed, may be null: received bytes are counted there
+  // Host memory for pulled caches (borrowed, may be null: cpu_device().buffer_type()), e.g. a
+  // BufferPool shared with the engine's sessions.
+  const BufferType* cache_buffers = nullptr;
 };
 
 struct PulledCache {
-  std::shared_ptr<const KvCache> cache;
-  uint64_t wire_bytes = 0;  // serialized CacheChunk bytes received
+  std::unique_ptr<KvCache> cache;  // never null on success; nobody else holds it
+  uint64_t wire_bytes = 0;         // serialized CacheChunk bytes received
 };
 
 class PeerClient {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "proto/wire_convert.h"
@@ -149,6 +150,10 @@ Result<GenerateSpec> convert_generate(const pb::GenerateRequest& r, const Reques
   g.options.keep_cache = r.keep_cache();
   KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
   g.options.cache_ttl_s = r.cache_ttl_seconds();
+  if (g.session.context.size() == 1) {
+    g.session.pull.reserve_cells = int32_t(std::min<int64_t>(
+        int64_t(g.session.tokens.size()) + g.options.max_tokens, lim.ctx_size));
+  }
   return g;
 }
 
@@ -160,6 +165,7 @@ Result<PrefillSpec> convert_prefill(const pb::PrefillRequest& r, const RequestLi
   KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
   p.options.ttl_s = r.cache_ttl_seconds();
   p.options.pin = r.pin();
+  if (p.session.context.size() == 1) p.session.pull.reserve_cells = int32_t(p.session.tokens.size());
   return p;
 }
 

@@ -49,6 +49,10 @@ struct ContextRef {
 struct PullOptions {
   WireDType dtype = WireDType::kF32;
   WireCompression compression = WireCompression::kNone;
+  // Free cells a pulled cache gets beyond its own (KvWireDecoder's n_ctx_extra): what the request
+  // appends after it (input, + max_tokens for a Generate) when it is the request's only context,
+  // so that the engine can run the session in the pulled cache (SessionInput::owned_context).
+  int32_t reserve_cells = 0;
 };
 
 // The shared part of Generate and Prefill.

@@ -4,22 +4,25 @@
 // All sums are f32.
 //
 // Two paths:
-//   decode (n < kTiledMinRows): one work item per (query row, head): scores = scale * q·k_j for every
-//     visible cell (dot products straight off the cache, f16 converted in registers), a max-subtracted
-//     softmax over them, then out = sum_j p_j v_j (axpy). Parallel over rows x heads.
+//   decode (n < kTiledMinRows): one work item per (query row, kv head): for each query head of the
+//     group, scores = scale * q·k_j over every visible cell (dot products straight off the cache, f16
+//     converted in registers) and a max-subtracted softmax; then out = P·V for the whole group in one
+//     small gemm, so V is read once per group. Parallel over rows x kv heads.
 //   prefill: flash-attention style tiling with an online softmax. A work item is one kv head and a
 //     block of query rows, with the rows of all query heads of that group stacked (R = group x bq rows),
-//     so each K/V tile is read (and converted from f16) once for the whole group. Per tile of kBk
-//     cells, in the transposed orientation so no cache data is ever transposed:
+//     so each K/V tile is read once for the whole group and copied (f32) or converted (f16) into a
+//     contiguous buffer: cache rows are n_head_kv * hd apart, a stride that maps a whole tile onto a
+//     few L1 sets. Per tile of kBk cells, in the transposed orientation so nothing is transposed:
 //       Sᵀ[j][r] = k_j · (scale q_r)      gemm(K tile [bk][hd], Qᵀ [hd][R])
 //       m_r' = max(m_r, max_j Sᵀ[j][r]);  l_r = l_r e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r')
 //       O[r] = O[r] e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r') v_j   gemm(Pᵀ read transposed, V tile)
 //     and out = O / l at the end. Items are handed out largest (latest query block) first.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/ops.h"
 
@@ -81,41 +84,63 @@ inline const void* cache_row(const Tensor& t, const Shapes& s, int64_t j, int64_
   return t.as<const uint8_t>() + size_t((j * s.n_head_kv + h) * s.hd) * elem;
 }
 
+// tile[j][d] = cache cell t0 + j, kv head h, as contiguous f32 rows (j < bk).
+void load_tile(const VecKernels& vk, const Tensor& t, const Shapes& s, int64_t t0, int64_t bk, int64_t h, float* tile) {
+  for (int64_t j = 0; j < bk; ++j) {
+    const void* src = cache_row(t, s, t0 + j, h);
+    if (t.dtype == DType::kF16) {
+      vk.f16_to_f32(static_cast<const uint16_t*>(src), tile + j * s.hd, s.hd);
+    } else {
+      std::memcpy(tile + j * s.hd, src, size_t(s.hd) * sizeof(float));
+    }
+  }
+}
+
 Status run_decode(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
                   const Shapes& s) {
   const VecKernels& vk = *ctx.vec;
   const int n_threads = ctx.pool->n_threads();
-  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(s.n_kv + s.hd) * sizeof(float)));
+  // Per thread: scores [group][n_kv], O [group][hd], softmax sums [group].
+  const int64_t per_thread = s.group * (s.n_kv + s.hd + 1);
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
   const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
+  const int64_t ld_cache = s.n_head_kv * s.hd;  // elements between cells
   auto items = [&](int64_t begin, int64_t end, int tid) {
     float* scores = ctx.scratch->thread(tid);
-    float* o = scores + s.n_kv;
+    float* o = scores + s.group * s.n_kv;
+    float* sums = o + s.group * s.hd;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t i = item / s.n_head, h = item % s.n_head, kvh = h / s.group;
+      const int64_t i = item / s.n_head_kv, kvh = item % s.n_head_kv;
       const int64_t len = s.n_kv - s.n + i + 1;
-      const float* qr = q.as<const float>() + (i * s.n_head + h) * s.hd;
-      for (int64_t j = 0; j < len; ++j) {
-        const void* kr = cache_row(k, s, j, kvh);
-        scores[j] = scale * (k16 ? vk.dot_f16(qr, static_cast<const uint16_t*>(kr), s.hd)
-                                 : vk.dot(qr, static_cast<const float*>(kr), s.hd));
+      // The group's query heads are adjacent rows of q.
+      const float* qr = q.as<const float>() + (i * s.n_head + kvh * s.group) * s.hd;
+      if (k16) {
+        vk.dots_f16(qr, s.hd, s.group, static_cast<const uint16_t*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd,
+                    scale, scores, s.n_kv);
+      } else {
+        vk.dots(qr, s.hd, s.group, static_cast<const float*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale,
+                scores, s.n_kv);
       }
-      const float sum = vk.exp_sum(scores, vk.max(scores, len), len);
-      std::fill(o, o + s.hd, 0.0f);
-      for (int64_t j = 0; j < len; ++j) {
-        const void* vr = cache_row(v, s, j, kvh);
-        if (v16) {
-          vk.axpy_f16(scores[j], static_cast<const uint16_t*>(vr), o, s.hd);
-        } else {
-          vk.axpy(scores[j], static_cast<const float*>(vr), o, s.hd);
-        }
+      for (int64_t g = 0; g < s.group; ++g) {
+        float* sc = scores + g * s.n_kv;
+        sums[g] = vk.exp_sum(sc, vk.max(sc, len), len);
       }
-      float* dst = out.as<float>() + (i * s.n_head + h) * s.hd;
-      const float inv = 1.0f / sum;
-      for (int64_t d = 0; d < s.hd; ++d) dst[d] = o[d] * inv;
+      if (v16) {
+        vk.gemm_f16b(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const uint16_t*>(cache_row(v, s, 0, kvh)),
+                     ld_cache, o, s.hd, false);
+      } else {
+        vk.gemm(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const float*>(cache_row(v, s, 0, kvh)), ld_cache, o,
+                s.hd, false);
+      }
+      for (int64_t g = 0; g < s.group; ++g) {
+        float* dst = out.as<float>() + (i * s.n_head + kvh * s.group + g) * s.hd;
+        const float inv = 1.0f / sums[g];
+        for (int64_t d = 0; d < s.hd; ++d) dst[d] = o[g * s.hd + d] * inv;
+      }
     }
   };
-  const int64_t n_items = s.n * s.n_head;
-  if (n_items * s.n_kv * s.hd < kMinParallelElements) {
+  const int64_t n_items = s.n * s.n_head_kv;
+  if (n_items * s.group * s.n_kv * s.hd < kMinParallelElements) {
     items(0, n_items, 0);
   } else {
     ctx.pool->parallel_for(n_items, 1, items);
@@ -135,9 +160,6 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
   // and f32 copies of f16 K and V tiles [kBk][hd].
   const int64_t per_thread = hd * rmax + kBk * rmax + rmax * hd + 4 * rmax + 2 * kBk * hd;
   KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
-  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
-  const int64_t ld_cache = s.n_head_kv * hd;  // floats between cells in an f32 cache
-
   auto items = [&](int64_t begin, int64_t end, int tid) {
     float* qt = ctx.scratch->thread(tid);
     float* st = qt + hd * rmax;
@@ -165,19 +187,8 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       const int64_t kv_end = diag + nq;        // exclusive: the last row's limit + 1
       for (int64_t t0 = 0; t0 < kv_end; t0 += kBk) {
         const int64_t bk = std::min(kBk, kv_end - t0);
-        const float* kt;
-        int64_t ldk;
-        if (k16) {
-          for (int64_t j = 0; j < bk; ++j) {
-            vk.f16_to_f32(static_cast<const uint16_t*>(cache_row(k, s, t0 + j, kvh)), kf + j * hd, hd);
-          }
-          kt = kf;
-          ldk = hd;
-        } else {
-          kt = static_cast<const float*>(cache_row(k, s, t0, kvh));
-          ldk = ld_cache;
-        }
-        vk.gemm(bk, rows, hd, kt, ldk, 1, qt, rows, st, rows, false);
+        load_tile(vk, k, s, t0, bk, kvh, kf);
+        vk.gemm(bk, rows, hd, kf, hd, 1, qt, rows, st, rows, false);
         if (t0 + bk - 1 > diag) {  // the tile crosses the causal diagonal
           for (int64_t j = std::max<int64_t>(0, diag + 1 - t0); j < bk; ++j) {
             const int64_t over = t0 + j - diag;  // row ri sees this cell iff ri >= over
@@ -197,19 +208,8 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
           m[r] = m_new[r];
         }
         for (int64_t j = 0; j < bk; ++j) vk.exp_sub_into(st + j * rows, m_new, l, rows);
-        const float* vt;
-        int64_t ldv;
-        if (v16) {
-          for (int64_t j = 0; j < bk; ++j) {
-            vk.f16_to_f32(static_cast<const uint16_t*>(cache_row(v, s, t0 + j, kvh)), vf + j * hd, hd);
-          }
-          vt = vf;
-          ldv = hd;
-        } else {
-          vt = static_cast<const float*>(cache_row(v, s, t0, kvh));
-          ldv = ld_cache;
-        }
-        vk.gemm(rows, hd, bk, st, 1, rows, vt, ldv, o, hd, true);
+        load_tile(vk, v, s, t0, bk, kvh, vf);
+        vk.gemm(rows, hd, bk, st, 1, rows, vf, hd, o, hd, true);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t g = r / nq, ri = r % nq;

@@ -1,9 +1,9 @@
 // convert: dst = src element-wise, same numel. F32 -> F32/F16/BF16/Q8_0 and F16/BF16/Q8_0 -> F32.
 // F16 uses the ISA's conversion instructions; BF16 and Q8_0 the scalar routines of dtype.cpp (same
 // rounding as ggml: RNE, and Q8_0 scale d = amax / 127).
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 #include "kernels/cpu/ops.h"
 
@@ -11,8 +11,9 @@ namespace kvb::cpu {
 
 Status convert(OpContext& ctx, const Tensor& src, const Tensor& dst) {
   const DType s = src.dtype, d = dst.dtype;
-  const bool ok_pair = (s == DType::kF32 && (d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kQ8_0)) ||
-                       (d == DType::kF32 && (s == DType::kF16 || s == DType::kBF16 || s == DType::kQ8_0));
+  const bool ok_pair =
+      (s == DType::kF32 && (d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 || d == DType::kQ8_0)) ||
+      (d == DType::kF32 && (s == DType::kF16 || s == DType::kBF16 || s == DType::kQ8_0));
   if (!ok_pair) {
     return invalid_argument(fmt::format("convert: {} -> {} is not supported", dtype_name(s), dtype_name(d)));
   }

@@ -46,8 +46,9 @@ Isa hardware_isa() {
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return Isa::kGeneric;
   const bool avx2 = ebx & (1u << 5);
   if (!avx2) return Isa::kGeneric;
-  const bool avx512 = (ebx & (1u << 16)) && (ebx & (1u << 17)) && (ebx & (1u << 30)) && (ebx & (1u << 31));  // F DQ BW VL
-  if (avx512 && (xcr0 & 0xe6) == 0xe6) return Isa::kAvx512;  // and opmask + ZMM state
+  const bool avx512 =
+      (ebx & (1u << 16)) && (ebx & (1u << 17)) && (ebx & (1u << 30)) && (ebx & (1u << 31));  // F DQ BW VL
+  if (avx512 && (xcr0 & 0xe6) == 0xe6) return Isa::kAvx512;                                  // and opmask + ZMM state
   return Isa::kAvx2;
 #else
   return Isa::kGeneric;
@@ -271,9 +272,12 @@ class CpuDevice final : public Device {
 
 std::string_view isa_name(Isa isa) {
   switch (isa) {
-    case Isa::kGeneric: return "generic";
-    case Isa::kAvx2: return "avx2";
-    case Isa::kAvx512: return "avx512";
+    case Isa::kGeneric:
+      return "generic";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kAvx512:
+      return "avx512";
   }
   return "?";
 }
@@ -290,7 +294,8 @@ const Device& device() {
 
 Result<std::unique_ptr<Backend>> create_backend(Isa isa, int n_threads) {
   if (int(isa) > int(detected_isa())) {
-    return invalid_argument(fmt::format("cpu: ISA {} is above this machine's {}", isa_name(isa), isa_name(detected_isa())));
+    return invalid_argument(
+        fmt::format("cpu: ISA {} is above this machine's {}", isa_name(isa), isa_name(detected_isa())));
   }
   if (n_threads < 1) return invalid_argument(fmt::format("cpu: n_threads must be >= 1, got {}", n_threads));
   try {

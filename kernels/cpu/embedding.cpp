@@ -1,8 +1,8 @@
 // embedding: out[n][d] (f32) = table[tokens[i]] for a table [vocab][d] of any weight dtype.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/ops.h"
 
@@ -16,13 +16,15 @@ Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, cons
   KVB_RETURN_IF_ERROR(check_tensor(table, t, "embedding", "table"));
   KVB_RETURN_IF_ERROR(check_tensor(tokens, DType::kI32, "embedding", "tokens"));
   KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "embedding", "out"));
-  if (table.n_dims != 2) return invalid_argument(fmt::format("embedding: table must be [vocab][d], got {}", table.describe()));
+  if (table.n_dims != 2)
+    return invalid_argument(fmt::format("embedding: table must be [vocab][d], got {}", table.describe()));
   const int64_t vocab = table.shape[0], d = table.shape[1];
   const int64_t n = tokens.numel();
   if (out.n_dims != 2 || out.shape[0] != n || out.shape[1] != d) {
     return invalid_argument(fmt::format("embedding: out {} must be f32[{}][{}]", out.describe(), n, d));
   }
-  if (tensors_overlap(out, table) || tensors_overlap(out, tokens)) return invalid_argument("embedding: out overlaps an input");
+  if (tensors_overlap(out, table) || tensors_overlap(out, tokens))
+    return invalid_argument("embedding: out overlaps an input");
   const int32_t* ids = tokens.as<const int32_t>();
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {

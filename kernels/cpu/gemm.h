@@ -24,17 +24,22 @@ namespace kvb::cpu {
 inline constexpr int kPanel = 32;
 inline constexpr size_t kQ8GroupBytes = kPanel * 2 + kPanel * kQ8BlockSize;  // 1088
 
-inline constexpr int kMaxGemvRows = 4;   // rows of x handled by gemv; more go through micro
+inline constexpr int kMaxGemvRows = 4;     // rows of x handled by gemv; more go through micro
 inline constexpr int kNumWeightTypes = 4;  // F32, F16, BF16, Q8_0
 
 // Index of a weight dtype in the kernel tables; -1 for a dtype weights cannot have.
 inline int weight_type_index(DType t) {
   switch (t) {
-    case DType::kF32: return 0;
-    case DType::kF16: return 1;
-    case DType::kBF16: return 2;
-    case DType::kQ8_0: return 3;
-    default: return -1;
+    case DType::kF32:
+      return 0;
+    case DType::kF16:
+      return 1;
+    case DType::kBF16:
+      return 2;
+    case DType::kQ8_0:
+      return 3;
+    default:
+      return -1;
   }
 }
 
@@ -42,8 +47,8 @@ struct GemmKernels {
   // y[r][c] (+)= sum_k x[r][k] * W[c][k] for r < n (1 <= n <= kMaxGemvRows), c < nc (<= 32),
   // over one whole panel (k = n_in inputs). x rows are ldx apart, y rows ldy apart; only the nc
   // valid columns of y are touched.
-  using GemvFn = void (*)(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y,
-                          int64_t ldy, int nc, bool accumulate);
+  using GemvFn = void (*)(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
+                          int nc, bool accumulate);
   // tile[kk][c] = W[c][k0 + kk] as f32, kk < kc, all 32 columns (pad rows read as 0). For Q8_0,
   // k0 and kc are multiples of 32. Entry 0 (F32) is unused: F32 panels are read in place.
   using UnpackFn = void (*)(const uint8_t* panel, int64_t k0, int64_t kc, float* tile);
@@ -53,11 +58,16 @@ struct GemmKernels {
   using MicroFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc,
                            bool load_c);
 
+  // dst[kk * mr + i] = x[rb * mr + i][kk] for the mr rows of row block rb of x [n][k] (rows past n
+  // read as 0), i.e. the packed layout `micro` reads. dst is the start of the whole packed x.
+  using PackFn = void (*)(const float* x, int64_t n, int64_t k, int64_t rb, float* dst);
+
   const char* name = "";
   int mr = 1;  // rows per micro-kernel call and the row-block stride of packed x
   GemvFn gemv[kNumWeightTypes] = {};
   UnpackFn unpack[kNumWeightTypes] = {};
   MicroFn micro = nullptr;
+  PackFn pack_x = nullptr;
 };
 
 const GemmKernels& gemm_kernels_generic();

@@ -3,6 +3,7 @@
 // A panel row (32 outputs at one k) is four ymm registers; with only 16 registers the kernels work on
 // half a panel (16 columns) at a time where the accumulators would not fit. As in gemm_avx512.cpp,
 // everything is in an anonymous namespace and uses no out-of-line library templates.
+
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized in their own _mm512_undefined_* helpers
 // (GCC PR105593); the warnings are silenced for the header only.
 #pragma GCC diagnostic push
@@ -104,8 +105,8 @@ void gemv_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t 
 }
 
 template <int N, int NC>
-void gemv_q8_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t ldx, float* y, int64_t ldy,
-                  int nc, bool accumulate) {
+void gemv_q8_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
+                  bool accumulate) {
   __m256 acc[N][NC];
   for (int r = 0; r < N; ++r)
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -137,8 +138,10 @@ template <class L>
 void gemv_plain(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
                 bool accumulate) {
   switch (n) {
-    case 1: return gemv_cols<1, 4, L>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
-    case 2: return gemv_cols<2, 4, L>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
+    case 1:
+      return gemv_cols<1, 4, L>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
+    case 2:
+      return gemv_cols<2, 4, L>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
     case 3:
       gemv_cols<3, 2, L>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
       if (nc > 16) gemv_cols<3, 2, L>(panel, k, 2, x, ldx, y, ldy, nc, accumulate);
@@ -153,7 +156,8 @@ void gemv_plain(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, in
 void gemv_q8(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
              bool accumulate) {
   switch (n) {
-    case 1: return gemv_q8_cols<1, 4>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
+    case 1:
+      return gemv_q8_cols<1, 4>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
     case 2:
       gemv_q8_cols<2, 2>(panel, k, 0, x, ldx, y, ldy, nc, accumulate);
       if (nc > 16) gemv_q8_cols<2, 2>(panel, k, 2, x, ldx, y, ldy, nc, accumulate);
@@ -246,12 +250,29 @@ void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, in
   if (nc > 16) micro_dispatch<kMr>(m, kc, a, b + 16, c + 16, ldc, nc - 16, load_c);
 }
 
+// Blocked along k so the strided stores of one block stay in L1.
+void pack_x(const float* x, int64_t n, int64_t k, int64_t rb, float* dst) {
+  constexpr int64_t kKPack = 64;
+  float* d = dst + rb * kMr * k;
+  for (int64_t k0 = 0; k0 < k; k0 += kKPack) {
+    const int64_t k1 = k < k0 + kKPack ? k : k0 + kKPack;
+    for (int i = 0; i < kMr; ++i) {
+      const int64_t row = rb * kMr + i;
+      for (int64_t kk = k0; kk < k1; ++kk) d[kk * kMr + i] = row < n ? x[row * k + kk] : 0.0f;
+    }
+  }
+}
+
 }  // namespace
 
 const GemmKernels& gemm_kernels_avx2() {
   // Aggregate initialization: no (shared, inline) constructor of GemmKernels runs in this TU.
-  static const GemmKernels k{"avx2", kMr, {gemv_plain<LoadF32>, gemv_plain<LoadF16>, gemv_plain<LoadBF16>, gemv_q8},
-                             {unpack_plain<LoadF32>, unpack_plain<LoadF16>, unpack_plain<LoadBF16>, unpack_q8}, micro};
+  static const GemmKernels k{"avx2",
+                             kMr,
+                             {gemv_plain<LoadF32>, gemv_plain<LoadF16>, gemv_plain<LoadBF16>, gemv_q8},
+                             {unpack_plain<LoadF32>, unpack_plain<LoadF16>, unpack_plain<LoadBF16>, unpack_q8},
+                             micro,
+                             pack_x};
   return k;
 }
 

@@ -8,10 +8,10 @@
 //     kKc, each panel's k block is (converted to an f32 tile if needed and) multiplied against every
 //     row block by the register-blocked micro-kernel. Rows are grouped by kMcRows so the packed x
 //     block in use stays in L2; when there are few panels, row groups also spread work over threads.
-//     The next panel's weight block is prefetched into L2 while the current one is multiplied.
-#include <algorithm>
-
+//     The next panel's weight block is prefetched while the current one is multiplied.
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/packed_weight.h"
@@ -50,20 +50,6 @@ inline const uint8_t* panel_k_block(const OutPanels& o, int64_t p, int64_t k0, i
   const size_t elem = o.type == 0 ? 4 : 2;
   bytes = size_t(kc) * kPanel * elem;
   return o.w->panel(p) + size_t(k0) * kPanel * elem;
-}
-
-// dst[kk * mr + i] = x[rb * mr + i][kk] for one row block; rows past n are zero.
-void pack_x_block(const float* x, int64_t n, int64_t k, int mr, int64_t rb, float* dst) {
-  float* d = dst + rb * mr * k;
-  for (int i = 0; i < mr; ++i) {
-    const int64_t row = rb * mr + i;
-    if (row < n) {
-      const float* src = x + row * k;
-      for (int64_t kk = 0; kk < k; ++kk) d[kk * mr + i] = src[kk];
-    } else {
-      for (int64_t kk = 0; kk < k; ++kk) d[kk * mr + i] = 0.0f;
-    }
-  }
 }
 
 Status validate(const Tensor& x, std::span<const MatmulOut> outs, std::vector<OutPanels>& panels) {
@@ -113,7 +99,7 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
   float* xp = ctx.scratch->shared();
   pool.parallel_for(n_row_blocks, std::max<int64_t>(1, n_row_blocks / (n_threads * 4)),
                     [&](int64_t begin, int64_t end, int) {
-                      for (int64_t rb = begin; rb < end; ++rb) pack_x_block(x, n, k, mr, rb, xp);
+                      for (int64_t rb = begin; rb < end; ++rb) kern.pack_x(x, n, k, rb, xp);
                     });
 
   // Row groups: whole multiples of mr rows, at most kMcRows, and enough groups to feed every thread
@@ -146,7 +132,7 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
           kern.unpack[o.type](o.w->panel(p), k0, kc, tile);
           b = tile;
         }
-        // While this panel is multiplied, pull the next item's weight block into L2, a slice per
+        // While this panel is multiplied, pull the next item's weight block in, a slice per
         // row block, so its first micro-kernel (or unpack) does not wait on DRAM.
         const uint8_t* next = nullptr;
         size_t next_bytes = 0;
@@ -165,7 +151,7 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
           if (next != nullptr) {
             const size_t off = size_t((r - r0) / mr) * slice;
             for (size_t line = off; line < std::min(next_bytes, off + slice); line += 64) {
-              __builtin_prefetch(next + line, 0, 2);
+              __builtin_prefetch(next + line, 0, 3);  // to L1: measured faster than L2 here
             }
           }
         }

@@ -1,6 +1,6 @@
-#include <cstdint>
-
 #include <fmt/format.h>
+
+#include <cstdint>
 
 #include "kernels/cpu/ops.h"
 
@@ -36,8 +36,8 @@ Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* na
     numel *= d;
   }
   if (t.cols() % dtype_block_size(dtype) != 0) {
-    return invalid_argument(fmt::format("{}: {} rows of {} are not whole {} blocks", op, name, t.describe(),
-                                        dtype_name(dtype)));
+    return invalid_argument(
+        fmt::format("{}: {} rows of {} are not whole {} blocks", op, name, t.describe(), dtype_name(dtype)));
   }
   if (numel > 0 && t.data == nullptr) return invalid_argument(fmt::format("{}: {} has null data", op, name));
   return Status::Ok();

@@ -1,9 +1,9 @@
 #include "kernels/cpu/packed_weight.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/thread_pool.h"
 

@@ -1,8 +1,8 @@
 // rms_norm: y[n][d] = x[n][d] / sqrt(mean(x²) + eps) * w[d]. Rows are independent; y may alias x.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/ops.h"
 
@@ -14,7 +14,8 @@ Status rms_norm(OpContext& ctx, const Tensor& x, const Tensor& w, float eps, con
   KVB_RETURN_IF_ERROR(check_tensor(y, DType::kF32, "rms_norm", "y"));
   const int64_t d = x.cols();
   if (w.numel() != d || y.numel() != x.numel() || y.cols() != d) {
-    return invalid_argument(fmt::format("rms_norm: x {}, w {}, y {} do not match", x.describe(), w.describe(), y.describe()));
+    return invalid_argument(
+        fmt::format("rms_norm: x {}, w {}, y {} do not match", x.describe(), w.describe(), y.describe()));
   }
   if (!(eps >= 0.0f) || !std::isfinite(eps)) return invalid_argument(fmt::format("rms_norm: bad eps {}", eps));
   if (tensors_overlap(w, y)) return invalid_argument("rms_norm: y overlaps w");

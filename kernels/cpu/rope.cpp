@@ -5,10 +5,10 @@
 // kNeox. Dims >= n_rot are left as they are. The angles and their cos/sin are computed in double
 // (positions reach 1e5+, where a float angle would already be off by ~1e-2 rad), once per row and
 // shared by all heads.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/ops.h"
 
@@ -17,10 +17,12 @@ namespace kvb::cpu {
 Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams& p) {
   KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rope", "x"));
   KVB_RETURN_IF_ERROR(check_tensor(pos, DType::kI32, "rope", "pos"));
-  if (x.n_dims != 3) return invalid_argument(fmt::format("rope: x must be [n][n_heads][head_dim], got {}", x.describe()));
+  if (x.n_dims != 3)
+    return invalid_argument(fmt::format("rope: x must be [n][n_heads][head_dim], got {}", x.describe()));
   const int64_t n = x.shape[0], n_heads = x.shape[1], head_dim = x.shape[2];
   if (pos.numel() != n) {
-    return invalid_argument(fmt::format("rope: pos {} must hold one position per row of x {}", pos.describe(), x.describe()));
+    return invalid_argument(
+        fmt::format("rope: pos {} must hold one position per row of x {}", pos.describe(), x.describe()));
   }
   if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim) {
     return invalid_argument(fmt::format("rope: n_rot {} must be even and in (0, head_dim = {}]", p.n_rot, head_dim));

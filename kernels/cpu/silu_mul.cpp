@@ -11,8 +11,8 @@ Status silu_mul(OpContext& ctx, const Tensor& gate, const Tensor& up, const Tens
   KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "silu_mul", "out"));
   if (gate.numel() != up.numel() || gate.numel() != out.numel() || gate.cols() != up.cols() ||
       gate.cols() != out.cols()) {
-    return invalid_argument(fmt::format("silu_mul: gate {}, up {}, out {} do not match", gate.describe(),
-                                        up.describe(), out.describe()));
+    return invalid_argument(
+        fmt::format("silu_mul: gate {}, up {}, out {} do not match", gate.describe(), up.describe(), out.describe()));
   }
   if ((out.data != gate.data && tensors_overlap(out, gate)) || (out.data != up.data && tensors_overlap(out, up))) {
     return invalid_argument("silu_mul: out partially overlaps an input");

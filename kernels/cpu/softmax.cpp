@@ -1,8 +1,8 @@
 // softmax: row-wise, in place on x[n][m]; max-subtracted so large logits do not overflow.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <limits>
-
-#include <fmt/format.h>
 
 #include "kernels/cpu/ops.h"
 

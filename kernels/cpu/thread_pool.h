@@ -46,9 +46,8 @@ class ThreadPool {
       return;
     }
     auto body = [&](int64_t c, int tid) { fn(c * chunk, std::min(n, (c + 1) * chunk), tid); };
-    run_chunks(uint32_t(n_chunks), Job{&body, [](void* ctx, int64_t c, int tid) {
-                                         (*static_cast<decltype(body)*>(ctx))(c, tid);
-                                       }});
+    run_chunks(uint32_t(n_chunks),
+               Job{&body, [](void* ctx, int64_t c, int tid) { (*static_cast<decltype(body)*>(ctx))(c, tid); }});
   }
 
  private:
@@ -67,7 +66,7 @@ class ThreadPool {
 
   int n_threads_ = 1;
   std::vector<std::thread> workers_;
-  Job job_;            // written by the caller before the ticket is published
+  Job job_;                        // written by the caller before the ticket is published
   std::atomic<bool> stop_{false};  // published by the generation_ bump that ends the workers
   // Each hot atomic on its own cache line.
   // ticket_ = n_chunks << 32 | next unclaimed chunk. One word, so a claim (CAS) can only succeed on

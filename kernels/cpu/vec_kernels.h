@@ -14,12 +14,15 @@ namespace kvb::cpu {
 
 struct VecKernels {
   const char* name = "";
-  float (*dot)(const float* a, const float* b, int64_t n) = nullptr;
-  float (*dot_f16)(const float* a, const uint16_t* b, int64_t n) = nullptr;  // b is IEEE half
-  void (*axpy)(float a, const float* x, float* y, int64_t n) = nullptr;      // y += a * x
-  void (*axpy_f16)(float a, const uint16_t* x, float* y, int64_t n) = nullptr;
-  void (*scale)(float* x, float s, int64_t n) = nullptr;                     // x *= s
-  float (*max)(const float* x, int64_t n) = nullptr;                         // -inf for n == 0
+  // out[r * ldo + j] = scale * sum_d q[r * ldq + d] * k[j * ldk + d], r < nq, j < n, d < hd: nq
+  // queries (a GQA group) against n cached keys, f32 or IEEE-half rows ldk elements apart; each key
+  // row is read once for all the queries.
+  void (*dots)(const float* q, int64_t ldq, int64_t nq, const float* k, int64_t ldk, int64_t n, int64_t hd, float scale,
+               float* out, int64_t ldo) = nullptr;
+  void (*dots_f16)(const float* q, int64_t ldq, int64_t nq, const uint16_t* k, int64_t ldk, int64_t n, int64_t hd,
+                   float scale, float* out, int64_t ldo) = nullptr;
+  void (*scale)(float* x, float s, int64_t n) = nullptr;  // x *= s
+  float (*max)(const float* x, int64_t n) = nullptr;      // -inf for n == 0
   // x[i] = exp(x[i] - sub); returns the sum of the new x.
   float (*exp_sum)(float* x, float sub, int64_t n) = nullptr;
   // acc[i] = max(acc[i], x[i]).
@@ -40,8 +43,11 @@ struct VecKernels {
   // c[i][j] (+)= sum_kk a(i, kk) * b[kk][j], i < m, j < n, kk < k, where a(i, kk) = a[i * a_rs + kk * a_cs]
   // (so a may be read transposed), b rows are ldb apart and c rows ldc apart. Vectorized along j.
   // For attention's small tiles (m, n, k <= a few hundred); c must not overlap a or b.
-  void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
-               int64_t ldb, float* c, int64_t ldc, bool accumulate) = nullptr;
+  void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+               float* c, int64_t ldc, bool accumulate) = nullptr;
+  // The same with b in IEEE half (a V cache read in place).
+  void (*gemm_f16b)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const uint16_t* b,
+                    int64_t ldb, float* c, int64_t ldc, bool accumulate) = nullptr;
 };
 
 const VecKernels& vec_kernels_generic();

@@ -1,4 +1,5 @@
 // VecKernels for AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c).
+
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized in their own _mm512_undefined_* helpers
 // (GCC PR105593); the warnings are silenced for the header only.
 #pragma GCC diagnostic push
@@ -14,10 +15,13 @@ namespace {
 
 struct SimdAvx2 {
   using V = __m256;
+  static constexpr int kGemmRows = 2;
   static constexpr int kW = 8;
   static constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-  static __m256i mask(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float f) { return _mm256_set1_ps(f); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }

@@ -1,4 +1,5 @@
 // VecKernels for AVX-512 (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c).
+
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized in their own _mm512_undefined_* helpers
 // (GCC PR105593); the warnings are silenced for the header only.
 #pragma GCC diagnostic push
@@ -14,6 +15,7 @@ namespace {
 
 struct SimdAvx512 {
   using V = __m512;
+  static constexpr int kGemmRows = 4;
   static constexpr int kW = 16;
   static constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
@@ -24,7 +26,9 @@ struct SimdAvx512 {
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V load_n(const float* p, int n, float fill) { return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask(n), p); }
   static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static V load_h(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static V load_h(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static V load_h_n(const uint16_t* p, int n) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask(n), p)); }
   static void store_h(uint16_t* p, V v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, kRound));

@@ -8,6 +8,7 @@
 //   add sub mul div max min fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b
 //   hsum(v) hmax(v) round(v) (to nearest) ldexp(p, n) = p * 2^n (n integral, |n| <= 127)
 //   zero_below(v, x, c) = x < c ? 0 : v (lane-wise)
+//   kGemmRows: rows of c per gemm register block (4 where there are 32 vector registers, else 2)
 // Only include this from a vec_kernels_*.cpp file.
 #pragma once
 
@@ -44,59 +45,57 @@ inline typename S::V exp_v(typename S::V x) {
   return S::zero_below(S::ldexp(p, n), x, kMinArg);
 }
 
+// Row loads of f32 or IEEE-half memory as f32 vectors.
 template <class S>
-float dot(const float* a, const float* b, int64_t n) {
+inline typename S::V load_row(const float* p) {
+  return S::load(p);
+}
+template <class S>
+inline typename S::V load_row(const uint16_t* p) {
+  return S::load_h(p);
+}
+template <class S>
+inline typename S::V load_row_n(const float* p, int n) {
+  return S::load_n(p, n, 0.0f);
+}
+template <class S>
+inline typename S::V load_row_n(const uint16_t* p, int n) {
+  return S::load_h_n(p, n);
+}
+
+template <class S, class T>
+inline float dot(const float* a, const T* b, int64_t n) {
   constexpr int kW = S::kW;
   auto s0 = S::zero(), s1 = S::zero(), s2 = S::zero(), s3 = S::zero();
   int64_t i = 0;
   for (; i + 4 * kW <= n; i += 4 * kW) {
-    s0 = S::fma(S::load(a + i), S::load(b + i), s0);
-    s1 = S::fma(S::load(a + i + kW), S::load(b + i + kW), s1);
-    s2 = S::fma(S::load(a + i + 2 * kW), S::load(b + i + 2 * kW), s2);
-    s3 = S::fma(S::load(a + i + 3 * kW), S::load(b + i + 3 * kW), s3);
+    s0 = S::fma(S::load(a + i), load_row<S>(b + i), s0);
+    s1 = S::fma(S::load(a + i + kW), load_row<S>(b + i + kW), s1);
+    s2 = S::fma(S::load(a + i + 2 * kW), load_row<S>(b + i + 2 * kW), s2);
+    s3 = S::fma(S::load(a + i + 3 * kW), load_row<S>(b + i + 3 * kW), s3);
   }
-  for (; i + kW <= n; i += kW) s0 = S::fma(S::load(a + i), S::load(b + i), s0);
-  if (i < n) s1 = S::fma(S::load_n(a + i, int(n - i), 0.0f), S::load_n(b + i, int(n - i), 0.0f), s1);
+  for (; i + kW <= n; i += kW) s0 = S::fma(S::load(a + i), load_row<S>(b + i), s0);
+  if (i < n) s1 = S::fma(S::load_n(a + i, int(n - i), 0.0f), load_row_n<S>(b + i, int(n - i)), s1);
   return S::hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
 }
 
-template <class S>
-float dot_f16(const float* a, const uint16_t* b, int64_t n) {
-  constexpr int kW = S::kW;
-  auto s0 = S::zero(), s1 = S::zero(), s2 = S::zero(), s3 = S::zero();
-  int64_t i = 0;
-  for (; i + 4 * kW <= n; i += 4 * kW) {
-    s0 = S::fma(S::load(a + i), S::load_h(b + i), s0);
-    s1 = S::fma(S::load(a + i + kW), S::load_h(b + i + kW), s1);
-    s2 = S::fma(S::load(a + i + 2 * kW), S::load_h(b + i + 2 * kW), s2);
-    s3 = S::fma(S::load(a + i + 3 * kW), S::load_h(b + i + 3 * kW), s3);
-  }
-  for (; i + kW <= n; i += kW) s0 = S::fma(S::load(a + i), S::load_h(b + i), s0);
-  if (i < n) s1 = S::fma(S::load_n(a + i, int(n - i), 0.0f), S::load_h_n(b + i, int(n - i)), s1);
-  return S::hsum(S::add(S::add(s0, s1), S::add(s2, s3)));
+// Cache rows are usually far apart (n_head_kv * hd elements), a stride the hardware prefetchers do
+// not follow across pages: the row kPrefetchRows ahead is prefetched by hand.
+inline constexpr int64_t kPrefetchRows = 8;
+
+template <class T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const auto* p = reinterpret_cast<const char*>(row);
+  for (int64_t off = 0; off < n * int64_t(sizeof(T)); off += 64) __builtin_prefetch(p + off);
 }
 
-template <class S>
-void axpy(float a, const float* x, float* y, int64_t n) {
-  constexpr int kW = S::kW;
-  const auto av = S::set1(a);
-  int64_t i = 0;
-  for (; i + kW <= n; i += kW) S::store(y + i, S::fma(av, S::load(x + i), S::load(y + i)));
-  if (i < n) {
-    const int t = int(n - i);
-    S::store_n(y + i, S::fma(av, S::load_n(x + i, t, 0.0f), S::load_n(y + i, t, 0.0f)), t);
-  }
-}
-
-template <class S>
-void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
-  constexpr int kW = S::kW;
-  const auto av = S::set1(a);
-  int64_t i = 0;
-  for (; i + kW <= n; i += kW) S::store(y + i, S::fma(av, S::load_h(x + i), S::load(y + i)));
-  if (i < n) {
-    const int t = int(n - i);
-    S::store_n(y + i, S::fma(av, S::load_h_n(x + i, t), S::load_n(y + i, t, 0.0f)), t);
+template <class S, class T>
+void dots(const float* q, int64_t ldq, int64_t nq, const T* k, int64_t ldk, int64_t n, int64_t hd, float scale,
+          float* out, int64_t ldo) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kPrefetchRows < n) prefetch_row(k + (j + kPrefetchRows) * ldk, hd);
+    // Every query of the group against this cell while its row is in L1.
+    for (int64_t r = 0; r < nq; ++r) out[r * ldo + j] = scale * dot<S>(q + r * ldq, k + j * ldk, hd);
   }
 }
 
@@ -256,9 +255,9 @@ void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
 }
 
 // ---- gemm: an R x (NV vectors) block of c; the last vector holds `last` valid lanes ----
-template <class S, int R, int NV, bool kFull>
-void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
-                int64_t ldc, bool accumulate, int last) {
+template <class S, class TB, int R, int NV, bool kFull>
+void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB* b, int64_t ldb, float* c, int64_t ldc,
+                bool accumulate, int last) {
   constexpr int kW = S::kW;
   typename S::V acc[R][NV];
   for (int r = 0; r < R; ++r) {
@@ -272,9 +271,11 @@ void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const flo
     }
   }
   for (int64_t kk = 0; kk < k; ++kk) {
-    const float* bk = b + kk * ldb;
+    const TB* bk = b + kk * ldb;
+    if (kk + kPrefetchRows < k) prefetch_row(bk + kPrefetchRows * ldb, (NV - 1) * kW + last);
     typename S::V bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = (kFull || v < NV - 1) ? S::load(bk + v * kW) : S::load_n(bk + v * kW, last, 0.0f);
+    for (int v = 0; v < NV; ++v)
+      bv[v] = (kFull || v < NV - 1) ? load_row<S>(bk + v * kW) : load_row_n<S>(bk + v * kW, last);
     for (int r = 0; r < R; ++r) {
       const auto av = S::set1(a[r * a_rs + kk * a_cs]);
       for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
@@ -292,29 +293,33 @@ void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const flo
   }
 }
 
-template <class S, int R, int NV>
-inline void gemm_block_dispatch(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+template <class S, class TB, int R, int NV>
+inline void gemm_block_dispatch(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB* b, int64_t ldb,
                                 float* c, int64_t ldc, bool accumulate, int last) {
   if (last == S::kW) {
-    gemm_block<S, R, NV, true>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    gemm_block<S, TB, R, NV, true>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
   } else {
-    gemm_block<S, R, NV, false>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    gemm_block<S, TB, R, NV, false>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
   }
 }
 
-template <class S, int R>
-inline void gemm_rows(int nv, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
-                      float* c, int64_t ldc, bool accumulate, int last) {
+template <class S, class TB, int R>
+inline void gemm_rows(int nv, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB* b, int64_t ldb, float* c,
+                      int64_t ldc, bool accumulate, int last) {
   switch (nv) {
-    case 1: return gemm_block_dispatch<S, R, 1>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
-    case 2: return gemm_block_dispatch<S, R, 2>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
-    case 3: return gemm_block_dispatch<S, R, 3>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
-    default: return gemm_block_dispatch<S, R, 4>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    case 1:
+      return gemm_block_dispatch<S, TB, R, 1>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    case 2:
+      return gemm_block_dispatch<S, TB, R, 2>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    case 3:
+      return gemm_block_dispatch<S, TB, R, 3>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
+    default:
+      return gemm_block_dispatch<S, TB, R, 4>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate, last);
   }
 }
 
-template <class S>
-void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+template <class S, class TB>
+void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB* b, int64_t ldb,
           float* c, int64_t ldc, bool accumulate) {
   constexpr int kW = S::kW;
   for (int64_t j0 = 0; j0 < n; j0 += 4 * kW) {
@@ -322,20 +327,25 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t
     const int nv = (cols + kW - 1) / kW;
     const int last = cols - (nv - 1) * kW;
     int64_t i = 0;
-    for (; i + 2 <= m; i += 2) {
-      gemm_rows<S, 2>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+    if constexpr (S::kGemmRows == 4) {
+      for (; i + 4 <= m; i += 4) {
+        gemm_rows<S, TB, 4>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+      }
     }
-    if (i < m) gemm_rows<S, 1>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+    for (; i + 2 <= m; i += 2) {
+      gemm_rows<S, TB, 2>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
+    }
+    if (i < m)
+      gemm_rows<S, TB, 1>(nv, k, a + i * a_rs, a_rs, a_cs, b + j0, ldb, c + i * ldc + j0, ldc, accumulate, last);
   }
 }
 
 // All of the above for one trait, as a table. Aggregate-initialized (no shared inline constructor).
 template <class S>
 VecKernels make_vec_kernels(const char* name) {
-  return VecKernels{name,           dot<S>,      dot_f16<S>,   axpy<S>,      axpy_f16<S>,
-                    scale<S>,       max<S>,      exp_sum<S>,   max_into<S>,  exp_sub_into<S>,
-                    sum_sq<S>,      scale_mul<S>, silu_mul<S>, add<S>,       f16_to_f32<S>,
-                    f32_to_f16<S>,  gemm<S>};
+  return VecKernels{name,          dots<S, float>,  dots<S, uint16_t>, scale<S>,         max<S>,      exp_sum<S>,
+                    max_into<S>,   exp_sub_into<S>, sum_sq<S>,         scale_mul<S>,     silu_mul<S>, add<S>,
+                    f16_to_f32<S>, f32_to_f16<S>,   gemm<S, float>,    gemm<S, uint16_t>};
 }
 
 }  // namespace kvb::cpu::vec_impl

@@ -1,18 +1,22 @@
 // The native KV wire codec (engine/kv_wire.h) on real caches of stories260K, and cache
 // concatenation (KvCache::append_shifted): round trips per wire dtype, identity checks, and a
-// hostile sender's every lever (sizes, ranges, checksums, order) — errors, never crashes.
+// hostile sender's every lever (sizes, ranges, checksums, order) — errors, never crashes. The
+// value codecs (engine/kv_wire_values.h) against the scalar definitions, on every ISA path.
 #include <catch2/catch.hpp>
 
 #include <xxhash.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <random>
 
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/kv_wire.h"
+#include "engine/kv_wire_values.h"
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/registry.h"
@@ -705,5 +709,197 @@ TEST_CASE("append_shifted concatenates caches, re-rotating keys", "[kv_cache][kv
     CHECK(e->set_pos0(-1).code() == StatusCode::kInvalidArgument);
     CHECK(e->set_pos0(40).ok());
     CHECK(e->next_pos() == 40);
+  }
+}
+
+// ============================== value codecs ==============================
+
+TEST_CASE("kv wire value codecs are exact against the scalar definitions, on every path", "[kv_wire]") {
+  INFO("dispatched implementation: " << kv_wire_values::implementation());
+  using EncodeFn = void (*)(WireDType, const float*, int64_t, int64_t, char*);
+  using DecodeFn = void (*)(WireDType, const char*, int64_t, int64_t, float*);
+  const EncodeFn encoders[] = {kv_wire_values::encode, kv_wire_values::encode_generic};
+  const DecodeFn decoders[] = {kv_wire_values::decode, kv_wire_values::decode_generic};
+  auto bits = [](float f) { return std::bit_cast<uint32_t>(f); };
+
+  // Every f32 class: zeros, subnormals (f32 and f16), halfway cases, overflow, inf, NaNs with
+  // payloads, then random bit patterns. 64 per row, so the vector loops and their tails both run.
+  std::vector<float> x;
+  for (uint32_t u : {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x33000000u, 0x33000001u, 0x387fc000u,
+                     0x387fe000u, 0x38800000u, 0x3f800000u, 0x3f801000u, 0x3f803000u, 0x477fe000u, 0x477fefffu,
+                     0x477ff000u, 0x7f7fffffu, 0x7f800000u, 0xff800000u, 0x7f800001u, 0x7fc00000u, 0xffffffffu,
+                     0x7fa00000u, 0x3f808000u, 0x3f818000u}) {
+    x.push_back(std::bit_cast<float>(u));
+  }
+  std::mt19937 rng(7);
+  while (x.size() < 64 * 1024 + 37) x.push_back(std::bit_cast<float>(uint32_t(rng())));
+  const int64_t n = int64_t(x.size());
+
+  for (const EncodeFn enc : encoders) {
+    std::vector<uint16_t> h(x.size());
+    enc(WireDType::kF16, x.data(), 1, n, reinterpret_cast<char*>(h.data()));
+    for (size_t i = 0; i < x.size(); ++i) REQUIRE(h[i] == fp32_to_fp16(x[i]));
+    enc(WireDType::kBF16, x.data(), 1, n, reinterpret_cast<char*>(h.data()));
+    for (size_t i = 0; i < x.size(); ++i) REQUIRE(h[i] == fp32_to_bf16(x[i]));
+  }
+  std::vector<uint16_t> all(65536 + 5);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = uint16_t(i);
+  for (const DecodeFn dec : decoders) {
+    std::vector<float> y(all.size());
+    dec(WireDType::kF16, reinterpret_cast<const char*>(all.data()), 1, int64_t(all.size()), y.data());
+    for (size_t i = 0; i < all.size(); ++i) REQUIRE(bits(y[i]) == bits(fp16_to_fp32(all[i])));
+    dec(WireDType::kBF16, reinterpret_cast<const char*>(all.data()), 1, int64_t(all.size()), y.data());
+    for (size_t i = 0; i < all.size(); ++i) REQUIRE(bits(y[i]) == bits(bf16_to_fp32(all[i])));
+  }
+
+  // int8: the definition in kv_wire.h, with std::lrint, for odd and even row lengths.
+  for (const int64_t head_dim : {1, 7, 8, 33, 64, 96, 128}) {
+    const int64_t rows = 19;
+    std::vector<float> v(size_t(rows * head_dim));
+    std::normal_distribution<float> normal(0.0f, 3.0f);
+    for (float& f : v) f = normal(rng);
+    v[3] = std::numeric_limits<float>::quiet_NaN();
+    v[size_t(head_dim + 1) % v.size()] = std::numeric_limits<float>::infinity();
+    std::fill(v.end() - head_dim, v.end(), 0.0f);                                        // an all-zero row
+    for (int64_t d = 0; d < head_dim; ++d) v[size_t(2 * head_dim + d) % v.size()] *= 1e-30f;  // tiny values
+    std::vector<char> want(size_t(rows * (head_dim + 4)));
+    auto* q = reinterpret_cast<int8_t*>(want.data() + rows * 4);
+    for (int64_t r = 0; r < rows; ++r) {
+      float amax = 0;
+      for (int64_t d = 0; d < head_dim; ++d) amax = std::max(amax, std::fabs(v[size_t(r * head_dim + d)]));
+      const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      std::memcpy(want.data() + r * 4, &scale, 4);
+      for (int64_t d = 0; d < head_dim; ++d) {
+        float t = v[size_t(r * head_dim + d)] * inv;
+        if (!(t >= -127.0f)) t = -127.0f;
+        if (t > 127.0f) t = 127.0f;
+        q[r * head_dim + d] = static_cast<int8_t>(std::lrint(t));
+      }
+    }
+    for (const EncodeFn enc : encoders) {
+      std::vector<char> got(want.size());
+      enc(WireDType::kInt8, v.data(), rows, head_dim, got.data());
+      REQUIRE(got == want);
+    }
+    for (const DecodeFn dec : decoders) {
+      std::vector<float> y(v.size());
+      dec(WireDType::kInt8, want.data(), rows, head_dim, y.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        float scale;
+        std::memcpy(&scale, want.data() + r * 4, 4);
+        for (int64_t d = 0; d < head_dim; ++d) {
+          REQUIRE(bits(y[size_t(r * head_dim + d)]) == bits(scale * float(q[r * head_dim + d])));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("kv wire zero-copy views, payloads in pieces and reserved cells", "[kv_wire][model]") {
+  const ModelIdentity& id = stories().id;
+  const std::vector<int32_t> tokens = encode_text(kStory);
+  const auto cache = prefill(tokens);
+
+  SECTION("next(view) and next(chunk) give the same stream; f32 views are the cache's own bytes") {
+    const WireDType dtype = GENERATE(WireDType::kF32, WireDType::kF16, WireDType::kInt8);
+    const WireCompression comp = GENERATE(WireCompression::kNone, WireCompression::kZstd);
+    auto a = KvWireEncoder::create(*cache, id, dtype, comp, 7);
+    auto b = KvWireEncoder::create(*cache, id, dtype, comp, 7);
+    REQUIRE((a.ok() && b.ok()));
+    CHECK((*a)->zero_copy() == (dtype == WireDType::kF32 && comp == WireCompression::kNone));
+    KvWireChunk c;
+    KvWireChunkView v;
+    size_t n = 0;
+    while ((*a)->next(c)) {
+      REQUIRE((*b)->next(v));
+      CHECK((v.layer == c.layer && v.is_v == c.is_v && v.token_begin == c.token_begin &&
+             v.token_count == c.token_count && v.raw_size == c.raw_size && v.xxh3 == c.xxh3));
+      CHECK(v.payload == std::string_view(c.payload));
+      if ((*b)->zero_copy()) {
+        const Tensor cells = (v.is_v ? cache->v(int32_t(v.layer)) : cache->k(int32_t(v.layer)))
+                                 .slice_rows(v.token_begin, v.token_count);
+        CHECK(static_cast<const void*>(v.payload.data()) == cells.data);
+      }
+      ++n;
+    }
+    CHECK_FALSE((*b)->next(v));
+    CHECK(n == (*a)->header().n_chunks);
+    CHECK((*a)->trailer().digest == (*b)->trailer().digest);
+  }
+
+  SECTION("a payload split into pieces decodes exactly as a whole one") {
+    const WireDType dtype = GENERATE(WireDType::kF32, WireDType::kBF16, WireDType::kInt8);
+    const WireCompression comp = GENERATE(WireCompression::kNone, WireCompression::kZstd);
+    const Stream s = encode(*cache, id, dtype, comp, 5);
+    auto whole = decode(s, id);
+    REQUIRE(whole.ok());
+    auto d = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0);
+    REQUIRE(d.ok());
+    std::mt19937 rng(3);
+    for (const KvWireChunk& c : s.chunks) {
+      std::vector<std::string_view> pieces;
+      std::string_view rest = c.payload;
+      while (!rest.empty()) {
+        const size_t k = std::min<size_t>(rest.size(), rng() % 97);  // empty pieces too
+        pieces.push_back(rest.substr(0, k));
+        rest.remove_prefix(k);
+      }
+      KvWireChunkView v = view_of(c);
+      v.payload = "ignored when there are pieces";
+      v.pieces = pieces;
+      REQUIRE((*d)->add(v).ok());
+    }
+    auto got = (*d)->finish(s.trailer);
+    REQUIRE(got.ok());
+    for (int32_t l = 0; l < int32_t(id.n_layer); ++l) {
+      CHECK(std::memcmp((*got)->k_used(l).data, (*whole)->k_used(l).data, (*got)->k_used(l).nbytes()) == 0);
+      CHECK(std::memcmp((*got)->v_used(l).data, (*whole)->v_used(l).data, (*got)->v_used(l).nbytes()) == 0);
+    }
+  }
+
+  SECTION("a flipped byte or a missing byte in a piece is caught") {
+    const Stream s = encode(*cache, id, WireDType::kF32, WireCompression::kNone, 5);
+    auto d = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0);
+    REQUIRE(d.ok());
+    std::string p = s.chunks[0].payload;
+    const std::string_view whole = p;
+    std::vector<std::string_view> pieces = {whole.substr(0, 100), whole.substr(100)};
+    KvWireChunkView v = view_of(s.chunks[0]);
+    v.pieces = pieces;
+    p[150] ^= 0x10;
+    CHECK((*d)->add(v).code() == StatusCode::kDataLoss);
+    p[150] ^= 0x10;
+    pieces[1].remove_suffix(1);
+    CHECK((*d)->add(v).code() == StatusCode::kInvalidArgument);
+    pieces[1] = whole.substr(100);
+    CHECK((*d)->add(v).ok());
+  }
+
+  SECTION("n_ctx_extra reserves free cells, within the limits") {
+    const Stream s = encode(*cache, id, WireDType::kF16);
+    const int32_t n = int32_t(tokens.size());
+    auto d = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0, {}, 40);
+    REQUIRE(d.ok());
+    for (const KvWireChunk& c : s.chunks) REQUIRE((*d)->add(c).ok());
+    auto got = (*d)->finish(s.trailer);
+    REQUIRE(got.ok());
+    CHECK((*got)->n_ctx() == n + 40);
+    CHECK((*got)->n_tokens() == n);
+
+    KvWireLimits lim;
+    lim.max_tokens = uint32_t(n + 10);
+    auto capped = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0, lim, 40);
+    REQUIRE(capped.ok());
+    const uint64_t cell_bytes = uint64_t(id.n_head_kv) * id.head_dim * 4 * 2 * id.n_layer;
+    lim = {};
+    lim.max_bytes = cell_bytes * uint64_t(n + 3);
+    auto by_bytes = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0, lim, 40);
+    REQUIRE(by_bytes.ok());
+    for (const KvWireChunk& c : s.chunks) {
+      REQUIRE((*capped)->add(c).ok());
+      REQUIRE((*by_bytes)->add(c).ok());
+    }
+    CHECK((*(*capped)->finish(s.trailer))->n_ctx() == n + 10);
+    CHECK((*(*by_bytes)->finish(s.trailer))->n_ctx() == n + 3);
   }
 }

@@ -2,14 +2,13 @@
 // random data, NaN-poisoned outputs with guard zones, and a normalized error.
 #pragma once
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <catch2/catch.hpp>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"

@@ -63,11 +63,10 @@ std::vector<double> reference(const AttnShape& s, const std::vector<float>& q, c
 }  // namespace
 
 TEST_CASE("cpu attention matches a double reference (decode and prefill, GQA, f32/f16 cache)", "[kernels]") {
-  const AttnShape s = GENERATE(AttnShape{1, 1, 1, 1, 8}, AttnShape{1, 600, 8, 2, 64}, AttnShape{2, 37, 4, 4, 16},
-                               AttnShape{3, 130, 8, 2, 128}, AttnShape{7, 7, 4, 1, 16}, AttnShape{4, 70, 2, 2, 8},
-                               AttnShape{64, 100, 4, 2, 64}, AttnShape{300, 300, 2, 1, 64},
-                               AttnShape{300, 600, 2, 2, 16}, AttnShape{65, 200, 16, 4, 128},
-                               AttnShape{9, 9, 12, 12, 64});
+  const AttnShape s = GENERATE(
+      AttnShape{1, 1, 1, 1, 8}, AttnShape{1, 600, 8, 2, 64}, AttnShape{2, 37, 4, 4, 16}, AttnShape{3, 130, 8, 2, 128},
+      AttnShape{7, 7, 4, 1, 16}, AttnShape{4, 70, 2, 2, 8}, AttnShape{64, 100, 4, 2, 64}, AttnShape{300, 300, 2, 1, 64},
+      AttnShape{300, 600, 2, 2, 16}, AttnShape{65, 200, 16, 4, 128}, AttnShape{9, 9, 12, 12, 64});
   const DType kt = GENERATE(DType::kF32, DType::kF16);
   const DType vt = GENERATE(DType::kF32, DType::kF16);
   if (kt != vt && s.n > 7) return;  // mixed cache types: small shapes are enough
@@ -83,11 +82,11 @@ TEST_CASE("cpu attention matches a double reference (decode and prefill, GQA, f3
   for (const BackendConfig& cfg : cpu_backends()) {
     CAPTURE(cfg.label);
     Guarded out(q_elems);
-    auto st = cfg.backend->attention(
-        Tensor::make(DType::kF32, const_cast<float*>(q.data()), {s.n, s.n_head, s.hd}),
-        Tensor::make(kt, const_cast<uint8_t*>(k.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
-        Tensor::make(vt, const_cast<uint8_t*>(v.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
-        Tensor::make(DType::kF32, out.data(), {s.n, s.n_head, s.hd}), scale);
+    auto st =
+        cfg.backend->attention(Tensor::make(DType::kF32, const_cast<float*>(q.data()), {s.n, s.n_head, s.hd}),
+                               Tensor::make(kt, const_cast<uint8_t*>(k.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
+                               Tensor::make(vt, const_cast<uint8_t*>(v.bytes.data()), {s.n_kv, s.n_head_kv, s.hd}),
+                               Tensor::make(DType::kF32, out.data(), {s.n, s.n_head, s.hd}), scale);
     REQUIRE(st.ok());
     CHECK(normalized_error(out.data(), ref) <= 1e-5);
     CHECK(out.guards_intact());
@@ -98,8 +97,9 @@ TEST_CASE("cpu attention rejects bad shapes", "[kernels]") {
   Backend& be = *cpu_backends().back().backend;
   std::vector<float> q(4 * 4 * 8), k(8 * 2 * 8), v(8 * 2 * 8), out(4 * 4 * 8);
   auto run = [&](std::initializer_list<int64_t> qs, std::initializer_list<int64_t> ks, float scale = 1.0f) {
-    return be.attention(Tensor::make(DType::kF32, q.data(), qs), Tensor::make(DType::kF32, k.data(), ks),
-                        Tensor::make(DType::kF32, v.data(), ks), Tensor::make(DType::kF32, out.data(), qs), scale)
+    return be
+        .attention(Tensor::make(DType::kF32, q.data(), qs), Tensor::make(DType::kF32, k.data(), ks),
+                   Tensor::make(DType::kF32, v.data(), ks), Tensor::make(DType::kF32, out.data(), qs), scale)
         .code();
   };
   CHECK(run({4, 4, 8}, {8, 2, 8}) == StatusCode::kOk);
@@ -107,7 +107,7 @@ TEST_CASE("cpu attention rejects bad shapes", "[kernels]") {
   CHECK(run({4, 4, 8}, {3, 2, 8}) == StatusCode::kInvalidArgument);  // n_kv < n
   CHECK(run({4, 4, 8}, {4, 2, 4}) == StatusCode::kInvalidArgument);  // head_dim mismatch
   CHECK(run({4, 4, 8}, {8, 2, 8}, NAN) == StatusCode::kInvalidArgument);
-  CHECK(run({4, 32}, {8, 2, 8}) == StatusCode::kInvalidArgument);    // q not 3-d
+  CHECK(run({4, 32}, {8, 2, 8}) == StatusCode::kInvalidArgument);  // q not 3-d
   // out overlapping q.
   CHECK(be.attention(Tensor::make(DType::kF32, q.data(), {4, 4, 8}), Tensor::make(DType::kF32, k.data(), {8, 2, 8}),
                      Tensor::make(DType::kF32, v.data(), {8, 2, 8}), Tensor::make(DType::kF32, q.data(), {4, 4, 8}),

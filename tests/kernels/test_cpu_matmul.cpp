@@ -57,10 +57,10 @@ constexpr double kTol = 1e-5;
 
 TEST_CASE("cpu matmul matches a double reference for all ISAs, threads, dtypes and shapes", "[kernels]") {
   const DType t = GENERATE(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0);
-  const Shape s = GENERATE(Shape{1, 32, 1}, Shape{1, 64, 33}, Shape{1, 768, 100}, Shape{2, 96, 64},
-                           Shape{3, 45, 31}, Shape{4, 128, 65}, Shape{5, 256, 96}, Shape{7, 33, 70},
-                           Shape{29, 7, 5}, Shape{64, 288, 130}, Shape{17, 1024, 32}, Shape{300, 64, 3},
-                           Shape{300, 544, 70}, Shape{70, 1056, 40}, Shape{9, 2080, 33});
+  const Shape s =
+      GENERATE(Shape{1, 32, 1}, Shape{1, 64, 33}, Shape{1, 768, 100}, Shape{2, 96, 64}, Shape{3, 45, 31},
+               Shape{4, 128, 65}, Shape{5, 256, 96}, Shape{7, 33, 70}, Shape{29, 7, 5}, Shape{64, 288, 130},
+               Shape{17, 1024, 32}, Shape{300, 64, 3}, Shape{300, 544, 70}, Shape{70, 1056, 40}, Shape{9, 2080, 33});
   if (t == DType::kQ8_0 && s.n_in % kQ8BlockSize != 0) return;
   CAPTURE(dtype_name(t), s.n, s.n_in, s.n_out);
 
@@ -149,21 +149,20 @@ TEST_CASE("cpu matmul and upload_weight reject bad input", "[kernels]") {
   std::vector<float> x(64, 1.0f), y(64, 0.0f);
 
   // x columns do not match n_in; y has the wrong shape; x has the wrong dtype.
-  CHECK(be.matmul(Tensor::make(DType::kF32, x.data(), {2, 31}), *uw.value(),
-                  Tensor::make(DType::kF32, y.data(), {2, 8}))
-            .code() == StatusCode::kInvalidArgument);
-  CHECK(be.matmul(Tensor::make(DType::kF32, x.data(), {2, 32}), *uw.value(),
-                  Tensor::make(DType::kF32, y.data(), {2, 9}))
-            .code() == StatusCode::kInvalidArgument);
-  CHECK(be.matmul(Tensor::make(DType::kF16, x.data(), {2, 32}), *uw.value(),
-                  Tensor::make(DType::kF32, y.data(), {2, 8}))
-            .code() == StatusCode::kInvalidArgument);
+  CHECK(
+      be.matmul(Tensor::make(DType::kF32, x.data(), {2, 31}), *uw.value(), Tensor::make(DType::kF32, y.data(), {2, 8}))
+          .code() == StatusCode::kInvalidArgument);
+  CHECK(
+      be.matmul(Tensor::make(DType::kF32, x.data(), {2, 32}), *uw.value(), Tensor::make(DType::kF32, y.data(), {2, 9}))
+          .code() == StatusCode::kInvalidArgument);
+  CHECK(
+      be.matmul(Tensor::make(DType::kF16, x.data(), {2, 32}), *uw.value(), Tensor::make(DType::kF32, y.data(), {2, 8}))
+          .code() == StatusCode::kInvalidArgument);
   // y aliasing x; a null x.
   CHECK(be.matmul(Tensor::make(DType::kF32, x.data(), {1, 32}), *uw.value(),
                   Tensor::make(DType::kF32, x.data() + 4, {1, 8}))
             .code() == StatusCode::kInvalidArgument);
-  CHECK(be.matmul(Tensor::make(DType::kF32, nullptr, {2, 32}), *uw.value(),
-                  Tensor::make(DType::kF32, y.data(), {2, 8}))
+  CHECK(be.matmul(Tensor::make(DType::kF32, nullptr, {2, 32}), *uw.value(), Tensor::make(DType::kF32, y.data(), {2, 8}))
             .code() == StatusCode::kInvalidArgument);
 
   // A weight that this backend did not pack.

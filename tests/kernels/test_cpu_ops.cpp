@@ -127,8 +127,9 @@ TEST_CASE("cpu rope matches a double reference (normal and NeoX, partial rotatio
     CAPTURE(cfg.label);
     Guarded y(x.size());
     y.fill(x);
-    REQUIRE(cfg.backend->rope(f32(y.data(), {c.n, c.n_heads, c.head_dim}), Tensor::make(DType::kI32, pos.data(), {c.n}), p)
-                .ok());
+    REQUIRE(
+        cfg.backend->rope(f32(y.data(), {c.n, c.n_heads, c.head_dim}), Tensor::make(DType::kI32, pos.data(), {c.n}), p)
+            .ok());
     CHECK(normalized_error(y.data(), ref) <= kTol);
     CHECK(y.guards_intact());
   }
@@ -206,8 +207,9 @@ TEST_CASE("cpu embedding gathers rows of every weight dtype", "[kernels]") {
   for (const BackendConfig& cfg : cpu_backends()) {
     CAPTURE(cfg.label);
     Guarded out(size_t(n * d));
-    REQUIRE(cfg.backend->embedding(Tensor::make(t, table.data(), {vocab, d}), Tensor::make(DType::kI32, ids.data(), {n}),
-                                   f32(out.data(), {n, d}))
+    REQUIRE(cfg.backend
+                ->embedding(Tensor::make(t, table.data(), {vocab, d}), Tensor::make(DType::kI32, ids.data(), {n}),
+                            f32(out.data(), {n, d}))
                 .ok());
     bool same = true;
     for (int64_t i = 0; i < n; ++i) {
@@ -218,8 +220,9 @@ TEST_CASE("cpu embedding gathers rows of every weight dtype", "[kernels]") {
 
     for (int32_t bad : {-1, int32_t(vocab)}) {
       ids[0] = bad;
-      CHECK(cfg.backend->embedding(Tensor::make(t, table.data(), {vocab, d}), Tensor::make(DType::kI32, ids.data(), {n}),
-                                   f32(out.data(), {n, d}))
+      CHECK(cfg.backend
+                ->embedding(Tensor::make(t, table.data(), {vocab, d}), Tensor::make(DType::kI32, ids.data(), {n}),
+                            f32(out.data(), {n, d}))
                 .code() == StatusCode::kInvalidArgument);
       ids[0] = 3;
     }
@@ -232,9 +235,18 @@ TEST_CASE("cpu convert matches the scalar conversions bit for bit", "[kernels]")
   CAPTURE(n);
   std::vector<float> f = random_floats(size_t(n), 9, -70000.0f, 70000.0f);
   // Special values: zeros, subnormal halves, the f16 rounding boundary, infinities, tiny floats.
-  const float specials[] = {0.0f, -0.0f, 5.9604645e-08f, 2.9802322e-08f, 6.1035156e-05f, 65504.0f, 65520.0f,
-                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                            1e-30f, 1.0009765625f, 1.00048828125f};
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            5.9604645e-08f,
+                            2.9802322e-08f,
+                            6.1035156e-05f,
+                            65504.0f,
+                            65520.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            1e-30f,
+                            1.0009765625f,
+                            1.00048828125f};
   for (size_t i = 0; i < std::size(specials) && i < size_t(n); ++i) f[i] = specials[i];
   for (const BackendConfig& cfg : cpu_backends()) {
     CAPTURE(cfg.label);
@@ -272,7 +284,7 @@ TEST_CASE("cpu ops reject bad shapes and dtypes with INVALID_ARGUMENT", "[kernel
   CHECK(be.rope(f32(a.data(), {4, 2, 8}), pos, RopeParams{RopeType::kNormal, 7}).code() == kInvalid);   // odd
   CHECK(be.rope(f32(a.data(), {4, 2, 8}), pos, RopeParams{RopeType::kNormal, 10}).code() == kInvalid);  // > hd
   CHECK(be.rope(f32(a.data(), {4, 2, 8}), pos, RopeParams{RopeType::kNormal, 0}).code() == kInvalid);
-  CHECK(be.rope(f32(a.data(), {4, 16}), pos, RopeParams{RopeType::kNormal, 8}).code() == kInvalid);     // not 3-d
+  CHECK(be.rope(f32(a.data(), {4, 16}), pos, RopeParams{RopeType::kNormal, 8}).code() == kInvalid);  // not 3-d
   CHECK(be.rope(f32(a.data(), {4, 2, 8}), Tensor::make(DType::kI32, ids.data(), {3}), RopeParams{RopeType::kNormal, 8})
             .code() == kInvalid);
   CHECK(be.rope(f32(a.data(), {4, 2, 8}), f32(b.data(), {4}), RopeParams{RopeType::kNormal, 8}).code() == kInvalid);
@@ -287,10 +299,11 @@ TEST_CASE("cpu ops reject bad shapes and dtypes with INVALID_ARGUMENT", "[kernel
   CHECK(be.add(f32(a.data(), {8, 8}), f32(b.data(), {4, 16}), f32(c.data(), {8, 8})).code() == kInvalid);
 
   // embedding: out shape, table rank, a table dtype that is not a weight type.
-  CHECK(be.embedding(f32(a.data(), {4, 16}), Tensor::make(DType::kI32, ids.data(), {2}), f32(c.data(), {3, 16}))
-            .code() == kInvalid);
-  CHECK(be.embedding(f32(a.data(), {64}), Tensor::make(DType::kI32, ids.data(), {2}), f32(c.data(), {2, 16}))
-            .code() == kInvalid);
+  CHECK(
+      be.embedding(f32(a.data(), {4, 16}), Tensor::make(DType::kI32, ids.data(), {2}), f32(c.data(), {3, 16})).code() ==
+      kInvalid);
+  CHECK(be.embedding(f32(a.data(), {64}), Tensor::make(DType::kI32, ids.data(), {2}), f32(c.data(), {2, 16})).code() ==
+        kInvalid);
   CHECK(be.embedding(Tensor::make(DType::kI32, ids.data(), {2, 4}), Tensor::make(DType::kI32, ids.data(), {2}),
                      f32(c.data(), {2, 4}))
             .code() == kInvalid);

@@ -305,6 +305,139 @@ TEST_CASE("CacheStreamReader enforces header → data → trailer, errors are st
   }
 }
 
+TEST_CASE("SerializedStreamWriter: CacheStreamWriter's bytes, payloads out of line", "[wire_convert][model]") {
+  const auto cache = prefill(kStory, 64, 2);
+  const WireDType dtype = GENERATE(WireDType::kF32, WireDType::kF16, WireDType::kInt8);
+  const WireCompression comp = GENERATE(WireCompression::kNone, WireCompression::kZstd);
+  const std::vector<std::string> want = stream_bytes(*cache, dtype, comp, 7);
+  auto e = encoder(*cache, dtype, comp, 7);
+  wire::SerializedStreamWriter w(*e);
+  wire::SerializedChunk m;
+  std::vector<std::string> got;
+  while (w.next(&m)) {
+    got.push_back(m.head + std::string(m.payload()) + m.tail);
+    CHECK(got.back().size() == m.size());
+    if (e->zero_copy() && !m.borrowed.empty()) {
+      CHECK(m.owned.empty());
+      const auto* base = static_cast<const char*>(cache->k(0).data);
+      CHECK((m.borrowed.data() >= base && m.borrowed.data() < base + cache->bytes_allocated()));
+    }
+  }
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == want[i]);
+}
+
+TEST_CASE("data_message_framing matches protobuf, zero fields and long lengths included", "[wire_convert]") {
+  KvWireChunk c;
+  c.is_v = true;
+  c.token_count = 3;
+  c.payload = std::string(300, 'x');  // a two-byte length
+  pb::CacheChunk msg;
+  wire::to_proto(c, msg.mutable_data());
+  std::string head, tail;
+  wire::data_message_framing(view_of(c), &head, &tail);
+  CHECK(head + c.payload + tail == msg.SerializeAsString());
+  c.layer = 300;
+  c.token_begin = 1u << 31;
+  c.raw_size = uint64_t(1) << 40;
+  c.xxh3 = ~uint64_t(0);
+  msg.Clear();
+  wire::to_proto(c, msg.mutable_data());
+  wire::data_message_framing(view_of(c), &head, &tail);
+  CHECK(head + c.payload + tail == msg.SerializeAsString());
+}
+
+TEST_CASE("CacheStreamReader::add_serialized: any slicing of the bytes, any encoding", "[wire_convert][model]") {
+  const auto cache = prefill(kStory, 64, 5);
+  const WireDType dtype = GENERATE(WireDType::kF32, WireDType::kBF16, WireDType::kInt8);
+  const WireCompression comp = GENERATE(WireCompression::kNone, WireCompression::kZstd);
+  const std::vector<std::string> msgs = stream_bytes(*cache, dtype, comp, 6);
+  std::mt19937 rng(11);
+  // Splits `bytes` into pieces of random sizes (empty ones included).
+  auto slice = [&](const std::string& bytes) {
+    std::vector<std::string_view> pieces;
+    std::string_view rest = bytes;
+    while (!rest.empty()) {
+      const size_t k = std::min<size_t>(rest.size(), rng() % 61);
+      pieces.push_back(rest.substr(0, k));
+      rest.remove_prefix(k);
+    }
+    return pieces;
+  };
+  wire::CacheStreamReader want(stories().id, cpu_device().buffer_type(), 0);
+  for (const std::string& m : msgs) REQUIRE(want.add(parse(m)).ok());
+  auto want_cache = want.finish();
+  REQUIRE(want_cache.ok());
+
+  SECTION("sliced messages rebuild the same cache") {
+    wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0, {}, 9);
+    for (const std::string& m : msgs) {
+      const Status st = r.add_serialized(slice(m));
+      INFO(st.to_string());
+      REQUIRE(st.ok());
+    }
+    CHECK(r.bytes_received() == want.bytes_received());
+    auto got = r.finish();
+    REQUIRE(got.ok());
+    CHECK(same_cache(**got, **want_cache));
+    CHECK((*got)->n_ctx() == (*got)->n_tokens() + 9);
+  }
+  SECTION("repeated or unknown fields: read as protobuf reads them") {
+    wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0);
+    for (size_t i = 0; i < msgs.size(); ++i) {
+      std::string m = msgs[i];
+      if (i % 3 == 1) {
+        // The data message again, with a repeated token_count (the last one wins) and an unknown
+        // field 100 appended to the KvData.
+        pb::KvData extra;
+        extra.set_token_count(parse(m).data().token_count());
+        const std::string data = parse(m).data().SerializeAsString() + extra.SerializeAsString() +
+                                 std::string("\xa0\x06\x01", 3);
+        m = std::string(1, char(0x12));
+        for (uint64_t v = data.size();; v >>= 7) {
+          m.push_back(char((v & 0x7f) | (v >= 0x80 ? 0x80 : 0)));
+          if (v < 0x80) break;
+        }
+        m += data;
+      }
+      const Status st = r.add_serialized(slice(m));
+      INFO(i << ": " << st.to_string());
+      REQUIRE(st.ok());
+    }
+    auto got = r.finish();
+    REQUIRE(got.ok());
+    CHECK(same_cache(**got, **want_cache));
+  }
+  SECTION("errors as add(): order, kind, checksum, garbage; sticky") {
+    {
+      wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0);
+      CHECK(r.add_serialized(slice(msgs[1])).code() == StatusCode::kInvalidArgument);  // data before the header
+    }
+    {
+      wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0);
+      REQUIRE(r.add_serialized(slice(msgs[0])).ok());
+      pb::CacheChunk c = parse(msgs[1]);
+      c.mutable_data()->set_kind(pb::KV_KIND_UNSPECIFIED);
+      CHECK(r.add_serialized(slice(c.SerializeAsString())).code() == StatusCode::kInvalidArgument);
+    }
+    {
+      wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0);
+      REQUIRE(r.add_serialized(slice(msgs[0])).ok());
+      std::string m = msgs[1];
+      m[m.size() / 2] ^= 0x20;  // inside the payload
+      const Status first = r.add_serialized(slice(m));
+      CHECK(first.code() == StatusCode::kDataLoss);
+      CHECK(r.add_serialized(slice(msgs[2])).message() == first.message());
+    }
+    {
+      wire::CacheStreamReader r(stories().id, cpu_device().buffer_type(), 0);
+      const std::string garbage = "\x12\xff\xff\xff";
+      const std::vector<std::string_view> one = {garbage};
+      CHECK(r.add_serialized(one).code() == StatusCode::kInvalidArgument);
+    }
+  }
+}
+
 // ============================== snapshot files ==============================
 
 TEST_CASE("snapshot files: round trip, atomic write, header peek", "[wire_convert][snapshot][model]") {

@@ -26,7 +26,6 @@
 
 #include "client/agent_client.h"
 #include "client/agent_process.h"
-#include "client/snapshot_io.h"
 #include "engine/model.h"
 #include "kernels/registry.h"
 #include "proto/wire_convert.h"
@@ -535,7 +534,7 @@ class HangingSharer final : public v1::AgentService::Service {
  public:
   grpc::Status ExportCache(grpc::ServerContext*, const v1::ExportCacheRequest*,
                            grpc::ServerWriter<v1::CacheChunk>* writer) override {
-    auto r = must(client::SnapshotReader::open(std::getenv("KVB_FAKE_SHARER_SNAPSHOT")));
+    auto r = must(wire::SnapshotReader::open(std::getenv("KVB_FAKE_SHARER_SNAPSHOT")));
     const int n_send = std::atoi(std::getenv("KVB_FAKE_SHARER_SEND"));
     v1::CacheChunk msg;
     for (int i = 0; i < n_send && must(r->next(msg)); ++i) writer->Write(msg);

@@ -4,10 +4,10 @@
 #include <fstream>
 #include <grpcpp/server_context.h>
 
+#include "proto/grpc_status.h"
 #include "server/agent_config.h"
 #include "server/auth.h"
 #include "server/metrics.h"
-#include "server/status_grpc.h"
 #include "support/test_support.h"
 
 using namespace kvb;

@@ -1,6 +1,6 @@
-#include "server/status_grpc.h"
+#include "proto/grpc_status.h"
 
-namespace kvb::server {
+namespace kvb {
 
 grpc::Status to_grpc_status(const Status& s) {
   if (s.ok()) return grpc::Status::OK;
@@ -21,4 +21,4 @@ Status from_grpc_status(const grpc::Status& s) {
   return Status(static_cast<StatusCode>(code), s.error_message());
 }
 
-}  // namespace kvb::server
+}  // namespace kvb
