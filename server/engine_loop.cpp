@@ -82,15 +82,7 @@ void EngineLoop::submit_generate(SessionInput in, GenerateOptions opt, std::shar
   t.is_generate = true;
   t.gen = std::move(opt);
   t.sink = std::move(sink);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!stopping_) {
-      queue_.push_back(std::move(t));
-      cv_.notify_one();
-      return;
-    }
-  }
-  fail(t, shutting_down());
+  enqueue(std::move(t));
 }
 
 void EngineLoop::submit_prefill(SessionInput in, PrefillOptions opt, PrefillCallback done) {
@@ -98,6 +90,10 @@ void EngineLoop::submit_prefill(SessionInput in, PrefillOptions opt, PrefillCall
   t.in = std::move(in);
   t.prefill = opt;
   t.prefill_done = std::move(done);
+  enqueue(std::move(t));
+}
+
+void EngineLoop::enqueue(Task t) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopping_) {

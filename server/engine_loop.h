@@ -160,6 +160,8 @@ class EngineLoop {
   void finish(Session& s, FinishReason reason);
   Result<CacheInfo> keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin);
   static void fail(Task& t, const Status& st);
+  // Queues a task for the loop, or fails it with UNAVAILABLE once stop() has begun.
+  void enqueue(Task t);
 
   const Model& model_;
   CacheStore& store_;
