@@ -60,6 +60,7 @@ struct GemmKernels {
 
   // dst[kk * mr + i] = x[rb * mr + i][kk] for the mr rows of row block rb of x [n][k] (rows past n
   // read as 0), i.e. the packed layout `micro` reads. dst is the start of the whole packed x.
+  // Optional: null means matmul.cpp's portable packing.
   using PackFn = void (*)(const float* x, int64_t n, int64_t k, int64_t rb, float* dst);
 
   const char* name = "";

@@ -197,21 +197,12 @@ void unpack_q8(const uint8_t* panel, int64_t k0, int64_t kc, float* tile) {
 
 // ---- micro-kernel on half a panel: c[M][16] (+)= a[kc][kMr] (first M rows) * b[kc][16 of 32] ----
 template <int M>
-void micro_half(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int nch, bool load_c) {
-  __m256 acc[M][2];
-  alignas(32) float tmp[M][16];
-  const bool full = nch == 16;
+void micro_full(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool load_c) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 6
   for (int i = 0; i < M; ++i) {
-    if (!load_c) {
-      acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    } else if (full) {
-      acc[i][0] = _mm256_loadu_ps(c + i * ldc);
-      acc[i][1] = _mm256_loadu_ps(c + i * ldc + 8);
-    } else {
-      for (int j = 0; j < 16; ++j) tmp[i][j] = j < nch ? c[i * ldc + j] : 0.0f;
-      acc[i][0] = _mm256_load_ps(tmp[i]);
-      acc[i][1] = _mm256_load_ps(tmp[i] + 8);
-    }
+    c0[i] = load_c ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
+    c1[i] = load_c ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
   }
   for (int64_t kk = 0; kk < kc; ++kk) {
     const __m256 b0 = _mm256_load_ps(b + kk * kPanel);
@@ -220,19 +211,32 @@ void micro_half(int64_t kc, const float* a, const float* b, float* c, int64_t ld
 #pragma GCC unroll 6
     for (int i = 0; i < M; ++i) {
       const __m256 ai = _mm256_broadcast_ss(ak + i);
-      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
     }
   }
+#pragma GCC unroll 6
   for (int i = 0; i < M; ++i) {
-    if (full) {
-      _mm256_storeu_ps(c + i * ldc, acc[i][0]);
-      _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
-    } else {
-      _mm256_store_ps(tmp[i], acc[i][0]);
-      _mm256_store_ps(tmp[i] + 8, acc[i][1]);
-      for (int j = 0; j < nch; ++j) c[i * ldc + j] = tmp[i][j];
-    }
+    _mm256_storeu_ps(c + i * ldc, c0[i]);
+    _mm256_storeu_ps(c + i * ldc + 8, c1[i]);
+  }
+}
+
+// (The init and store loops are unrolled by pragma as well: GCC keeps the accumulator arrays in
+// registers only if every loop indexing them is unrolled before its scalar-replacement pass.)
+
+// Fewer than 16 valid columns (the last panel of an n_out that is not a multiple of 32): run on a
+// stack tile and copy the valid part, so the hot kernel above has no masking.
+template <int M>
+void micro_half(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int nch, bool load_c) {
+  if (nch == 16) return micro_full<M>(kc, a, b, c, ldc, load_c);
+  alignas(32) float tmp[M * 16];
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < 16; ++j) tmp[i * 16 + j] = load_c && j < nch ? c[i * ldc + j] : 0.0f;
+  }
+  micro_full<M>(kc, a, b, tmp, 16, true);
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < nch; ++j) c[i * ldc + j] = tmp[i * 16 + j];
   }
 }
 
@@ -250,19 +254,6 @@ void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, in
   if (nc > 16) micro_dispatch<kMr>(m, kc, a, b + 16, c + 16, ldc, nc - 16, load_c);
 }
 
-// Blocked along k so the strided stores of one block stay in L1.
-void pack_x(const float* x, int64_t n, int64_t k, int64_t rb, float* dst) {
-  constexpr int64_t kKPack = 64;
-  float* d = dst + rb * kMr * k;
-  for (int64_t k0 = 0; k0 < k; k0 += kKPack) {
-    const int64_t k1 = k < k0 + kKPack ? k : k0 + kKPack;
-    for (int i = 0; i < kMr; ++i) {
-      const int64_t row = rb * kMr + i;
-      for (int64_t kk = k0; kk < k1; ++kk) d[kk * kMr + i] = row < n ? x[row * k + kk] : 0.0f;
-    }
-  }
-}
-
 }  // namespace
 
 const GemmKernels& gemm_kernels_avx2() {
@@ -272,7 +263,7 @@ const GemmKernels& gemm_kernels_avx2() {
                              {gemv_plain<LoadF32>, gemv_plain<LoadF16>, gemv_plain<LoadBF16>, gemv_q8},
                              {unpack_plain<LoadF32>, unpack_plain<LoadF16>, unpack_plain<LoadBF16>, unpack_q8},
                              micro,
-                             pack_x};
+                             nullptr};
   return k;
 }
 

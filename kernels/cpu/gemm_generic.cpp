@@ -107,19 +107,6 @@ void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, in
   }
 }
 
-// Blocked along k so the strided stores of one block stay in L1.
-void pack_x(const float* x, int64_t n, int64_t k, int64_t rb, float* dst) {
-  constexpr int64_t kKPack = 64;
-  float* d = dst + rb * kMr * k;
-  for (int64_t k0 = 0; k0 < k; k0 += kKPack) {
-    const int64_t k1 = k < k0 + kKPack ? k : k0 + kKPack;
-    for (int i = 0; i < kMr; ++i) {
-      const int64_t row = rb * kMr + i;
-      for (int64_t kk = k0; kk < k1; ++kk) d[kk * kMr + i] = row < n ? x[row * k + kk] : 0.0f;
-    }
-  }
-}
-
 }  // namespace
 
 const GemmKernels& gemm_kernels_generic() {
@@ -129,7 +116,7 @@ const GemmKernels& gemm_kernels_generic() {
                              {gemv_plain<0>, gemv_plain<1>, gemv_plain<2>, gemv_q8},
                              {unpack_plain<0>, unpack_plain<1>, unpack_plain<2>, unpack_q8},
                              micro,
-                             pack_x};
+                             nullptr};
   return k;
 }
 

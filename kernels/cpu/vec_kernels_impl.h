@@ -255,12 +255,16 @@ void f32_to_f16(const float* x, uint16_t* y, int64_t n) {
 }
 
 // ---- gemm: an R x (NV vectors) block of c; the last vector holds `last` valid lanes ----
+// Every loop over r and v is unrolled by pragma: GCC keeps acc in registers only if all of them are
+// unrolled before its scalar-replacement pass.
 template <class S, class TB, int R, int NV, bool kFull>
 void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB* b, int64_t ldb, float* c, int64_t ldc,
                 bool accumulate, int last) {
   constexpr int kW = S::kW;
   typename S::V acc[R][NV];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       const float* cp = c + r * ldc + v * kW;
       if (!accumulate) {
@@ -274,14 +278,20 @@ void gemm_block(int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const TB*
     const TB* bk = b + kk * ldb;
     if (kk + kPrefetchRows < k) prefetch_row(bk + kPrefetchRows * ldb, (NV - 1) * kW + last);
     typename S::V bv[NV];
-    for (int v = 0; v < NV; ++v)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
       bv[v] = (kFull || v < NV - 1) ? load_row<S>(bk + v * kW) : load_row_n<S>(bk + v * kW, last);
+    }
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
       const auto av = S::set1(a[r * a_rs + kk * a_cs]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       float* cp = c + r * ldc + v * kW;
       if (kFull || v < NV - 1) {
