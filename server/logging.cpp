@@ -82,26 +82,17 @@ void append_value_json(std::string& out, const LogField& f) {
       f.value);
 }
 
+// Like JSON, except that strings are quoted only when they need it (empty, blanks, quotes, '=').
 void append_value_text(std::string& out, const LogField& f) {
-  std::visit(
-      [&](const auto& v) {
-        using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, std::string_view>) {
-          const bool quote = v.empty() || v.find_first_of(" \t\"=") != std::string_view::npos;
-          if (quote) {
-            append_json_string(out, v);
-          } else {
-            out += v;
-          }
-        } else if constexpr (std::is_same_v<T, bool>) {
-          out += v ? "true" : "false";
-        } else if constexpr (std::is_same_v<T, double>) {
-          out += fmt::format("{:.3f}", v);
-        } else {
-          out += fmt::format("{}", v);
-        }
-      },
-      f.value);
+  if (const auto* v = std::get_if<std::string_view>(&f.value)) {
+    if (v->empty() || v->find_first_of(" \t\"=") != std::string_view::npos) {
+      append_json_string(out, *v);
+    } else {
+      out += *v;
+    }
+    return;
+  }
+  append_value_json(out, f);
 }
 
 }  // namespace
