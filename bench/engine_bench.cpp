@@ -1,7 +1,7 @@
 // engine_bench: prefill and decode throughput of the CPU engine, with the memory-bandwidth bound
 // measured in the same run.
 //
-//   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick]
+//   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile]
 //
 // For stories260K (from DIR) and a synthetic stories110M-shaped model (dim 768, 12 layers,
 // 12 heads, n_ff 2048, vocab 32000; F32, F16 and Q8_0 weights), with 1 and 2 threads, prints:
@@ -99,6 +99,7 @@ struct Row {
   std::string model;
   int threads;
   double prefill_tps, decode_tps, gemm_share, bound_tps, ratio;
+  OpProfile prof;  // one profiled prefill
 };
 
 Row measure(const std::string& name, const Model& m, int threads, int n_prefill, int n_decode, double bw_gbs) {
@@ -162,6 +163,7 @@ Row measure(const std::string& name, const Model& m, int threads, int n_prefill,
   r.prefill_tps = n_prefill / prefill_s;
   r.decode_tps = n_decode / decode_s;
   r.gemm_share = p.total() > 0 ? p.matmul_s / p.total() : 0;
+  r.prof = p;
   r.bound_tps = bw_gbs * 1e9 / decode_bytes_per_token(m);
   r.ratio = r.decode_tps / r.bound_tps;
   return r;
@@ -172,15 +174,16 @@ Row measure(const std::string& name, const Model& m, int threads, int n_prefill,
 int main(int argc, char** argv) {
   std::string models = std::getenv("KVBRIDGE_MODELS") ? std::getenv("KVBRIDGE_MODELS") : "../shared/models";
   int n_prefill = 512, n_decode = 64;
-  bool quick = false;
+  bool quick = false, profile = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--models" && i + 1 < argc) models = argv[++i];
     else if (a == "--prefill" && i + 1 < argc) n_prefill = std::atoi(argv[++i]);
     else if (a == "--decode" && i + 1 < argc) n_decode = std::atoi(argv[++i]);
     else if (a == "--quick") quick = true;
+    else if (a == "--profile") profile = true;
     else {
-      fmt::print(stderr, "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick]\n");
+      fmt::print(stderr, "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile]\n");
       return 2;
     }
   }
@@ -229,6 +232,10 @@ int main(int argc, char** argv) {
       const Row r = measure(s.name, *s.model, t, n_prefill, n_decode, bw[size_t(t)]);
       fmt::print("| {} | {} | {:.0f} | {:.1f} | {:.0f}% | {:.1f} | {:.2f} |\n", r.model, r.threads, r.prefill_tps,
                  r.decode_tps, 100 * r.gemm_share, r.bound_tps, r.ratio);
+      if (profile) {  // --profile: where the profiled prefill's time went
+        fmt::print("|   profile: matmul {:.1f} ms, attention {:.1f} ms, other {:.1f} ms |\n", 1e3 * r.prof.matmul_s,
+                   1e3 * r.prof.attention_s, 1e3 * r.prof.other_s);
+      }
       std::fflush(stdout);
     }
   }

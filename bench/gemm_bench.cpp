@@ -9,7 +9,9 @@
 // The "model" rows weight the shapes as one forward pass of the model does
 // (12 layers x {4 x 768², 2 x 768x2048, 2048x768} + the 768x32000 output).
 //
-// Usage: gemm_bench [prefill|decode|all] [threads] (default: both parts, 1 and 2 threads).
+//   (3) the prefill's other ops (attention, rms_norm, rope, silu_mul) at n = 512, in ms per call.
+//
+// Usage: gemm_bench [prefill|decode|ops|all] [threads] (default: both parts, 1 and 2 threads).
 // Timings are the best of several runs.
 #include <cblas.h>
 
@@ -297,6 +299,41 @@ void run_decode() {
   }
 }
 
+// ---- (3) the prefill's other ops at the same shapes (n = 512 rows, 12 heads of 64) ----
+void run_ops() {
+  std::printf("\n== Prefill non-matmul ops, n = %lld rows, d = 768 (12 x 64), ffn 2048: ms per call ==\n",
+              (long long)kPrefillRows);
+  std::printf("%-8s %10s %10s %10s %10s\n", "threads", "attention", "rms_norm", "rope(q)", "silu_mul");
+  constexpr int64_t kHeads = 12, kHd = 64, kD = kHeads * kHd, kFf = 2048, n = kPrefillRows;
+  for (int threads : g_threads) {
+    auto be = make_backend(threads);
+    std::vector<float> q = random_floats(size_t(n * kD), 11), k = random_floats(size_t(n * kD), 12),
+                       v = random_floats(size_t(n * kD), 13), out(size_t(n * kD)), w = random_floats(size_t(kD), 14),
+                       g = random_floats(size_t(n * kFf), 15), u = random_floats(size_t(n * kFf), 16);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(i);
+    using kvb::DType;
+    using kvb::Tensor;
+    const Tensor qt = Tensor::make(DType::kF32, q.data(), {n, kHeads, kHd});
+    const Tensor kt = Tensor::make(DType::kF32, k.data(), {n, kHeads, kHd});
+    const Tensor vt = Tensor::make(DType::kF32, v.data(), {n, kHeads, kHd});
+    const Tensor ot = Tensor::make(DType::kF32, out.data(), {n, kHeads, kHd});
+    const Tensor x2 = Tensor::make(DType::kF32, q.data(), {n, kD});
+    const Tensor y2 = Tensor::make(DType::kF32, out.data(), {n, kD});
+    const Tensor wt = Tensor::make(DType::kF32, w.data(), {kD});
+    const Tensor gt = Tensor::make(DType::kF32, g.data(), {n, kFf});
+    const Tensor ut = Tensor::make(DType::kF32, u.data(), {n, kFf});
+    const Tensor pt = Tensor::make(DType::kI32, pos.data(), {n});
+    kvb::RopeParams rp;
+    rp.n_rot = int(kHd);
+    const double t_att = best_time([&] { check(be->attention(qt, kt, vt, ot, 0.125f)); });
+    const double t_norm = best_time([&] { check(be->rms_norm(x2, wt, 1e-5f, y2)); });
+    const double t_rope = best_time([&] { check(be->rope(ot, pt, rp)); });
+    const double t_silu = best_time([&] { check(be->silu_mul(gt, ut, gt)); });
+    std::printf("%-8d %10.3f %10.3f %10.3f %10.3f\n", threads, t_att * 1e3, t_norm * 1e3, t_rope * 1e3, t_silu * 1e3);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -306,5 +343,6 @@ int main(int argc, char** argv) {
               std::string(kvb::cpu::isa_name(kvb::cpu::detected_isa())).c_str(), openblas_get_corename());
   if (what == "all" || what == "prefill") run_prefill();
   if (what == "all" || what == "decode") run_decode();
+  if (what == "all" || what == "ops") run_ops();
   return 0;
 }

@@ -107,8 +107,13 @@ AgentClient::AgentClient(std::string addr, std::shared_ptr<grpc::Channel> channe
 
 AgentClient::~AgentClient() = default;
 
-Result<std::unique_ptr<AgentClient>> AgentClient::connect(const std::string& addr, const ClientOptions& options) {
-  if (addr.empty()) return invalid_argument("empty agent address");
+void ClientChannel::prepare(grpc::ClientContext& ctx) const {
+  if (!bearer.empty()) ctx.AddMetadata("authorization", bearer);
+  if (deadline.count() > 0) ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+}
+
+Result<ClientChannel> open_channel(const std::string& addr, const ClientOptions& options) {
+  if (addr.empty()) return invalid_argument("empty server address");
   if (options.max_message_bytes == 0 || options.max_message_bytes > uint64_t(INT32_MAX)) {
     return invalid_argument(fmt::format("max message bytes {} outside [1, 2^31)", options.max_message_bytes));
   }
@@ -121,8 +126,12 @@ Result<std::unique_ptr<AgentClient>> AgentClient::connect(const std::string& add
   if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   std::shared_ptr<grpc::Channel> ch = grpc::CreateCustomChannel(addr, creds, args);
   if (options.connect_timeout.count() > 0) KVB_RETURN_IF_ERROR(wait_ready(*ch, addr, options.connect_timeout));
-  return std::unique_ptr<AgentClient>(
-      new AgentClient(addr, std::move(ch), token.empty() ? std::string() : "Bearer " + token, options.deadline));
+  return ClientChannel{std::move(ch), token.empty() ? std::string() : "Bearer " + token, options.deadline};
+}
+
+Result<std::unique_ptr<AgentClient>> AgentClient::connect(const std::string& addr, const ClientOptions& options) {
+  KVB_ASSIGN_OR_RETURN(ClientChannel ch, open_channel(addr, options));
+  return std::unique_ptr<AgentClient>(new AgentClient(addr, std::move(ch.channel), std::move(ch.bearer), ch.deadline));
 }
 
 void AgentClient::prepare(grpc::ClientContext& ctx) const {

@@ -102,6 +102,20 @@ struct ImportResult {
   TransferStats stats;
 };
 
+// A channel as every kvbridge client opens one (AgentClient, FuserClient): credentials, message
+// limits and the optional eager connect from `options`, plus what each call must carry.
+struct ClientChannel {
+  std::shared_ptr<grpc::Channel> channel;
+  std::string bearer;  // "Bearer <token>" or empty
+  std::chrono::milliseconds deadline{0};
+
+  // Adds the bearer token and the deadline to one call.
+  void prepare(grpc::ClientContext& ctx) const;
+};
+// INVALID_ARGUMENT for an empty address, a bad message limit or unreadable TLS / token files (NOT_FOUND
+// when missing); UNAVAILABLE when options.connect_timeout is set and `addr` is not reached in time.
+Result<ClientChannel> open_channel(const std::string& addr, const ClientOptions& options);
+
 // CacheRef{agent, cache_id}; agent "" names the agent the request goes to.
 v1::CacheRef cache_ref(const std::string& agent, const std::string& cache_id);
 

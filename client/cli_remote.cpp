@@ -20,14 +20,18 @@ void add_remote_flags(CLI::App* cmd, RemoteFlags& f) {
   cmd->add_option("--timeout", f.timeout_s, "Deadline per call in seconds (0 = none)")->check(CLI::Range(0.0, 1e6));
 }
 
-std::unique_ptr<client::AgentClient> connect_or_exit(const std::string& addr, const RemoteFlags& f) {
+client::ClientOptions client_options(const RemoteFlags& f) {
   client::ClientOptions o;
   o.tls_ca_file = f.tls_ca;
   o.tls_cert_file = f.tls_cert;
   o.tls_key_file = f.tls_key;
   o.auth_token_file = f.auth_token_file;
   o.deadline = std::chrono::milliseconds(int64_t(f.timeout_s * 1e3));
-  auto c = client::AgentClient::connect(addr, o);
+  return o;
+}
+
+std::unique_ptr<client::AgentClient> connect_or_exit(const std::string& addr, const RemoteFlags& f) {
+  auto c = client::AgentClient::connect(addr, client_options(f));
   exit_on_error(c.status());
   return std::move(c).value();
 }

@@ -22,6 +22,8 @@ struct RemoteFlags {
   double timeout_s = 0;  // per call; 0 = none
 };
 void add_remote_flags(CLI::App* cmd, RemoteFlags& flags);
+// The connection options those flags stand for (agents and fusers alike).
+client::ClientOptions client_options(const RemoteFlags& flags);
 // Connects (lazily: the first call reports an unreachable agent) or exits with the error.
 std::unique_ptr<client::AgentClient> connect_or_exit(const std::string& addr, const RemoteFlags& flags);
 

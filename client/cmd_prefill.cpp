@@ -22,15 +22,9 @@ struct PrefillArgs {
 
 std::string read_input(const PrefillArgs& a) {
   if (a.file.empty()) return a.text;
-  std::stringstream ss;
-  if (a.file == "-") {
-    ss << std::cin.rdbuf();
-  } else {
-    std::ifstream f(a.file, std::ios::binary);
-    if (!f) exit_on_error(not_found("cannot open " + a.file));
-    ss << f.rdbuf();
-  }
-  return ss.str();
+  auto text = read_input_file(a.file);
+  exit_on_error(text.status());
+  return std::move(text).value();
 }
 
 void run_prefill(const PrefillArgs& a) {

@@ -17,6 +17,8 @@ struct CliExit {
 
 // Prints "kvbridge: <status>" to stderr and exits with 1 when the status is not OK.
 void exit_on_error(const Status& s);
+// The whole file, or standard input for "-". NOT_FOUND when it cannot be opened.
+Result<std::string> read_input_file(const std::string& path);
 
 void register_generate(CLI::App& app);  // client/cmd_generate.cpp
 void register_tokenize(CLI::App& app);  // client/cmd_tokenize.cpp
@@ -28,5 +30,7 @@ void register_prefill(CLI::App& app);   // client/cmd_prefill.cpp
 void register_pass(CLI::App& app);      // client/cmd_pass.cpp
 void register_caches(CLI::App& app);    // client/cmd_caches.cpp
 void register_cache(CLI::App& app);     // client/cmd_cache.cpp: save|load|drop|pin
+void register_fuse(CLI::App& app);      // client/cmd_fuse.cpp
+void register_fuser(CLI::App& app);     // client/cmd_fuser.cpp: info|synth
 
 }  // namespace kvb::cli

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   kvb::cli::register_pass(app);
   kvb::cli::register_caches(app);
   kvb::cli::register_cache(app);
+  kvb::cli::register_fuse(app);
+  kvb::cli::register_fuser(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -168,7 +168,27 @@ ZSTD_DCtx* thread_dctx() {
   return ctx.get();
 }
 
+// INVALID_ARGUMENT unless both lists are sorted, unique and < n_layer.
+Status check_layer_set(const KvLayerSet& set, uint32_t n_layer, std::string_view who) {
+  for (const auto* list : {&set.k, &set.v}) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      const uint32_t l = (*list)[i];
+      if (l >= n_layer) return invalid_argument(fmt::format("{}: layer {} of {} in the layer set", who, l, n_layer));
+      if (i > 0 && (*list)[i - 1] >= l) {
+        return invalid_argument(fmt::format("{}: the layer set's {} list is not sorted and unique", who,
+                                            list == &set.k ? "K" : "V"));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+bool KvLayerSet::contains(uint32_t layer, bool is_v) const {
+  const std::vector<uint32_t>& list = is_v ? v : k;
+  return std::binary_search(list.begin(), list.end(), layer);
+}
 
 // ---- identity ----
 
@@ -244,7 +264,8 @@ uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_d
 
 Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cache, const ModelIdentity& id,
                                                              WireDType dtype, WireCompression compression,
-                                                             uint32_t chunk_tokens) {
+                                                             uint32_t chunk_tokens,
+                                                             const std::optional<KvLayerSet>& layers) {
   if (!cache.is_host()) return invalid_argument("kv wire encode: the cache must be in host memory");
   if (!valid_dtype(dtype)) return invalid_argument("kv wire encode: unknown wire dtype");
   if (!valid_compression(compression)) return invalid_argument("kv wire encode: unknown compression");
@@ -259,13 +280,16 @@ Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cach
     return invalid_argument(fmt::format("kv wire encode: unsupported cache dtype {}", dtype_name(lay.dtype)));
   }
 
+  if (layers) KVB_RETURN_IF_ERROR(check_layer_set(*layers, id.n_layer, "kv wire encode"));
+
   std::unique_ptr<KvWireEncoder> e(new KvWireEncoder(cache));
   const uint32_t n_tokens = uint32_t(cache.n_tokens());
+  const uint64_t n_slices = layers ? layers->size() : uint64_t(2) * id.n_layer;
   const uint64_t cell_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, 1);
   if (chunk_tokens == 0) chunk_tokens = uint32_t(std::clamp<uint64_t>(kAutoChunkBytes / cell_bytes, 1, UINT32_MAX));
   chunk_tokens = std::max<uint32_t>(1, std::min(chunk_tokens, n_tokens));
   const uint64_t slices = (uint64_t(n_tokens) + chunk_tokens - 1) / chunk_tokens;
-  const uint64_t n_chunks = slices * 2 * id.n_layer;
+  const uint64_t n_chunks = slices * n_slices;
   if (n_chunks > UINT32_MAX) {
     return invalid_argument(fmt::format("kv wire encode: {} chunks; use larger chunks", n_chunks));
   }
@@ -280,12 +304,32 @@ Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cach
   h.compression = compression;
   h.tokens.assign(cache.tokens().begin(), cache.tokens().end());
   h.pos0 = cache.pos0();
-  h.total_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, n_tokens) * 2 * id.n_layer;
+  h.total_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, n_tokens) * n_slices;
   h.n_chunks = uint32_t(n_chunks);
+  h.layers = layers;
   e->chunk_tokens_ = chunk_tokens;
   e->zero_copy_ = dtype == WireDType::kF32 && compression == WireCompression::kNone && lay.dtype == DType::kF32;
   e->checksums_.reserve(size_t(n_chunks));
+  e->skip_uncarried();
   return e;
+}
+
+void KvWireEncoder::skip_uncarried() {
+  while (layer_ < header_.n_layer && !header_.carries(layer_, is_v_)) {
+    if (!is_v_) {
+      is_v_ = true;
+    } else {
+      is_v_ = false;
+      ++layer_;
+    }
+  }
+}
+
+bool KvWireEncoder::peek(uint32_t& layer, bool& is_v) const {
+  if (layer_ >= header_.n_layer || header_.tokens.empty()) return false;
+  layer = layer_;
+  is_v = is_v_;
+  return true;
 }
 
 bool KvWireEncoder::next_slice(KvWireChunkView& out, Tensor& cells) {
@@ -310,6 +354,7 @@ bool KvWireEncoder::next_slice(KvWireChunkView& out, Tensor& cells) {
       is_v_ = false;
       ++layer_;
     }
+    skip_uncarried();
   }
   return true;
 }
@@ -372,11 +417,8 @@ uint64_t KvWireEncoder::digest() const { return digest_of(checksums_); }
 
 // ---- decoder ----
 
-Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader& header,
-                                                             const ModelIdentity& expected,
-                                                             const BufferType& buffer_type, int32_t n_ctx_min,
-                                                             const KvWireLimits& limits, int32_t n_ctx_extra) {
-  if (!buffer_type.is_host()) return invalid_argument("kv wire decode: the cache must be allocated in host memory");
+Status KvWireDecoder::validate(const KvWireHeader& header, const ModelIdentity& expected,
+                               const KvWireLimits& limits) {
   if (header.format_version != kKvWireVersion) {
     return invalid_argument(fmt::format("kv wire: unsupported format version {} (this agent speaks {})",
                                         header.format_version, kKvWireVersion));
@@ -404,6 +446,8 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
   }
   if (!valid_dtype(header.dtype)) return invalid_argument("kv wire: unknown wire dtype");
   if (!valid_compression(header.compression)) return invalid_argument("kv wire: unknown compression");
+  if (header.layers) KVB_RETURN_IF_ERROR(check_layer_set(*header.layers, header.n_layer, "kv wire"));
+  const uint64_t n_slices = header.n_slices();
 
   const uint64_t n_tokens = header.tokens.size();
   if (n_tokens > limits.max_tokens || n_tokens > uint64_t(INT32_MAX)) {
@@ -422,8 +466,7 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
     }
   }
   const uint64_t total =
-      mul_sat(wire_payload_bytes(header.dtype, header.n_head_kv, header.head_dim, uint32_t(n_tokens)),
-              uint64_t(2) * header.n_layer);
+      mul_sat(wire_payload_bytes(header.dtype, header.n_head_kv, header.head_dim, uint32_t(n_tokens)), n_slices);
   if (header.total_bytes != total) {
     return invalid_argument(fmt::format("kv wire: total_bytes {} but {} tokens of {} make {}", header.total_bytes,
                                         n_tokens, wire_dtype_name(header.dtype), total));
@@ -435,12 +478,45 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
     return resource_exhausted(fmt::format("kv wire: the cache needs {} bytes, over the limit of {}", cache_bytes,
                                           limits.max_bytes));
   }
-  const uint64_t min_chunks = n_tokens == 0 ? 0 : uint64_t(2) * header.n_layer;
-  const uint64_t max_chunks = uint64_t(2) * header.n_layer * n_tokens;  // one cell each
+  const uint64_t min_chunks = n_tokens == 0 ? 0 : n_slices;
+  const uint64_t max_chunks = n_slices * n_tokens;  // one cell each
   if (header.n_chunks < min_chunks || header.n_chunks > max_chunks) {
-    return invalid_argument(fmt::format("kv wire: {} chunks cannot carry {} layers x {} tokens", header.n_chunks,
-                                        header.n_layer, n_tokens));
+    return invalid_argument(fmt::format("kv wire: {} chunks cannot carry {} K/V slices x {} tokens",
+                                        header.n_chunks, n_slices, n_tokens));
   }
+  return Status::Ok();
+}
+
+Status KvWireDecoder::init_bookkeeping(const KvWireHeader& header) {
+  const size_t n_tokens = header.tokens.size();
+  try {
+    covered_.assign(size_t(header.n_layer) * 2 * n_tokens, 0);
+    filled_.assign(size_t(header.n_layer) * 2, 0);
+    checksums_.reserve(header.n_chunks);
+    header_ = header;
+  } catch (const std::bad_alloc&) {
+    return resource_exhausted("kv wire decode: out of memory for the cache's bookkeeping");
+  }
+  // Slices the stream does not carry count as received: add() rejects chunks for them, finish()
+  // does not wait for them.
+  for (uint32_t l = 0; l < header.n_layer; ++l) {
+    for (const bool is_v : {false, true}) {
+      if (header.carries(l, is_v)) continue;
+      const size_t slice = size_t(l) * 2 + (is_v ? 1 : 0);
+      std::fill_n(covered_.begin() + std::ptrdiff_t(slice * n_tokens), n_tokens, uint8_t(1));
+      filled_[slice] = uint32_t(n_tokens);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader& header,
+                                                             const ModelIdentity& expected,
+                                                             const BufferType& buffer_type, int32_t n_ctx_min,
+                                                             const KvWireLimits& limits, int32_t n_ctx_extra) {
+  if (!buffer_type.is_host()) return invalid_argument("kv wire decode: the cache must be allocated in host memory");
+  KVB_RETURN_IF_ERROR(validate(header, expected, limits));
+  const uint64_t n_tokens = header.tokens.size();
 
   std::unique_ptr<KvWireDecoder> d(new KvWireDecoder());
   // Free cells for the receiver's own tokens, within the same limits as the received ones.
@@ -451,14 +527,50 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
   const KvLayout layout{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
   KVB_ASSIGN_OR_RETURN(d->cache_, KvCache::create(buffer_type, layout, n_ctx));
   KVB_RETURN_IF_ERROR(d->cache_->set_pos0(header.pos0));
-  try {
-    d->covered_.assign(size_t(max_chunks), 0);
-    d->checksums_.reserve(header.n_chunks);
-    d->header_ = header;
-  } catch (const std::bad_alloc&) {
-    return resource_exhausted("kv wire decode: out of memory for the cache's bookkeeping");
+  KVB_RETURN_IF_ERROR(d->init_bookkeeping(header));
+  // The tokens are known from the header: commit them now so that cache() describes the sequence
+  // while it fills (nobody else sees the cache before finish()).
+  if (n_tokens > 0) {
+    KVB_ASSIGN_OR_RETURN(const KvPlan plan, d->cache_->plan_append(int32_t(n_tokens)));
+    d->cache_->commit_append(plan, header.tokens);
   }
+  // Slices that do not travel read as zeros, not as whatever the allocator left there.
+  for (uint32_t l = 0; l < header.n_layer; ++l) {
+    for (const bool is_v : {false, true}) {
+      if (header.carries(l, is_v)) continue;
+      const Tensor t = is_v ? d->cache_->v_used(int32_t(l)) : d->cache_->k_used(int32_t(l));
+      std::memset(t.data, 0, t.nbytes());
+    }
+  }
+  d->cells_ = d->cache_.get();
   return d;
+}
+
+Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create_into(const KvWireHeader& header,
+                                                                  const ModelIdentity& expected, KvCache& target) {
+  KvWireLimits limits;
+  limits.max_tokens = UINT32_MAX;
+  limits.max_bytes = UINT64_MAX;  // nothing is allocated: the target exists
+  KVB_RETURN_IF_ERROR(validate(header, expected, limits));
+  const KvLayout want{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
+  if (!target.is_host() || target.layout() != want) {
+    return invalid_argument("kv wire decode: the target cache is not a host f32 cache of the stream's layout");
+  }
+  if (!std::equal(target.tokens().begin(), target.tokens().end(), header.tokens.begin(), header.tokens.end()) ||
+      target.pos0() != header.pos0) {
+    return invalid_argument(fmt::format(
+        "kv wire decode: the stream's {} tokens at position {} are not the target cache's {} tokens at {}",
+        header.tokens.size(), header.pos0, target.n_tokens(), target.pos0()));
+  }
+  std::unique_ptr<KvWireDecoder> d(new KvWireDecoder());
+  KVB_RETURN_IF_ERROR(d->init_bookkeeping(header));
+  d->cells_ = &target;
+  return d;
+}
+
+bool KvWireDecoder::complete(uint32_t layer, bool is_v) const {
+  if (layer >= header_.n_layer) return false;
+  return filled_[size_t(layer) * 2 + (is_v ? 1 : 0)] == header_.tokens.size();
 }
 
 KvWireChunkView view_of(const KvWireChunk& c) {
@@ -495,7 +607,7 @@ uint64_t KvWireDecoder::checksum(const KvWireChunkView& chunk) {
 }
 
 Status KvWireDecoder::add(const KvWireChunkView& chunk) {
-  if (cache_ == nullptr) return failed_precondition("kv wire: the decoder has already finished");
+  if (done_) return failed_precondition("kv wire: the decoder has already finished");
   const uint32_t n_tokens = uint32_t(header_.tokens.size());
   if (checksums_.size() >= header_.n_chunks) {
     return invalid_argument(fmt::format("kv wire: more data chunks than the {} the header announced",
@@ -503,6 +615,10 @@ Status KvWireDecoder::add(const KvWireChunkView& chunk) {
   }
   if (chunk.layer >= header_.n_layer) {
     return invalid_argument(fmt::format("kv wire: chunk for layer {} of {}", chunk.layer, header_.n_layer));
+  }
+  if (!header_.carries(chunk.layer, chunk.is_v)) {
+    return invalid_argument(fmt::format("kv wire: chunk for layer {} {}, which the header's layer set leaves out",
+                                        chunk.layer, chunk.is_v ? "V" : "K"));
   }
   if (chunk.token_count == 0 || uint64_t(chunk.token_begin) + chunk.token_count > n_tokens) {
     return invalid_argument(fmt::format("kv wire: chunk cells [{}, {} + {}) outside the cache's {} tokens",
@@ -535,7 +651,7 @@ Status KvWireDecoder::add(const KvWireChunkView& chunk) {
   }
 
   const Tensor cells =
-      (chunk.is_v ? cache_->v(int32_t(chunk.layer)) : cache_->k(int32_t(chunk.layer))).slice_rows(chunk.token_begin,
+      (chunk.is_v ? cells_->v(int32_t(chunk.layer)) : cells_->k(int32_t(chunk.layer))).slice_rows(chunk.token_begin,
                                                                                                  chunk.token_count);
   const char* src = chunk.pieces.empty() ? chunk.payload.data() : chunk.pieces[0].data();
   bool written = false;  // the cells already hold the values
@@ -585,13 +701,14 @@ Status KvWireDecoder::add(const KvWireChunkView& chunk) {
                            cells.as<float>());
   }
   std::fill(covered + chunk.token_begin, covered + chunk.token_begin + chunk.token_count, uint8_t(1));
+  filled_[size_t(chunk.layer) * 2 + (chunk.is_v ? 1 : 0)] += chunk.token_count;
   checksums_.push_back(chunk.xxh3);
   bytes_received_ += size;
   return Status::Ok();
 }
 
-Result<std::unique_ptr<KvCache>> KvWireDecoder::finish(const KvWireTrailer& trailer) {
-  if (cache_ == nullptr) return failed_precondition("kv wire: the decoder has already finished");
+Status KvWireDecoder::check_trailer(const KvWireTrailer& trailer) const {
+  if (done_) return failed_precondition("kv wire: the decoder has already finished");
   if (trailer.n_chunks != header_.n_chunks) {
     return invalid_argument(fmt::format("kv wire: trailer counts {} chunks, the header announced {}",
                                         trailer.n_chunks, header_.n_chunks));
@@ -609,12 +726,24 @@ Result<std::unique_ptr<KvCache>> KvWireDecoder::finish(const KvWireTrailer& trai
   if (digest_of(checksums_) != trailer.digest) {
     return data_loss("kv wire: trailer digest does not match the chunks received");
   }
-  if (!header_.tokens.empty()) {
-    KVB_ASSIGN_OR_RETURN(const KvPlan plan, cache_->plan_append(int32_t(header_.tokens.size())));
-    cache_->commit_append(plan, header_.tokens);
-  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<KvCache>> KvWireDecoder::finish(const KvWireTrailer& trailer) {
+  if (cache_ == nullptr && !done_) return failed_precondition("kv wire: finish() on a decoder made by create_into()");
+  KVB_RETURN_IF_ERROR(check_trailer(trailer));
+  done_ = true;
   covered_ = {};
+  cells_ = nullptr;
   return std::move(cache_);
+}
+
+Status KvWireDecoder::finish_into(const KvWireTrailer& trailer) {
+  if (cache_ != nullptr) return failed_precondition("kv wire: finish_into() on a decoder that owns its cache");
+  KVB_RETURN_IF_ERROR(check_trailer(trailer));
+  done_ = true;
+  covered_ = {};
+  return Status::Ok();
 }
 
 }  // namespace kvb

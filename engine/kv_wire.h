@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -55,6 +56,17 @@ uint64_t identity_fingerprint(const ModelIdentity& id);
 // Name of the first field that differs ("n_layer", "weights_hash", ...), empty when equal.
 std::string first_difference(const ModelIdentity& expected, const ModelIdentity& got);
 
+// Which layers' K and V a stream carries, when not all of them (a fusion stream carries only what
+// the fuser needs, STYLE: skip what the reference computes for nothing). Each list is sorted,
+// without duplicates, every index < n_layer; either list may be empty.
+struct KvLayerSet {
+  std::vector<uint32_t> k, v;
+
+  bool contains(uint32_t layer, bool is_v) const;
+  size_t size() const { return k.size() + v.size(); }  // (layer, K/V) slices carried
+  bool operator==(const KvLayerSet&) const = default;
+};
+
 struct KvWireHeader {
   uint32_t format_version = kKvWireVersion;
   ModelIdentity model;
@@ -65,6 +77,12 @@ struct KvWireHeader {
   int32_t pos0 = 0;
   uint64_t total_bytes = 0;     // sum of raw (uncompressed) payload sizes
   uint32_t n_chunks = 0;
+  // Absent: a whole cache (every layer's K and V). Present: only these slices travel; the others
+  // are left zero in a decoded cache and must not be read as the sender's values.
+  std::optional<KvLayerSet> layers;
+
+  bool carries(uint32_t layer, bool is_v) const { return !layers || layers->contains(layer, is_v); }
+  uint32_t n_slices() const { return layers ? uint32_t(layers->size()) : 2 * n_layer; }  // (layer, K/V) pairs
 };
 
 // What a data chunk carries besides its payload: layer l's K or V, cells [token_begin,
@@ -107,7 +125,9 @@ uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_d
 // Serializes a host cache (f32 or f16). The cache must stay unchanged while the encoder lives (it
 // is read lazily, chunk by chunk); the encoder borrows it. Chunks go layer by layer, K then V,
 // token slices of chunk_tokens cells (0: as many cells as fit ~1 MiB of raw payload; values above
-// n_tokens are capped). An empty cache gives a header with n_chunks 0 and no chunks.
+// n_tokens are capped). An empty cache gives a header with n_chunks 0 and no chunks. With `layers`,
+// only those slices are sent (header.layers set); INVALID_ARGUMENT for an unsorted, duplicated or
+// out-of-range index.
 // int8 error bound: |x - scale·q| <= scale/2 per element (scale = max|x|/127 of its head and
 // token), up to f32 rounding (< 5e-5 · scale). zstd uses level 1, one frame per chunk.
 // Threading: one thread at a time (zstd contexts are per thread).
@@ -116,8 +136,11 @@ class KvWireEncoder {
   // INVALID_ARGUMENT when the cache is not host memory or the identity does not match its layout.
   static Result<std::unique_ptr<KvWireEncoder>> create(const KvCache& cache, const ModelIdentity& id,
                                                        WireDType dtype, WireCompression compression,
-                                                       uint32_t chunk_tokens = 0);
+                                                       uint32_t chunk_tokens = 0,
+                                                       const std::optional<KvLayerSet>& layers = std::nullopt);
   const KvWireHeader& header() const { return header_; }
+  // The (layer, K/V) slice the next chunk belongs to; false when all chunks were produced.
+  bool peek(uint32_t& layer, bool& is_v) const;
   // Fills the next chunk; false when all chunks were produced.
   bool next(KvWireChunk& out);
   // The same, borrowing the payload (one range, no pieces) instead of copying it out: when
@@ -135,6 +158,7 @@ class KvWireEncoder {
   uint64_t digest() const;
   // Describes the next chunk in `out` and its source cells (f32), advancing the position; false at the end.
   bool next_slice(KvWireChunkView& out, Tensor& cells);
+  void skip_uncarried();  // moves layer_/is_v_ to the next slice the header carries
   // Encodes `cells` (f32 or the cache's f16) in the wire dtype into `dst`, compressed when asked.
   void encode_into(const Tensor& cells, uint32_t count, std::string& dst);
   void record(KvWireChunkView& out, std::string_view payload);
@@ -176,9 +200,18 @@ class KvWireDecoder {
   // append (a session can then run in the received cache itself instead of a copy); it is
   // best-effort: extra = min(n_ctx_extra, what limits.max_tokens and limits.max_bytes leave).
   // Chunks are decoded straight into the cache's cells (no intermediate copy but zstd's output).
+  // A header with `layers` decodes into a cache whose other slices stay zero.
   static Result<std::unique_ptr<KvWireDecoder>> create(const KvWireHeader& header, const ModelIdentity& expected,
                                                        const BufferType& buffer_type, int32_t n_ctx_min,
                                                        const KvWireLimits& limits = {}, int32_t n_ctx_extra = 0);
+  // Decodes over the cells of an existing cache instead (the receiver applying fused layers to its
+  // own cache): `target` must be host f32 with the header's layout, tokens and pos0, else
+  // INVALID_ARGUMENT (FAILED_PRECONDITION for another model, as create). Slices the header carries
+  // are overwritten as chunks arrive — a failed stream leaves them partly written, so callers
+  // decode into a copy they can drop. `target` is borrowed and must outlive the decoder; finish
+  // it with finish_into().
+  static Result<std::unique_ptr<KvWireDecoder>> create_into(const KvWireHeader& header, const ModelIdentity& expected,
+                                                            KvCache& target);
   // Applies one chunk. Checks, in order: INVALID_ARGUMENT for more chunks than announced, an
   // out-of-range layer or slice, a raw_size other than the slice's, a payload of the wrong size
   // (uncompressed) or over zstd's bound, a slice overlapping cells already received (duplicates
@@ -191,17 +224,31 @@ class KvWireDecoder {
   // DATA_LOSS when the digest differs. On success the caller owns the cache (its tokens
   // committed) and the decoder is spent.
   Result<std::unique_ptr<KvCache>> finish(const KvWireTrailer& trailer);
+  // The same checks for a decoder made by create_into(); the target then holds the stream's values.
+  Status finish_into(const KvWireTrailer& trailer);
+
+  // Whether every cell of that slice has arrived (a consumer may start on a layer before the end).
+  bool complete(uint32_t layer, bool is_v) const;
+  // The cache being filled (its tokens are set from the start): read a slice once complete() says so.
+  const KvCache& cache() const { return *cells_; }
 
   const KvWireHeader& header() const { return header_; }
   uint64_t bytes_received() const { return bytes_received_; }  // payload bytes as sent
 
  private:
   KvWireDecoder() = default;
+  // Header checks shared by create() and create_into(), before anything is allocated.
+  static Status validate(const KvWireHeader& header, const ModelIdentity& expected, const KvWireLimits& limits);
+  Status init_bookkeeping(const KvWireHeader& header);
+  Status check_trailer(const KvWireTrailer& trailer) const;
   uint64_t checksum(const KvWireChunkView& chunk);
 
   KvWireHeader header_;
-  std::unique_ptr<KvCache> cache_;
-  std::vector<uint8_t> covered_;  // [n_layer][2][n_tokens]: 1 when a chunk filled that cell
+  std::unique_ptr<KvCache> cache_;  // create(): the cache being built; null for create_into()
+  KvCache* cells_ = nullptr;        // where chunks are written: cache_ or the borrowed target
+  bool done_ = false;
+  std::vector<uint8_t> covered_;  // [n_layer][2][n_tokens]: 1 when a chunk filled that cell (or it is not carried)
+  std::vector<uint32_t> filled_;  // [n_layer][2]: cells received per slice
   std::vector<uint64_t> checksums_;
   uint64_t bytes_received_ = 0;
   std::string scratch_;    // zstd output

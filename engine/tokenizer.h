@@ -63,6 +63,10 @@ struct Vocab {
 struct EncodeOptions {
   bool add_bos = true;   // and the vocab has one and wants it (Vocab::add_bos)
   bool add_eos = false;  // and the vocab has one and wants it (Vocab::add_eos)
+  // The SentencePiece dummy prefix, when the vocab wants it (Vocab::add_space_prefix). false:
+  // encode the text exactly as given, e.g. one token's text re-encoded for alignment
+  // (fuser/align.h), where " Once" must give "▁Once" and "Once" must not.
+  bool add_space_prefix = true;
 };
 
 class Tokenizer {

@@ -107,7 +107,7 @@ class SpmTokenizer final : public Tokenizer {
           continue;
         }
         seg.clear();
-        const bool prefix = vocab_.add_space_prefix && prev_special;
+        const bool prefix = opt.add_space_prefix && vocab_.add_space_prefix && prev_special;
         if (prefix) seg += ' ';
         seg += f.text;
         prev_special = false;

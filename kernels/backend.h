@@ -44,6 +44,8 @@ enum class OpKind {
   kAttention,
   kEmbedding,
   kConvert,
+  kGelu,
+  kGateAdd,
 };
 
 // Rotary position embedding parameters.
@@ -148,6 +150,18 @@ class Backend {
   virtual Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) = 0;
   // dst = src converted element-wise (same numel; F32 ↔ F16/BF16, and F32 → Q8_0).
   virtual Status convert(const Tensor& src, const Tensor& dst) = 0;
+
+  // ---- fuser ops (C2C projector, fuser/projector.h) ----
+  // out = gelu(x) = x/2 · (1 + erf(x/√2)), the exact (erf) GELU of torch.nn.GELU(); elementwise,
+  // any shape with out.numel() == x.numel() and equal rows. out may alias x.
+  virtual Status gelu(const Tensor& x, const Tensor& out) = 0;
+  // The gated residual of C2C fusion, for n tokens and H heads of head_dim D:
+  //   out[t][h·D + d] = receiver[t][h·D + d] + sigmoid(logits[t][h]) · projected[t][h·D + d]
+  // receiver, projected, out: f32 [n][H·D] (or [n][H][D]); logits: f32 [n][H]. out may alias
+  // receiver or projected. The hard gate (logit of the whole branch > 0) is the caller's: it
+  // simply does not call this when the gate is off.
+  virtual Status gate_add(const Tensor& receiver, const Tensor& logits, const Tensor& projected,
+                          const Tensor& out) = 0;
 };
 
 struct DeviceMemory {

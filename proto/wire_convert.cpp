@@ -105,6 +105,19 @@ void to_proto(const KvWireHeader& h, pb::KvHeader* out) {
   out->set_pos0(h.pos0);
   out->set_total_bytes(h.total_bytes);
   out->set_n_chunks(h.n_chunks);
+  if (h.layers) to_proto(*h.layers, out->mutable_layers());
+}
+
+void to_proto(const KvLayerSet& s, pb::LayerSet* out) {
+  out->mutable_k()->Assign(s.k.begin(), s.k.end());
+  out->mutable_v()->Assign(s.v.begin(), s.v.end());
+}
+
+KvLayerSet from_proto(const pb::LayerSet& m) {
+  KvLayerSet s;
+  s.k.assign(m.k().begin(), m.k().end());
+  s.v.assign(m.v().begin(), m.v().end());
+  return s;
 }
 
 Result<KvWireHeader> from_proto(const pb::KvHeader& m) {
@@ -126,6 +139,7 @@ Result<KvWireHeader> from_proto(const pb::KvHeader& m) {
   h.pos0 = m.pos0();
   h.total_bytes = m.total_bytes();
   h.n_chunks = m.n_chunks();
+  if (m.has_layers()) h.layers = from_proto(m.layers());  // checked by KvWireDecoder::create
   return h;
 }
 

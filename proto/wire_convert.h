@@ -50,6 +50,10 @@ Result<WireCompression> compression_from_proto(int v);
 void to_proto(const ModelIdentity& id, pb::ModelIdentity* out);
 ModelIdentity from_proto(const pb::ModelIdentity& m);  // field by field; nothing to reject
 
+// Lists as given; KvWireDecoder::create checks order, uniqueness and range.
+void to_proto(const KvLayerSet& s, pb::LayerSet* out);
+KvLayerSet from_proto(const pb::LayerSet& m);
+
 void to_proto(const KvWireHeader& h, pb::KvHeader* out);
 // INVALID_ARGUMENT for a missing model identity, an unspecified or unknown dtype, an unknown
 // compression. Token ids, sizes and layout are left to KvWireDecoder::create.

@@ -53,23 +53,13 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
     }
   }
   if (!raw.max_message_bytes.empty()) {
-    KVB_ASSIGN_OR_RETURN(c.max_message_bytes, parse_byte_size(raw.max_message_bytes));
-    if (c.max_message_bytes < kMinMessageBytes || c.max_message_bytes > kMaxMessageBytes) {
-      return invalid_argument(fmt::format("--max-message-bytes must be in [{}, {}], got {}", kMinMessageBytes,
-                                          kMaxMessageBytes, c.max_message_bytes));
-    }
+    KVB_ASSIGN_OR_RETURN(c.max_message_bytes, parse_message_limit(raw.max_message_bytes));
   }
   if (!raw.metrics_listen.empty()) {
     KVB_ASSIGN_OR_RETURN(HostPort m, parse_host_port(raw.metrics_listen, /*allow_port_zero=*/true));
     c.metrics_listen = std::move(m);
   }
-  if (raw.log_format == "text") {
-    c.log_format = LogFormat::kText;
-  } else if (raw.log_format == "json") {
-    c.log_format = LogFormat::kJson;
-  } else {
-    return invalid_argument(fmt::format("--log-format must be text or json, got '{}'", raw.log_format));
-  }
+  KVB_ASSIGN_OR_RETURN(c.log_format, parse_log_format(raw.log_format));
   if (c.cache_ttl_s > kMaxTtlS) return invalid_argument(fmt::format("--cache-ttl must be <= {} s", kMaxTtlS));
   if (c.threads < 0 || c.threads > 1024) return invalid_argument("--threads must be in [0, 1024]");
   if (c.ctx_size < 0 || c.ctx_size > kMaxCtx) {
@@ -78,7 +68,27 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
   if (c.max_new_tokens < 1 || c.max_new_tokens > kMaxCtx) {
     return invalid_argument(fmt::format("--max-new-tokens must be in [1, {}]", kMaxCtx));
   }
-  const TlsConfig& t = c.tls;
+  return check_tls_flags(c.tls);
+}
+
+}  // namespace
+
+Result<LogFormat> parse_log_format(std::string_view s) {
+  if (s == "text") return LogFormat::kText;
+  if (s == "json") return LogFormat::kJson;
+  return invalid_argument(fmt::format("--log-format must be text or json, got '{}'", s));
+}
+
+Result<uint64_t> parse_message_limit(std::string_view s) {
+  KVB_ASSIGN_OR_RETURN(const uint64_t n, parse_byte_size(s));
+  if (n < kMinMessageBytes || n > kMaxMessageBytes) {
+    return invalid_argument(
+        fmt::format("--max-message-bytes must be in [{}, {}], got {}", kMinMessageBytes, kMaxMessageBytes, n));
+  }
+  return n;
+}
+
+Status check_tls_flags(const TlsConfig& t) {
   if (t.cert_path.empty() != t.key_path.empty()) {
     return invalid_argument("--tls-cert and --tls-key must be given together");
   }
@@ -87,8 +97,6 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
   }
   return Status::Ok();
 }
-
-}  // namespace
 
 Result<HostPort> parse_host_port(std::string_view s, bool allow_port_zero) {
   const auto bad = [&](std::string_view why) {
@@ -167,6 +175,9 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.set_version_flag("--version", "kvbridge-agent 0.1.0");
   app.add_option("--model", c.model_path, "Model file (GGUF or llama2.c .bin)")->required();
   app.add_option("--tokenizer", c.tokenizer_path, "Tokenizer file for llama2.c models (tokenizer.bin)");
+  app.add_option("--fuser", c.fuser_dir,
+                 "Fuser directory (config.json + safetensors) to load in-process: Generate/Prefill requests "
+                 "with fuser.embedded fuse other models' caches into this one without a network hop");
   app.add_option("--listen", raw.listen, "gRPC address host:port (port 0: any free port, printed on stdout)")
       ->required();
   app.add_option("--name", c.name, "Agent name reported by GetInfo (default: the bound address)");
@@ -210,38 +221,45 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   return out;
 }
 
-Status load_agent_files(AgentConfig& cfg) {
-  if (cfg.tls.enabled()) {
-    KVB_RETURN_IF_ERROR(read_whole_file("--tls-cert", cfg.tls.cert_path, cfg.tls.cert_pem));
-    KVB_RETURN_IF_ERROR(read_whole_file("--tls-key", cfg.tls.key_path, cfg.tls.key_pem));
-    if (cfg.tls.cert_pem.find("-----BEGIN") == std::string::npos) {
-      return invalid_argument(fmt::format("--tls-cert {}: not a PEM file", cfg.tls.cert_path));
-    }
-    if (cfg.tls.key_pem.find("-----BEGIN") == std::string::npos) {
-      return invalid_argument(fmt::format("--tls-key {}: not a PEM file", cfg.tls.key_path));
-    }
-    if (cfg.tls.mutual()) {
-      KVB_RETURN_IF_ERROR(read_whole_file("--tls-client-ca", cfg.tls.client_ca_path, cfg.tls.client_ca_pem));
-      if (cfg.tls.client_ca_pem.find("-----BEGIN") == std::string::npos) {
-        return invalid_argument(fmt::format("--tls-client-ca {}: not a PEM file", cfg.tls.client_ca_path));
-      }
+Status load_tls_files(TlsConfig& tls) {
+  if (!tls.enabled()) return Status::Ok();
+  const struct {
+    const char* flag;
+    const std::string& path;
+    std::string& pem;
+  } files[] = {{"--tls-cert", tls.cert_path, tls.cert_pem},
+               {"--tls-key", tls.key_path, tls.key_pem},
+               {"--tls-client-ca", tls.client_ca_path, tls.client_ca_pem}};
+  for (const auto& f : files) {
+    if (f.path.empty()) continue;  // --tls-client-ca is optional
+    KVB_RETURN_IF_ERROR(read_whole_file(f.flag, f.path, f.pem));
+    if (f.pem.find("-----BEGIN") == std::string::npos) {
+      return invalid_argument(fmt::format("{} {}: not a PEM file", f.flag, f.path));
     }
   }
-  if (!cfg.auth_token_file.empty()) {
-    std::string token;
-    KVB_RETURN_IF_ERROR(read_whole_file("--auth-token-file", cfg.auth_token_file, token));
-    size_t b = 0, e = token.size();
-    while (b < e && std::isspace(static_cast<unsigned char>(token[b]))) ++b;
-    while (e > b && std::isspace(static_cast<unsigned char>(token[e - 1]))) --e;
-    token = token.substr(b, e - b);
-    if (token.empty()) return invalid_argument(fmt::format("--auth-token-file {}: the token is empty", cfg.auth_token_file));
-    for (char ch : token) {
-      if (ch <= 0x20 || ch >= 0x7f) {
-        return invalid_argument(
-            fmt::format("--auth-token-file {}: the token must be one word of visible ASCII", cfg.auth_token_file));
-      }
+  return Status::Ok();
+}
+
+Result<std::string> load_auth_token(const std::string& path) {
+  std::string token;
+  KVB_RETURN_IF_ERROR(read_whole_file("--auth-token-file", path, token));
+  size_t b = 0, e = token.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(token[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(token[e - 1]))) --e;
+  token = token.substr(b, e - b);
+  if (token.empty()) return invalid_argument(fmt::format("--auth-token-file {}: the token is empty", path));
+  for (char ch : token) {
+    if (ch <= 0x20 || ch >= 0x7f) {
+      return invalid_argument(fmt::format("--auth-token-file {}: the token must be one word of visible ASCII", path));
     }
-    cfg.auth_token = std::move(token);
+  }
+  return token;
+}
+
+Status load_agent_files(AgentConfig& cfg) {
+  KVB_RETURN_IF_ERROR(load_tls_files(cfg.tls));
+  if (!cfg.auth_token_file.empty()) {
+    KVB_ASSIGN_OR_RETURN(cfg.auth_token, load_auth_token(cfg.auth_token_file));
   }
   return Status::Ok();
 }

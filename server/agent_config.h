@@ -34,6 +34,12 @@ Result<HostPort> parse_host_port(std::string_view s, bool allow_port_zero);
 // T = 2^40; an optional trailing "B"/"iB"). INVALID_ARGUMENT on anything else or on overflow.
 Result<uint64_t> parse_byte_size(std::string_view s);
 
+// The flags every kvbridge gRPC server shares (kvbridge-agent, kvbridge-fuser) are checked by these.
+// --log-format: "text" or "json"; INVALID_ARGUMENT otherwise.
+Result<LogFormat> parse_log_format(std::string_view s);
+// --max-message-bytes: a byte size (parse_byte_size) in [64 KiB, 2^31 - 1] (gRPC's limit is an int).
+Result<uint64_t> parse_message_limit(std::string_view s);
+
 struct TlsConfig {
   std::string cert_path, key_path, client_ca_path;  // flags; empty = unset
   std::string cert_pem, key_pem, client_ca_pem;     // file contents, filled by load_agent_files
@@ -41,12 +47,22 @@ struct TlsConfig {
   bool mutual() const { return !client_ca_path.empty(); }
 };
 
+// --tls-cert and --tls-key come together; --tls-client-ca needs them. INVALID_ARGUMENT otherwise.
+Status check_tls_flags(const TlsConfig& tls);
+// Reads the PEM files `tls` names into its *_pem fields (nothing when TLS is off). NOT_FOUND /
+// INVALID_ARGUMENT naming the flag and the path for a missing, unreadable, empty or non-PEM file.
+Status load_tls_files(TlsConfig& tls);
+// Reads an --auth-token-file: one word of visible ASCII, surrounding whitespace trimmed. Errors as
+// load_tls_files.
+Result<std::string> load_auth_token(const std::string& path);
+
 inline constexpr uint64_t kMiB = uint64_t(1) << 20;
 inline constexpr uint64_t kGiB = uint64_t(1) << 30;
 
 struct AgentConfig {
   std::string model_path;      // --model (GGUF or llama2.c .bin)
   std::string tokenizer_path;  // --tokenizer (llama2.c tokenizer.bin)
+  std::string fuser_dir;       // --fuser: a fuser directory loaded in-process (receiver mode)
   HostPort listen;             // --listen; port 0 = pick a free port (printed on stdout)
   std::string name;            // --name; empty = the bound listen address
   uint64_t max_cache_bytes = kGiB;      // --max-cache-bytes: the cache store's budget

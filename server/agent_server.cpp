@@ -17,6 +17,8 @@
 #include "engine/kv_wire.h"
 #include "engine/model.h"
 #include "server/agent_service.h"
+#include "server/context_fuser.h"
+#include "fuser/fuser.h"
 #include "kernels/registry.h"
 #include "server/auth.h"
 #include "server/buffer_pool.h"
@@ -116,7 +118,25 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   po.cache_buffers = s->session_buffers_.get();
   s->peers_ = std::make_unique<PeerClient>(std::move(po));
 
+  if (!c.fuser_dir.empty()) {
+    KVB_ASSIGN_OR_RETURN(s->fuser_backend_, cpu_device().create_backend());
+    if (c.threads > 0) s->fuser_backend_->set_n_threads(c.threads);
+    auto f = fuser::Fuser::load(c.fuser_dir, *s->fuser_backend_);
+    if (!f.ok()) return f.status().with_context("--fuser " + c.fuser_dir);
+    s->fuser_ = std::move(f).value();
+    const fuser::ModelSide& r = s->fuser_->config().receiver;
+    const ModelIdentity& id = *s->identity_;
+    if ((r.fingerprint != 0 && r.fingerprint != id.fingerprint) || uint32_t(r.n_layer) != id.n_layer ||
+        uint32_t(r.n_head_kv) != id.n_head_kv || uint32_t(r.head_dim) != id.head_dim) {
+      return failed_precondition(fmt::format("--fuser {}: built for receiver {} ({} layers x {} x {}), not this model",
+                                             c.fuser_dir, r.name, r.n_layer, r.n_head_kv, r.head_dim));
+    }
+  }
+  s->context_fuser_ =
+      std::make_unique<ContextFuser>(*s->model_, *s->identity_, *s->engine_, *s->peers_, s->fuser_.get());
+
   ServiceDeps d;
+  d.fuser = s->context_fuser_.get();
   d.config = &s->config_;
   d.model = s->model_.get();
   d.identity = s->identity_.get();
@@ -136,16 +156,7 @@ Status AgentServer::start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (c.tls.enabled()) {
-    grpc::SslServerCredentialsOptions so(c.tls.mutual() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                                        : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-    so.pem_key_cert_pairs.push_back({c.tls.key_pem, c.tls.cert_pem});
-    if (c.tls.mutual()) so.pem_root_certs = c.tls.client_ca_pem;
-    creds = grpc::SslServerCredentials(so);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  const std::shared_ptr<grpc::ServerCredentials> creds = server_credentials(c.tls);
 
   grpc::ServerBuilder b;
   int port = 0;
@@ -226,6 +237,48 @@ void AgentServer::shutdown(std::chrono::milliseconds grace) {
   if (server_) server_->Wait();
 }
 
+// ============================== shared by kvbridge's gRPC servers ==============================
+
+std::shared_ptr<grpc::ServerCredentials> server_credentials(const TlsConfig& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions so(tls.mutual() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  so.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
+  if (tls.mutual()) so.pem_root_certs = tls.client_ca_pem;
+  return grpc::SslServerCredentials(so);
+}
+
+namespace {
+sigset_t shutdown_signal_set() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  return signals;
+}
+}  // namespace
+
+void block_shutdown_signals() {
+  const sigset_t signals = shutdown_signal_set();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+int wait_for_shutdown_signal() {
+  const sigset_t signals = shutdown_signal_set();
+  int sig = 0;
+  sigwait(&signals, &sig);
+  return sig;
+}
+
+void announce_and_wait(const std::string& bound, const std::optional<HostPort>& metrics, int metrics_port) {
+  std::printf("listening on %s\n", bound.c_str());
+  if (metrics) std::printf("metrics on %s:%d\n", metrics->host.c_str(), metrics_port);
+  std::fflush(stdout);
+  const int sig = wait_for_shutdown_signal();
+  log_event(spdlog::level::info, "shutting down", {{"signal", int64_t(sig)}});
+}
+
 // ============================== main ==============================
 
 int agent_main(int argc, char** argv) {
@@ -244,12 +297,7 @@ int agent_main(int argc, char** argv) {
   keep_freed_memory();
 
   // Every thread created from here on inherits the blocked signals; main waits for them below.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  block_shutdown_signals();
 
   auto server = AgentServer::create(cfg);
   if (!server.ok()) {
@@ -268,13 +316,7 @@ int agent_main(int argc, char** argv) {
              {"tls", cfg.tls.enabled() ? (cfg.tls.mutual() ? "mutual" : "on") : "off"},
              {"auth", !cfg.auth_token.empty()},
              {"metrics_port", int64_t(s.metrics_port())}});
-  std::printf("listening on %s\n", s.bound_address().c_str());
-  if (cfg.metrics_listen) std::printf("metrics on %s:%d\n", cfg.metrics_listen->host.c_str(), s.metrics_port());
-  std::fflush(stdout);
-
-  int sig = 0;
-  sigwait(&signals, &sig);
-  log_event(spdlog::level::info, "shutting down", {{"signal", int64_t(sig)}});
+  announce_and_wait(s.bound_address(), cfg.metrics_listen, s.metrics_port());
   (*server)->shutdown(std::chrono::seconds(5));
   server->reset();
   log_event(spdlog::level::info, "stopped", {});

@@ -16,14 +16,23 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "kernels/status.h"
 #include "server/agent_config.h"
 
+namespace kvb {
+class Backend;
+namespace fuser {
+class Fuser;
+}
+}  // namespace kvb
+
 namespace grpc {
 class Server;
+class ServerCredentials;
 }
 
 namespace kvb {
@@ -41,6 +50,7 @@ class EngineLoop;
 class Metrics;
 class MetricsEndpoint;
 class PeerClient;
+class ContextFuser;
 class SelfAddresses;
 
 class AgentServer {
@@ -79,6 +89,9 @@ class AgentServer {
   std::unique_ptr<BufferPool> session_buffers_;  // borrowed by engine_ and peers_: declared before them
   std::unique_ptr<EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
+  std::unique_ptr<Backend> fuser_backend_;          // the embedded fuser's (--fuser), or null
+  std::unique_ptr<fuser::Fuser> fuser_;             // borrows fuser_backend_
+  std::unique_ptr<ContextFuser> context_fuser_;     // borrows model_, engine_, peers_, fuser_
   std::unique_ptr<AgentServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint_;
@@ -90,6 +103,20 @@ class AgentServer {
   std::thread sweep_thread_;
   bool shut_down_ = false;
 };
+
+// ============================== shared by kvbridge's gRPC servers (agent, fuser) ==============================
+
+// TLS (mutual when tls.mutual()) server credentials from the PEMs load_tls_files read, or insecure
+// ones when TLS is off.
+std::shared_ptr<grpc::ServerCredentials> server_credentials(const TlsConfig& tls);
+// Blocks SIGINT and SIGTERM in the calling thread, and so in every thread it creates afterwards, and
+// ignores SIGPIPE: call from main before any thread starts, then wait_for_shutdown_signal().
+void block_shutdown_signals();
+// Waits for SIGINT or SIGTERM (blocked by block_shutdown_signals) and returns its number.
+int wait_for_shutdown_signal();
+// Prints "listening on <bound>" (and "metrics on HOST:PORT" when `metrics` is set) on stdout, where
+// scripts and tests read it, then waits for the shutdown signal and logs it.
+void announce_and_wait(const std::string& bound, const std::optional<HostPort>& metrics, int metrics_port);
 
 // The whole kvbridge-agent program: flags → config → logging → server → "listening on HOST:PORT"
 // on stdout → wait for SIGINT/SIGTERM → graceful shutdown (5 s). Returns the exit code.

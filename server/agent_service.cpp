@@ -12,6 +12,7 @@
 #include "proto/wire_convert.h"
 #include "server/logging.h"
 #include "server/request_convert.h"
+#include "fuser/align.h"
 
 namespace kvb::server {
 
@@ -19,6 +20,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr const char* kVersion = "0.1.0";
+constexpr int kMaxTokenizeTexts = 1 << 16;
 
 // ============================== per-call bookkeeping ==============================
 
@@ -101,6 +103,7 @@ struct ResolvedContext {
   std::vector<std::shared_ptr<const KvCache>> caches;  // in request order
   std::unique_ptr<KvCache> owned;  // instead of `caches`: the request's one context, a fresh pull
   uint64_t bytes_pulled = 0;
+  std::optional<FuseReport> fuse;  // receiver mode: the fused contexts, summed
 
   void move_to(SessionInput& in) {
     in.context = std::move(caches);
@@ -109,11 +112,45 @@ struct ResolvedContext {
 };
 using ResolveDone = std::function<void(Result<ResolvedContext>)>;
 
-Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, CancelToken& cancel) {
+void add_report(std::optional<FuseReport>& sum, const FuseReport& r) {
+  if (!sum) sum = FuseReport();
+  sum->fused_tokens += r.fused_tokens;
+  sum->slices_fused += r.slices_fused;
+  sum->sharer_bytes += r.sharer_bytes;
+  sum->fuser_bytes_sent += r.fuser_bytes_sent;
+  sum->fuser_bytes_received += r.fuser_bytes_received;
+  sum->fuse_ms += r.fuse_ms;
+  sum->aligned = sum->aligned || r.aligned;
+}
+
+void to_proto(const FuseReport& r, pb::FuseStats* out) {
+  out->set_fused_tokens(r.fused_tokens);
+  out->set_slices_fused(r.slices_fused);
+  out->set_sharer_bytes(r.sharer_bytes);
+  out->set_fuser_bytes_sent(r.fuser_bytes_sent);
+  out->set_fuser_bytes_received(r.fuser_bytes_received);
+  out->set_fuse_ms(r.fuse_ms);
+  out->set_aligned(r.aligned);
+}
+
+Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, const CancelTokenPtr& cancel_ptr) {
+  CancelToken& cancel = *cancel_ptr;
   ResolvedContext out;
   for (size_t i = 0; i < spec.context.size(); ++i) {
     const ContextRef& ref = spec.context[i];
-    if (ref.is_local()) {
+    if (!ref.is_local() && spec.fuser) {
+      // Receiver mode: this ref may hold another model's cache; the fuser makes it ours.
+      if (d.fuser == nullptr) return failed_precondition("this agent cannot fuse caches");
+      auto f = d.fuser->fuse(ref.agent, ref.cache_id, *spec.fuser, spec.pull.reserve_cells, cancel_ptr);
+      if (!f.ok()) return f.status().with_context(fmt::format("context[{}]", i));
+      add_report(out.fuse, f->report);
+      out.bytes_pulled += f->report.sharer_bytes;
+      if (spec.context.size() == 1) {
+        out.owned = std::move(f->cache);
+      } else {
+        out.caches.push_back(std::move(f->cache));
+      }
+    } else if (ref.is_local()) {
       auto e = d.store->get(ref.cache_id);
       if (!e.ok()) return e.status().with_context(fmt::format("context[{}]", i));
       out.caches.push_back(std::move(e->cache));
@@ -134,9 +171,9 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
 // Local-only contexts resolve on the calling thread (store lookups); anything that needs a peer
 // moves to the PeerClient's workers so that no gRPC callback thread blocks on the network.
 void resolve_context(const ServiceDeps& d, SessionSpec spec, CancelTokenPtr cancel, ResolveDone done) {
-  if (!spec.has_remote_context()) return done(resolve_now(d, spec, *cancel));
+  if (!spec.has_remote_context()) return done(resolve_now(d, spec, cancel));
   auto shared_spec = std::make_shared<SessionSpec>(std::move(spec));
-  d.peers->post([&d, shared_spec, cancel, done = std::move(done)] { done(resolve_now(d, *shared_spec, *cancel)); });
+  d.peers->post([&d, shared_spec, cancel, done = std::move(done)] { done(resolve_now(d, *shared_spec, cancel)); });
 }
 
 // ============================== Generate ==============================
@@ -151,6 +188,8 @@ class GenerateStream final : public GenerateSink {
 
   const CancelTokenPtr& cancel() const { return cancel_; }
   void set_bytes_pulled(uint64_t n) { bytes_pulled_ = n; }
+  // Before the engine task is submitted (so before on_done can run).
+  void set_fuse_report(std::optional<FuseReport> r) { fuse_ = std::move(r); }
 
   void on_token(int32_t id, std::string_view text) override {
     pb::GenerateResponse msg;
@@ -176,6 +215,7 @@ class GenerateStream final : public GenerateSink {
     s->set_context_bytes_pulled(bytes_pulled_);
     if (o.kept) s->set_cache_id(o.kept->id);
     s->set_text(o.text);
+    if (fuse_) to_proto(*fuse_, s->mutable_fuse());
     d_.metrics->observe_time_to_first_token(o.ttft_ms / 1e3);
     if (o.n_generated > 1) d_.metrics->observe_time_per_output_token(o.decode_ms / 1e3 / (o.n_generated - 1));
     std::lock_guard<std::mutex> lock(mu_);
@@ -231,6 +271,7 @@ class GenerateStream final : public GenerateSink {
   const ServiceDeps& d_;
   const CancelTokenPtr cancel_;
   std::atomic<uint64_t> bytes_pulled_{0};
+  std::optional<FuseReport> fuse_;
   std::mutex mu_;
   std::deque<pb::GenerateResponse> pending_;
   pb::GenerateResponse current_;  // the message being written
@@ -264,6 +305,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
                     [deps, stream, state](Result<ResolvedContext> r) {
                       if (!r.ok()) return stream->fail(r.status());
                       stream->set_bytes_pulled(r->bytes_pulled);
+                      stream->set_fuse_report(r->fuse);
                       r->move_to(state->first);
                       deps->engine->submit_generate(std::move(state->first), std::move(state->second), stream);
                     });
@@ -310,6 +352,7 @@ class PrefillCall final : public UnaryCall {
     // `this` stays valid until complete() calls Finish, which happens exactly once below.
     resolve_context(d, std::move(spec->session), cancel_, [this, deps, in, opt, resp, fingerprint](Result<ResolvedContext> r) {
       if (!r.ok()) return complete(r.status());
+      if (r->fuse) to_proto(*r->fuse, resp->mutable_fuse());
       r->move_to(*in);
       deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<PrefillOutcome> p) {
         if (!p.ok()) return complete(p.status());
@@ -392,7 +435,7 @@ class ExportCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
                                             spec.cache_id, cache_->n_tokens(), limit));
     }
     KVB_ASSIGN_OR_RETURN(encoder_, KvWireEncoder::create(*cache_, *d_.identity, spec.dtype, spec.compression,
-                                                         static_cast<uint32_t>(chunk)));
+                                                         static_cast<uint32_t>(chunk), spec.layers));
     writer_ = std::make_unique<wire::SerializedStreamWriter>(*encoder_);
     return Status::Ok();
   }
@@ -590,6 +633,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
     resp->add_wire_dtypes(t);
   }
   resp->add_transports("grpc");
+  if (d_.fuser) resp->set_fuser(d_.fuser->embedded_description());
   d_.metrics->add_bytes_sent(resp->ByteSizeLong());
   call->complete(Status::Ok());
   return call;
@@ -651,6 +695,68 @@ grpc::ServerUnaryReactor* AgentServiceImpl::PinCache(grpc::CallbackServerContext
     } else {
       st = info.status();
     }
+  }
+  call->complete(std::move(st));
+  return call;
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::Tokenize(grpc::CallbackServerContext* ctx, const pb::TokenizeRequest* req,
+                                                     pb::TokenizeResponse* resp) {
+  auto* call = new UnaryCall(d_, "Tokenize", ctx);
+  Status st = admit(d_, ctx, *req);
+  if (st.ok() && req->texts_size() > kMaxTokenizeTexts) {
+    st = invalid_argument(fmt::format("texts: {} texts, at most {}", req->texts_size(), kMaxTokenizeTexts));
+  }
+  if (st.ok()) {
+    const Tokenizer& tok = *d_.model->tokenizer;
+    EncodeOptions opt;
+    opt.add_bos = !req->raw() && (!req->has_add_bos() || req->add_bos());
+    opt.add_eos = false;
+    opt.add_space_prefix = !req->raw();
+    for (const std::string& text : req->texts()) {
+      const std::vector<int32_t> ids = tok.encode(text, opt);
+      resp->add_tokens()->mutable_ids()->Assign(ids.begin(), ids.end());
+    }
+    d_.metrics->add_bytes_sent(resp->ByteSizeLong());
+  }
+  call->complete(std::move(st));
+  return call;
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::Detokenize(grpc::CallbackServerContext* ctx,
+                                                       const pb::DetokenizeRequest* req, pb::DetokenizeResponse* resp) {
+  auto* call = new UnaryCall(d_, "Detokenize", ctx);
+  Status st = admit(d_, ctx, *req);
+  std::vector<int32_t> ids;
+  if (st.ok()) {
+    if (req->has_tokens()) {
+      ids.assign(req->tokens().ids().begin(), req->tokens().ids().end());
+      const int32_t n_vocab = d_.model->tokenizer->n_vocab();
+      for (size_t i = 0; i < ids.size() && st.ok(); ++i) {
+        if (ids[i] < 0 || ids[i] >= n_vocab) {
+          st = invalid_argument(fmt::format("tokens.ids[{}] = {} is outside the vocabulary [0, {})", i, ids[i], n_vocab));
+        }
+      }
+    } else if (req->has_cache_id()) {
+      st = check_cache_id(req->cache_id(), "cache_id");
+      if (st.ok()) {
+        auto e = d_.store->get(req->cache_id());
+        if (e.ok()) {
+          ids.assign(e->cache->tokens().begin(), e->cache->tokens().end());
+        } else {
+          st = e.status();
+        }
+      }
+    } else {
+      st = invalid_argument("set tokens or cache_id");
+    }
+  }
+  if (st.ok()) {
+    const Tokenizer& tok = *d_.model->tokenizer;
+    resp->mutable_ids()->Assign(ids.begin(), ids.end());
+    resp->set_text(tok.decode(ids));
+    for (const int32_t id : ids) resp->add_pieces(fuser::token_text(tok, id));
+    d_.metrics->add_bytes_sent(resp->ByteSizeLong());
   }
   call->complete(std::move(st));
   return call;

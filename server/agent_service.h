@@ -33,6 +33,7 @@
 #include "server/agent_config.h"
 #include "server/auth.h"
 #include "server/cache_store.h"
+#include "server/context_fuser.h"
 #include "server/engine_loop.h"
 #include "server/metrics.h"
 #include "server/peer_client.h"
@@ -65,6 +66,7 @@ struct ServiceDeps {
   Metrics* metrics = nullptr;
   const BearerAuth* auth = nullptr;
   const SelfAddresses* self = nullptr;
+  ContextFuser* fuser = nullptr;  // receiver mode (context caches from other models)
   KvWireLimits import_limits;  // for ImportCache streams
 };
 
@@ -93,6 +95,10 @@ class AgentServiceImpl final : public AgentServiceBase {
                                       pb::DropCacheResponse* resp) override;
   grpc::ServerUnaryReactor* PinCache(grpc::CallbackServerContext* ctx, const pb::PinCacheRequest* req,
                                      pb::PinCacheResponse* resp) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx, const pb::TokenizeRequest* req,
+                                     pb::TokenizeResponse* resp) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx, const pb::DetokenizeRequest* req,
+                                       pb::DetokenizeResponse* resp) override;
 
  private:
   ServiceDeps d_;

@@ -212,13 +212,20 @@ Result<PrefillOutcome> EngineLoop::run_prefill(Task& t) {
     return resource_exhausted(fmt::format("the new cache ({} tokens, {} bytes) exceeds --max-request-cache-bytes {}",
                                           cells, bytes, opt_.max_request_cache_bytes));
   }
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, assemble_context(t.in, cells));
+  const int32_t reserve = t.prefill.hand_back ? std::max(0, std::min(t.prefill.reserve_cells, ctx_size_ - cells)) : 0;
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, assemble_context(t.in, cells + reserve));
   if (!t.in.tokens.empty()) {
     std::vector<float> logits(static_cast<size_t>(model_.config.n_vocab));
     KVB_RETURN_IF_ERROR(runner_->forward(*cache, t.in.tokens, logits));
   }
   PrefillOutcome out;
-  KVB_ASSIGN_OR_RETURN(out.cache, keep(std::move(cache), t.prefill.ttl_s, t.prefill.pin));
+  if (t.prefill.hand_back) {
+    out.cache.n_tokens = cache->n_tokens();
+    out.cache.bytes = cache->bytes_used();
+    out.owned = std::move(cache);
+  } else {
+    KVB_ASSIGN_OR_RETURN(out.cache, keep(std::move(cache), t.prefill.ttl_s, t.prefill.pin));
+  }
   out.prefill_ms = ms_between(t0, Clock::now());
   return out;
 }

@@ -107,11 +107,16 @@ class GenerateSink {
 struct PrefillOptions {
   uint32_t ttl_s = 0;  // 0 = the store's default
   bool pin = false;
+  // Hand the cache back (PrefillOutcome::owned) instead of storing it, with this many free cells
+  // after its own (a receiver fusing its context, then running a session in it).
+  bool hand_back = false;
+  int32_t reserve_cells = 0;
 };
 
 struct PrefillOutcome {
-  CacheInfo cache;
+  CacheInfo cache;        // the stored cache (not with hand_back)
   double prefill_ms = 0;  // engine time: concatenation + forward + store insert
+  std::unique_ptr<KvCache> owned;  // with hand_back
 };
 using PrefillCallback = std::function<void(Result<PrefillOutcome>)>;
 

@@ -85,27 +85,20 @@ void Metrics::record_request(std::string_view method, StatusCode code, double se
   h->observe(seconds);
 }
 
-std::string Metrics::render(const CacheStoreStats& store) const {
-  std::string out;
-  out.reserve(8192);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    header(out, "kvbridge_requests_total", "counter", "AgentService calls by method and final gRPC code.");
-    for (const auto& [key, n] : requests_) {
-      out += fmt::format("kvbridge_requests_total{{method=\"{}\",code=\"{}\"}} {}\n", escape_label_value(key.first),
-                         escape_label_value(key.second), n);
-    }
-    header(out, "kvbridge_request_duration_seconds", "histogram", "AgentService call duration by method.");
-    for (const auto& [method, h] : durations_) {
-      h->render(out, "kvbridge_request_duration_seconds", fmt::format("method=\"{}\"", escape_label_value(method)));
-    }
+void Metrics::render_requests(std::string& out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  header(out, "kvbridge_requests_total", "counter", "gRPC calls by method and final gRPC code.");
+  for (const auto& [key, n] : requests_) {
+    out += fmt::format("kvbridge_requests_total{{method=\"{}\",code=\"{}\"}} {}\n", escape_label_value(key.first),
+                       escape_label_value(key.second), n);
   }
-  header(out, "kvbridge_time_to_first_token_seconds", "histogram",
-         "Generate: from request arrival (context pulls included) to the first sampled token.");
-  ttft_.render(out, "kvbridge_time_to_first_token_seconds", "");
-  header(out, "kvbridge_time_per_output_token_seconds", "histogram",
-         "Generate: mean time per output token after the first.");
-  tpot_.render(out, "kvbridge_time_per_output_token_seconds", "");
+  header(out, "kvbridge_request_duration_seconds", "histogram", "gRPC call duration by method.");
+  for (const auto& [method, h] : durations_) {
+    h->render(out, "kvbridge_request_duration_seconds", fmt::format("method=\"{}\"", escape_label_value(method)));
+  }
+}
+
+void Metrics::render_transport(std::string& out) const {
   header(out, "kvbridge_transport_bytes_sent_total", "counter", "Serialized message bytes sent, by transport.");
   out += fmt::format("kvbridge_transport_bytes_sent_total{{transport=\"grpc\"}} {}\n",
                      bytes_sent_.load(std::memory_order_relaxed));
@@ -113,6 +106,26 @@ std::string Metrics::render(const CacheStoreStats& store) const {
          "Serialized message bytes received, by transport.");
   out += fmt::format("kvbridge_transport_bytes_received_total{{transport=\"grpc\"}} {}\n",
                      bytes_received_.load(std::memory_order_relaxed));
+}
+
+std::string Metrics::render() const {
+  std::string out;
+  render_requests(out);
+  render_transport(out);
+  return out;
+}
+
+std::string Metrics::render(const CacheStoreStats& store) const {
+  std::string out;
+  out.reserve(8192);
+  render_requests(out);
+  header(out, "kvbridge_time_to_first_token_seconds", "histogram",
+         "Generate: from request arrival (context pulls included) to the first sampled token.");
+  ttft_.render(out, "kvbridge_time_to_first_token_seconds", "");
+  header(out, "kvbridge_time_per_output_token_seconds", "histogram",
+         "Generate: mean time per output token after the first.");
+  tpot_.render(out, "kvbridge_time_per_output_token_seconds", "");
+  render_transport(out);
   header(out, "kvbridge_cache_store_bytes", "gauge", "Bytes held by the cache store.");
   out += fmt::format("kvbridge_cache_store_bytes {}\n", store.bytes_used);
   header(out, "kvbridge_cache_store_budget_bytes", "gauge", "The cache store's byte budget.");
@@ -132,14 +145,17 @@ std::string Metrics::render(const CacheStoreStats& store) const {
 
 // ---- MetricsEndpoint ----
 
-MetricsEndpoint::MetricsEndpoint(const Metrics& metrics, CacheStore& store) : metrics_(metrics), store_(store) {}
+MetricsEndpoint::MetricsEndpoint(const Metrics& metrics, CacheStore& store)
+    : MetricsEndpoint([&metrics, &store] { return metrics.render(store.stats()); }) {}
+
+MetricsEndpoint::MetricsEndpoint(std::function<std::string()> render) : render_(std::move(render)) {}
 
 MetricsEndpoint::~MetricsEndpoint() { stop(); }
 
 Status MetricsEndpoint::start(const HostPort& addr) {
   http_ = std::make_unique<httplib::Server>();
   http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(store_.stats()), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(render_(), "text/plain; version=0.0.4; charset=utf-8");
   });
   std::string host = addr.host;
   if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);

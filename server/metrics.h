@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -68,8 +69,14 @@ class Metrics {
 
   // The whole exposition text, with the cache store's numbers taken from `store`.
   std::string render(const CacheStoreStats& store) const;
+  // Only the call and transport series (requests, durations, bytes): for a server without a cache
+  // store or generations (kvbridge-fuser).
+  std::string render() const;
 
  private:
+  void render_requests(std::string& out) const;
+  void render_transport(std::string& out) const;
+
   mutable std::mutex mu_;  // guards the two maps (not the histograms inside, which are atomic)
   std::map<std::pair<std::string, std::string>, uint64_t> requests_;  // (method, code) → count
   std::map<std::string, std::unique_ptr<Histogram>> durations_;        // method → histogram
@@ -82,6 +89,9 @@ class Metrics {
 class MetricsEndpoint {
  public:
   MetricsEndpoint(const Metrics& metrics, CacheStore& store);
+  // Serves what `render` returns (called on the listener thread, so it must be thread-safe and
+  // outlive the endpoint's stop()).
+  explicit MetricsEndpoint(std::function<std::string()> render);
   ~MetricsEndpoint();  // stops and joins
   MetricsEndpoint(const MetricsEndpoint&) = delete;
   MetricsEndpoint& operator=(const MetricsEndpoint&) = delete;
@@ -93,8 +103,7 @@ class MetricsEndpoint {
   void stop();
 
  private:
-  const Metrics& metrics_;
-  CacheStore& store_;
+  std::function<std::string()> render_;
   std::unique_ptr<httplib::Server> http_;
   std::thread thread_;
   int port_ = 0;

@@ -68,6 +68,32 @@ void PeerClient::worker() {
   }
 }
 
+bool PeerClient::stopping() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopping_;
+}
+
+void PeerClient::prepare(grpc::ClientContext& ctx) const {
+  auth_.attach(ctx);
+  ctx.set_deadline(std::chrono::system_clock::now() + opt_.pull_timeout);
+}
+
+Status PeerClient::peer_error(const grpc::Status& gs, const std::string& what) {
+  Status st = from_grpc_status(gs);
+  switch (st.code()) {
+    case StatusCode::kDeadlineExceeded:
+    case StatusCode::kCancelled:
+      st = unavailable(fmt::format("the peer did not complete the call: {}", st.message()));
+      break;
+    case StatusCode::kUnauthenticated:
+      st = Status(StatusCode::kPermissionDenied, fmt::format("the peer refused this agent's token: {}", st.message()));
+      break;
+    default:
+      break;
+  }
+  return st.with_context(what);
+}
+
 std::shared_ptr<grpc::Channel> PeerClient::channel(const std::string& agent) {
   std::lock_guard<std::mutex> lock(channels_mu_);
   auto& ch = channels_[agent];
@@ -102,16 +128,12 @@ std::shared_ptr<grpc::Channel> PeerClient::channel(const std::string& agent) {
 Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string& cache_id, const PullOptions& po,
                                      CancelToken& cancel) {
   const auto where = [&] { return fmt::format("pulling cache {} from {}", cache_id, agent); };
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return unavailable(where() + ": the agent is shutting down");
-  }
+  if (stopping()) return unavailable(where() + ": the agent is shutting down");
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
 
   const std::shared_ptr<grpc::Channel> ch = channel(agent);
   grpc::ClientContext ctx;
-  auth_.attach(ctx);
-  ctx.set_deadline(std::chrono::system_clock::now() + opt_.pull_timeout);
+  prepare(ctx);
   cancel.set_hook([&ctx] { ctx.TryCancel(); });
   struct HookGuard {
     CancelToken& c;
@@ -122,10 +144,12 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   req.set_cache_id(cache_id);
   req.set_dtype(wire::to_proto(po.dtype));
   req.set_compression(wire::to_proto(po.compression));
+  if (po.layers) wire::to_proto(*po.layers, req.mutable_layers());
   if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
 
   const BufferType& buffers = opt_.cache_buffers ? *opt_.cache_buffers : cpu_device().buffer_type();
-  wire::CacheStreamReader reader(opt_.identity, buffers, /*n_ctx_min=*/0, opt_.limits, po.reserve_cells);
+  wire::CacheStreamReader reader(po.identity ? *po.identity : opt_.identity, buffers, /*n_ctx_min=*/0, opt_.limits,
+                                 po.reserve_cells);
   // Read raw: each message stays in the slices gRPC received it in, and the reader checksums and
   // decodes the payload from there (no protobuf copy of ~1 MiB per message).
   const grpc::internal::RpcMethod method(kExportCacheMethod, grpc::internal::RpcMethod::SERVER_STREAMING);
@@ -158,21 +182,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   const grpc::Status gs = stream->Finish();
   if (!decode_error.ok()) return decode_error.with_context(where());
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
-  if (!gs.ok()) {
-    Status st = from_grpc_status(gs);
-    switch (st.code()) {
-      case StatusCode::kDeadlineExceeded:
-      case StatusCode::kCancelled:
-        st = unavailable(fmt::format("the peer did not complete the transfer: {}", st.message()));
-        break;
-      case StatusCode::kUnauthenticated:
-        st = Status(StatusCode::kPermissionDenied, fmt::format("the peer refused this agent's token: {}", st.message()));
-        break;
-      default:
-        break;
-    }
-    return st.with_context(where());
-  }
+  if (!gs.ok()) return peer_error(gs, where());
   auto cache = reader.finish();
   if (!cache.ok()) return cache.status().with_context(where());
   PulledCache out;

@@ -82,6 +82,18 @@ class PeerClient {
   Result<PulledCache> pull(const std::string& agent, const std::string& cache_id, const PullOptions& opt,
                            CancelToken& cancel);
 
+  // For other calls to peers (agents, fusers): the shared channel to `address` (created on first
+  // use, with this agent's TLS settings and message limits) and a context carrying the bearer
+  // token, the pull deadline and `cancel` (whose hook stays set until the returned guard dies).
+  std::shared_ptr<grpc::Channel> channel(const std::string& address);
+  void prepare(grpc::ClientContext& ctx) const;
+  // A peer's gRPC error as this agent reports it: a deadline or a cancel it did not ask for →
+  // UNAVAILABLE, a refused token → PERMISSION_DENIED; `what` names the call.
+  static Status peer_error(const grpc::Status& gs, const std::string& what);
+  bool stopping();
+  uint64_t max_message_bytes() const { return opt_.max_message_bytes; }
+  Metrics* metrics() const { return opt_.metrics; }
+
   // Runs `fn` on a worker thread (FIFO). After stop() has begun, runs it on the caller's thread
   // (where pull() answers UNAVAILABLE), so that every posted task runs exactly once.
   void post(std::function<void()> fn);
@@ -90,7 +102,6 @@ class PeerClient {
   void stop();
 
  private:
-  std::shared_ptr<grpc::Channel> channel(const std::string& agent);
   void worker();
 
   const PeerClientOptions opt_;

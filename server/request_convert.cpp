@@ -48,6 +48,28 @@ Result<PullOptions> convert_pull(const pb::PullOptions& p) {
   return out;
 }
 
+Result<std::optional<FuserSpec>> convert_fuser(bool has, const pb::FuserRef& f) {
+  if (!has) return std::optional<FuserSpec>();
+  FuserSpec out;
+  switch (f.where_case()) {
+    case pb::FuserRef::kAddress: {
+      auto hp = parse_host_port(f.address(), /*allow_port_zero=*/false);
+      if (!hp.ok()) return invalid_argument("fuser.address: " + hp.status().message());
+      out.address = f.address();
+      break;
+    }
+    case pb::FuserRef::kEmbedded:
+      if (!f.embedded()) return invalid_argument("fuser.embedded must be true when set");
+      out.embedded = true;
+      break;
+    default: return invalid_argument("fuser: set address or embedded");
+  }
+  auto dtype = wire::wire_dtype_from_proto(f.dtype());
+  if (!dtype.ok()) return invalid_argument("fuser.dtype: " + dtype.status().message());
+  out.dtype = *dtype;
+  return std::optional<FuserSpec>(std::move(out));
+}
+
 // The input (text or token ids) → validated ids. `text` / `tokens` per the oneof.
 template <class Req>
 Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const RequestLimits& lim) {
@@ -132,6 +154,7 @@ Result<GenerateSpec> convert_generate(const pb::GenerateRequest& r, const Reques
   GenerateSpec g;
   KVB_ASSIGN_OR_RETURN(g.session.context, convert_context(r.context(), lim));
   KVB_ASSIGN_OR_RETURN(g.session.pull, convert_pull(r.pull()));
+  KVB_ASSIGN_OR_RETURN(g.session.fuser, convert_fuser(r.has_fuser(), r.fuser()));
   KVB_ASSIGN_OR_RETURN(g.session.tokens, convert_input(r, !g.session.context.empty(), lim));
   KVB_ASSIGN_OR_RETURN(g.options.sampling, convert_sampling(r.sampling()));
   const int64_t asked = r.max_tokens() == 0 ? kDefaultMaxTokens : int64_t(r.max_tokens());
@@ -161,6 +184,7 @@ Result<PrefillSpec> convert_prefill(const pb::PrefillRequest& r, const RequestLi
   PrefillSpec p;
   KVB_ASSIGN_OR_RETURN(p.session.context, convert_context(r.context(), lim));
   KVB_ASSIGN_OR_RETURN(p.session.pull, convert_pull(r.pull()));
+  KVB_ASSIGN_OR_RETURN(p.session.fuser, convert_fuser(r.has_fuser(), r.fuser()));
   KVB_ASSIGN_OR_RETURN(p.session.tokens, convert_input(r, !p.session.context.empty(), lim));
   KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
   p.options.ttl_s = r.cache_ttl_seconds();
@@ -180,6 +204,7 @@ Result<ExportSpec> convert_export(const pb::ExportCacheRequest& r) {
   e.dtype = *dtype;
   e.compression = *comp;
   e.chunk_tokens = r.chunk_tokens();
+  if (r.has_layers()) e.layers = wire::from_proto(r.layers());
   return e;
 }
 

@@ -53,6 +53,17 @@ struct PullOptions {
   // appends after it (input, + max_tokens for a Generate) when it is the request's only context,
   // so that the engine can run the session in the pulled cache (SessionInput::owned_context).
   int32_t reserve_cells = 0;
+  // Only these layers' K/V (a sharer's cache pulled for a fuser); absent = the whole cache.
+  std::optional<KvLayerSet> layers;
+  // The model the pulled cache must come from (borrowed); null = this agent's.
+  const ModelIdentity* identity = nullptr;
+};
+
+// Receiver mode (agent.proto FuserRef): which fuser projects a context cache from another model.
+struct FuserSpec {
+  std::string address;  // a FuserService; empty when embedded
+  bool embedded = false;
+  WireDType dtype = WireDType::kF32;  // of the slices exchanged with a remote fuser
 };
 
 // The shared part of Generate and Prefill.
@@ -60,6 +71,7 @@ struct SessionSpec {
   std::vector<ContextRef> context;
   std::vector<int32_t> tokens;  // the input, BOS included when asked
   PullOptions pull;
+  std::optional<FuserSpec> fuser;  // receiver mode
   bool has_remote_context() const;
 };
 
@@ -78,6 +90,7 @@ struct ExportSpec {
   WireDType dtype = WireDType::kF32;
   WireCompression compression = WireCompression::kNone;
   uint32_t chunk_tokens = 0;  // 0 = the encoder's choice (~1 MiB chunks)
+  std::optional<KvLayerSet> layers;  // only these layers' K/V (a fuser's pull); checked by the encoder
 };
 
 // INVALID_ARGUMENT unless `id` is a well-formed cache id; `field` names it in the message.

@@ -12,11 +12,14 @@
 //     block of query rows, with the rows of all query heads of that group stacked (R = group x bq rows),
 //     so each K/V tile is read once for the whole group and copied (f32) or converted (f16) into a
 //     contiguous buffer: cache rows are n_head_kv * hd apart, a stride that maps a whole tile onto a
-//     few L1 sets. Per tile of kBk cells, in the transposed orientation so nothing is transposed:
-//       Sᵀ[j][r] = k_j · (scale q_r)      gemm(K tile [bk][hd], Qᵀ [hd][R])
+//     few L1 sets. Everything is kept transposed (one column per stacked row: Qᵀ, Sᵀ, Oᵀ), so the
+//     softmax statistics, the causal mask and the rescaling of O are plain vector ops along rows of
+//     R columns; per tile of kBk cells, VecKernels::flash_step does
+//       Sᵀ[j][r] = k_j · (scale q_r), masked past the diagonal
 //       m_r' = max(m_r, max_j Sᵀ[j][r]);  l_r = l_r e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r')
-//       O[r] = O[r] e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r') v_j   gemm(Pᵀ read transposed, V tile)
-//     and out = O / l at the end. Items are handed out largest (latest query block) first.
+//       Oᵀ[d][r] = Oᵀ[d][r] e^(m_r - m_r') + sum_j v_j[d] e^(Sᵀ[j][r] - m_r')
+//     and out = O / l at the end. Tiles past the diagonal are never visited. Items are handed out
+//     largest (latest query block) first.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -154,68 +157,88 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
   const int n_threads = ctx.pool->n_threads();
   const int64_t bq = std::max<int64_t>(1, kRowsPerItem / s.group);  // query rows per item
   const int64_t rmax = s.group * bq;                                // stacked rows per item
+  const int64_t ld = (rmax + 15) / 16 * 16;                         // columns of the transposed tiles
   const int64_t n_qb = (s.n + bq - 1) / bq;
   const int64_t hd = s.hd;
-  // Per-thread layout (floats): Qᵀ [hd][R], Sᵀ [kBk][R], O [R][hd], m, l, m_new, tile max [R],
-  // and f32 copies of f16 K and V tiles [kBk][hd].
-  const int64_t per_thread = hd * rmax + kBk * rmax + rmax * hd + 4 * rmax + 2 * kBk * hd;
+  // Per-thread layout (floats), columns = stacked rows: Qᵀ [hd][ld], Sᵀ [kBk + 1][ld], Oᵀ [hd][ld],
+  // m, l, lim [ld], and contiguous f32 K and V tiles [kBk][hd].
+  const int64_t per_thread = hd * ld + (kBk + 1) * ld + hd * ld + 3 * ld + 2 * kBk * hd;
   KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
+  // When several query blocks read the same cells, K and V are first copied (f32) or converted
+  // (f16) once into contiguous per-head f32 arrays [n_head_kv][n_kv][hd], and tiles are read from
+  // there in place; a single block loads its tiles on the way.
+  const bool prepack = n_qb > 1;
+  const float* kpk = nullptr;
+  const float* vpk = nullptr;
+  if (prepack) {
+    const size_t per_cache = size_t(s.n_head_kv * s.n_kv * hd);
+    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(2 * per_cache * sizeof(float)));
+    float* kp = ctx.scratch->shared();
+    float* vp = kp + per_cache;
+    ctx.pool->parallel_for(s.n_kv, 64, [&](int64_t begin, int64_t end, int) {
+      for (int64_t h = 0; h < s.n_head_kv; ++h) {
+        load_tile(vk, k, s, begin, end - begin, h, kp + (h * s.n_kv + begin) * hd);
+        load_tile(vk, v, s, begin, end - begin, h, vp + (h * s.n_kv + begin) * hd);
+      }
+    });
+    kpk = kp;
+    vpk = vp;
+  }
   auto items = [&](int64_t begin, int64_t end, int tid) {
     float* qt = ctx.scratch->thread(tid);
-    float* st = qt + hd * rmax;
-    float* o = st + kBk * rmax;
-    float* m = o + rmax * hd;
-    float* l = m + rmax;
-    float* m_new = l + rmax;
-    float* tmax = m_new + rmax;
-    float* kf = tmax + rmax;
+    float* st = qt + hd * ld;
+    float* ot = st + (kBk + 1) * ld;
+    float* m = ot + hd * ld;
+    float* l = m + ld;
+    float* lim = l + ld;
+    float* kf = lim + ld;
     float* vf = kf + kBk * hd;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = n_qb - 1 - item / s.n_head_kv;  // heaviest blocks first
       const int64_t kvh = item % s.n_head_kv;
       const int64_t i0 = qb * bq, nq = std::min(bq, s.n - i0);
-      const int64_t rows = s.group * nq;  // row r = g * nq + ri: head kvh * group + g, query i0 + ri
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t g = r / nq, ri = r % nq;
-        const float* src = q.as<const float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
-        for (int64_t d = 0; d < hd; ++d) qt[d * rows + r] = src[d] * scale;
-        m[r] = kNegInf;
-        l[r] = 0.0f;
+      const int64_t rows = s.group * nq;  // column r = g * nq + ri: head kvh * group + g, query i0 + ri
+      for (int64_t g = 0; g < s.group; ++g) {
+        for (int64_t ri = 0; ri < nq; ++ri) {
+          const float* src = q.as<const float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
+          for (int64_t d = 0; d < hd; ++d) qt[d * ld + g * nq + ri] = src[d] * scale;
+        }
       }
-      std::fill(o, o + rows * hd, 0.0f);
+      for (int64_t d = 0; d < hd; ++d) std::fill(qt + d * ld + rows, qt + (d + 1) * ld, 0.0f);
+      std::fill(ot, ot + hd * ld, 0.0f);
+      std::fill(m, m + ld, kNegInf);
+      std::fill(l, l + ld, 0.0f);
       const int64_t diag = s.n_kv - s.n + i0;  // cells <= diag are visible to every row
       const int64_t kv_end = diag + nq;        // exclusive: the last row's limit + 1
+      // Cell 0 is visible to every row, so every column sees a visible cell on the first tile.
       for (int64_t t0 = 0; t0 < kv_end; t0 += kBk) {
         const int64_t bk = std::min(kBk, kv_end - t0);
-        load_tile(vk, k, s, t0, bk, kvh, kf);
-        vk.gemm(bk, rows, hd, kf, hd, 1, qt, rows, st, rows, false);
-        if (t0 + bk - 1 > diag) {  // the tile crosses the causal diagonal
-          for (int64_t j = std::max<int64_t>(0, diag + 1 - t0); j < bk; ++j) {
-            const int64_t over = t0 + j - diag;  // row ri sees this cell iff ri >= over
-            for (int64_t r = 0; r < rows; ++r) {
-              if (r % nq < over) st[j * rows + r] = kNegInf;
-            }
+        const float* limp = nullptr;
+        if (t0 + bk - 1 > diag) {  // the tile crosses the causal diagonal: row ri sees j <= diag - t0 + ri
+          for (int64_t g = 0; g < s.group; ++g) {
+            for (int64_t ri = 0; ri < nq; ++ri) lim[g * nq + ri] = float(diag - t0 + ri);
           }
+          std::fill(lim + rows, lim + ld, float(bk));
+          limp = lim;
         }
-        std::fill(tmax, tmax + rows, kNegInf);
-        for (int64_t j = 0; j < bk; ++j) vk.max_into(tmax, st + j * rows, rows);
-        for (int64_t r = 0; r < rows; ++r) {
-          // Cell 0 is visible to every row, so m_new is finite from the first tile on.
-          m_new[r] = std::max(m[r], tmax[r]);
-          const float alpha = std::exp(m[r] - m_new[r]);  // 0 on the first tile (m = -inf)
-          l[r] *= alpha;
-          if (alpha != 1.0f) vk.scale(o + r * hd, alpha, hd);
-          m[r] = m_new[r];
+        const float* kt = kf;
+        const float* vt = vf;
+        if (prepack) {
+          kt = kpk + (kvh * s.n_kv + t0) * hd;
+          vt = vpk + (kvh * s.n_kv + t0) * hd;
+        } else {
+          load_tile(vk, k, s, t0, bk, kvh, kf);
+          load_tile(vk, v, s, t0, bk, kvh, vf);
         }
-        for (int64_t j = 0; j < bk; ++j) vk.exp_sub_into(st + j * rows, m_new, l, rows);
-        load_tile(vk, v, s, t0, bk, kvh, vf);
-        vk.gemm(rows, hd, bk, st, 1, rows, vf, hd, o, hd, true);
+        vk.flash_step(bk, hd, rows, ld, kt, vt, qt, limp, st, m, l, ot);
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t g = r / nq, ri = r % nq;
-        float* dst = out.as<float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
-        const float inv = 1.0f / l[r];
-        for (int64_t d = 0; d < hd; ++d) dst[d] = o[r * hd + d] * inv;
+      for (int64_t g = 0; g < s.group; ++g) {
+        for (int64_t ri = 0; ri < nq; ++ri) {
+          const int64_t r = g * nq + ri;
+          float* dst = out.as<float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
+          const float inv = 1.0f / l[r];
+          for (int64_t d = 0; d < hd; ++d) dst[d] = ot[d * ld + r] * inv;
+        }
       }
     }
   };

@@ -192,6 +192,10 @@ class CpuBackend final : public Backend {
     return cpu::embedding(ctx_, table, tokens, out);
   }
   Status convert(const Tensor& src, const Tensor& dst) override { return cpu::convert(ctx_, src, dst); }
+  Status gelu(const Tensor& x, const Tensor& out) override { return cpu::gelu(ctx_, x, out); }
+  Status gate_add(const Tensor& receiver, const Tensor& logits, const Tensor& projected, const Tensor& out) override {
+    return cpu::gate_add(ctx_, receiver, logits, projected, out);
+  }
 
  private:
   ThreadPool pool_;
@@ -255,6 +259,8 @@ class CpuDevice final : public Device {
       case OpKind::kSoftmax:
       case OpKind::kSiluMul:
       case OpKind::kAdd:
+      case OpKind::kGelu:
+      case OpKind::kGateAdd:
         return t == DType::kF32;
     }
     return false;

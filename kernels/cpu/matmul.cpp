@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/packed_weight.h"
@@ -23,7 +24,7 @@ namespace {
 // shapes: a large k block matters most, because every k block reloads and re-stores the C tiles;
 // the B block [kKc][32] (128 KiB f32) and the active A micro-panel stream from L2, which has the
 // bandwidth for both at full FMA rate.
-constexpr int64_t kKc = 1024;
+static const int64_t kKc = getenv("KVB_KC") ? atoi(getenv("KVB_KC")) : 1024;  // TEMP
 constexpr int64_t kMcRows = 256;  // row group: packed x [kMcRows][kKc] (1 MiB) stays in L2
 
 struct OutPanels {
@@ -124,8 +125,16 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
 
   // Row groups: whole multiples of mr rows, at most kMcRows, and enough groups to feed every thread
   // when the weights have few panels.
-  int64_t blocks_per_group = std::max<int64_t>(1, kMcRows / mr);
+  static const int64_t mc_env = getenv("KVB_MC") ? atoi(getenv("KVB_MC")) : kMcRows;  // TEMP
+  static const int mode_env = getenv("KVB_GMODE") ? atoi(getenv("KVB_GMODE")) : 0;  // TEMP
+  int64_t blocks_per_group = std::max<int64_t>(1, mc_env / mr);
   int64_t n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
+  if (mode_env == 1) {
+    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
+  } else if (mode_env == 2) {
+    n_groups = std::max<int64_t>(1, (n_row_blocks + blocks_per_group / 2) / blocks_per_group);
+    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
+  }
   if (n_groups * n_panels < 2 * n_threads) {
     n_groups = std::min(n_row_blocks, (2 * n_threads + n_panels - 1) / n_panels);
     blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
@@ -133,7 +142,9 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
   }
   const int64_t rows_per_group = blocks_per_group * mr;
   const int64_t n_items = n_groups * n_panels;
-  const int64_t chunk = std::clamp<int64_t>(n_items / (int64_t(n_threads) * 4), 1, 16);
+  static const int64_t cdiv = getenv("KVB_CDIV") ? atoi(getenv("KVB_CDIV")) : 4;  // TEMP
+  static const int64_t cmax = getenv("KVB_CMAX") ? atoi(getenv("KVB_CMAX")) : 16;  // TEMP
+  const int64_t chunk = std::clamp<int64_t>(n_items / (int64_t(n_threads) * cdiv), 1, cmax);
 
   pool.parallel_for(n_items, chunk, [&](int64_t begin, int64_t end, int tid) {
     float* tile = ctx.scratch->thread(tid);

@@ -59,5 +59,8 @@ Status add(OpContext& ctx, const Tensor& a, const Tensor& b, const Tensor& out);
 Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale);
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out);
 Status convert(OpContext& ctx, const Tensor& src, const Tensor& dst);
+Status gelu(OpContext& ctx, const Tensor& x, const Tensor& out);
+Status gate_add(OpContext& ctx, const Tensor& receiver, const Tensor& logits, const Tensor& projected,
+                const Tensor& out);
 
 }  // namespace kvb::cpu

@@ -48,6 +48,18 @@ struct VecKernels {
   // The same with b in IEEE half (a V cache read in place).
   void (*gemm_f16b)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const uint16_t* b,
                     int64_t ldb, float* c, int64_t ldc, bool accumulate) = nullptr;
+  // One online-softmax step of flash attention over a tile of bk cells, in the transposed layout
+  // where column r of every [..][ld] matrix is one stacked query row (r < nr; ld is a multiple of 16
+  // and >= nr; columns nr .. ld of qt, m, l, ot and lim must hold finite values, e.g. qt = 0):
+  //   s[j][r]  = sum_d k[j * hd + d] * qt[d * ld + r]       (j < bk; qt holds the scaled queries)
+  //   s[j][r]  = -inf where lim != nullptr and j > lim[r]  (lim: last visible cell of the tile)
+  //   mx = max(m[r], max_j s[j][r]);  a = exp(m[r] - mx);  m[r] = mx
+  //   p[j][r]  = exp(s[j][r] - mx);    l[r] = l[r] a + sum_j p[j][r]
+  //   ot[d * ld + r] = ot[d * ld + r] a + sum_j v[j * hd + d] p[j][r]          (d < hd)
+  // k and v are contiguous f32 tiles [bk][hd]; s is scratch of (bk + 1) rows of ld floats. m starts
+  // at -inf; after a column's first step it must have seen a visible cell (else a = NaN).
+  void (*flash_step)(int64_t bk, int64_t hd, int64_t nr, int64_t ld, const float* k, const float* v, const float* qt,
+                     const float* lim, float* s, float* m, float* l, float* ot) = nullptr;
 };
 
 const VecKernels& vec_kernels_generic();

@@ -68,6 +68,7 @@ struct SimdAvx2 {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
   }
+  static V blend_lt(V x, V y, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, y, _CMP_LT_OQ)); }
   static V zero_below(V v, V x, float c) { return _mm256_and_ps(v, _mm256_cmp_ps(x, set1(c), _CMP_GE_OQ)); }
 };
 

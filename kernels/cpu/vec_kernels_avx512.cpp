@@ -46,6 +46,7 @@ struct SimdAvx512 {
   static float hmax(V v) { return _mm512_reduce_max_ps(v); }
   static V round(V v) { return _mm512_roundscale_ps(v, kRound); }
   static V ldexp(V p, V n) { return _mm512_scalef_ps(p, n); }
+  static V blend_lt(V x, V y, V a, V b) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_LT_OQ), b, a); }
   static V zero_below(V v, V x, float c) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, set1(c), _CMP_GE_OQ), v); }
 };
 

@@ -83,6 +83,9 @@ struct SimdGeneric {
   static V ldexp(V p, V n) {
     return map([&](int i) { return std::ldexp(p.v[i], int(n.v[i])); });
   }
+  static V blend_lt(V x, V y, V a, V b) {
+    return map([&](int i) { return x.v[i] < y.v[i] ? a.v[i] : b.v[i]; });
+  }
   static V zero_below(V v, V x, float c) {
     return map([&](int i) { return x.v[i] >= c ? v.v[i] : 0.0f; });
   }

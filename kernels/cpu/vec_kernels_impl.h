@@ -8,6 +8,7 @@
 //   add sub mul div max min fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b
 //   hsum(v) hmax(v) round(v) (to nearest) ldexp(p, n) = p * 2^n (n integral, |n| <= 127)
 //   zero_below(v, x, c) = x < c ? 0 : v (lane-wise)
+//   blend_lt(x, y, a, b) = x < y ? a : b (lane-wise)
 //   kGemmRows: rows of c per gemm register block (4 where there are 32 vector registers, else 2)
 // Only include this from a vec_kernels_*.cpp file.
 #pragma once
@@ -350,12 +351,133 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t
   }
 }
 
+// ---- flash_step: the prefill attention tile, vectorized along the stacked query rows (columns) ----
+
+// c[i][0 .. NV kW) (+)= sum_kk a[i * a_rs + kk * a_cs] * b[kk * ldb + 0 .. NV kW) for i < R; with
+// accumulate, c starts from its current contents, each column scaled by c_scale (when not null).
+// Operands are L1-resident tiles: no software prefetch.
+template <class S, int R, int NV>
+inline void tt_block(int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
+                     int64_t ldc, const float* c_scale, bool accumulate) {
+  constexpr int kW = S::kW;
+  typename S::V acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      if (!accumulate) {
+        acc[r][v] = S::zero();
+      } else {
+        acc[r][v] = S::load(c + r * ldc + v * kW);
+        if (c_scale != nullptr) acc[r][v] = S::mul(acc[r][v], S::load(c_scale + v * kW));
+      }
+    }
+  }
+  for (int64_t kk = 0; kk < kdim; ++kk) {
+    typename S::V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = S::load(b + kk * ldb + v * kW);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const auto av = S::set1(a[r * a_rs + kk * a_cs]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) S::store(c + r * ldc + v * kW, acc[r][v]);
+  }
+}
+
+template <class S, int R, int CV>
+inline void tt_rows(int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+                    float* c, int64_t ldc, const float* c_scale, bool accumulate) {
+  if constexpr (CV > 0) {
+    if (nv == CV) return tt_block<S, R, CV>(kdim, a, a_rs, a_cs, b, ldb, c, ldc, c_scale, accumulate);
+    tt_rows<S, R, CV - 1>(nv, kdim, a, a_rs, a_cs, b, ldb, c, ldc, c_scale, accumulate);
+  }
+}
+
+// The last m < R rows of a column chunk.
+template <class S, int R, int CV>
+inline void tt_tail(int m, int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                    int64_t ldb, float* c, int64_t ldc, const float* c_scale, bool accumulate) {
+  if constexpr (R > 0) {
+    if (m == R) return tt_rows<S, R, CV>(nv, kdim, a, a_rs, a_cs, b, ldb, c, ldc, c_scale, accumulate);
+    tt_tail<S, R - 1, CV>(m, nv, kdim, a, a_rs, a_cs, b, ldb, c, ldc, c_scale, accumulate);
+  }
+}
+
+// c[i][0 .. nv kW) (+)= sum_kk a(i, kk) * b[kk][..] for i < m, in register blocks of RB rows x CV
+// vectors (tt_block's contract).
+template <class S, int RB, int CV>
+void tt_gemm(int64_t m, int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+             float* c, int64_t ldc, const float* c_scale, bool accumulate) {
+  constexpr int kW = S::kW;
+  for (int v0 = 0; v0 < nv; v0 += CV) {
+    const int nvc = nv - v0 < CV ? nv - v0 : CV;
+    const float* cs = c_scale != nullptr ? c_scale + v0 * kW : nullptr;
+    int64_t i = 0;
+    for (; i + RB <= m; i += RB) {
+      tt_rows<S, RB, CV>(nvc, kdim, a + i * a_rs, a_rs, a_cs, b + v0 * kW, ldb, c + i * ldc + v0 * kW, ldc, cs,
+                         accumulate);
+    }
+    if (i < m) {
+      tt_tail<S, RB - 1, CV>(int(m - i), nvc, kdim, a + i * a_rs, a_rs, a_cs, b + v0 * kW, ldb, c + i * ldc + v0 * kW,
+                             ldc, cs, accumulate);
+    }
+  }
+}
+
+template <class S>
+void flash_step(int64_t bk, int64_t hd, int64_t nr, int64_t ld, const float* k, const float* v, const float* qt,
+                const float* lim, float* s, float* m, float* l, float* ot) {
+  constexpr int kW = S::kW;
+  // 32 vector registers: 6 x 4 accumulators; 16: 4 x 2.
+  constexpr int kRb = S::kGemmRows == 4 ? 6 : 4;
+  constexpr int kCv = S::kGemmRows == 4 ? 4 : 2;
+  const int nv = int((nr + kW - 1) / kW);
+  // sᵀ[j][r] = k_j · qt[.][r]
+  tt_gemm<S, kRb, kCv>(bk, nv, hd, k, hd, 1, qt, ld, s, ld, nullptr, false);
+  float* alpha = s + bk * ld;
+  const auto neg_inf = S::set1(kNegInf);
+  for (int cv = 0; cv < nv; ++cv) {
+    const int64_t off = int64_t(cv) * kW;
+    const auto m_old = S::load(m + off);
+    auto mx = m_old;
+    if (lim != nullptr) {
+      const auto lv = S::load(lim + off);
+      for (int64_t j = 0; j < bk; ++j) {
+        const auto x = S::blend_lt(lv, S::set1(float(j)), neg_inf, S::load(s + j * ld + off));
+        S::store(s + j * ld + off, x);
+        mx = S::max(mx, x);
+      }
+    } else {
+      for (int64_t j = 0; j < bk; ++j) mx = S::max(mx, S::load(s + j * ld + off));
+    }
+    const auto a = exp_v<S>(S::sub(m_old, mx));  // 0 while m_old = -inf
+    S::store(alpha + off, a);
+    S::store(m + off, mx);
+    auto sum = S::zero();
+    for (int64_t j = 0; j < bk; ++j) {
+      const auto e = exp_v<S>(S::sub(S::load(s + j * ld + off), mx));
+      S::store(s + j * ld + off, e);
+      sum = S::add(sum, e);
+    }
+    S::store(l + off, S::fma(S::load(l + off), a, sum));
+  }
+  // otᵀ[d][r] = ot[d][r] alpha[r] + sum_j v[j][d] p[j][r]
+  tt_gemm<S, kRb, kCv>(hd, nv, bk, v, 1, hd, s, ld, ot, ld, alpha, true);
+}
+
 // All of the above for one trait, as a table. Aggregate-initialized (no shared inline constructor).
 template <class S>
 VecKernels make_vec_kernels(const char* name) {
   return VecKernels{name,          dots<S, float>,  dots<S, uint16_t>, scale<S>,         max<S>,      exp_sum<S>,
                     max_into<S>,   exp_sub_into<S>, sum_sq<S>,         scale_mul<S>,     silu_mul<S>, add<S>,
-                    f16_to_f32<S>, f32_to_f16<S>,   gemm<S, float>,    gemm<S, uint16_t>};
+                    f16_to_f32<S>, f32_to_f16<S>,   gemm<S, float>,    gemm<S, uint16_t>, flash_step<S>};
 }
 
 }  // namespace kvb::cpu::vec_impl

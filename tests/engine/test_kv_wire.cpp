@@ -903,3 +903,123 @@ TEST_CASE("kv wire zero-copy views, payloads in pieces and reserved cells", "[kv
     CHECK((*(*by_bytes)->finish(s.trailer))->n_ctx() == n + 3);
   }
 }
+
+// ============================== layer subsets ==============================
+
+TEST_CASE("kv wire layer subsets: only the chosen slices travel, decode in place", "[kv_wire][model]") {
+  const ModelIdentity& id = stories().id;
+  const std::vector<int32_t> tokens = encode_text(kStory);
+  const auto cache = prefill(tokens);
+  const uint32_t n = uint32_t(tokens.size());
+  const KvLayerSet set{{0, 3}, {1, 3, 4}};  // stories260K has 5 layers
+  const uint32_t chunk_tokens = GENERATE(0u, 7u);
+  const WireCompression comp = GENERATE(WireCompression::kNone, WireCompression::kZstd);
+
+  auto e = KvWireEncoder::create(*cache, id, WireDType::kF32, comp, chunk_tokens, set);
+  REQUIRE(e.ok());
+  Stream s;
+  s.header = (*e)->header();
+  REQUIRE(s.header.layers == set);
+  KvWireChunk c;
+  std::vector<std::pair<uint32_t, bool>> order;
+  uint32_t pl = 0;
+  bool pv = false;
+  while ((*e)->peek(pl, pv)) {
+    REQUIRE((*e)->next(c));
+    CHECK((c.layer == pl && c.is_v == pv));
+    CHECK(set.contains(c.layer, c.is_v));
+    if (order.empty() || order.back() != std::pair{c.layer, c.is_v}) order.emplace_back(c.layer, c.is_v);
+    s.chunks.push_back(c);
+  }
+  CHECK_FALSE((*e)->next(c));
+  s.trailer = (*e)->trailer();
+  // Layer order, K before V, nothing outside the set.
+  CHECK(order == std::vector<std::pair<uint32_t, bool>>{{0, false}, {1, true}, {3, false}, {3, true}, {4, true}});
+  const uint32_t per_slice = chunk_tokens == 0 ? n : chunk_tokens;
+  CHECK(s.header.n_chunks == 5 * ((n + per_slice - 1) / per_slice));
+  CHECK(s.header.total_bytes == 5 * wire_payload_bytes(WireDType::kF32, id.n_head_kv, id.head_dim, n));
+
+  SECTION("a fresh decode: carried slices equal the sender's, the rest are zero; complete() tracks slices") {
+    auto d = KvWireDecoder::create(s.header, id, cpu_device().buffer_type(), 0);
+    REQUIRE(d.ok());
+    CHECK((*d)->cache().n_tokens() == int32_t(n));
+    for (const KvWireChunk& ch : s.chunks) {
+      CHECK_FALSE((*d)->complete(ch.layer, ch.is_v));
+      REQUIRE((*d)->add(ch).ok());
+    }
+    for (uint32_t l = 0; l < id.n_layer; ++l) {
+      CHECK((*d)->complete(l, false));  // not carried counts as complete
+      CHECK((*d)->complete(l, true));
+    }
+    auto r = (*d)->finish(s.trailer);
+    REQUIRE(r.ok());
+    for (int32_t l = 0; l < int32_t(id.n_layer); ++l) {
+      for (const bool is_v : {false, true}) {
+        const Tensor got = is_v ? (*r)->v_used(l) : (*r)->k_used(l);
+        const Tensor want = is_v ? cache->v_used(l) : cache->k_used(l);
+        if (set.contains(uint32_t(l), is_v)) {
+          CHECK(std::memcmp(got.data, want.data, got.nbytes()) == 0);
+        } else {
+          CHECK(std::all_of(floats(got).begin(), floats(got).end(), [](float x) { return x == 0.0f; }));
+        }
+      }
+    }
+  }
+
+  SECTION("decode into an existing cache overwrites exactly the carried slices") {
+    auto target = prefill(encode_text(kStory));  // same tokens: same values
+    for (int32_t l = 0; l < int32_t(id.n_layer); ++l) {
+      std::fill_n(target->k(l).as<float>(), target->k_used(l).numel(), 7.0f);
+      std::fill_n(target->v(l).as<float>(), target->v_used(l).numel(), 7.0f);
+    }
+    auto d = KvWireDecoder::create_into(s.header, id, *target);
+    REQUIRE(d.ok());
+    for (const KvWireChunk& ch : s.chunks) REQUIRE((*d)->add(ch).ok());
+    CHECK((*d)->finish(s.trailer).status().code() == StatusCode::kFailedPrecondition);  // wrong finish
+    REQUIRE((*d)->finish_into(s.trailer).ok());
+    for (int32_t l = 0; l < int32_t(id.n_layer); ++l) {
+      for (const bool is_v : {false, true}) {
+        const Tensor got = is_v ? target->v_used(l) : target->k_used(l);
+        const Tensor want = is_v ? cache->v_used(l) : cache->k_used(l);
+        if (set.contains(uint32_t(l), is_v)) {
+          CHECK(std::memcmp(got.data, want.data, got.nbytes()) == 0);
+        } else {
+          CHECK(std::all_of(floats(got).begin(), floats(got).end(), [](float x) { return x == 7.0f; }));
+        }
+      }
+    }
+    CHECK((*d)->finish_into(s.trailer).code() == StatusCode::kFailedPrecondition);  // once only
+  }
+
+  SECTION("hostile subsets and chunks") {
+    Stream bad = s;
+    bad.header.layers = KvLayerSet{{3, 0}, {}};  // unsorted
+    CHECK(decode_code(bad, id) == StatusCode::kInvalidArgument);
+    bad.header.layers = KvLayerSet{{0, 0}, {}};  // duplicate
+    CHECK(decode_code(bad, id) == StatusCode::kInvalidArgument);
+    bad.header.layers = KvLayerSet{{id.n_layer}, {}};  // out of range
+    CHECK(decode_code(bad, id) == StatusCode::kInvalidArgument);
+    bad = s;
+    bad.header.layers = KvLayerSet{{0, 3}, {1, 3}};  // V 4 dropped: sizes no longer add up
+    CHECK(decode_code(bad, id) == StatusCode::kInvalidArgument);
+    // A chunk for a slice outside the set (sizes kept consistent): rejected by name.
+    const Stream full = encode(*cache, id, WireDType::kF32, comp, chunk_tokens);
+    bad = s;
+    for (const KvWireChunk& fc : full.chunks) {
+      if (fc.layer == 2 && !fc.is_v) {
+        bad.chunks[0] = fc;
+        break;
+      }
+    }
+    auto r = decode(bad, id);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(r.status().message(), Catch::Contains("leaves out"));
+    // Encoder: bad sets are refused.
+    CHECK(KvWireEncoder::create(*cache, id, WireDType::kF32, comp, 0, KvLayerSet{{1, 1}, {}}).status().code() ==
+          StatusCode::kInvalidArgument);
+    // Decode into a cache holding other tokens: refused before anything is written.
+    auto other = prefill(encode_text("A different story."));
+    CHECK(KvWireDecoder::create_into(s.header, id, *other).status().code() == StatusCode::kInvalidArgument);
+  }
+}

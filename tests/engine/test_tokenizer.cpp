@@ -518,6 +518,46 @@ TEST_CASE("BOS and EOS follow EncodeOptions and the vocab flags", "[tokenizer]")
   CHECK(t3->decode(ids) == "Once upon");
 }
 
+TEST_CASE("tokenizer: EncodeOptions::add_space_prefix = false encodes the text exactly as given", "[tokenizer]") {
+  EncodeOptions raw;
+  raw.add_bos = false;
+  raw.add_space_prefix = false;
+  struct Named {
+    const char* name;
+    const Tokenizer* tok;
+  };
+  for (const Named& n : {Named{"llama-spm", &llama_spm()}, Named{"stories tok512", &stories_l2c()},
+                         Named{"stories gguf", &stories_gguf()}, Named{"aidreams tok512", &aidreams_l2c()}}) {
+    INFO(n.name);
+    const Tokenizer& t = *n.tok;
+    auto spelled = [&](const Ids& ids) {
+      std::string s;
+      for (int32_t id : ids) s += t.vocab().pieces[size_t(id)];
+      return s;
+    };
+    // Default: the dummy prefix is still added.
+    const Ids with_prefix = t.encode("Hello", no_bos());
+    CHECK(spelled(with_prefix) == "\xE2\x96\x81Hello");
+    // Without it, no "▁" anywhere, and the text round-trips.
+    const Ids bare = t.encode("Hello", raw);
+    CHECK(spelled(bare) == "Hello");
+    CHECK(t.decode(bare) == "Hello");
+    // A leading space in the text now plays the prefix's part.
+    CHECK(t.encode(" Hello", raw) == with_prefix);
+    CHECK(t.encode(" Hello world", raw) == t.encode("Hello world", no_bos()));
+    // BOS and empty text are unaffected.
+    EncodeOptions bos = raw;
+    bos.add_bos = true;
+    Ids want = {t.bos()};
+    want.insert(want.end(), bare.begin(), bare.end());
+    CHECK(t.encode("Hello", bos) == want);
+    CHECK(t.encode("", raw).empty());
+    CHECK(t.encode("", bos) == Ids{t.bos()});
+  }
+  // The two stories260K flavours still agree (they differ only on invalid UTF-8 and a literal "▁").
+  CHECK(stories_l2c().encode("Hello", raw) == stories_gguf().encode("Hello", raw));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-built vocabs: user-defined tokens, byte coverage, validation
 // ---------------------------------------------------------------------------------------------
@@ -563,6 +603,10 @@ TEST_CASE("user-defined tokens are split out before merging (llama.cpp flavour)"
   CHECK(t->decode(t->encode("ab<tool>", no_bos())) == "ab<tool>");
   // Control tokens are never parsed from text.
   CHECK(t->encode("<s>", no_bos()).size() > 1);
+  // Without the dummy prefix, raw text after a user-defined token is not prefixed either.
+  EncodeOptions raw = no_bos();
+  raw.add_space_prefix = false;
+  CHECK(t->encode("a<tool>b", raw) == Ids{id_of(*t, "a"), tool, id_of(*t, "b")});
 }
 
 TEST_CASE("merging picks the best score, leftmost on ties", "[tokenizer]") {

@@ -1,0 +1,253 @@
+#include "fuser/fuser_server.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <sstream>
+
+#include "fuser/fuse_session.h"
+#include "fuser/fuser.h"
+#include "fuser/fuser_service.h"
+#include "kernels/registry.h"
+#include "server/agent_server.h"
+#include "server/auth.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+
+namespace kvb::fuser {
+
+namespace {
+
+// The flags that need conversion, as given.
+struct RawFlags {
+  std::string listen, max_message_bytes, max_stream_bytes, metrics_listen;
+  std::string log_format = "text";
+};
+
+Status convert(const RawFlags& raw, FuserServerConfig& c) {
+  KVB_ASSIGN_OR_RETURN(c.listen, server::parse_host_port(raw.listen, /*allow_port_zero=*/true));
+  if (!raw.max_message_bytes.empty()) {
+    KVB_ASSIGN_OR_RETURN(c.max_message_bytes, server::parse_message_limit(raw.max_message_bytes));
+    if (c.max_message_bytes < kFuserMinMessageBytes) {
+      return invalid_argument(fmt::format("--max-message-bytes must be at least {} for kvbridge-fuser (fused chunks "
+                                          "are ~1 MiB), got {}",
+                                          kFuserMinMessageBytes, c.max_message_bytes));
+    }
+  }
+  if (!raw.max_stream_bytes.empty()) {
+    KVB_ASSIGN_OR_RETURN(c.max_stream_bytes, server::parse_byte_size(raw.max_stream_bytes));
+    if (c.max_stream_bytes == 0) return invalid_argument("--max-stream-bytes must be > 0");
+  }
+  if (!raw.metrics_listen.empty()) {
+    KVB_ASSIGN_OR_RETURN(server::HostPort m, server::parse_host_port(raw.metrics_listen, /*allow_port_zero=*/true));
+    c.metrics_listen = std::move(m);
+  }
+  KVB_ASSIGN_OR_RETURN(c.log_format, server::parse_log_format(raw.log_format));
+  if (c.threads < 0 || c.threads > 1024) return invalid_argument("--threads must be in [0, 1024]");
+  if (c.max_concurrent_fuses < 1 || c.max_concurrent_fuses > 1024) {
+    return invalid_argument("--max-concurrent-fuses must be in [1, 1024]");
+  }
+  if (c.weights_dir.empty()) return invalid_argument("--weights must name a fuser directory");
+  return server::check_tls_flags(c.tls);
+}
+
+std::string describe_backend(const Backend& b) {
+  return fmt::format("{}, {} in use", b.device().description(), b.n_threads());
+}
+
+}  // namespace
+
+// ============================== flags ==============================
+
+FuserParsedArgs parse_fuser_args(int argc, const char* const* argv) {
+  FuserParsedArgs out;
+  FuserServerConfig c;
+  RawFlags raw;
+  CLI::App app{"kvbridge-fuser: a C2C fuser behind gRPC, projecting one model's KV cache into another's"};
+  app.set_version_flag("--version", fmt::format("kvbridge-fuser {}", kFuserVersion));
+  app.add_option("--weights", c.weights_dir, "Fuser directory (config.json + safetensors weights)")->required();
+  app.add_option("--listen", raw.listen, "gRPC host:port to serve on (port 0: a free port, printed on stdout)")
+      ->required();
+  app.add_option("--name", c.name, "Name GetInfo reports (default: the bound address)");
+  app.add_option("--threads", c.threads, "CPU threads of the projector backend (default: all cores)");
+  app.add_option("--max-message-bytes", raw.max_message_bytes, "gRPC message limit, in and out (default 64M)");
+  app.add_option("--max-stream-bytes", raw.max_stream_bytes,
+                 "Largest decoded (f32) cache one input stream may carry (default 1G)");
+  app.add_option("--max-concurrent-fuses", c.max_concurrent_fuses, "Fuse calls served at once (default 4)");
+  app.add_option("--tls-cert", c.tls.cert_path, "PEM certificate chain of this server; turns TLS on");
+  app.add_option("--tls-key", c.tls.key_path, "PEM private key of --tls-cert");
+  app.add_option("--tls-client-ca", c.tls.client_ca_path, "PEM CA that client certificates must chain to (mTLS)");
+  app.add_option("--auth-token-file", c.auth_token_file, "File with the bearer token every call must carry");
+  app.add_option("--metrics-listen", raw.metrics_listen, "HTTP host:port serving Prometheus /metrics");
+  app.add_option("--log-format", raw.log_format, "Log lines on stderr: text or json");
+
+  std::ostringstream sout, serr;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    out.exit_code = app.exit(e, sout, serr);
+    out.output = sout.str() + serr.str();
+    return out;
+  } catch (const std::exception& e) {
+    out.exit_code = 2;
+    out.output = fmt::format("error: {}\n", e.what());
+    return out;
+  }
+  if (Status st = convert(raw, c); !st.ok()) {
+    out.exit_code = 2;
+    out.output = fmt::format("error: {}\n", st.message());
+    return out;
+  }
+  out.config = std::move(c);
+  return out;
+}
+
+Status load_fuser_files(FuserServerConfig& cfg) {
+  KVB_RETURN_IF_ERROR(server::load_tls_files(cfg.tls));
+  if (!cfg.auth_token_file.empty()) {
+    KVB_ASSIGN_OR_RETURN(cfg.auth_token, server::load_auth_token(cfg.auth_token_file));
+  }
+  return Status::Ok();
+}
+
+// ============================== FuserServer ==============================
+
+FuserServer::FuserServer(FuserServerConfig config) : config_(std::move(config)) {}
+
+FuserServer::~FuserServer() { shutdown(std::chrono::milliseconds(0)); }
+
+Result<std::unique_ptr<FuserServer>> FuserServer::create(FuserServerConfig config) {
+  std::unique_ptr<FuserServer> s(new FuserServer(std::move(config)));
+  const FuserServerConfig& c = s->config_;
+  KVB_ASSIGN_OR_RETURN(s->backend_, cpu_device().create_backend());
+  if (c.threads > 0) s->backend_->set_n_threads(c.threads);
+  auto f = Fuser::load(c.weights_dir, *s->backend_);
+  if (!f.ok()) return f.status().with_context(fmt::format("--weights {}", c.weights_dir));
+  s->fuser_ = std::move(f).value();
+  s->metrics_ = std::make_unique<server::Metrics>();
+  s->auth_ = std::make_unique<server::BearerAuth>(c.auth_token);
+
+  FuserServiceDeps d;
+  d.fuser = s->fuser_.get();
+  d.backend = describe_backend(*s->backend_);
+  d.metrics = s->metrics_.get();
+  d.auth = s->auth_.get();
+  d.max_message_bytes = c.max_message_bytes;
+  d.limits.max_bytes = c.max_stream_bytes;
+  d.max_concurrent_fuses = c.max_concurrent_fuses;
+  s->service_ = std::make_unique<FuserServiceImpl>(std::move(d));
+  return s;
+}
+
+Status FuserServer::start() {
+  const FuserServerConfig& c = config_;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort(c.listen.to_string(), server::server_credentials(c.tls), &port);
+  b.RegisterService(service_.get());
+  // Requests between the limit and twice it reach the handler, which answers INVALID_ARGUMENT
+  // naming the limit; gRPC refuses larger ones unread (RESOURCE_EXHAUSTED).
+  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(2 * c.max_message_bytes, INT_MAX)));
+  b.SetMaxSendMessageSize(static_cast<int>(std::min<uint64_t>(c.max_message_bytes, INT_MAX)));
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error, not a shared one
+  server_ = b.BuildAndStart();
+  if (!server_ || port == 0) {
+    server_.reset();
+    return unavailable(fmt::format("cannot serve on --listen {} (address in use or not local, or TLS credentials "
+                                   "rejected)",
+                                   c.listen.to_string()));
+  }
+  bound_ = fmt::format("{}:{}", c.listen.host, port);
+  service_->set_name(c.name.empty() ? bound_ : c.name);
+  if (auto* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(kFuserServiceName, true);
+    health->SetServingStatus("", true);
+  }
+  if (c.metrics_listen) {
+    const server::Metrics* m = metrics_.get();
+    metrics_endpoint_ = std::make_unique<server::MetricsEndpoint>([m] { return m->render(); });
+    KVB_RETURN_IF_ERROR(metrics_endpoint_->start(*c.metrics_listen));
+  }
+  return Status::Ok();
+}
+
+int FuserServer::metrics_port() const { return metrics_endpoint_ ? metrics_endpoint_->port() : 0; }
+
+std::string FuserServer::summary() const {
+  const FuserConfig& c = fuser_->config();
+  const FusePlan plan = fuse_plan(*fuser_);
+  return fmt::format("{} -> {} | hidden {}, {} layers | {}/{} slices gated on | weights {:.1f} MiB | {}",
+                     c.sharer.name, c.receiver.name, c.hidden_dim, c.receiver.n_layer, plan.receiver.size(),
+                     2 * c.receiver.n_layer, double(fuser_->weight_bytes()) / double(server::kMiB),
+                     describe_backend(*backend_));
+}
+
+void FuserServer::shutdown(std::chrono::milliseconds grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_) {
+    if (auto* health = server_->GetHealthCheckService()) {
+      health->SetServingStatus(kFuserServiceName, false);
+      health->SetServingStatus("", false);
+    }
+    // Running Fuse calls get until the deadline; then they are cancelled (their next Read or
+    // Write fails and the handler returns).
+    server_->Shutdown(std::chrono::system_clock::now() + grace);
+  }
+  if (metrics_endpoint_) metrics_endpoint_->stop();
+  if (server_) server_->Wait();
+}
+
+// ============================== main ==============================
+
+int fuser_main(int argc, char** argv) {
+  FuserParsedArgs args = parse_fuser_args(argc, argv);
+  if (!args.config) {
+    std::fputs(args.output.c_str(), args.exit_code == 0 ? stdout : stderr);
+    return args.exit_code;
+  }
+  FuserServerConfig cfg = std::move(*args.config);
+  server::setup_logging(cfg.log_format);
+  if (Status st = load_fuser_files(cfg); !st.ok()) {
+    server::log_event(spdlog::level::err, "bad configuration", {{"error", st.message()}});
+    return 2;
+  }
+  // Every thread created from here on inherits the blocked signals; main waits for them below.
+  server::block_shutdown_signals();
+
+  auto server = FuserServer::create(cfg);
+  if (!server.ok()) {
+    server::log_event(spdlog::level::err, "startup failed", {{"error", server.status().to_string()}});
+    return 1;
+  }
+  if (Status st = (*server)->start(); !st.ok()) {
+    server::log_event(spdlog::level::err, "startup failed", {{"error", st.to_string()}});
+    return 1;
+  }
+  const FuserServer& s = **server;
+  server::log_event(spdlog::level::info, "fuser ready",
+                    {{"fuser", s.summary()},
+                     {"weights", cfg.weights_dir},
+                     {"listen", s.bound_address()},
+                     {"tls", cfg.tls.enabled() ? (cfg.tls.mutual() ? "mutual" : "on") : "off"},
+                     {"auth", !cfg.auth_token.empty()},
+                     {"metrics_port", int64_t(s.metrics_port())}});
+  server::announce_and_wait(s.bound_address(), cfg.metrics_listen, s.metrics_port());
+  (*server)->shutdown(std::chrono::seconds(5));
+  server->reset();
+  server::log_event(spdlog::level::info, "stopped", {});
+  return 0;
+}
+
+}  // namespace kvb::fuser
