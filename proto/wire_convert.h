@@ -167,6 +167,13 @@ class CacheStreamReader {
   Result<std::unique_ptr<KvCache>> finish();
 
   bool done() const { return stage_ == Stage::kDone; }
+  // While data arrives: whether that (layer, K/V) slice is complete, and the cache being filled
+  // (null before the header and after finish()); a consumer may read a slice once it is complete.
+  bool complete(uint32_t layer, bool is_v) const { return decoder_ && decoder_->complete(layer, is_v); }
+  const KvCache* partial() const {
+    if (cache_) return cache_.get();
+    return decoder_ && !taken_ ? &decoder_->cache() : nullptr;
+  }
   // The validated header, or null before one was accepted.
   const KvWireHeader* header() const { return decoder_ ? &decoder_->header() : nullptr; }
   // Payload bytes accepted so far, as sent (compressed); 0 after an error.

@@ -362,33 +362,49 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   }
   result.cache = std::move(prefilled->owned);
 
-  // 5. The sharer slices the fuser needs, and 6. the fusion.
+  // 5. The sharer slices the fuser needs, and 6. the fusion. Embedded: each receiver slice is
+  // fused as soon as its sharer slice has arrived, while the rest of the pull streams in.
   Status st;
-  if (!desc.plan.receiver.k.empty() || !desc.plan.receiver.v.empty()) {
+  if (desc.plan.receiver.size() > 0) {
+    KvCache& receiver = *result.cache;
+    std::vector<uint8_t> fused(size_t(identity_.n_layer) * 2, 0);
+    auto fuse_ready = [&](const wire::CacheStreamReader& r) -> Status {
+      const KvCache* s = r.partial();
+      if (s == nullptr) return Status::Ok();  // the header is not in yet
+      if (s->n_tokens() != receiver.n_tokens()) {
+        return internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
+                                          s->n_tokens(), receiver.n_tokens()));
+      }
+      for (const bool is_v : {false, true}) {
+        for (const uint32_t t : is_v ? desc.plan.receiver.v : desc.plan.receiver.k) {
+          uint8_t& done = fused[size_t(t) * 2 + (is_v ? 1 : 0)];
+          const uint32_t src = uint32_t(desc.layer_map[t]);
+          if (done || !r.complete(src, is_v)) continue;
+          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, slice_2d(*s, src, is_v), slice_2d(receiver, t, is_v)));
+          done = 1;
+          ++report.slices_fused;
+        }
+      }
+      return Status::Ok();
+    };
     PullOptions po;
     po.dtype = spec.dtype;
     po.layers = desc.plan.sharer;
     po.identity = &sharer_id;
+    if (spec.embedded) po.on_data = fuse_ready;
     auto pulled = peers_.pull(sharer, sharer_cache, po, cancel);
     if (!pulled.ok()) {
       st = pulled.status();
     } else {
       report.sharer_bytes = pulled->wire_bytes;
-      const KvCache& s = *pulled->cache;
-      if (s.n_tokens() != result.cache->n_tokens()) {
-        st = internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}", s.n_tokens(),
-                                  result.cache->n_tokens()));
-      } else if (spec.embedded) {
-        for (const bool is_v : {false, true}) {
-          for (const uint32_t t : is_v ? desc.plan.receiver.v : desc.plan.receiver.k) {
-            if (!st.ok()) break;
-            st = embedded_->fuse(int32_t(t), is_v, slice_2d(s, uint32_t(desc.layer_map[t]), is_v),
-                                 slice_2d(*result.cache, t, is_v));
-            if (st.ok()) ++report.slices_fused;
-          }
-        }
-      } else {
-        st = fuse_remote(peers_, spec.address, spec, desc, s, sharer_id, *result.cache, identity_, cancel, report);
+      if (pulled->cache->n_tokens() != receiver.n_tokens()) {
+        st = internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
+                                        pulled->cache->n_tokens(), receiver.n_tokens()));
+      } else if (!spec.embedded) {
+        st = fuse_remote(peers_, spec.address, spec, desc, *pulled->cache, sharer_id, receiver, identity_, cancel,
+                         report);
+      } else if (report.slices_fused != desc.plan.receiver.size()) {
+        st = internal_error("the pull ended with receiver slices left unfused");
       }
     }
   }

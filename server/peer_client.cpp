@@ -169,6 +169,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
     if (msg.Dump(&slices).ok()) {
       for (const grpc::Slice& sl : slices) pieces.emplace_back(reinterpret_cast<const char*>(sl.begin()), sl.size());
       decode_error = reader.add_serialized(pieces);
+      if (decode_error.ok() && po.on_data) decode_error = po.on_data(reader);
     } else {
       decode_error = invalid_argument("a message could not be read");
     }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/kv_wire.h"
+#include "proto/wire_convert.h"
 #include "engine/tokenizer.h"
 #include "kvbridge/v1/agent.pb.h"
 #include "server/cache_store.h"
@@ -57,6 +58,9 @@ struct PullOptions {
   std::optional<KvLayerSet> layers;
   // The model the pulled cache must come from (borrowed); null = this agent's.
   const ModelIdentity* identity = nullptr;
+  // Called on the pulling thread after every accepted message (slices may be read as they
+  // complete: CacheStreamReader::complete / partial); a non-OK Status aborts the pull with it.
+  std::function<Status(const wire::CacheStreamReader&)> on_data;
 };
 
 // Receiver mode (agent.proto FuserRef): which fuser projects a context cache from another model.

@@ -120,4 +120,43 @@ TEST_CASE("cpu attention rejects bad shapes", "[kernels]") {
             .code() == StatusCode::kInvalidArgument);
 }
 
+// RoPE feeds attention its keys and queries; over runs of consecutive positions (a prefill) the
+// CPU rope steps the angles by angle addition instead of calling sin/cos per row. Checked against
+// exact angles, with large positions, runs broken mid-way and runs longer than the re-anchoring
+// interval.
+TEST_CASE("cpu rope over consecutive positions matches a double reference", "[kernels]") {
+  const RopeType type = GENERATE(RopeType::kNormal, RopeType::kNeox);
+  const int64_t n = 700, n_heads = 3, head_dim = 64;
+  const RopeParams p{type, 64, 10000.0f, 1.0f};
+  const std::vector<float> x = random_floats(size_t(n * n_heads * head_dim), 7);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(i < 450 ? 100000 + i : i - 450);
+  pos[200] = 7;  // a break inside the first run
+  std::vector<double> ref(x.begin(), x.end());
+  const int half = p.n_rot / 2;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < n_heads; ++h) {
+      double* v = ref.data() + (t * n_heads + h) * head_dim;
+      for (int i = 0; i < half; ++i) {
+        const double theta = double(pos[size_t(t)]) * std::pow(10000.0, -2.0 * i / p.n_rot);
+        const int64_t a = type == RopeType::kNeox ? i : 2 * i;
+        const int64_t b = type == RopeType::kNeox ? i + half : 2 * i + 1;
+        const double x0 = v[a], x1 = v[b];
+        v[a] = x0 * std::cos(theta) - x1 * std::sin(theta);
+        v[b] = x0 * std::sin(theta) + x1 * std::cos(theta);
+      }
+    }
+  }
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label, int(type));
+    Guarded y(x.size());
+    y.fill(x);
+    REQUIRE(cfg.backend->rope(Tensor::make(DType::kF32, y.data(), {n, n_heads, head_dim}),
+                              Tensor::make(DType::kI32, pos.data(), {n}), p)
+                .ok());
+    CHECK(normalized_error(y.data(), ref) <= 1e-6);
+    CHECK(y.guards_intact());
+  }
+}
+
 }  // namespace kvb::test
