@@ -21,10 +21,17 @@ namespace {
 
 namespace v1 = client::v1;
 
-std::string join(const google::protobuf::RepeatedField<uint32_t>& xs) {
+// "0-3,5,7-9" for a sorted layer list; "-" when empty.
+std::string ranges(const google::protobuf::RepeatedField<uint32_t>& xs) {
   if (xs.empty()) return "-";
   std::string s;
-  for (uint32_t x : xs) s += fmt::format("{}{}", s.empty() ? "" : ",", x);
+  for (int i = 0; i < xs.size();) {
+    int j = i;
+    while (j + 1 < xs.size() && xs[j + 1] == xs[j] + 1) ++j;
+    s += fmt::format("{}{}", s.empty() ? "" : ",", xs[i]);
+    if (j > i) s += fmt::format("-{}", xs[j]);
+    i = j + 1;
+  }
   return s;
 }
 
@@ -44,9 +51,9 @@ void print_fuser_info(const v1::FuserInfo& i, const std::string& where) {
   std::printf("alignment    %s\n", i.alignment() ? fmt::format("on ({})", i.alignment_strategy()).c_str() : "off");
   std::printf("backend      %s\n", i.backend().c_str());
   std::printf("weights      %s\n", human_bytes(i.weight_bytes()).c_str());
-  std::printf("slices       sharer K [%s] V [%s]; receiver K [%s] V [%s]\n", join(i.sharer_layers().k()).c_str(),
-              join(i.sharer_layers().v()).c_str(), join(i.receiver_layers().k()).c_str(),
-              join(i.receiver_layers().v()).c_str());
+  std::printf("slices       sharer K [%s] V [%s]; receiver K [%s] V [%s]\n", ranges(i.sharer_layers().k()).c_str(),
+              ranges(i.sharer_layers().v()).c_str(), ranges(i.receiver_layers().k()).c_str(),
+              ranges(i.receiver_layers().v()).c_str());
   std::printf("layer map    receiver <- sharer   K gate  V gate\n");
   for (const v1::FuserLayer& l : i.layers()) {
     std::printf("             %8u <- %-6u   %-6s  %-6s\n", l.receiver_layer(), l.sharer_layer(), l.k_gate() ? "on" : "off",
@@ -95,11 +102,7 @@ BoundSide load_side(const std::string& path, const std::string& tokenizer) {
   exit_on_error(m.status());
   const ModelIdentity id = model_identity(**m);
   BoundSide b;
-  b.side.name = std::filesystem::path(path).stem().string();
-  b.side.n_layer = int32_t(id.n_layer);
-  b.side.n_head_kv = int32_t(id.n_head_kv);
-  b.side.head_dim = int32_t(id.head_dim);
-  b.side.fingerprint = id.fingerprint;
+  b.side = fuser::model_side(std::filesystem::path(path).stem().string(), id);
   b.tokenizer_hash = id.tokenizer_hash;
   return b;
 }

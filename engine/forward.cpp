@@ -179,9 +179,6 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
   const Tensor x = im.x.slice_rows(0, n), xb = im.xb.slice_rows(0, n), q = im.q.slice_rows(0, n);
   const Tensor att = im.att.slice_rows(0, n), hb = im.hb.slice_rows(0, n), hb2 = im.hb2.slice_rows(0, n);
   const Tensor tok = im.tokens.slice_rows(0, n), pos = im.pos.slice_rows(0, n);
-  auto heads = [n](const Tensor& t, int32_t n_heads, int32_t hd) {
-    return Tensor::make(t.dtype, t.data, {n, n_heads, hd});
-  };
 
   std::vector<int32_t> positions(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = plan.first_pos + int32_t(i);
@@ -196,6 +193,16 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
   for (int32_t l = 0; l < c.n_layer; ++l) {
     const LayerOnDevice& lw = im.layers[size_t(l)];
+    // Rows [r0, n) are carried through the whole layer; the others only produce their K/V. Every
+    // layer but the last needs all rows. In the last one, a row's output feeds nothing but its own
+    // logits, so only the rows whose logits are returned go on (none for an inner ubatch).
+    const bool last_layer = l + 1 == c.n_layer;
+    const int64_t r0 = !last_layer || all_logits ? 0 : logits_out != nullptr ? n - 1 : n;
+    const int64_t nr = n - r0;
+    auto rows = [r0, nr](const Tensor& t) { return t.slice_rows(r0, nr); };
+    auto heads = [](const Tensor& t, int32_t n_heads, int32_t hd) {
+      return Tensor::make(t.dtype, t.data, {t.shape[0], n_heads, hd});
+    };
     // This ubatch's cells of the layer cache; an f32 cache is written in place by the projections.
     const Tensor k_cells = cache.k(l).slice_rows(plan.first_cell, n);
     const Tensor v_cells = cache.v(l).slice_rows(plan.first_cell, n);
@@ -204,55 +211,63 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
     const Tensor v_new = f32_cache ? Tensor::make(DType::kF32, v_cells.data, {n, c.n_embd_kv()})
                                    : im.v_new.slice_rows(0, n);
 
-    // Attention norm, then Q/K/V in one dispatch.
+    // Attention norm, then Q/K/V in one dispatch (Q only for the carried rows).
     {
       OpTimer timer(b, t_other);
       KVB_RETURN_IF_ERROR(b.rms_norm(x, lw.attn_norm, c.norm_eps, xb));
     }
     {
       OpTimer timer(b, t_mm);
-      const MatmulOut qkv[] = {{lw.wq.get(), q, false}, {lw.wk.get(), k_new, false}, {lw.wv.get(), v_new, false}};
-      KVB_RETURN_IF_ERROR(b.matmul(xb, qkv));
+      if (r0 == 0) {
+        const MatmulOut qkv[] = {{lw.wq.get(), q, false}, {lw.wk.get(), k_new, false}, {lw.wv.get(), v_new, false}};
+        KVB_RETURN_IF_ERROR(b.matmul(xb, qkv));
+      } else {
+        const MatmulOut kv[] = {{lw.wk.get(), k_new, false}, {lw.wv.get(), v_new, false}};
+        KVB_RETURN_IF_ERROR(b.matmul(xb, kv));
+        if (nr > 0) KVB_RETURN_IF_ERROR(b.matmul(rows(xb), *lw.wq, rows(q)));
+      }
     }
     // RoPE on queries and keys; keys are cached post-RoPE.
     {
       OpTimer timer(b, t_other);
-      KVB_RETURN_IF_ERROR(b.rope(heads(q, c.n_head, c.head_dim), pos, c.rope));
+      if (nr > 0) KVB_RETURN_IF_ERROR(b.rope(heads(rows(q), c.n_head, c.head_dim), rows(pos), c.rope));
       KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, c.rope));
       if (!f32_cache) {
         KVB_RETURN_IF_ERROR(b.convert(k_new, k_cells));
         KVB_RETURN_IF_ERROR(b.convert(v_new, v_cells));
       }
     }
-    // Causal attention over cells [0, first_cell + n).
+    if (nr == 0) break;  // the last layer of an inner ubatch: its K/V are all that is needed
+    // Causal attention of the carried rows over cells [0, first_cell + n): the last query row sees
+    // them all.
     {
       OpTimer timer(b, t_att);
       const int64_t n_kv = plan.first_cell + n;
-      KVB_RETURN_IF_ERROR(b.attention(heads(q, c.n_head, c.head_dim), cache.k(l).slice_rows(0, n_kv),
-                                      cache.v(l).slice_rows(0, n_kv), heads(att, c.n_head, c.head_dim), scale));
+      KVB_RETURN_IF_ERROR(b.attention(heads(rows(q), c.n_head, c.head_dim), cache.k(l).slice_rows(0, n_kv),
+                                      cache.v(l).slice_rows(0, n_kv), heads(rows(att), c.n_head, c.head_dim), scale));
     }
     // Output projection, accumulated into the residual stream.
     {
       OpTimer timer(b, t_mm);
-      KVB_RETURN_IF_ERROR(b.matmul(att, *lw.wo, x, /*accumulate=*/true));
+      KVB_RETURN_IF_ERROR(b.matmul(rows(att), *lw.wo, rows(x), /*accumulate=*/true));
     }
     // FFN: x += down(silu(gate(xb)) * up(xb)), xb = rms_norm(x).
     {
       OpTimer timer(b, t_other);
-      KVB_RETURN_IF_ERROR(b.rms_norm(x, lw.ffn_norm, c.norm_eps, xb));
+      KVB_RETURN_IF_ERROR(b.rms_norm(rows(x), lw.ffn_norm, c.norm_eps, rows(xb)));
     }
     {
       OpTimer timer(b, t_mm);
-      const MatmulOut gate_up[] = {{lw.w_gate.get(), hb, false}, {lw.w_up.get(), hb2, false}};
-      KVB_RETURN_IF_ERROR(b.matmul(xb, gate_up));
+      const MatmulOut gate_up[] = {{lw.w_gate.get(), rows(hb), false}, {lw.w_up.get(), rows(hb2), false}};
+      KVB_RETURN_IF_ERROR(b.matmul(rows(xb), gate_up));
     }
     {
       OpTimer timer(b, t_other);
-      KVB_RETURN_IF_ERROR(b.silu_mul(hb, hb2, hb));
+      KVB_RETURN_IF_ERROR(b.silu_mul(rows(hb), rows(hb2), rows(hb)));
     }
     {
       OpTimer timer(b, t_mm);
-      KVB_RETURN_IF_ERROR(b.matmul(hb, *lw.w_down, x, /*accumulate=*/true));
+      KVB_RETURN_IF_ERROR(b.matmul(rows(hb), *lw.w_down, rows(x), /*accumulate=*/true));
     }
   }
   cache.commit_append(plan, tokens);

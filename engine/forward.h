@@ -2,6 +2,9 @@
 //
 // Batched: a prefill of N tokens runs every projection as one GEMM per ubatch (n_batch tokens),
 // decode runs the same code with N = 1. Tested against forward_reference() on every backend.
+// In the last layer only the rows whose logits are returned go past their K/V projections (the last
+// token of a prompt, or none for an inner ubatch of a long one): the other rows' outputs feed
+// nothing.
 //
 // Ownership: the runner borrows the Model and the Backend (both must outlive it) and owns the
 // uploaded weights and its scratch buffers. Threading: one thread drives a runner at a time; the

@@ -23,6 +23,11 @@ Result<std::unique_ptr<KvCache>> KvCache::create(const BufferType& buffer_type, 
   return c;
 }
 
+Tensor KvCache::used_rows(int32_t layer, bool is_v) const {
+  const Tensor t = is_v ? v_used(layer) : k_used(layer);
+  return Tensor::make(layout_.dtype, t.data, {int64_t(n_tokens()), layout_.cell_elems()});
+}
+
 std::vector<int32_t> KvCache::positions() const {
   std::vector<int32_t> p(tokens_.size());
   for (size_t i = 0; i < p.size(); ++i) p[i] = pos0_ + int32_t(i);

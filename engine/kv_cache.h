@@ -70,6 +70,9 @@ class KvCache {
   // The n_tokens() cells in use: [n_tokens][n_head_kv][head_dim], one contiguous byte range.
   Tensor k_used(int32_t layer) const { return k(layer).slice_rows(0, n_tokens()); }
   Tensor v_used(int32_t layer) const { return v(layer).slice_rows(0, n_tokens()); }
+  // The same cells as rows of all heads: [n_tokens][n_head_kv * head_dim], heads flattened
+  // head-major (index h * head_dim + d) — the per-token vector C2C's projector reads.
+  Tensor used_rows(int32_t layer, bool is_v) const;
   bool is_host() const { return buffer_->is_host(); }
   size_t bytes_used() const { return size_t(n_tokens()) * layout_.cell_bytes() * 2 * size_t(layout_.n_layer); }
   size_t bytes_allocated() const { return buffer_->size(); }

@@ -13,12 +13,6 @@ namespace {
 
 const char* side_name(FuseSession::Side s) { return s == FuseSession::Side::kSharer ? "sharer" : "receiver"; }
 
-// [n_tokens][n_head_kv * head_dim] over one layer's used K or V cells.
-Tensor slice_2d(const KvCache& cache, uint32_t layer, bool is_v) {
-  const Tensor t = is_v ? cache.v_used(int32_t(layer)) : cache.k_used(int32_t(layer));
-  return Tensor::make(DType::kF32, t.data, {int64_t(cache.n_tokens()), cache.layout().cell_elems()});
-}
-
 }  // namespace
 
 FusePlan fuse_plan(const Fuser& fuser) {
@@ -174,8 +168,8 @@ Status FuseSession::fuse_ready() {
       const bool have_s = s == nullptr || s->complete(src, is_v);
       if (!have_r || !have_s) continue;
       const auto t0 = std::chrono::steady_clock::now();
-      KVB_RETURN_IF_ERROR(fuser_.fuse(int32_t(t), is_v, slice_2d(*sharer_->cells, src, is_v),
-                                      slice_2d(*receiver_->cells, t, is_v)));
+      KVB_RETURN_IF_ERROR(fuser_.fuse(int32_t(t), is_v, sharer_->cells->used_rows(int32_t(src), is_v),
+                                      receiver_->cells->used_rows(int32_t(t), is_v)));
       stats_.fuse_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       ++stats_.slices_fused;
       done = 1;

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <exception>
+
 #include "fuser/safetensors.h"
 
 namespace kvb::fuser {
@@ -24,6 +26,14 @@ Status check_rows(const Tensor& t, const char* what, int64_t n, int64_t cols) {
 Fuser::~Fuser() = default;
 
 Result<std::unique_ptr<Fuser>> Fuser::load(const std::string& dir, Backend& backend) {
+  try {
+    return load_impl(dir, backend);
+  } catch (const std::exception& e) {  // bad_alloc of a host staging copy
+    return resource_exhausted(fmt::format("fuser {}: {}", dir, e.what()));
+  }
+}
+
+Result<std::unique_ptr<Fuser>> Fuser::load_impl(const std::string& dir, Backend& backend) {
   KVB_ASSIGN_OR_RETURN(FuserConfig cfg, load_fuser_config(dir));
   const std::string weights_path = dir + "/" + cfg.weights_file;
   KVB_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::open(weights_path));
@@ -37,7 +47,8 @@ Result<std::unique_ptr<Fuser>> Fuser::load(const std::string& dir, Backend& back
       std::unique_ptr<ProjectorBranch> branch;
       if (w.gate_logit > 0.0f) {
         Result<std::unique_ptr<ProjectorBranch>> b = ProjectorBranch::upload(backend, w, c);
-        if (!b.ok()) return b.status().with_context(fmt::format("fuser {}: uploading layer {} {}", dir, t, is_v ? "V" : "K"));
+        if (!b.ok())
+          return b.status().with_context(fmt::format("fuser {}: uploading layer {} {}", dir, t, is_v ? "V" : "K"));
         branch = std::move(b).value();
         any_on = true;
       }
@@ -51,8 +62,7 @@ Result<std::unique_ptr<Fuser>> Fuser::load(const std::string& dir, Backend& back
 }
 
 int32_t Fuser::sharer_layer(int32_t receiver_layer) const {
-  KVB_ASSERT(receiver_layer >= 0 && receiver_layer < cfg_.receiver.n_layer,
-             fmt::format("sharer_layer({}) outside [0, {})", receiver_layer, cfg_.receiver.n_layer));
+  if (receiver_layer < 0 || receiver_layer >= cfg_.receiver.n_layer) return -1;
   return cfg_.layer_map[size_t(receiver_layer)];
 }
 

@@ -33,7 +33,7 @@ class Fuser {
   ~Fuser();
 
   const FuserConfig& config() const { return cfg_; }
-  // layer_map[t]: the sharer layer feeding receiver layer t (t must be in [0, receiver.n_layer)).
+  // layer_map[t]: the sharer layer feeding receiver layer t; -1 for t outside [0, receiver.n_layer).
   int32_t sharer_layer(int32_t receiver_layer) const;
   // Hard gate of a branch: its logit > 0. False for a layer out of range.
   bool gate(int32_t receiver_layer, bool is_v) const;
@@ -52,13 +52,14 @@ class Fuser {
 
  private:
   Fuser(FuserConfig cfg, Backend& backend) : cfg_(std::move(cfg)), backend_(backend) {}
+  static Result<std::unique_ptr<Fuser>> load_impl(const std::string& dir, Backend& backend);
 
   FuserConfig cfg_;
   Backend& backend_;
-  std::vector<float> gate_logits_;                        // [n_layer][K, V]
+  std::vector<float> gate_logits_;                          // [n_layer][K, V]
   std::vector<std::unique_ptr<ProjectorBranch>> branches_;  // [n_layer][K, V]; null when gated off
-  std::unique_ptr<ProjectorScratch> scratch_;             // null when every gate is off
-  std::mutex mu_;                                         // serializes fuse()
+  std::unique_ptr<ProjectorScratch> scratch_;               // null when every gate is off
+  std::mutex mu_;                                           // serializes fuse()
 };
 
 }  // namespace kvb::fuser

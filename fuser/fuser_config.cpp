@@ -73,7 +73,8 @@ Status parse_side(const json& root, const char* key, ModelSide& side) {
 }
 
 nlohmann::ordered_json side_to_json(const ModelSide& s) {
-  nlohmann::ordered_json j = {{"name", s.name}, {"n_layer", s.n_layer}, {"n_head_kv", s.n_head_kv}, {"head_dim", s.head_dim}};
+  nlohmann::ordered_json j = {
+      {"name", s.name}, {"n_layer", s.n_layer}, {"n_head_kv", s.n_head_kv}, {"head_dim", s.head_dim}};
   if (s.fingerprint != 0) j["fingerprint"] = fmt::format("0x{:016x}", s.fingerprint);
   return j;
 }
@@ -85,7 +86,8 @@ Result<FuserConfig> parse(std::string_view text) {
   FuserConfig c;
   std::string format;
   KVB_RETURN_IF_ERROR(get_string(root, "", "format", true, format));
-  if (format != "kvbridge-fuser") return bad_key("format", fmt::format("must be \"kvbridge-fuser\", got \"{}\"", format));
+  if (format != "kvbridge-fuser")
+    return bad_key("format", fmt::format("must be \"kvbridge-fuser\", got \"{}\"", format));
   int32_t version = 0;
   KVB_RETURN_IF_ERROR(get_int(root, "", "version", 0, kMaxDim, true, version));
   if (version != 1) return bad_key("version", fmt::format("{} is not supported (this build reads version 1)", version));
@@ -97,7 +99,8 @@ Result<FuserConfig> parse(std::string_view text) {
   if (!proj->is_object()) return bad_key("projector", "must be an object");
   std::string type;
   KVB_RETURN_IF_ERROR(get_string(*proj, "projector.", "type", true, type));
-  if (type != "C2CProjector") return bad_key("projector.type", fmt::format("must be \"C2CProjector\", got \"{}\"", type));
+  if (type != "C2CProjector")
+    return bad_key("projector.type", fmt::format("must be \"C2CProjector\", got \"{}\"", type));
   KVB_RETURN_IF_ERROR(get_int(*proj, "projector.", "hidden_dim", 1, kMaxDim, true, c.hidden_dim));
   KVB_RETURN_IF_ERROR(get_int(*proj, "projector.", "intermediate_dim", 1, kMaxDim, true, c.intermediate_dim));
   KVB_RETURN_IF_ERROR(get_int(*proj, "projector.", "num_layers", 2, 1024, true, c.num_layers));
@@ -126,7 +129,8 @@ Result<FuserConfig> parse(std::string_view text) {
     std::string strategy = "first";
     KVB_RETURN_IF_ERROR(get_string(*al, "alignment.", "strategy", false, strategy));
     Result<AlignStrategy> s = parse_align_strategy(strategy);
-    if (!s.ok()) return bad_key("alignment.strategy", fmt::format("must be \"first\" or \"longest\", got \"{}\"", strategy));
+    if (!s.ok())
+      return bad_key("alignment.strategy", fmt::format("must be \"first\" or \"longest\", got \"{}\"", strategy));
     c.align_strategy = s.value();
   }
 
@@ -143,6 +147,16 @@ Result<FuserConfig> parse(std::string_view text) {
 }
 
 }  // namespace
+
+ModelSide model_side(std::string name, const ModelIdentity& id) {
+  ModelSide s;
+  s.name = std::move(name);
+  s.n_layer = int32_t(id.n_layer);
+  s.n_head_kv = int32_t(id.n_head_kv);
+  s.head_dim = int32_t(id.head_dim);
+  s.fingerprint = id.fingerprint;
+  return s;
+}
 
 std::vector<int32_t> last_aligned_map(int32_t sharer_layers, int32_t receiver_layers) {
   std::vector<int32_t> map;
@@ -164,13 +178,15 @@ Status validate_fuser_config(const FuserConfig& c) {
     }
   }
   if (c.hidden_dim <= 0 || c.hidden_dim > kMaxDim) return bad_key("projector.hidden_dim", "is out of range");
-  if (c.intermediate_dim <= 0 || c.intermediate_dim > kMaxDim) return bad_key("projector.intermediate_dim", "is out of range");
+  if (c.intermediate_dim <= 0 || c.intermediate_dim > kMaxDim)
+    return bad_key("projector.intermediate_dim", "is out of range");
   if (c.num_layers < 2 || c.num_layers > 1024) return bad_key("projector.num_layers", "must be in [2, 1024]");
   if (c.mapping != "last_aligned" && c.mapping != "explicit") {
     return bad_key("mapping", fmt::format("must be \"last_aligned\" or \"explicit\", got \"{}\"", c.mapping));
   }
   if (c.layer_map.size() != size_t(c.receiver.n_layer)) {
-    return bad_key("layer_map", fmt::format("has {} entries, receiver.n_layer is {}", c.layer_map.size(), c.receiver.n_layer));
+    return bad_key("layer_map",
+                   fmt::format("has {} entries, receiver.n_layer is {}", c.layer_map.size(), c.receiver.n_layer));
   }
   for (size_t t = 0; t < c.layer_map.size(); ++t) {
     if (c.layer_map[t] < 0 || c.layer_map[t] >= c.sharer.n_layer) {
@@ -226,7 +242,7 @@ std::string fuser_config_to_json(const FuserConfig& c) {
   j["alignment"] = {{"enabled", c.align_enabled}, {"strategy", std::string(align_strategy_name(c.align_strategy))}};
   j["weights"] = c.weights_file;
   j["dtype"] = std::string(dtype_name(c.dtype));
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace kvb::fuser

@@ -10,7 +10,8 @@
 #include <string_view>
 #include <vector>
 
-#include "fuser/align.h"  // AlignStrategy
+#include "engine/kv_wire.h"  // ModelIdentity
+#include "fuser/align.h"     // AlignStrategy
 #include "kernels/dtype.h"
 #include "kernels/status.h"
 
@@ -18,7 +19,7 @@ namespace kvb::fuser {
 
 // One side of the pair: the KV shape the fuser was trained on.
 struct ModelSide {
-  std::string name;         // e.g. "Qwen/Qwen3-0.6B" (informational)
+  std::string name;  // e.g. "Qwen/Qwen3-0.6B" (informational)
   int32_t n_layer = 0;
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;
@@ -27,6 +28,9 @@ struct ModelSide {
   int64_t kv_dim() const { return int64_t(n_head_kv) * head_dim; }  // elements per token per K or V
   bool operator==(const ModelSide&) const = default;
 };
+
+// The side of a pair bound to one model: its KV shape and fingerprint.
+ModelSide model_side(std::string name, const ModelIdentity& id);
 
 struct FuserConfig {
   ModelSide sharer, receiver;

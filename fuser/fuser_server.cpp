@@ -2,16 +2,9 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
-#include <grpcpp/server_builder.h>
 
-#include <algorithm>
-#include <climits>
 #include <cstdio>
-#include <sstream>
 
 #include "fuser/fuse_session.h"
 #include "fuser/fuser.h"
@@ -89,24 +82,9 @@ FuserParsedArgs parse_fuser_args(int argc, const char* const* argv) {
   app.add_option("--metrics-listen", raw.metrics_listen, "HTTP host:port serving Prometheus /metrics");
   app.add_option("--log-format", raw.log_format, "Log lines on stderr: text or json");
 
-  std::ostringstream sout, serr;
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    out.exit_code = app.exit(e, sout, serr);
-    out.output = sout.str() + serr.str();
-    return out;
-  } catch (const std::exception& e) {
-    out.exit_code = 2;
-    out.output = fmt::format("error: {}\n", e.what());
-    return out;
+  if (server::parse_flags(app, argc, argv, [&] { return convert(raw, c); }, out.exit_code, out.output)) {
+    out.config = std::move(c);
   }
-  if (Status st = convert(raw, c); !st.ok()) {
-    out.exit_code = 2;
-    out.output = fmt::format("error: {}\n", st.message());
-    return out;
-  }
-  out.config = std::move(c);
   return out;
 }
 
@@ -149,31 +127,11 @@ Result<std::unique_ptr<FuserServer>> FuserServer::create(FuserServerConfig confi
 
 Status FuserServer::start() {
   const FuserServerConfig& c = config_;
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-
-  grpc::ServerBuilder b;
   int port = 0;
-  b.AddListeningPort(c.listen.to_string(), server::server_credentials(c.tls), &port);
-  b.RegisterService(service_.get());
-  // Requests between the limit and twice it reach the handler, which answers INVALID_ARGUMENT
-  // naming the limit; gRPC refuses larger ones unread (RESOURCE_EXHAUSTED).
-  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(2 * c.max_message_bytes, INT_MAX)));
-  b.SetMaxSendMessageSize(static_cast<int>(std::min<uint64_t>(c.max_message_bytes, INT_MAX)));
-  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error, not a shared one
-  server_ = b.BuildAndStart();
-  if (!server_ || port == 0) {
-    server_.reset();
-    return unavailable(fmt::format("cannot serve on --listen {} (address in use or not local, or TLS credentials "
-                                   "rejected)",
-                                   c.listen.to_string()));
-  }
+  KVB_ASSIGN_OR_RETURN(server_, server::start_grpc_server(c.listen, c.tls, c.max_message_bytes, *service_,
+                                                          kFuserServiceName, port));
   bound_ = fmt::format("{}:{}", c.listen.host, port);
   service_->set_name(c.name.empty() ? bound_ : c.name);
-  if (auto* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(kFuserServiceName, true);
-    health->SetServingStatus("", true);
-  }
   if (c.metrics_listen) {
     const server::Metrics* m = metrics_.get();
     metrics_endpoint_ = std::make_unique<server::MetricsEndpoint>([m] { return m->render(); });
@@ -197,10 +155,7 @@ void FuserServer::shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (server_) {
-    if (auto* health = server_->GetHealthCheckService()) {
-      health->SetServingStatus(kFuserServiceName, false);
-      health->SetServingStatus("", false);
-    }
+    server::set_serving(*server_, kFuserServiceName, false);
     // Running Fuse calls get until the deadline; then they are cancelled (their next Read or
     // Write fails and the handler returns).
     server_->Shutdown(std::chrono::system_clock::now() + grace);

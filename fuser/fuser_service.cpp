@@ -93,8 +93,7 @@ class FuseCall {
 
   Status run() {
     pb::FuseRequest req;
-    if (!read(req)) return ended("before its FuseStart");
-    KVB_RETURN_IF_ERROR(check_size(req));
+    KVB_RETURN_IF_ERROR(read(req, "before its FuseStart"));
     if (!req.has_start()) return invalid_argument("fuse: the first message must be a FuseStart");
     FuseSessionOptions opt;
     KVB_ASSIGN_OR_RETURN(opt.dtype, wire::wire_dtype_from_proto(req.start().dtype()));
@@ -103,11 +102,11 @@ class FuseCall {
     FuseSession session(*d_.fuser, opt);
 
     while (!session.done()) {
-      if (!read(req)) return ended("before both trailers");
-      KVB_RETURN_IF_ERROR(check_size(req));
-      KVB_RETURN_IF_ERROR(feed(session, req));
-      KVB_RETURN_IF_ERROR(drain(session));
+      KVB_RETURN_IF_ERROR(read(req, "before both trailers"));
+      const Status fed = feed(session, req);
       stats_.session = session.stats();
+      KVB_RETURN_IF_ERROR(fed);
+      KVB_RETURN_IF_ERROR(drain(session));
     }
     pb::FuseResponse done;
     pb::FuseSummary* s = done.mutable_done();
@@ -119,22 +118,16 @@ class FuseCall {
   }
 
  private:
-  bool read(pb::FuseRequest& req) {
-    if (!stream_.Read(&req)) return false;
+  // The next request, counted and size-checked. A stream that ends here ended `too_early`, unless
+  // the client went away (CANCELLED).
+  Status read(pb::FuseRequest& req, std::string_view too_early) {
+    if (!stream_.Read(&req)) {
+      if (ctx_.IsCancelled()) return cancelled("fuse: the client cancelled the call");
+      return invalid_argument(fmt::format("fuse: the request stream ended {}", too_early));
+    }
     const uint64_t n = req.ByteSizeLong();
     stats_.bytes_in += n;
     d_.metrics->add_bytes_received(n);
-    return true;
-  }
-
-  // The request stream ended: the client went away, or closed its side too early.
-  Status ended(std::string_view when) const {
-    if (ctx_.IsCancelled()) return cancelled("fuse: the client cancelled the call");
-    return invalid_argument(fmt::format("fuse: the request stream ended {}", when));
-  }
-
-  Status check_size(const pb::FuseRequest& req) const {
-    const uint64_t n = req.ByteSizeLong();
     if (n <= d_.max_message_bytes) return Status::Ok();
     return invalid_argument(fmt::format("fuse: a message of {} bytes exceeds --max-message-bytes {}", n,
                                         d_.max_message_bytes));

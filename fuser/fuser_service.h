@@ -32,7 +32,7 @@
 //
 // Ownership: the service borrows everything in FuserServiceDeps; it must all outlive the
 // grpc::Server the service is registered with. Threading: handlers run on gRPC's sync-server
-// threads, any number at once; set_name() may race with them.
+// threads, any number at once; set_name() is safe to call while they run.
 #pragma once
 
 #include <atomic>
@@ -62,7 +62,7 @@ void fuser_info(const Fuser& fuser, std::string_view name, std::string_view back
 
 struct FuserServiceDeps {
   Fuser* fuser = nullptr;                     // borrowed; fuse() is thread-safe
-  std::string backend;                        // FuserInfo.backend, e.g. "CPU x86_64 avx512 (4 threads)"
+  std::string backend;                        // FuserInfo.backend: where the projectors run
   server::Metrics* metrics = nullptr;         // borrowed
   const server::BearerAuth* auth = nullptr;   // borrowed
   uint64_t max_message_bytes = uint64_t(64) << 20;  // larger requests → INVALID_ARGUMENT
@@ -83,7 +83,7 @@ class FuserServiceImpl final : public pb::FuserService::Service {
 
  private:
   const FuserServiceDeps d_;
-  pb::FuserInfo info_;  // immutable after construction, but for the name
+  pb::FuserInfo info_;  // immutable after construction; its name is filled per call from name_
   mutable std::mutex name_mu_;
   std::string name_;
   std::atomic<uint32_t> active_fuses_{0};

@@ -73,7 +73,8 @@ Result<BranchTensors> find_branch_tensors(const SafetensorsFile& file, const Fus
   std::map<std::string, Tensor, std::less<>> found;
   for (const TensorSpec& spec : branch_tensor_specs(cfg, layer, is_v)) {
     const SafetensorsEntry* e = file.find(spec.name);
-    if (e == nullptr) return invalid_argument(fmt::format("fuser weights {}: missing tensor \"{}\"", file.path(), spec.name));
+    if (e == nullptr)
+      return invalid_argument(fmt::format("fuser weights {}: missing tensor \"{}\"", file.path(), spec.name));
     if (e->dtype != cfg.dtype) {
       return invalid_argument(fmt::format("fuser weights {}: tensor \"{}\" is {}, the config says {}", file.path(),
                                           spec.name, dtype_name(e->dtype), dtype_name(cfg.dtype)));
@@ -107,12 +108,12 @@ Result<BranchTensors> find_branch_tensors(const SafetensorsFile& file, const Fus
 double branch_flops_per_token(const FuserConfig& cfg) {
   const double h = cfg.hidden_dim, i = cfg.intermediate_dim;
   const double in = double(cfg.sharer.kv_dim() + cfg.receiver.kv_dim()), out = double(cfg.receiver.kv_dim());
-  const double macs = h * in                              // in
-                      + 2 * h * i                         // mlp1
+  const double macs = h * in                                    // in
+                      + 2 * h * i                               // mlp1
                       + double(cfg.num_layers - 2) * 2 * h * i  // proj blocks
-                      + h * out                           // proj_out
-                      + 2 * h * h                         // scalar block
-                      + h * double(cfg.receiver.n_head_kv);  // scalar head
+                      + h * out                                 // proj_out
+                      + 2 * h * h                               // scalar block
+                      + h * double(cfg.receiver.n_head_kv);     // scalar head
   return 2 * macs;
 }
 
@@ -154,7 +155,8 @@ Result<std::unique_ptr<ProjectorBranch>> ProjectorBranch::upload(Backend& backen
   const int64_t h = b->hidden_;
   if (w.in_w.n_dims != 2 || w.in_w.shape[0] != h || w.in_w.shape[1] != b->in_s_ + b->out_ ||
       w.proj.size() != size_t(cfg.num_layers - 2)) {
-    return invalid_argument(fmt::format("fuser: branch tensors do not match the config (in.weight {})", w.in_w.describe()));
+    return invalid_argument(
+        fmt::format("fuser: branch tensors do not match the config (in.weight {})", w.in_w.describe()));
   }
 
   // ---- vectors: converted to f32 and copied into one device buffer ----

@@ -68,7 +68,8 @@ struct BranchTensors {
 
 // Finds and checks every tensor of a branch in `file`: presence (NOT_FOUND is reported as
 // INVALID_ARGUMENT naming the tensor), dtype == cfg.dtype, and shape. The views live as long as `file`.
-Result<BranchTensors> find_branch_tensors(const SafetensorsFile& file, const FuserConfig& cfg, int32_t layer, bool is_v);
+Result<BranchTensors> find_branch_tensors(const SafetensorsFile& file, const FuserConfig& cfg, int32_t layer,
+                                          bool is_v);
 
 // Multiply-adds of one branch per token, times 2 (the FLOPs).
 double branch_flops_per_token(const FuserConfig& cfg);
@@ -126,7 +127,7 @@ class ProjectorBranch {
   Status forward(Backend& be, ProjectorScratch& s, const Tensor& xs, const Tensor& xt) const;
 
   int64_t in_s_ = 0, out_ = 0, hidden_ = 0, inter_ = 0, n_head_ = 0;
-  std::unique_ptr<Buffer> vectors_;  // every f32 vector below, in one device allocation
+  std::unique_ptr<Buffer> vectors_;          // every f32 vector below, in one device allocation
   std::unique_ptr<Weight> in_s_w_, in_t_w_;  // [h][in_s], [h][out]
   Tensor in_b_;
   Block mlp1_;

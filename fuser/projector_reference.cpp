@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <exception>
 
 namespace kvb::fuser {
 namespace {
@@ -96,6 +97,14 @@ Status fuse_reference(const BranchTensors& w, const FuserConfig& cfg, const Tens
 }
 
 Result<std::unique_ptr<ReferenceFuser>> ReferenceFuser::load(const std::string& dir) {
+  try {
+    return load_impl(dir);
+  } catch (const std::exception& e) {
+    return resource_exhausted(fmt::format("fuser reference {}: {}", dir, e.what()));
+  }
+}
+
+Result<std::unique_ptr<ReferenceFuser>> ReferenceFuser::load_impl(const std::string& dir) {
   KVB_ASSIGN_OR_RETURN(FuserConfig cfg, load_fuser_config(dir));
   KVB_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::open(dir + "/" + cfg.weights_file));
   std::unique_ptr<ReferenceFuser> f(new ReferenceFuser(std::move(cfg), std::move(file)));
@@ -110,8 +119,8 @@ Result<std::unique_ptr<ReferenceFuser>> ReferenceFuser::load(const std::string& 
 
 Status ReferenceFuser::fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver) const {
   if (receiver_layer < 0 || receiver_layer >= cfg_.receiver.n_layer) {
-    return invalid_argument(fmt::format("fuser reference: receiver layer {} is outside [0, {})", receiver_layer,
-                                        cfg_.receiver.n_layer));
+    return invalid_argument(
+        fmt::format("fuser reference: receiver layer {} is outside [0, {})", receiver_layer, cfg_.receiver.n_layer));
   }
   return fuse_reference(branch(receiver_layer, is_v), cfg_, sharer, receiver);
 }

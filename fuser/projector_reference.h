@@ -35,6 +35,7 @@ class ReferenceFuser {
   Status fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver) const;
 
  private:
+  static Result<std::unique_ptr<ReferenceFuser>> load_impl(const std::string& dir);
   ReferenceFuser(FuserConfig cfg, SafetensorsFile file) : cfg_(std::move(cfg)), file_(std::move(file)) {}
   FuserConfig cfg_;
   SafetensorsFile file_;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -47,7 +48,8 @@ Status parse_entry(const json& j, const std::string& what, SafetensorsEntry& e) 
   if (dt == j.end() || !dt->is_string()) return invalid_argument(fmt::format("{}: missing string \"dtype\"", what));
   const std::string dtype = dt->get<std::string>();
   if (!dtype_from_safetensors(dtype, e.dtype)) {
-    return invalid_argument(fmt::format("{}: unsupported dtype \"{}\" (kvbridge reads F32, F16 and BF16)", what, dtype));
+    return invalid_argument(
+        fmt::format("{}: unsupported dtype \"{}\" (kvbridge reads F32, F16 and BF16)", what, dtype));
   }
   const auto sh = j.find("shape");
   if (sh == j.end() || !sh->is_array()) return invalid_argument(fmt::format("{}: missing array \"shape\"", what));
@@ -58,7 +60,8 @@ Status parse_entry(const json& j, const std::string& what, SafetensorsEntry& e) 
       return invalid_argument(fmt::format("{}: bad dimension {} in shape {}", what, d.dump(), sh->dump()));
     }
     const auto v = int64_t(d.get<uint64_t>());
-    if (v > 0 && numel > kMaxDim / v) return invalid_argument(fmt::format("{}: shape {} is too large", what, sh->dump()));
+    if (v > 0 && numel > kMaxDim / v)
+      return invalid_argument(fmt::format("{}: shape {} is too large", what, sh->dump()));
     numel *= v;
     e.shape.push_back(v);
   }
@@ -69,7 +72,8 @@ Status parse_entry(const json& j, const std::string& what, SafetensorsEntry& e) 
   }
   e.begin = (*off)[0].get<uint64_t>();
   e.end = (*off)[1].get<uint64_t>();
-  if (e.end < e.begin) return invalid_argument(fmt::format("{}: data_offsets [{}, {}] are reversed", what, e.begin, e.end));
+  if (e.end < e.begin)
+    return invalid_argument(fmt::format("{}: data_offsets [{}, {}] are reversed", what, e.begin, e.end));
   const uint64_t want = uint64_t(numel) * elem_size(e.dtype);
   if (e.end - e.begin != want) {
     return invalid_argument(fmt::format("{}: data_offsets [{}, {}] hold {} bytes, but {} {} needs {}", what, e.begin,
@@ -103,6 +107,14 @@ std::string_view safetensors_dtype_name(DType t) {
 // Reader
 
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  try {
+    return open_impl(path);
+  } catch (const std::exception& e) {  // bad_alloc on a huge header
+    return resource_exhausted(fmt::format("safetensors {}: {}", path, e.what()));
+  }
+}
+
+Result<SafetensorsFile> SafetensorsFile::open_impl(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
   KVB_ASSIGN_OR_RETURN(f.file_, MappedFile::open(path));
@@ -171,7 +183,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
       // A writer that did not pad its header: copy, so views are always element-aligned.
       const size_t bytes = size_t(e.end - e.begin);
       std::unique_ptr<uint64_t[]> copy(new (std::nothrow) uint64_t[bytes / 8 + 1]);
-      if (copy == nullptr) return resource_exhausted(fmt::format("safetensors {}: cannot realign \"{}\"", path, e.name));
+      if (copy == nullptr)
+        return resource_exhausted(fmt::format("safetensors {}: cannot realign \"{}\"", path, e.name));
       std::memcpy(copy.get(), p, bytes);
       p = reinterpret_cast<const uint8_t*>(copy.get());
       f.realigned_.push_back(std::move(copy));
@@ -212,11 +225,14 @@ SafetensorsWriter::~SafetensorsWriter() {
 
 Status SafetensorsWriter::declare(std::string name, DType dtype, std::vector<int64_t> shape) {
   if (f_ != nullptr || !path_.empty()) return failed_precondition("safetensors writer: declare() after open()");
-  if (name.empty() || name == "__metadata__") return invalid_argument(fmt::format("safetensors writer: bad name \"{}\"", name));
+  if (name.empty() || name == "__metadata__")
+    return invalid_argument(fmt::format("safetensors writer: bad name \"{}\"", name));
   if (safetensors_dtype_name(dtype).empty()) {
-    return invalid_argument(fmt::format("safetensors writer: tensor \"{}\" has unsupported dtype {}", name, dtype_name(dtype)));
+    return invalid_argument(
+        fmt::format("safetensors writer: tensor \"{}\" has unsupported dtype {}", name, dtype_name(dtype)));
   }
-  if (shape.size() > 4) return invalid_argument(fmt::format("safetensors writer: tensor \"{}\" has {} dims", name, shape.size()));
+  if (shape.size() > 4)
+    return invalid_argument(fmt::format("safetensors writer: tensor \"{}\" has {} dims", name, shape.size()));
   int64_t numel = 1;
   for (int64_t d : shape) {
     if (d < 0 || d > kMaxDim || (d > 0 && numel > kMaxDim / d)) {
@@ -243,16 +259,23 @@ Status SafetensorsWriter::open(const std::string& path) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
   for (const SafetensorsEntry& e : entries_) {
-    header[e.name] = {{"dtype", safetensors_dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
+    header[e.name] = {
+        {"dtype", safetensors_dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& e) {  // a name that is not valid UTF-8
+    return invalid_argument(fmt::format("safetensors writer: bad header: {}", e.what()));
+  }
   text.resize((text.size() + kHeaderAlign - 1) / kHeaderAlign * kHeaderAlign, ' ');  // data section 8-aligned
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
 
   path_ = path;
   f_ = std::fopen(path.c_str(), "wb");
-  if (f_ == nullptr) return unavailable(fmt::format("safetensors writer: cannot create {}: {}", path, std::strerror(errno)));
+  if (f_ == nullptr)
+    return unavailable(fmt::format("safetensors writer: cannot create {}: {}", path, std::strerror(errno)));
   if (std::fwrite(len, 1, 8, f_) != 8 || std::fwrite(text.data(), 1, text.size(), f_) != text.size()) {
     return unavailable(fmt::format("safetensors writer: cannot write {}: {}", path, std::strerror(errno)));
   }
@@ -262,7 +285,8 @@ Status SafetensorsWriter::open(const std::string& path) {
 Status SafetensorsWriter::write(const void* bytes, size_t n) {
   if (f_ == nullptr) return failed_precondition("safetensors writer: write() before open() or after finish()");
   if (n > total_ - written_) {
-    return out_of_range(fmt::format("safetensors writer: {} bytes past the {} declared", written_ + n - total_, total_));
+    return out_of_range(
+        fmt::format("safetensors writer: {} bytes past the {} declared", written_ + n - total_, total_));
   }
   if (n > 0 && std::fwrite(bytes, 1, n, f_) != n) {
     return unavailable(fmt::format("safetensors writer: cannot write {}: {}", path_, std::strerror(errno)));

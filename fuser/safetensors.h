@@ -66,6 +66,8 @@ class SafetensorsFile {
   Result<Tensor> tensor(std::string_view name) const;
 
  private:
+  static Result<SafetensorsFile> open_impl(const std::string& path);
+
   std::string path_;
   MappedFile file_;
   const uint8_t* data_ = nullptr;  // start of the data section inside file_

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <string_view>
@@ -81,7 +82,9 @@ bool synthetic_gate_on(GatePattern gates, int32_t layer, bool is_v) {
   return false;
 }
 
-Status write_synthetic_fuser(const std::string& dir, const FuserConfig& cfg_in, uint64_t seed, GatePattern gates) {
+namespace {
+
+Status write_synthetic(const std::string& dir, const FuserConfig& cfg_in, uint64_t seed, GatePattern gates) {
   FuserConfig cfg = cfg_in;
   if (cfg.layer_map.empty() && cfg.mapping == "last_aligned") {
     cfg.layer_map = last_aligned_map(cfg.sharer.n_layer, cfg.receiver.n_layer);
@@ -136,6 +139,16 @@ Status write_synthetic_fuser(const std::string& dir, const FuserConfig& cfg_in, 
     }
   }
   return w.finish();
+}
+
+}  // namespace
+
+Status write_synthetic_fuser(const std::string& dir, const FuserConfig& cfg, uint64_t seed, GatePattern gates) {
+  try {
+    return write_synthetic(dir, cfg, seed, gates);
+  } catch (const std::exception& e) {
+    return resource_exhausted(fmt::format("synthetic fuser {}: {}", dir, e.what()));
+  }
 }
 
 }  // namespace kvb::fuser

@@ -199,26 +199,33 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.add_option("--metrics-listen", raw.metrics_listen, "Prometheus /metrics HTTP address host:port");
   app.add_option("--log-format", raw.log_format, "text or json (one JSON object per line)");
 
+  if (parse_flags(app, argc, argv, [&] { return convert(raw, c); }, out.exit_code, out.output)) {
+    out.config = std::move(c);
+  }
+  return out;
+}
+
+bool parse_flags(CLI::App& app, int argc, const char* const* argv, const std::function<Status()>& convert,
+                 int& exit_code, std::string& output) {
   std::ostringstream sout, serr;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    out.exit_code = app.exit(e, sout, serr);
-    out.output = sout.str() + serr.str();
-    return out;
+    // CLI11 has a code per kind of error (106 for a missing flag, ...); a usage error is 2 here.
+    exit_code = app.exit(e, sout, serr) == 0 ? 0 : 2;
+    output = sout.str() + serr.str();
+    return false;
   } catch (const std::exception& e) {
-    out.exit_code = 2;
-    out.output = std::string("error: ") + e.what() + "\n";
-    return out;
+    exit_code = 2;
+    output = std::string("error: ") + e.what() + "\n";
+    return false;
   }
-  const Status st = convert(raw, c);
-  if (!st.ok()) {
-    out.exit_code = 2;
-    out.output = "error: " + st.message() + "\n";
-    return out;
+  if (const Status st = convert(); !st.ok()) {
+    exit_code = 2;
+    output = "error: " + st.message() + "\n";
+    return false;
   }
-  out.config = std::move(c);
-  return out;
+  return true;
 }
 
 Status load_tls_files(TlsConfig& tls) {

@@ -9,11 +9,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "kernels/status.h"
+
+namespace CLI {
+class App;
+}
 
 namespace kvb::server {
 
@@ -94,6 +99,13 @@ struct ParsedArgs {
 };
 
 ParsedArgs parse_agent_args(int argc, const char* const* argv);
+
+// Parses argv with `app` (CLI11, its options bound to the caller's variables), then runs `convert`
+// over the parsed values. True when the program should run; otherwise exit_code and output say what
+// to print (--help / --version: 0 and the text for stdout; a bad flag or a failed conversion: 2 and
+// "error: ..." for stderr). Never throws. Shared by kvbridge-agent and kvbridge-fuser.
+bool parse_flags(CLI::App& app, int argc, const char* const* argv, const std::function<Status()>& convert,
+                 int& exit_code, std::string& output);
 
 // Reads the TLS PEM files and the token file named by `cfg` into it. INVALID_ARGUMENT / NOT_FOUND
 // naming the flag and the path when a file is missing, unreadable, empty or malformed (a token

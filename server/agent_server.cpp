@@ -153,30 +153,16 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
 
 Status AgentServer::start() {
   const AgentConfig& c = config_;
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-
-  const std::shared_ptr<grpc::ServerCredentials> creds = server_credentials(c.tls);
-
-  grpc::ServerBuilder b;
   int port = 0;
-  b.AddListeningPort(c.listen.to_string(), creds, &port);
-  b.RegisterService(service_.get());
-  // Messages up to --max-message-bytes are served; between that and twice it, handlers answer
-  // INVALID_ARGUMENT (agent.proto); beyond, gRPC refuses them (RESOURCE_EXHAUSTED) unread.
-  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(2 * c.max_message_bytes, INT_MAX)));
-  b.SetMaxSendMessageSize(static_cast<int>(std::min<uint64_t>(c.max_message_bytes, INT_MAX)));
-  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error, not a shared one
-  // Peers ping every 5 s during transfers to detect a hung sharer; accept that.
-  b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
-  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  server_ = b.BuildAndStart();
-  if (!server_ || port == 0) {
-    server_.reset();
-    return unavailable(fmt::format("cannot serve on --listen {} (address in use or not local, or TLS credentials "
-                                   "rejected)",
-                                   c.listen.to_string()));
-  }
+  // Handlers answer INVALID_ARGUMENT between --max-message-bytes and twice it (agent.proto).
+  KVB_ASSIGN_OR_RETURN(server_, start_grpc_server(c.listen, c.tls, c.max_message_bytes, *service_, kServiceName, port,
+                                                  [](grpc::ServerBuilder& b) {
+                                                    // Peers ping every 5 s during transfers to detect
+                                                    // a hung sharer; accept that.
+                                                    b.AddChannelArgument(
+                                                        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
+                                                    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+                                                  }));
   bound_ = fmt::format("{}:{}", c.listen.host, port);
 
   std::vector<std::string> self{bound_};
@@ -186,10 +172,6 @@ Status AgentServer::start() {
   if (!c.name.empty()) self.push_back(c.name);
   self_->set(c.name.empty() ? bound_ : c.name, std::move(self));
 
-  if (auto* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(kServiceName, true);
-    health->SetServingStatus("", true);
-  }
   if (c.metrics_listen) {
     metrics_endpoint_ = std::make_unique<MetricsEndpoint>(*metrics_, *store_);
     KVB_RETURN_IF_ERROR(metrics_endpoint_->start(*c.metrics_listen));
@@ -217,10 +199,7 @@ void AgentServer::shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
   if (server_) {
-    if (auto* health = server_->GetHealthCheckService()) {
-      health->SetServingStatus(kServiceName, false);
-      health->SetServingStatus("", false);
-    }
+    set_serving(*server_, kServiceName, false);
     // Waits for running calls until the deadline, then cancels them (their CancelTokens stop
     // generations and pulls) and waits for their reactors to finish.
     server_->Shutdown(std::chrono::system_clock::now() + grace);
@@ -238,6 +217,37 @@ void AgentServer::shutdown(std::chrono::milliseconds grace) {
 }
 
 // ============================== shared by kvbridge's gRPC servers ==============================
+
+Result<std::unique_ptr<grpc::Server>> start_grpc_server(const HostPort& listen, const TlsConfig& tls,
+                                                        uint64_t max_message_bytes, grpc::Service& service,
+                                                        const std::string& service_name, int& port,
+                                                        const std::function<void(grpc::ServerBuilder&)>& configure) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder b;
+  port = 0;
+  b.AddListeningPort(listen.to_string(), server_credentials(tls), &port);
+  b.RegisterService(&service);
+  b.SetMaxReceiveMessageSize(static_cast<int>(std::min<uint64_t>(2 * max_message_bytes, INT_MAX)));
+  b.SetMaxSendMessageSize(static_cast<int>(std::min<uint64_t>(max_message_bytes, INT_MAX)));
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (configure) configure(b);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  if (!server || port == 0) {
+    return unavailable(fmt::format("cannot serve on --listen {} (address in use or not local, or TLS credentials "
+                                   "rejected)",
+                                   listen.to_string()));
+  }
+  set_serving(*server, service_name, true);
+  return server;
+}
+
+void set_serving(grpc::Server& server, const std::string& service_name, bool serving) {
+  if (auto* health = server.GetHealthCheckService()) {
+    health->SetServingStatus(service_name, serving);
+    health->SetServingStatus("", serving);
+  }
+}
 
 std::shared_ptr<grpc::ServerCredentials> server_credentials(const TlsConfig& tls) {
   if (!tls.enabled()) return grpc::InsecureServerCredentials();

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,7 +33,9 @@ class Fuser;
 
 namespace grpc {
 class Server;
+class ServerBuilder;
 class ServerCredentials;
+class Service;
 }
 
 namespace kvb {
@@ -109,6 +112,19 @@ class AgentServer {
 // TLS (mutual when tls.mutual()) server credentials from the PEMs load_tls_files read, or insecure
 // ones when TLS is off.
 std::shared_ptr<grpc::ServerCredentials> server_credentials(const TlsConfig& tls);
+// Serves `service` (borrowed: it must outlive the server) as every kvbridge server does: on `listen`
+// with server_credentials(tls); requests up to 2 x max_message_bytes reach the handlers, which answer
+// INVALID_ARGUMENT above max_message_bytes (gRPC refuses larger ones unread, RESOURCE_EXHAUSTED);
+// replies up to max_message_bytes; no SO_REUSEPORT (a taken port is an error, not a shared one);
+// grpc.health.v1 reporting `service_name` and "" SERVING, and reflection. `configure` may add
+// builder settings. Sets `port` to the bound port. UNAVAILABLE when the address cannot be bound or
+// the TLS credentials are rejected.
+Result<std::unique_ptr<grpc::Server>> start_grpc_server(const HostPort& listen, const TlsConfig& tls,
+                                                        uint64_t max_message_bytes, grpc::Service& service,
+                                                        const std::string& service_name, int& port,
+                                                        const std::function<void(grpc::ServerBuilder&)>& configure = {});
+// The health status of `service_name` and of the server as a whole ("").
+void set_serving(grpc::Server& server, const std::string& service_name, bool serving);
 // Blocks SIGINT and SIGTERM in the calling thread, and so in every thread it creates afterwards, and
 // ignores SIGPIPE: call from main before any thread starts, then wait_for_shutdown_signal().
 void block_shutdown_signals();

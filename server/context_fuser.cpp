@@ -114,11 +114,6 @@ Status unary(PeerClient& peers, Stub& stub, grpc::Status (Stub::*method)(grpc::C
   return Status::Ok();
 }
 
-Tensor slice_2d(const KvCache& cache, uint32_t layer, bool is_v) {
-  const Tensor t = is_v ? cache.v_used(int32_t(layer)) : cache.k_used(int32_t(layer));
-  return Tensor::make(DType::kF32, t.data, {int64_t(cache.n_tokens()), cache.layout().cell_elems()});
-}
-
 // The Fuse stream with a remote fuser: a writer thread sends the start message and both input
 // streams (interleaved one message each, so the fuser can start on early layers), while this
 // thread decodes the fused slices straight over `receiver`'s cells.
@@ -380,7 +375,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
           uint8_t& done = fused[size_t(t) * 2 + (is_v ? 1 : 0)];
           const uint32_t src = uint32_t(desc.layer_map[t]);
           if (done || !r.complete(src, is_v)) continue;
-          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, slice_2d(*s, src, is_v), slice_2d(receiver, t, is_v)));
+          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, s->used_rows(int32_t(src), is_v), receiver.used_rows(int32_t(t), is_v)));
           done = 1;
           ++report.slices_fused;
         }

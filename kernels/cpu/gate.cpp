@@ -24,8 +24,7 @@ Status gate_add(OpContext& ctx, const Tensor& receiver, const Tensor& logits, co
   if (logits.n_dims != 2 || logits.shape[0] != n || !same_rows(projected) || !same_rows(out) || h <= 0 ||
       (n > 0 && row % h != 0)) {
     return invalid_argument(fmt::format("gate_add: receiver {}, logits {}, projected {}, out {} do not match",
-                                        receiver.describe(), logits.describe(), projected.describe(),
-                                        out.describe()));
+                                        receiver.describe(), logits.describe(), projected.describe(), out.describe()));
   }
   if ((out.data != receiver.data && tensors_overlap(out, receiver)) ||
       (out.data != projected.data && tensors_overlap(out, projected)) || tensors_overlap(out, logits)) {

@@ -18,7 +18,11 @@
 namespace kvb::cpu {
 namespace {
 
-constexpr int kMr = 14;  // 14 x 32 accumulators = 28 zmm, + 2 for b and 1 for the a broadcast
+constexpr int kMr = 14;
+// The micro-kernel prefetches its a and b streams this many k's ahead into L1 (both come from L2:
+// the b block [kc][32] is larger than L1); measured 0.5-1.5% faster than the hardware prefetchers
+// alone.
+constexpr int64_t kPfK = 8;  // 14 x 32 accumulators = 28 zmm, + 2 for b and 1 for the a broadcast
 
 inline __mmask16 lo_mask(int nc) { return nc >= 16 ? __mmask16(0xffff) : __mmask16((1u << nc) - 1); }
 inline __mmask16 hi_mask(int nc) {
@@ -238,6 +242,10 @@ void micro_m(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, 
     const __m512 b0 = _mm512_load_ps(b + kk * kPanel);
     const __m512 b1 = _mm512_load_ps(b + kk * kPanel + 16);
     const float* ak = a + kk * kMr;
+    // Prefetches past the end of a or b are harmless (no faults) and cost a few L1 fills.
+    _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPfK) * kPanel), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + (kk + kPfK) * kPanel + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(ak + kPfK * kMr), _MM_HINT_T0);
 #pragma GCC unroll 14
     for (int i = 0; i < M; ++i) {
       const __m512 ai = _mm512_set1_ps(ak[i]);

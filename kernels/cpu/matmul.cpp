@@ -12,7 +12,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/packed_weight.h"
@@ -24,8 +23,8 @@ namespace {
 // shapes: a large k block matters most, because every k block reloads and re-stores the C tiles;
 // the B block [kKc][32] (128 KiB f32) and the active A micro-panel stream from L2, which has the
 // bandwidth for both at full FMA rate.
-static const int64_t kKc = getenv("KVB_KC") ? atoi(getenv("KVB_KC")) : 1024;  // TEMP
-constexpr int64_t kMcRows = 256;  // row group: packed x [kMcRows][kKc] (1 MiB) stays in L2
+constexpr int64_t kKc = 1024;
+constexpr int64_t kMcRows = 256;  // row group: packed x [~kMcRows][kKc] (~1 MiB) stays in L2
 
 struct OutPanels {
   const PackedWeight* w;
@@ -123,28 +122,23 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
                       }
                     });
 
-  // Row groups: whole multiples of mr rows, at most kMcRows, and enough groups to feed every thread
-  // when the weights have few panels.
-  static const int64_t mc_env = getenv("KVB_MC") ? atoi(getenv("KVB_MC")) : kMcRows;  // TEMP
-  static const int mode_env = getenv("KVB_GMODE") ? atoi(getenv("KVB_GMODE")) : 0;  // TEMP
-  int64_t blocks_per_group = std::max<int64_t>(1, mc_env / mr);
-  int64_t n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
-  if (mode_env == 1) {
-    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
-  } else if (mode_env == 2) {
-    n_groups = std::max<int64_t>(1, (n_row_blocks + blocks_per_group / 2) / blocks_per_group);
-    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
-  }
+  // Row groups: whole multiples of mr rows, about kMcRows each, of equal size (512 rows at mr 14 are
+  // 37 row blocks: two groups of 19 and 18 blocks rather than 18 + 18 + 1, whose third group would
+  // reload or re-convert every weight block for a single row block), and enough groups to feed
+  // every thread when the weights have few panels.
+  int64_t blocks_per_group = std::max<int64_t>(1, kMcRows / mr);
+  int64_t n_groups = std::max<int64_t>(1, (n_row_blocks + blocks_per_group / 2) / blocks_per_group);
   if (n_groups * n_panels < 2 * n_threads) {
     n_groups = std::min(n_row_blocks, (2 * n_threads + n_panels - 1) / n_panels);
-    blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
-    n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
   }
+  blocks_per_group = (n_row_blocks + n_groups - 1) / n_groups;
+  n_groups = (n_row_blocks + blocks_per_group - 1) / blocks_per_group;
   const int64_t rows_per_group = blocks_per_group * mr;
   const int64_t n_items = n_groups * n_panels;
-  static const int64_t cdiv = getenv("KVB_CDIV") ? atoi(getenv("KVB_CDIV")) : 4;  // TEMP
-  static const int64_t cmax = getenv("KVB_CMAX") ? atoi(getenv("KVB_CMAX")) : 16;  // TEMP
-  const int64_t chunk = std::clamp<int64_t>(n_items / (int64_t(n_threads) * cdiv), 1, cmax);
+  // Small chunks (~16 per thread, at most 4 items): items are equally heavy (a 512-row item is
+  // ~0.1-0.2 ms), so the op ends with at most one chunk of imbalance between threads; the next
+  // panel's prefetch only crosses items within a chunk.
+  const int64_t chunk = std::clamp<int64_t>(n_items / (int64_t(n_threads) * 16), 1, 4);
 
   pool.parallel_for(n_items, chunk, [&](int64_t begin, int64_t end, int tid) {
     float* tile = ctx.scratch->thread(tid);

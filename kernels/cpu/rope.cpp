@@ -43,7 +43,8 @@ Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams
   // Shared: inv_freq [half], then cos and sin of one position step [half] each (doubles).
   KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(3 * size_t(half) * sizeof(double)));
   // Per thread: the row's cos and sin in double [half] each, then as float [half] each.
-  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(half) * (2 * sizeof(double) + 2 * sizeof(float))));
+  const size_t per_thread = size_t(half) * (2 * sizeof(double) + 2 * sizeof(float));
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, per_thread));
   auto* inv_freq = reinterpret_cast<double*>(ctx.scratch->shared());
   double* step_c = inv_freq + half;
   double* step_s = step_c + half;

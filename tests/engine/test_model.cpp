@@ -234,6 +234,50 @@ TEST_CASE("kv cache after a batched prefill equals token-by-token decode", "[mod
   }
 }
 
+// A prefill that returns only the last token's logits carries only that row through the last layer
+// (and no row of an inner ubatch): its logits and cache must equal the full computation's.
+TEST_CASE("last-token prefill (pruned last layer) matches all-logits prefill and the reference", "[model][prune]") {
+  for (const char* path : {"llama-2-tiny-random/llama-2-tiny-random.gguf", "stories260K/stories260K.gguf"}) {
+    for (int32_t n_batch : {5, 512}) {
+      for (int threads : {1, 2}) {
+        DYNAMIC_SECTION(path << ", n_batch " << n_batch << ", " << threads << " threads") {
+          auto model = load(path);
+          auto backend = cpu_device().create_backend();
+          REQUIRE(backend.ok());
+          (*backend)->set_n_threads(threads);
+          auto runner = ModelRunner::create(*model, **backend, RunnerOptions{.n_batch = n_batch});
+          REQUIRE(runner.ok());
+          const std::vector<int32_t> ids =
+              model->tokenizer->encode("Once upon a time, there was a little dog named Max.");
+          REQUIRE(ids.size() > 8);
+          const size_t vocab = size_t(model->config.n_vocab);
+          auto pruned = (*runner)->new_cache(128), full = (*runner)->new_cache(128), ref = (*runner)->new_cache(128);
+          REQUIRE((pruned.ok() && full.ok() && ref.ok()));
+          std::vector<float> last(vocab), all(ids.size() * vocab);
+          REQUIRE((*runner)->forward(**pruned, ids, last).ok());
+          REQUIRE((*runner)->forward(**full, ids, all, true).ok());
+          auto ref_logits = forward_reference(*model, **ref, ids);
+          REQUIRE(ref_logits.ok());
+          const auto tail = [&](std::span<const float> l) { return l.subspan(l.size() - vocab, vocab); };
+          CHECK(max_abs_diff(last, tail(all)) < 1e-5f);
+          CHECK(max_abs_diff(last, tail(*ref_logits)) < 1e-4f);
+          for (int32_t l = 0; l < model->config.n_layer; ++l) {
+            INFO("layer " << l);
+            const auto k = [&](const KvCache& c) {
+              return std::span<const float>(c.k_used(l).as<float>(), size_t(c.k_used(l).numel()));
+            };
+            const auto v = [&](const KvCache& c) {
+              return std::span<const float>(c.v_used(l).as<float>(), size_t(c.v_used(l).numel()));
+            };
+            CHECK(max_abs_diff(k(**pruned), k(**full)) < 1e-6f);
+            CHECK(max_abs_diff(v(**pruned), v(**full)) < 1e-6f);
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("runner rejects bad input and leaves the cache unchanged", "[model][bad-input]") {
   auto model = load("stories260K/stories260K.gguf");
   auto backend = cpu_device().create_backend();

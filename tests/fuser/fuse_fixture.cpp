@@ -1,7 +1,5 @@
 #include "fuse_fixture.h"
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -21,38 +19,11 @@ constexpr const char* kText =
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
     "big red ball. One day, she saw a small dog sitting under a tree.";
 
-template <class T>
-T must(Result<T> r) {
-  INFO(r.status().to_string());
-  REQUIRE(r.ok());
-  return std::move(r).value();
-}
-void must_ok(const Status& s) {
-  INFO(s.to_string());
-  REQUIRE(s.ok());
-}
-
 std::unique_ptr<KvCache> prefill(ModelRunner& runner, std::vector<int32_t> tokens) {
   std::unique_ptr<KvCache> cache = must(runner.new_cache(256));
   std::vector<float> logits(size_t(runner.model().config.n_vocab));
   must_ok(runner.forward(*cache, tokens, logits));
   return cache;
-}
-
-ModelSide side_of(const std::string& name, const ModelIdentity& id) {
-  ModelSide s;
-  s.name = name;
-  s.n_layer = int32_t(id.n_layer);
-  s.n_head_kv = int32_t(id.n_head_kv);
-  s.head_dim = int32_t(id.head_dim);
-  s.fingerprint = id.fingerprint;
-  return s;
-}
-
-// [n_tokens][n_head_kv * head_dim] over one layer's used cells.
-Tensor rows(const KvCache& cache, int32_t layer, bool is_v) {
-  const Tensor t = is_v ? cache.v_used(layer) : cache.k_used(layer);
-  return Tensor::make(DType::kF32, t.data, {int64_t(cache.n_tokens()), cache.layout().cell_elems()});
 }
 
 FusePair build() {
@@ -74,8 +45,8 @@ FusePair build() {
   p.receiver_cache = prefill(*p.receiver_runner, r);
 
   FuserConfig cfg;
-  cfg.sharer = side_of("stories260K", p.sharer_id);
-  cfg.receiver = side_of("aidreams260K", p.receiver_id);
+  cfg.sharer = model_side("stories260K", p.sharer_id);
+  cfg.receiver = model_side("aidreams260K", p.receiver_id);
   cfg.hidden_dim = 64;
   cfg.intermediate_dim = 64;
   cfg.num_layers = 3;
@@ -137,7 +108,7 @@ std::unique_ptr<KvCache> reference_fused() {
   for (const bool is_v : {false, true}) {
     for (const uint32_t t : is_v ? p.plan.receiver.v : p.plan.receiver.k) {
       const int32_t s = p.fuser->sharer_layer(int32_t(t));
-      must_ok(p.fuser->fuse(int32_t(t), is_v, rows(*p.sharer_cache, s, is_v), rows(*out, int32_t(t), is_v)));
+      must_ok(p.fuser->fuse(int32_t(t), is_v, p.sharer_cache->used_rows(s, is_v), out->used_rows(int32_t(t), is_v)));
     }
   }
   return out;

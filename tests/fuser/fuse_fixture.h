@@ -11,6 +11,8 @@
 // Everything is built once per test process, on first use, from the calling thread.
 #pragma once
 
+#include <catch2/catch.hpp>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,6 +25,34 @@
 #include "fuser/fuser.h"
 
 namespace kvb::fuser::fixture {
+
+// ---- assertions on Status / Result ----
+
+template <class T>
+T must(Result<T> r) {
+  INFO(r.status().to_string());
+  REQUIRE(r.ok());
+  return std::move(r).value();
+}
+inline void must_ok(const Status& s) {
+  INFO(s.to_string());
+  REQUIRE(s.ok());
+}
+template <class T>
+Status status_of(const Result<T>& r) {
+  return r.status();
+}
+inline Status status_of(const Status& s) { return s; }
+
+// Asserts the code of a failed call (a Status or a Result).
+#define REQUIRE_CODE(expr, want)                                   \
+  do {                                                             \
+    const ::kvb::Status kvb_s_ = ::kvb::fuser::fixture::status_of(expr); \
+    INFO("got: " << kvb_s_.to_string());                           \
+    REQUIRE(kvb_s_.code() == (want));                              \
+  } while (0)
+
+// ---- the pair ----
 
 // False (with a Catch2 WARN naming the file) when a model file is missing: the test then returns.
 bool have_models();

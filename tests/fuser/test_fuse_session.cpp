@@ -16,22 +16,8 @@ namespace {
 using fixture::WireStream;
 using Side = FuseSession::Side;
 
-template <class T>
-T must(Result<T> r) {
-  INFO(r.status().to_string());
-  REQUIRE(r.ok());
-  return std::move(r).value();
-}
-void must_ok(const Status& s) {
-  INFO(s.to_string());
-  REQUIRE(s.ok());
-}
-#define REQUIRE_CODE(expr, want)           \
-  do {                                     \
-    const ::kvb::Status kvb_s_ = (expr);   \
-    INFO("got: " << kvb_s_.to_string());   \
-    REQUIRE(kvb_s_.code() == (want));      \
-  } while (0)
+using fixture::must;
+using fixture::must_ok;
 
 // Feeds one input stream message by message: header, chunks, trailer.
 class Feeder {
@@ -107,7 +93,7 @@ bool same_slice(const KvCache& a, const KvCache& b, int32_t layer, bool is_v) {
 TEST_CASE("fuse session: the output is Fuser::fuse of each gated-on slice", "[fuser][model]") {
   if (!fixture::have_models()) return;
   const fixture::FusePair& p = fixture::pair();
-  const Fuser& f = *p.fuser;
+  Fuser& f = *p.fuser;
   // Alternating gates over 4 receiver layers: 0 both, 1 K, 2 V, 3 none; receiver t <- sharer t + 1.
   REQUIRE(p.plan.receiver == KvLayerSet{{0, 1}, {0, 2}});
   REQUIRE(p.plan.sharer == KvLayerSet{{1, 2}, {1, 3}});

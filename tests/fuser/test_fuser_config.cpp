@@ -78,10 +78,20 @@ TEST_CASE("fuser config: errors name the bad key", "[fuser]") {
   expect_bad([](J& j) { j["projector"]["hidden_dim"] = 0; }, "projector.hidden_dim");
   expect_bad([](J& j) { j["projector"].erase("intermediate_dim"); }, "projector.intermediate_dim");
   expect_bad([](J& j) { j["mapping"] = "k_nearest"; }, "mapping");
-  expect_bad([](J& j) { j["mapping"] = "explicit"; j.erase("layer_map"); }, "layer_map");
-  expect_bad([](J& j) { j["layer_map"].erase(0); }, "layer_map");                  // 27 entries
-  expect_bad([](J& j) { j["mapping"] = "explicit"; j["layer_map"][3] = 24; }, "layer_map");  // out of range
-  expect_bad([](J& j) { j["layer_map"][3] = 7; }, "layer_map");                     // not last_aligned
+  expect_bad(
+      [](J& j) {
+        j["mapping"] = "explicit";
+        j.erase("layer_map");
+      },
+      "layer_map");
+  expect_bad([](J& j) { j["layer_map"].erase(0); }, "layer_map");  // 27 entries
+  expect_bad(
+      [](J& j) {
+        j["mapping"] = "explicit";
+        j["layer_map"][3] = 24;
+      },
+      "layer_map");                                              // out of range
+  expect_bad([](J& j) { j["layer_map"][3] = 7; }, "layer_map");  // not last_aligned
   expect_bad([](J& j) { j["layer_map"][3] = "x"; }, "layer_map");
   expect_bad([](J& j) { j["alignment"]["strategy"] = "middle"; }, "alignment.strategy");
   expect_bad([](J& j) { j["alignment"]["enabled"] = 1; }, "alignment.enabled");

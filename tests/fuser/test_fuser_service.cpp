@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <fstream>
+#include <future>
+#include <thread>
 
 #include "client/agent_process.h"
 #include "client/fuser_client.h"
@@ -23,31 +25,14 @@ namespace v1 = ::kvbridge::v1;
 
 constexpr const char* kToken = "fuser-test-token";
 
-template <class T>
-T must(Result<T> r) {
-  INFO(r.status().to_string());
-  REQUIRE(r.ok());
-  return std::move(r).value();
-}
-void must_ok(const Status& s) {
-  INFO(s.to_string());
-  REQUIRE(s.ok());
-}
-template <class T>
-Status status_of(const Result<T>& r) {
-  return r.status();
-}
-#define REQUIRE_CODE(expr, want)                  \
-  do {                                            \
-    const ::kvb::Status kvb_s_ = status_of(expr); \
-    INFO("got: " << kvb_s_.to_string());          \
-    REQUIRE(kvb_s_.code() == (want));             \
-  } while (0)
+using fixture::must;
+using fixture::must_ok;
 
 // A FuserServer on the fixture's fuser directory, with the fixture backend's thread count (so that
 // its projector arithmetic is the in-process one's, bit for bit).
-std::unique_ptr<FuserServer> start_server() {
+std::unique_ptr<FuserServer> start_server(uint32_t max_concurrent_fuses = 4) {
   FuserServerConfig c;
+  c.max_concurrent_fuses = max_concurrent_fuses;
   c.weights_dir = fixture::pair().fuser_dir;
   c.listen = {"127.0.0.1", 0};
   c.threads = fixture::pair().backend->n_threads();
@@ -88,9 +73,9 @@ std::vector<v1::FuseRequest> fuse_requests(uint32_t chunk_tokens = 0) {
 }
 
 // What the in-process session produces for the same inputs, as FuseResponse.fused messages.
-std::vector<v1::CacheChunk> in_process_fused(uint32_t chunk_tokens) {
+std::vector<v1::CacheChunk> in_process_fused(uint32_t chunk_tokens, const FuseSessionOptions& opt) {
   const WireStream s = fixture::sharer_stream(chunk_tokens), r = fixture::receiver_stream(chunk_tokens);
-  FuseSession session(*fixture::pair().fuser, {});
+  FuseSession session(*fixture::pair().fuser, opt);
   must_ok(session.add_header(FuseSession::Side::kSharer, s.header));
   must_ok(session.add_header(FuseSession::Side::kReceiver, r.header));
   for (const KvWireChunk& c : s.chunks) must_ok(session.add_chunk(FuseSession::Side::kSharer, view_of(c)));
@@ -103,6 +88,49 @@ std::vector<v1::CacheChunk> in_process_fused(uint32_t chunk_tokens) {
   while (session.next_chunk(c)) wire::to_proto(c, out.emplace_back().mutable_data());
   wire::to_proto(*session.take_trailer(), out.emplace_back().mutable_trailer());
   return out;
+}
+
+FuserParsedArgs parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "kvbridge-fuser");
+  return parse_fuser_args(int(args.size()), args.data());
+}
+
+TEST_CASE("kvbridge-fuser flags parse into a validated config", "[fuser]") {
+  const FuserParsedArgs ok = parse({"--weights", "/f", "--listen", "127.0.0.1:0", "--threads", "2",
+                                    "--max-message-bytes", "8M", "--max-stream-bytes", "256M", "--metrics-listen",
+                                    "127.0.0.1:9100", "--log-format", "json", "--auth-token-file", "/t"});
+  REQUIRE(ok.config.has_value());
+  const FuserServerConfig& c = *ok.config;
+  CHECK(c.weights_dir == "/f");
+  CHECK(c.listen.to_string() == "127.0.0.1:0");
+  CHECK(c.threads == 2);
+  CHECK(c.max_message_bytes == (uint64_t(8) << 20));
+  CHECK(c.max_stream_bytes == (uint64_t(256) << 20));
+  CHECK(c.metrics_listen->port == 9100);
+  CHECK(c.log_format == server::LogFormat::kJson);
+  CHECK(c.auth_token_file == "/t");
+
+  CHECK(parse({"--help"}).exit_code == 0);
+  for (const auto& bad : std::vector<std::vector<const char*>>{
+           {"--listen", "127.0.0.1:0"},                                             // no --weights
+           {"--weights", "/f"},                                                     // no --listen
+           {"--weights", "/f", "--listen", "nowhere"},                              // no port
+           {"--weights", "/f", "--listen", "127.0.0.1:0", "--max-message-bytes", "64K"},  // below 2 MiB
+           {"--weights", "/f", "--listen", "127.0.0.1:0", "--log-format", "xml"},
+           {"--weights", "/f", "--listen", "127.0.0.1:0", "--tls-cert", "c.pem"},   // no --tls-key
+           {"--weights", "/f", "--listen", "127.0.0.1:0", "--max-concurrent-fuses", "0"},
+       }) {
+    const FuserParsedArgs r = parse(bad);
+    INFO(r.output);
+    CHECK_FALSE(r.config.has_value());
+    CHECK(r.exit_code == 2);
+  }
+
+  FuserServerConfig missing = *ok.config;
+  missing.auth_token_file = test::temp_dir() + "/no-such-token";
+  CHECK(load_fuser_files(missing).code() == StatusCode::kNotFound);
+  missing.weights_dir = test::temp_dir() + "/no-such-fuser";
+  CHECK(FuserServer::create(missing).status().code() == StatusCode::kNotFound);
 }
 
 TEST_CASE("fuser service: GetInfo describes the loaded fuser", "[fuser][model][grpc]") {
@@ -140,9 +168,20 @@ TEST_CASE("fuser service: Fuse over gRPC gives the in-process session's bytes", 
   const fixture::FusePair& p = fixture::pair();
   const std::unique_ptr<FuserServer> server = start_server();
   const uint32_t chunk_tokens = GENERATE(0u, 4u);
-  const client::FuseOutput out = must(connect(server->bound_address())->fuse_messages({}, fuse_requests(chunk_tokens)));
+  const bool bf16_zstd = GENERATE(false, true);  // the output's dtype and compression (FuseStart)
+  v1::FuseStart start;
+  FuseSessionOptions opt;
+  if (bf16_zstd) {
+    start.set_dtype(v1::WIRE_DTYPE_BF16);
+    start.set_compression(v1::COMPRESSION_ZSTD);
+    opt.dtype = WireDType::kBF16;
+    opt.compression = WireCompression::kZstd;
+  }
+  const client::FuseOutput out =
+      must(connect(server->bound_address())->fuse_messages(start, fuse_requests(chunk_tokens)));
 
-  const std::vector<v1::CacheChunk> want = in_process_fused(chunk_tokens);
+  const std::vector<v1::CacheChunk> want = in_process_fused(chunk_tokens, opt);
+  REQUIRE(want.front().header().dtype() == (bf16_zstd ? v1::WIRE_DTYPE_BF16 : v1::WIRE_DTYPE_F32));
   REQUIRE(out.fused.size() == want.size());
   for (size_t i = 0; i < want.size(); ++i) {
     INFO("message " << i);
@@ -190,6 +229,43 @@ TEST_CASE("fuser service: errors", "[fuser][model][grpc]") {
     REQUIRE_CODE(connect(addr)->fuse({}, source, {}), StatusCode::kAborted);
     REQUIRE(connect(addr)->get_info().ok());
   }
+}
+
+TEST_CASE("fuser service: calls beyond max_concurrent_fuses are RESOURCE_EXHAUSTED", "[fuser][model][grpc]") {
+  if (!fixture::have_models()) return;
+  const std::unique_ptr<FuserServer> server = start_server(/*max_concurrent_fuses=*/1);
+  const std::vector<v1::FuseRequest> reqs = fuse_requests();
+  // The first call holds the only slot: it sends both headers, and once the fused header is back
+  // (so its handler runs) its source waits until released.
+  std::promise<void> admitted, release;
+  std::shared_future<void> released = release.get_future().share();
+  Result<v1::FuseSummary> first = unavailable("not run");
+  std::thread holder([&] {
+    size_t i = 0;
+    bool told = false;
+    const auto source = [&](v1::FuseRequest& msg) -> Result<bool> {
+      if (i == 2) released.wait();  // reqs[0], reqs[1]: the sharer's and the receiver's headers
+      if (i == reqs.size()) return false;
+      msg = reqs[i++];
+      return true;
+    };
+    const auto sink = [&](v1::CacheChunk&& msg) {
+      if (msg.has_header() && !told) {
+        told = true;
+        admitted.set_value();
+      }
+      return Status::Ok();
+    };
+    first = connect(server->bound_address())->fuse({}, source, sink);
+    if (!told) admitted.set_value();
+  });
+  admitted.get_future().wait();
+  const Status second = connect(server->bound_address())->fuse_messages({}, reqs).status();
+  release.set_value();
+  holder.join();
+  CHECK(second.code() == StatusCode::kResourceExhausted);
+  INFO(first.status().to_string());
+  CHECK(first.ok());
 }
 
 TEST_CASE("fuser service: the kvbridge-fuser binary serves GetInfo", "[fuser][model][grpc][e2e]") {

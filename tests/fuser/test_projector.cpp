@@ -87,41 +87,50 @@ TEST_CASE("fuser fuse matches the scalar reference", "[fuser]") {
   Result<std::unique_ptr<ReferenceFuser>> ref = ReferenceFuser::load(dir);
   REQUIRE(ref.ok());
 
+  // One Fuser per thread count on its own backend; the reference runs once per input.
+  std::vector<std::unique_ptr<Backend>> backends;
+  std::vector<std::unique_ptr<Fuser>> fusers;
   for (int threads : {1, 2}) {
-    CAPTURE(threads);
-    std::unique_ptr<Backend> be = cpu_backend(threads);
-    Result<std::unique_ptr<Fuser>> loaded = Fuser::load(dir, *be);
+    backends.push_back(cpu_backend(threads));
+    Result<std::unique_ptr<Fuser>> loaded = Fuser::load(dir, *backends.back());
     REQUIRE(loaded.ok());
-    Fuser& f = *loaded.value();
+    fusers.push_back(std::move(loaded).value());
+    const Fuser& f = *fusers.back();
     CHECK(f.config() == cfg);
     CHECK(f.weight_bytes() > 0);
     CHECK(f.flops_per_token(false) == branch_flops_per_token(cfg));
+  }
 
-    const int64_t in_s = cfg.sharer.kv_dim(), out = cfg.receiver.kv_dim();
-    for (int64_t n : {int64_t(1), int64_t(37), int64_t(300)}) {  // 300 crosses a chunk boundary
-      for (int32_t t = 0; t < cfg.receiver.n_layer; ++t) {
-        for (bool is_v : {false, true}) {
-          CAPTURE(n, t, is_v);
+  const int64_t in_s = cfg.sharer.kv_dim(), out = cfg.receiver.kv_dim();
+  for (int64_t n : {int64_t(1), int64_t(37), int64_t(300)}) {  // 300 crosses a chunk boundary
+    for (int32_t t = 0; t < cfg.receiver.n_layer; ++t) {
+      for (bool is_v : {false, true}) {
+        CAPTURE(n, t, is_v);
+        std::vector<float> sharer = random_floats(size_t(n * in_s), uint32_t(7 * t + is_v));
+        const std::vector<float> orig = random_floats(size_t(n * out), uint32_t(100 + 7 * t + is_v));
+        std::vector<float> want = orig;
+        REQUIRE(ref.value()->fuse(t, is_v, rows(sharer, n, in_s), rows(want, n, out)).ok());
+        const std::vector<double> want_d(want.begin(), want.end());
+        std::vector<double> delta_want(want.size());
+        for (size_t i = 0; i < want.size(); ++i) delta_want[i] = double(want[i]) - double(orig[i]);
+
+        for (size_t k = 0; k < fusers.size(); ++k) {
+          CAPTURE(k + 1);  // threads
+          Fuser& f = *fusers[k];
           CHECK(f.sharer_layer(t) == cfg.layer_map[size_t(t)]);
           CHECK(f.gate(t, is_v) == synthetic_gate_on(gates, t, is_v));
-          std::vector<float> sharer = random_floats(size_t(n * in_s), uint32_t(7 * t + is_v));
-          const std::vector<float> orig = random_floats(size_t(n * out), uint32_t(100 + 7 * t + is_v));
-          std::vector<float> got = orig, want = orig;
+          std::vector<float> got = orig;
           const std::vector<float> sharer_before = sharer;
           REQUIRE(f.fuse(t, is_v, rows(sharer, n, in_s), rows(got, n, out)).ok());
-          REQUIRE(ref.value()->fuse(t, is_v, rows(sharer, n, in_s), rows(want, n, out)).ok());
           CHECK(sharer == sharer_before);
           if (!f.gate(t, is_v)) {
             CHECK(std::memcmp(got.data(), orig.data(), got.size() * 4) == 0);  // bit-identical
+            CHECK(want == orig);
             continue;
           }
           // Compare the fused output, and (stricter) the delta the fuser added.
-          std::vector<double> want_d(want.begin(), want.end()), delta_want(want.size());
           std::vector<float> delta_got(got.size());
-          for (size_t i = 0; i < got.size(); ++i) {
-            delta_got[i] = got[i] - orig[i];
-            delta_want[i] = double(want[i]) - double(orig[i]);
-          }
+          for (size_t i = 0; i < got.size(); ++i) delta_got[i] = got[i] - orig[i];
           CHECK(rel_error(got, want_d) <= 1e-5);
           CHECK(rel_error(delta_got, delta_want) <= 1e-4);
         }
@@ -193,11 +202,11 @@ TEST_CASE("fuser fuse rejects bad arguments", "[fuser]") {
   std::vector<float> s(8 * 32, 0.5f), r(8 * 32, 0.25f), big(16 * 32, 0.0f);
   std::vector<uint16_t> h(8 * 32, 0);
   constexpr auto kInvalid = StatusCode::kInvalidArgument;
-  CHECK(f.fuse(2, false, rows(s, 8, 32), rows(r, 8, 32)).code() == kInvalid);   // layer out of range
+  CHECK(f.fuse(2, false, rows(s, 8, 32), rows(r, 8, 32)).code() == kInvalid);  // layer out of range
   CHECK(f.fuse(-1, false, rows(s, 8, 32), rows(r, 8, 32)).code() == kInvalid);
-  CHECK(f.fuse(0, false, rows(s, 8, 32), rows(r, 4, 64)).code() == kInvalid);   // receiver width
-  CHECK(f.fuse(0, false, rows(s, 4, 64), rows(r, 8, 32)).code() == kInvalid);   // sharer width
-  CHECK(f.fuse(0, false, rows(s, 7, 32), rows(r, 8, 32)).code() == kInvalid);   // token counts differ
+  CHECK(f.fuse(0, false, rows(s, 8, 32), rows(r, 4, 64)).code() == kInvalid);  // receiver width
+  CHECK(f.fuse(0, false, rows(s, 4, 64), rows(r, 8, 32)).code() == kInvalid);  // sharer width
+  CHECK(f.fuse(0, false, rows(s, 7, 32), rows(r, 8, 32)).code() == kInvalid);  // token counts differ
   CHECK(f.fuse(0, false, Tensor::make(DType::kF16, h.data(), {8, 32}), rows(r, 8, 32)).code() == kInvalid);
   CHECK(f.fuse(0, false, Tensor::make(DType::kF32, s.data(), {8 * 32}), rows(r, 8, 32)).code() == kInvalid);
   CHECK(f.fuse(0, false, rows(big, 8, 32), Tensor::make(DType::kF32, big.data() + 64, {8, 32})).code() == kInvalid);
@@ -205,6 +214,8 @@ TEST_CASE("fuser fuse rejects bad arguments", "[fuser]") {
   CHECK(f.fuse(0, false, rows(s, 0, 32), rows(r, 0, 32)).ok());  // no tokens
   CHECK(std::all_of(r.begin(), r.end(), [](float v) { return v == 0.25f; }));
   CHECK_FALSE(f.gate(5, false));
+  CHECK(f.sharer_layer(5) == -1);
+  CHECK(f.sharer_layer(-1) == -1);
 }
 
 TEST_CASE("fuser load names missing, misshapen and mistyped tensors", "[fuser]") {

@@ -106,6 +106,10 @@ TEST_CASE("fuser safetensors: streaming writer checks its contract", "[fuser]") 
   Result<SafetensorsFile> f = SafetensorsFile::open(path_for("stream.safetensors"));
   REQUIRE(f.ok());
   CHECK(f->tensor("x")->as<const float>()[1] == 2.0f);
+
+  SafetensorsWriter bad_name;
+  REQUIRE(bad_name.declare("\xff\xfe", DType::kF32, {1}).ok());
+  CHECK(bad_name.open(path_for("bad_name.safetensors")).code() == StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("fuser safetensors: hostile files give clear errors", "[fuser]") {
@@ -145,8 +149,9 @@ TEST_CASE("fuser safetensors: hostile files give clear errors", "[fuser]") {
     expect_invalid(write_raw("nodt.safetensors", R"({"a":{"shape":[2],"data_offsets":[0,8]}})", bytes(8)), "dtype");
   }
   SECTION("offsets out of bounds") {
-    expect_invalid(write_raw("oob.safetensors", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[100,108]}})", bytes(8)),
-                   "outside");
+    expect_invalid(
+        write_raw("oob.safetensors", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[100,108]}})", bytes(8)),
+        "outside");
   }
   SECTION("offsets inconsistent with the shape") {
     expect_invalid(write_raw("sz.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", bytes(8)),
@@ -157,8 +162,9 @@ TEST_CASE("fuser safetensors: hostile files give clear errors", "[fuser]") {
                    "reversed");
   }
   SECTION("negative offsets") {
-    expect_invalid(write_raw("negoff.safetensors", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", bytes(8)),
-                   "data_offsets");
+    expect_invalid(
+        write_raw("negoff.safetensors", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", bytes(8)),
+        "data_offsets");
   }
   SECTION("overlapping tensors") {
     expect_invalid(write_raw("ovl.safetensors",
@@ -175,23 +181,25 @@ TEST_CASE("fuser safetensors: hostile files give clear errors", "[fuser]") {
                    "belong to no tensor");
   }
   SECTION("negative dimension") {
-    expect_invalid(write_raw("negdim.safetensors", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", bytes(8)),
-                   "bad dimension");
+    expect_invalid(
+        write_raw("negdim.safetensors", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", bytes(8)),
+        "bad dimension");
   }
   SECTION("overflowing shape") {
-    expect_invalid(write_raw("ovf.safetensors",
-                             R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,8]}})",
-                             bytes(8)),
-                   "too large");
+    expect_invalid(
+        write_raw("ovf.safetensors",
+                  R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,8]}})", bytes(8)),
+        "too large");
   }
   SECTION("fractional dimension") {
-    expect_invalid(write_raw("frac.safetensors", R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", bytes(8)),
-                   "bad dimension");
+    expect_invalid(
+        write_raw("frac.safetensors", R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", bytes(8)),
+        "bad dimension");
   }
   SECTION("too many dimensions") {
-    expect_invalid(write_raw("dims.safetensors", R"({"a":{"dtype":"F32","shape":[1,1,1,1,2],"data_offsets":[0,8]}})",
-                             bytes(8)),
-                   "5 dims");
+    expect_invalid(
+        write_raw("dims.safetensors", R"({"a":{"dtype":"F32","shape":[1,1,1,1,2],"data_offsets":[0,8]}})", bytes(8)),
+        "5 dims");
   }
   SECTION("metadata values must be strings") {
     expect_invalid(write_raw("meta.safetensors", R"({"__metadata__":{"k":1}})", ""), "not a string");

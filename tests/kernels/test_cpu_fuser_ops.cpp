@@ -4,8 +4,8 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <iterator>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu_test_util.h"
@@ -24,15 +24,14 @@ TEST_CASE("cpu fuser op gelu matches the erf reference", "[kernels][fuser]") {
   struct Shape {
     int64_t rows, cols;
   };
-  const Shape s = GENERATE(Shape{1, 1}, Shape{1, 7}, Shape{3, 257}, Shape{16, 1024}, Shape{100, 999},
-                           Shape{256, 1024});
+  const Shape s = GENERATE(Shape{1, 1}, Shape{1, 7}, Shape{3, 257}, Shape{16, 1024}, Shape{100, 999}, Shape{256, 1024});
   const bool in_place = GENERATE(false, true);
   CAPTURE(s.rows, s.cols, in_place);
   const size_t n = size_t(s.rows * s.cols);
   std::vector<float> x = random_floats(n, 11, -6.0f, 6.0f);
   // The tails and the sign change, where an erf approximation is most likely to slip.
-  const float specials[] = {0.0f, -0.0f, 1e-8f, -1e-8f, 0.5f, -0.5f, 3.0f, -3.0f, 5.5f, -5.5f, 9.0f, -9.0f, 20.0f,
-                            -20.0f, 100.0f, -100.0f};
+  const float specials[] = {0.0f, -0.0f, 1e-8f, -1e-8f, 0.5f,  -0.5f,  3.0f,   -3.0f,
+                            5.5f, -5.5f, 9.0f,  -9.0f,  20.0f, -20.0f, 100.0f, -100.0f};
   for (size_t i = 0; i < std::size(specials) && i < n; ++i) x[i] = specials[i];
   std::vector<double> ref(n);
   for (size_t i = 0; i < n; ++i) ref[i] = gelu_ref(x[i]);
@@ -47,7 +46,8 @@ TEST_CASE("cpu fuser op gelu matches the erf reference", "[kernels][fuser]") {
     // Element-wise, relative to the value (absolute below 1e-6): the tanh approximation of GELU is
     // off by ~1e-3 here. The f32 rounding of z² in exp(-z²) grows the error in the left tail.
     double worst = 0;
-    for (size_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(o[i] - ref[i]) / std::max(1e-6, std::fabs(ref[i])));
+    for (size_t i = 0; i < n; ++i)
+      worst = std::max(worst, std::fabs(o[i] - ref[i]) / std::max(1e-6, std::fabs(ref[i])));
     CHECK(worst <= 1e-5);
     CHECK(xin.guards_intact());
     CHECK(out.guards_intact());
@@ -96,9 +96,7 @@ TEST_CASE("cpu fuser op gate_add matches a double reference", "[kernels][fuser]"
       }
     }
   }
-  auto view = [&](float* ptr) {
-    return three_d ? f32(ptr, {s.n, s.heads, s.head_dim}) : f32(ptr, {s.n, row});
-  };
+  auto view = [&](float* ptr) { return three_d ? f32(ptr, {s.n, s.heads, s.head_dim}) : f32(ptr, {s.n, row}); };
   for (const BackendConfig& cfg : cpu_backends()) {
     CAPTURE(cfg.label);
     Guarded rin(n), pin(n), out(n), lin(l.size());
@@ -127,15 +125,16 @@ TEST_CASE("cpu fuser ops reject bad shapes and dtypes with INVALID_ARGUMENT", "[
   // gate_add: 4 tokens x 2 heads x 8 dims.
   const Tensor r = f32(a.data(), {4, 16}), p = f32(b.data(), {4, 16}), o = f32(c.data(), {4, 16});
   CHECK(be.gate_add(r, f32(l.data(), {4, 2}), p, o).ok());
-  CHECK(be.gate_add(r, f32(l.data(), {4, 3}), p, o).code() == kInvalid);   // 16 % 3 != 0
-  CHECK(be.gate_add(r, f32(l.data(), {3, 2}), p, o).code() == kInvalid);   // token count
-  CHECK(be.gate_add(r, f32(l.data(), {8}), p, o).code() == kInvalid);      // logits not 2-D
+  CHECK(be.gate_add(r, f32(l.data(), {4, 3}), p, o).code() == kInvalid);  // 16 % 3 != 0
+  CHECK(be.gate_add(r, f32(l.data(), {3, 2}), p, o).code() == kInvalid);  // token count
+  CHECK(be.gate_add(r, f32(l.data(), {8}), p, o).code() == kInvalid);     // logits not 2-D
   CHECK(be.gate_add(r, f32(l.data(), {4, 2}), f32(b.data(), {4, 15}), o).code() == kInvalid);
   CHECK(be.gate_add(r, f32(l.data(), {4, 2}), p, f32(c.data(), {2, 32})).code() == kInvalid);
   CHECK(be.gate_add(r, Tensor::make(DType::kF16, h.data(), {4, 2}), p, o).code() == kInvalid);
   CHECK(be.gate_add(r, f32(l.data(), {4, 2}), p, f32(a.data() + 1, {4, 16})).code() == kInvalid);
   CHECK(be.gate_add(r, f32(l.data(), {4, 2}), p, f32(l.data(), {4, 2})).code() == kInvalid);
-  CHECK(be.gate_add(f32(a.data(), {0, 16}), f32(l.data(), {0, 2}), f32(b.data(), {0, 16}), f32(c.data(), {0, 16})).ok());
+  CHECK(
+      be.gate_add(f32(a.data(), {0, 16}), f32(l.data(), {0, 2}), f32(b.data(), {0, 16}), f32(c.data(), {0, 16})).ok());
   CHECK(cpu_device().supports_op(OpKind::kGelu, DType::kF32));
   CHECK(cpu_device().supports_op(OpKind::kGateAdd, DType::kF32));
   CHECK_FALSE(cpu_device().supports_op(OpKind::kGelu, DType::kF16));

@@ -67,16 +67,6 @@ struct World {
   std::string fuser_dir, wrong_fuser_dir;
 };
 
-fuser::ModelSide side(const std::string& name, const ModelIdentity& id) {
-  fuser::ModelSide s;
-  s.name = name;
-  s.n_layer = int32_t(id.n_layer);
-  s.n_head_kv = int32_t(id.n_head_kv);
-  s.head_dim = int32_t(id.head_dim);
-  s.fingerprint = id.fingerprint;
-  return s;
-}
-
 World& world() {
   static World w = [] {
     World r;
@@ -86,8 +76,8 @@ World& world() {
     r.sharer_id = model_identity(*r.sharer);
     r.receiver_id = model_identity(*r.receiver);
     fuser::FuserConfig cfg;
-    cfg.sharer = side("stories260K", r.sharer_id);
-    cfg.receiver = side("aidreams260K", r.receiver_id);
+    cfg.sharer = fuser::model_side("stories260K", r.sharer_id);
+    cfg.receiver = fuser::model_side("aidreams260K", r.receiver_id);
     cfg.hidden_dim = 64;
     cfg.intermediate_dim = 96;
     cfg.num_layers = 3;
@@ -108,11 +98,6 @@ std::unique_ptr<KvCache> prefill(ModelRunner& runner, std::span<const int32_t> i
   std::vector<float> logits(size_t(runner.model().config.n_vocab));
   REQUIRE(runner.forward(*cache, ids, logits).ok());
   return cache;
-}
-
-Tensor slice_2d(const KvCache& c, int32_t layer, bool is_v) {
-  const Tensor t = is_v ? c.v_used(layer) : c.k_used(layer);
-  return Tensor::make(DType::kF32, t.data, {int64_t(c.n_tokens()), c.layout().cell_elems()});
 }
 
 // The library's answer for a sharer cache prefilled from `text`: the receiver's own cache over the
@@ -145,8 +130,8 @@ Expected library_fused(const std::string& text) {
   e.sharer_slices = plan.sharer.size();
   for (const bool is_v : {false, true}) {
     for (const uint32_t t : is_v ? plan.receiver.v : plan.receiver.k) {
-      REQUIRE(f->fuse(int32_t(t), is_v, slice_2d(*s_cache, f->sharer_layer(int32_t(t)), is_v),
-                      slice_2d(*e.fused, int32_t(t), is_v))
+      REQUIRE(f->fuse(int32_t(t), is_v, s_cache->used_rows(f->sharer_layer(int32_t(t)), is_v),
+                      e.fused->used_rows(int32_t(t), is_v))
                   .ok());
     }
   }
