@@ -1,7 +1,10 @@
 // engine_bench: prefill and decode throughput of the CPU engine, with the memory-bandwidth bound
 // measured in the same run.
 //
-//   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile]
+//   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]
+//
+// --profile adds each row's profiled prefill split (matmul, attention, other); --threads N measures
+// only that thread count (default: 1 and, where there are 2 cores, 2).
 //
 // For stories260K (from DIR) and a synthetic stories110M-shaped model (dim 768, 12 layers,
 // 12 heads, n_ff 2048, vocab 32000; F32, F16 and Q8_0 weights), with 1 and 2 threads, prints:
@@ -175,6 +178,7 @@ int main(int argc, char** argv) {
   std::string models = std::getenv("KVBRIDGE_MODELS") ? std::getenv("KVBRIDGE_MODELS") : "../shared/models";
   int n_prefill = 512, n_decode = 64;
   bool quick = false, profile = false;
+  int only_threads = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--models" && i + 1 < argc) models = argv[++i];
@@ -182,8 +186,9 @@ int main(int argc, char** argv) {
     else if (a == "--decode" && i + 1 < argc) n_decode = std::atoi(argv[++i]);
     else if (a == "--quick") quick = true;
     else if (a == "--profile") profile = true;
+    else if (a == "--threads" && i + 1 < argc) only_threads = std::atoi(argv[++i]);
     else {
-      fmt::print(stderr, "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile]\n");
+      fmt::print(stderr, "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]\n");
       return 2;
     }
   }
@@ -194,6 +199,7 @@ int main(int argc, char** argv) {
   const int max_threads = int(std::max(1u, std::thread::hardware_concurrency()));
   std::vector<int> thread_counts{1};
   if (max_threads >= 2) thread_counts.push_back(2);
+  if (only_threads > 0) thread_counts = {std::min(only_threads, 2)};
 
   fmt::print("device: {}\n", cpu_device().description());
   std::vector<double> bw(3, 0.0);

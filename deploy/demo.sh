@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# kvbridge demo: two agents on loopback hand a KV cache over instead of text.
+# kvbridge demo: agents on loopback hand KV caches over instead of text.
 #
-#   deploy/demo.sh            (from the repository root, after building kvbridge and kvbridge-agent)
+#   deploy/demo.sh            (from the repository root, after building kvbridge, kvbridge-agent
+#                              and kvbridge-fuser)
 #
-# Agent A reads a story (prefill → a cache). Agent B continues the story from A's cache: B pulls
-# the cache straight from A over gRPC and skips the prefill. Then B reads the same story as text
-# itself, for comparison. Both continuations are greedy and print the same text (the prompt is
-# chosen to tokenize the same either way); the time to first token shows what the cache saved.
+# 1. Same model. Agent A reads a story (prefill → a cache). Agent B continues the story from A's
+#    cache: B pulls the cache straight from A over gRPC and skips the prefill. Then B reads the
+#    same story as text itself, for comparison. Both continuations are greedy and print the same
+#    text (the prompt is chosen to tokenize the same either way); the time to first token shows
+#    what the cache saved.
+# 2. Different models. Agent C runs aidreams260K (other weights, other tokenizer). A fuser service
+#    (kvbridge-fuser) projects A's cache into C's cache space: C re-reads the context as its
+#    own tokens, pulls only the sharer layers the fuser's gates need, fuses, and continues. The
+#    fuser here has random weights of the right shapes (`kvbridge fuser synth`): it shows the data
+#    path and what travels, not the quality a trained C2C fuser gives.
 #
 # Environment: KVBRIDGE_MODELS (default ../shared/models beside the checkout) must hold
-# stories260K/; KVBRIDGE_BUILD names the build directory (default: the first of build, build-*
-# holding both binaries). Agents are stopped on exit, whatever happens.
+# stories260K/ and aidreams260K/; KVBRIDGE_BUILD names the build directory (default: the first of
+# build, build-* holding the binaries). Processes are stopped on exit, whatever happens.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,14 +25,16 @@ models=${KVBRIDGE_MODELS:-$root/../shared/models}
 build=${KVBRIDGE_BUILD:-}
 if [[ -z $build ]]; then
   for d in "$root/build" "$root"/build-*; do
-    if [[ -x $d/server/kvbridge-agent && -x $d/client/kvbridge ]]; then build=$d; break; fi
+    if [[ -x $d/server/kvbridge-agent && -x $d/client/kvbridge && -x $d/fuser/kvbridge-fuser ]]; then build=$d; break; fi
   done
 fi
 agent_bin=$build/server/kvbridge-agent
+fuser_bin=$build/fuser/kvbridge-fuser
 cli=$build/client/kvbridge
 model=$models/stories260K/stories260K.bin
 tokenizer=$models/stories260K/tok512.bin
-[[ -x $agent_bin && -x $cli ]] || { echo "demo: build kvbridge and kvbridge-agent first (or set KVBRIDGE_BUILD)" >&2; exit 1; }
+[[ -x $agent_bin && -x $cli && -x $fuser_bin ]] ||
+  { echo "demo: build kvbridge, kvbridge-agent and kvbridge-fuser first (or set KVBRIDGE_BUILD)" >&2; exit 1; }
 [[ -f $model && -f $tokenizer ]] || { echo "demo: $models/stories260K not found (set KVBRIDGE_MODELS)" >&2; exit 1; }
 
 work=$(mktemp -d)
@@ -38,21 +47,24 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_agent NAME: starts an agent on a free port; its address goes into the variable NAME.
-start_agent() {
-  "$agent_bin" --model "$model" --tokenizer "$tokenizer" --listen 127.0.0.1:0 --name "$1" \
-    >"$work/$1.out" 2>"$work/$1.log" &
+# start NAME CMD...: starts a server on a free port; its address goes into the variable NAME.
+start() {
+  local name=$1
+  shift
+  "$@" --listen 127.0.0.1:0 >"$work/$name.out" 2>"$work/$name.log" &
   pids+=($!)
   local addr=""
   for _ in $(seq 200); do
-    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$work/$1.out")
+    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$work/$name.out")
     [[ -n $addr ]] && break
     kill -0 "${pids[-1]}" 2>/dev/null || break
     sleep 0.05
   done
-  [[ -n $addr ]] || { echo "demo: agent $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1; }
-  printf -v "$1" '%s' "$addr"
+  [[ -n $addr ]] || { echo "demo: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
+  printf -v "$name" '%s' "$addr"
 }
+# start_agent NAME: a stories260K agent.
+start_agent() { start "$1" "$agent_bin" --model "$model" --tokenizer "$tokenizer" --name "$1"; }
 
 # The value of KEY=... in a summary line on stderr.
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" "$2" | tail -n 1; }
@@ -100,3 +112,25 @@ awk -v c="$ttft_cache" -v t="$ttft_text" -v k="$tokens" -v b="$bytes" -v s="$sam
 }'
 echo "(stories260K has 260K parameters, so even its prefill takes milliseconds; the saving grows with the"
 echo " model and the context: bench/pass_bench measures a 110M model at 128 to 2048 tokens.)"
+
+# ---- 2. different models, through a fuser ----
+other=$models/aidreams260K/aidreams260K.bin
+other_tok=$models/aidreams260K/tok512.bin
+[[ -f $other && -f $other_tok ]] || { echo "demo: $models/aidreams260K not found (set KVBRIDGE_MODELS)" >&2; exit 1; }
+echo
+"$cli" fuser synth --out "$work/fuser" --sharer "$model" --tokenizer-sharer "$tokenizer" \
+  --receiver "$other" --tokenizer-receiver "$other_tok" --hidden 64 --intermediate 64 --gates alternate >/dev/null
+start F "$fuser_bin" --weights "$work/fuser"
+start C "$agent_bin" --model "$other" --tokenizer "$other_tok" --name C
+echo "C at $C runs aidreams260K (another model, another tokenizer); fuser F at $F:"
+"$cli" fuser info "$F" | sed 's/^/  /'
+echo
+# aidreams260K's context is 128 tokens: a short context.
+printf '%s' "Once upon a time, there was a little girl named Lily. She loved to play in the park with her ball." \
+  >"$work/context.txt"
+echo "C continues from A's cache of a short context, fused by F:"
+"$cli" fuse --sharer "$A" --receiver "$C" --fuser "$F" --context-file "$work/context.txt" --prompt " One day," \
+  -n "$n" 2>"$work/fuse.err" | tee "$work/fuse.out"
+sed 's/^/  [/; s/$/]/' "$work/fuse.err"
+echo "(A random-weight fuser of the right shapes: the text is not meaningful; the figures show what moved."
+echo " Gated-off layers never left A: bench/fuse_bench and docs/BENCHMARKS.md have the numbers.)"

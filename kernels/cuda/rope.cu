@@ -1,0 +1,68 @@
+// rope: rotary position embedding, in place on x[n][n_heads][head_dim] (f32) with positions
+// pos[n] (i32, device). CPU twin: cpu/rope.cpp.
+//
+// Pair i (i < n_rot/2) of every head of row t is rotated by theta = pos[t] · freq_scale ·
+// theta_base^(-2i/n_rot): adjacent pairs (x[2i], x[2i+1]) for kNormal, (x[i], x[i + n_rot/2]) for
+// kNeox; dims >= n_rot are left as they are. As on the CPU, the angle and its cos/sin are computed
+// in double (positions reach 1e5+, where a float angle is already off by ~1e-2 rad) and rounded to
+// float once. One thread per (row, pair), grid-stride; it rotates that pair in every head, so the
+// double-precision sincos is paid once per row and pair.
+#include <cmath>
+
+#include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace kvb::cuda {
+namespace {
+
+__global__ void rope_kernel(float* x, const int32_t* pos, int64_t n, int64_t n_heads, int64_t head_dim, int n_rot,
+                            double theta_base, double freq_scale, bool neox) {
+  const int half = n_rot / 2;
+  const int64_t total = n * half;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / half;
+    const int i = int(idx % half);
+    const double inv_freq = freq_scale * pow(theta_base, -2.0 * i / double(n_rot));
+    double sd, cd;
+    sincos(double(pos[t]) * inv_freq, &sd, &cd);
+    const float s = float(sd), c = float(cd);
+    const int64_t a = neox ? i : 2 * i;          // the pair's two elements within a head
+    const int64_t b = neox ? i + half : 2 * i + 1;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (t * n_heads + h) * head_dim;
+      const float x0 = v[a], x1 = v[b];
+      v[a] = x0 * c - x1 * s;
+      v[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+}  // namespace
+
+Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams& p) {
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rope", "x"));
+  KVB_RETURN_IF_ERROR(check_tensor(pos, DType::kI32, "rope", "pos"));
+  if (x.n_dims != 3) return invalid_argument(cat("rope: x must be [n][n_heads][head_dim], got ", x.describe()));
+  const int64_t n = x.shape[0], n_heads = x.shape[1], head_dim = x.shape[2];
+  if (pos.numel() != n) {
+    return invalid_argument(
+        cat("rope: pos ", pos.describe(), " must hold one position per row of x ", x.describe()));
+  }
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim) {
+    return invalid_argument(cat("rope: n_rot ", p.n_rot, " must be even and in (0, head_dim = ", head_dim, "]"));
+  }
+  if (!(p.theta_base > 0.0f) || !std::isfinite(p.theta_base) || !std::isfinite(p.freq_scale)) {
+    return invalid_argument(cat("rope: bad theta_base ", p.theta_base, " or freq_scale ", p.freq_scale));
+  }
+  if (tensors_overlap(x, pos)) return invalid_argument("rope: x overlaps pos");
+  if (n == 0 || n_heads == 0) return Status::Ok();
+  const int64_t total = n * (p.n_rot / 2);
+  rope_kernel<<<elementwise_blocks(total), kElementwiseThreads, 0, ctx.stream>>>(
+      x.as<float>(), pos.as<const int32_t>(), n, n_heads, head_dim, p.n_rot, double(p.theta_base),
+      double(p.freq_scale), p.type == RopeType::kNeox);
+  KVB_CUDA_CHECK_LAUNCH();
+  return Status::Ok();
+}
+
+}  // namespace kvb::cuda
