@@ -163,6 +163,23 @@ Status ModelRunner::forward(KvCache& cache, std::span<const int32_t> tokens, std
   return Status::Ok();
 }
 
+// TODO(#5): CUDA graphs for decode (n = 1). On a GPU a decode step is ~10 launches per layer plus
+// the logits copy, and for small models launch overhead, not bandwidth, bounds it. Capturing the
+// step in a graph is not yet safe, for these reasons (each needs its own change first):
+//  - the tokens/positions uploads and the logits download below use pageable host memory, which
+//    stream capture forbids: they need pinned staging (kvb::host_staging_buffer_type);
+//  - every step has another shape: attention's n_kv grows by one (and with it the split-K grid and
+//    the scratch it uses, kernels/cuda/attention.cu), and the K/V projections write another cell;
+//    a replayable graph needs n_kv and the cell offset read from device memory, or its kernel
+//    nodes updated per step (cudaGraphExecKernelNodeSetParams);
+//  - cuda::Scratch::get may grow, which synchronizes the stream and frees memory (both illegal
+//    during capture): a backend hook that reserves the decode step's scratch up front
+//    (e.g. Backend::reserve_scratch(bytes)) must run before the first capture;
+//  - cuBLAS must be given a fixed workspace (cublasSetWorkspace) so it never allocates in capture;
+//  - the engine interleaves sessions on one runner: one graph per cache, or the cache pointers as
+//    device-side parameters.
+// Until then every op is launched one by one; the CUDA backend enqueues them without waiting and
+// the step synchronizes once, on its logits.
 Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits_out,
                                    bool all_logits) {
   const ModelConfig& c = model_.config;

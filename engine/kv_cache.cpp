@@ -1,5 +1,6 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
 #include <climits>
 
 #include <fmt/format.h>
@@ -75,16 +76,29 @@ void KvCache::clear() {
   pos0_ = 0;
 }
 
+namespace {
+
+// n bytes from src to dst, each host or device memory of `backend`, enqueued on it.
+Status copy_bytes(Backend& backend, void* dst, bool dst_host, const void* src, bool src_host, size_t n) {
+  if (src_host && !dst_host) return backend.copy_from_host(dst, src, n);
+  if (!src_host && dst_host) return backend.copy_to_host(dst, src, n);
+  return backend.copy(dst, src, n);
+}
+
+}  // namespace
+
 Status KvCache::copy_from(Backend& backend, const KvCache& src, int32_t n) {
   if (src.layout_ != layout_) return invalid_argument("kv cache copy: layouts differ");
+  if (&src == this) return invalid_argument("kv cache copy: a cache cannot be copied into itself");
   if (n < 0 || n > src.n_tokens()) {
     return out_of_range(fmt::format("kv cache copy: {} of {} tokens", n, src.n_tokens()));
   }
   if (n > n_ctx_) return resource_exhausted(fmt::format("kv cache copy: {} tokens > capacity {}", n, n_ctx_));
   const size_t bytes = size_t(n) * layout_.cell_bytes();
-  for (int32_t l = 0; l < layout_.n_layer; ++l) {
-    KVB_RETURN_IF_ERROR(backend.copy(k(l).data, src.k(l).data, bytes));
-    KVB_RETURN_IF_ERROR(backend.copy(v(l).data, src.v(l).data, bytes));
+  const bool dst_host = is_host(), src_host = src.is_host();
+  for (int32_t l = 0; l < layout_.n_layer && bytes > 0; ++l) {
+    KVB_RETURN_IF_ERROR(copy_bytes(backend, k(l).data, dst_host, src.k(l).data, src_host, bytes));
+    KVB_RETURN_IF_ERROR(copy_bytes(backend, v(l).data, dst_host, src.v(l).data, src_host, bytes));
   }
   tokens_.assign(src.tokens_.begin(), src.tokens_.begin() + n);
   pos0_ = src.pos0_;
@@ -107,6 +121,9 @@ Status KvCache::append_shifted(Backend& backend, const KvCache& src, const RopeP
                                         dtype_name(layout_.dtype)));
   }
   if (&src == this) return invalid_argument("kv cache append: a cache cannot be appended to itself");
+  if (!src.is_host() && is_host()) {
+    return invalid_argument("kv cache append: a device cache cannot be appended to a host cache");
+  }
   const int32_t n = src.n_tokens();
   if (n == 0) return Status::Ok();
   if (int64_t(n_tokens()) + n > n_ctx_) {
@@ -125,9 +142,12 @@ Status KvCache::append_shifted(Backend& backend, const KvCache& src, const RopeP
   std::vector<int32_t> deltas;
   auto enqueue = [&]() -> Status {
     const size_t bytes = size_t(n) * layout_.cell_bytes();
+    const bool dst_host = is_host(), src_host = src.is_host();
     for (int32_t l = 0; l < layout_.n_layer; ++l) {
-      KVB_RETURN_IF_ERROR(backend.copy(k(l).slice_rows(n_tokens(), n).data, src.k(l).data, bytes));
-      KVB_RETURN_IF_ERROR(backend.copy(v(l).slice_rows(n_tokens(), n).data, src.v(l).data, bytes));
+      void* k_free = k(l).slice_rows(n_tokens(), n).data;
+      void* v_free = v(l).slice_rows(n_tokens(), n).data;
+      KVB_RETURN_IF_ERROR(copy_bytes(backend, k_free, dst_host, src.k(l).data, src_host, bytes));
+      KVB_RETURN_IF_ERROR(copy_bytes(backend, v_free, dst_host, src.v(l).data, src_host, bytes));
     }
     if (delta == 0) return Status::Ok();
     KVB_ASSIGN_OR_RETURN(pos_buf, backend.device().buffer_type().alloc(size_t(n) * sizeof(int32_t)));
@@ -145,6 +165,21 @@ Status KvCache::append_shifted(Backend& backend, const KvCache& src, const RopeP
   KVB_RETURN_IF_ERROR(synced);
   tokens_.insert(tokens_.end(), src.tokens_.begin(), src.tokens_.end());
   return Status::Ok();
+}
+
+Status copy_cache(const KvCache& src, KvCache& dst, Backend& backend) {
+  const Status enqueued = dst.copy_from(backend, src, src.n_tokens());
+  const Status synced = backend.synchronize();  // also on error: nothing may still be in flight
+  KVB_RETURN_IF_ERROR(enqueued);
+  return synced;
+}
+
+Result<std::unique_ptr<KvCache>> clone_cache(const KvCache& src, const BufferType& buffer_type, Backend& backend,
+                                             int32_t n_ctx) {
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> dst,
+                       KvCache::create(buffer_type, src.layout(), std::max({n_ctx, src.n_tokens(), int32_t(1)})));
+  KVB_RETURN_IF_ERROR(copy_cache(src, *dst, backend));
+  return dst;
 }
 
 }  // namespace kvb

@@ -90,7 +90,10 @@ class KvCache {
   // Drops everything (n_tokens = 0, pos0 = 0).
   void clear();
   // seq_cp: replaces this cache's contents with the first n cells of `src` (same layout, enough
-  // capacity; INVALID_ARGUMENT / RESOURCE_EXHAUSTED otherwise). Both caches must live on `backend`.
+  // capacity; INVALID_ARGUMENT / RESOURCE_EXHAUSTED otherwise). Each cache lives in host memory
+  // or in `backend`'s device memory, in any combination: the layers move with copy (same kind of
+  // memory), copy_from_host (host → device) or copy_to_host (device → host), 2·n_layer copies
+  // enqueued on `backend` — call backend.synchronize() before reading the cells (copy_cache does).
   Status copy_from(Backend& backend, const KvCache& src, int32_t n);
   // Sets the position of cell 0 of an EMPTY cache, so that the next append starts at `pos0` (a
   // cache received over the wire keeps its sender's positions). FAILED_PRECONDITION when the cache
@@ -101,7 +104,9 @@ class KvCache {
   // so src's keys are re-rotated by delta = next_pos() - src.pos0() (rotations compose:
   // R(p + d) = R(d)·R(p)); values are copied unchanged. Note the cells of src still only attended
   // to src's own tokens when they were computed (this is cache concatenation, not a re-prefill).
-  // `rope` must be the model's RoPE parameters. Both caches must live on `backend` and be f32
+  // `rope` must be the model's RoPE parameters. This cache must live on `backend`; src may also be
+  // host memory when this one is device memory (its cells are uploaded with copy_from_host: a
+  // context that arrived over the network joins a GPU session). Both must be f32
   // (INVALID_ARGUMENT otherwise, and for different layouts); RESOURCE_EXHAUSTED when src does not
   // fit in the free cells, or the positions would pass INT32_MAX. On any error this cache is left
   // exactly as it was (only scratch cells beyond n_tokens() may have been written). Synchronous:
@@ -119,5 +124,22 @@ class KvCache {
   std::vector<int32_t> tokens_;  // [n_tokens]
   std::unique_ptr<Buffer> buffer_;  // [n_layer][K, V][n_ctx][n_head_kv][head_dim]
 };
+
+// ---- copies between kinds of memory ----
+
+// Replaces dst's contents with all of src (its cells, tokens and pos0), wherever each lives: host
+// memory or `backend`'s device memory (KvCache::copy_from), and waits for the copies
+// (backend.synchronize()), so that src may be freed and dst read at once. Host → host copies are
+// plain memcpys on the CPU backend. INVALID_ARGUMENT for different layouts or src == dst;
+// RESOURCE_EXHAUSTED when dst has fewer than src.n_tokens() cells. On error dst's contents are
+// unspecified (clear() it or drop it). Not thread-safe with respect to `backend` (its rule).
+Status copy_cache(const KvCache& src, KvCache& dst, Backend& backend);
+
+// A copy of src in new memory from `buffer_type` (host or `backend`'s device memory), with
+// max(n_ctx, src.n_tokens(), 1) cells: e.g. a device cache staged to pinned host memory before it
+// is encoded for the wire, or a received host cache uploaded to the GPU. Errors as
+// KvCache::create and copy_cache.
+Result<std::unique_ptr<KvCache>> clone_cache(const KvCache& src, const BufferType& buffer_type, Backend& backend,
+                                             int32_t n_ctx = 0);
 
 }  // namespace kvb

@@ -44,6 +44,7 @@ Status convert(const RawFlags& raw, FuserServerConfig& c) {
     c.metrics_listen = std::move(m);
   }
   KVB_ASSIGN_OR_RETURN(c.log_format, server::parse_log_format(raw.log_format));
+  KVB_RETURN_IF_ERROR(server::check_device_flag(c.device));
   if (c.threads < 0 || c.threads > 1024) return invalid_argument("--threads must be in [0, 1024]");
   if (c.max_concurrent_fuses < 1 || c.max_concurrent_fuses > 1024) {
     return invalid_argument("--max-concurrent-fuses must be in [1, 1024]");
@@ -53,6 +54,7 @@ Status convert(const RawFlags& raw, FuserServerConfig& c) {
 }
 
 std::string describe_backend(const Backend& b) {
+  if (!b.device().buffer_type().is_host()) return fmt::format("{}: {}", b.device().name(), b.device().description());
   return fmt::format("{}, {} in use", b.device().description(), b.n_threads());
 }
 
@@ -70,6 +72,7 @@ FuserParsedArgs parse_fuser_args(int argc, const char* const* argv) {
   app.add_option("--listen", raw.listen, "gRPC host:port to serve on (port 0: a free port, printed on stdout)")
       ->required();
   app.add_option("--name", c.name, "Name GetInfo reports (default: the bound address)");
+  app.add_option("--device", c.device, "Where the projector runs: cpu, cuda (= cuda:0) or cuda:N (default cpu)");
   app.add_option("--threads", c.threads, "CPU threads of the projector backend (default: all cores)");
   app.add_option("--max-message-bytes", raw.max_message_bytes, "gRPC message limit, in and out (default 64M)");
   app.add_option("--max-stream-bytes", raw.max_stream_bytes,
@@ -105,7 +108,11 @@ FuserServer::~FuserServer() { shutdown(std::chrono::milliseconds(0)); }
 Result<std::unique_ptr<FuserServer>> FuserServer::create(FuserServerConfig config) {
   std::unique_ptr<FuserServer> s(new FuserServer(std::move(config)));
   const FuserServerConfig& c = s->config_;
-  KVB_ASSIGN_OR_RETURN(s->backend_, cpu_device().create_backend());
+  auto device = find_device(c.device);
+  if (!device.ok()) return device.status().with_context("--device " + c.device);
+  auto backend = (*device)->create_backend();
+  if (!backend.ok()) return backend.status().with_context("--device " + c.device);
+  s->backend_ = std::move(backend).value();
   if (c.threads > 0) s->backend_->set_n_threads(c.threads);
   auto f = Fuser::load(c.weights_dir, *s->backend_);
   if (!f.ok()) return f.status().with_context(fmt::format("--weights {}", c.weights_dir));

@@ -1,6 +1,6 @@
 // kvbridge-fuser: one C2C fuser behind gRPC (kvbridge.v1.FuserService, fuser_service.h).
 //
-//   kvbridge-fuser --weights DIR --listen HOST:PORT [--name N] [--threads N]
+//   kvbridge-fuser --weights DIR --listen HOST:PORT [--name N] [--device cpu|cuda|cuda:N] [--threads N]
 //                  [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--auth-token-file F]
 //                  [--metrics-listen HOST:PORT] [--log-format text|json] [--max-message-bytes SIZE]
 //                  [--max-stream-bytes SIZE] [--max-concurrent-fuses N]
@@ -55,6 +55,7 @@ struct FuserServerConfig {
   std::string weights_dir;      // --weights: a fuser directory (config.json + weights)
   server::HostPort listen;      // --listen; port 0 = pick a free port (printed on stdout)
   std::string name;             // --name; empty = the bound listen address
+  std::string device = "cpu";   // --device cpu|cuda|cuda:N: the projector's backend
   int32_t threads = 0;          // --threads: CPU backend threads; 0 = all cores
   uint64_t max_message_bytes = 64 * server::kMiB;  // --max-message-bytes: gRPC limit, both directions
   uint64_t max_stream_bytes = server::kGiB;        // --max-stream-bytes: decoded (f32) bytes per input stream
@@ -81,8 +82,10 @@ Status load_fuser_files(FuserServerConfig& cfg);
 
 class FuserServer {
  public:
-  // Creates the CPU backend and loads the fuser: NOT_FOUND / INVALID_ARGUMENT from Fuser::load
-  // (naming the directory); nothing listens yet.
+  // Creates the backend on --device and loads the fuser: the registry's UNAVAILABLE / NOT_FOUND
+  // for a device this build or machine does not have; NOT_FOUND / INVALID_ARGUMENT from
+  // Fuser::load (naming the directory); nothing listens yet. Streams are decoded into host caches
+  // either way; on a GPU the projector stages each chunk to the device and back (fuser/projector.h).
   static Result<std::unique_ptr<FuserServer>> create(FuserServerConfig config);
   ~FuserServer();
   FuserServer(const FuserServer&) = delete;

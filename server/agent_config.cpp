@@ -60,6 +60,7 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
     c.metrics_listen = std::move(m);
   }
   KVB_ASSIGN_OR_RETURN(c.log_format, parse_log_format(raw.log_format));
+  KVB_RETURN_IF_ERROR(check_device_flag(c.device));
   if (c.cache_ttl_s > kMaxTtlS) return invalid_argument(fmt::format("--cache-ttl must be <= {} s", kMaxTtlS));
   if (c.threads < 0 || c.threads > 1024) return invalid_argument("--threads must be in [0, 1024]");
   if (c.ctx_size < 0 || c.ctx_size > kMaxCtx) {
@@ -86,6 +87,17 @@ Result<uint64_t> parse_message_limit(std::string_view s) {
         fmt::format("--max-message-bytes must be in [{}, {}], got {}", kMinMessageBytes, kMaxMessageBytes, n));
   }
   return n;
+}
+
+Status check_device_flag(std::string_view s) {
+  if (s == "cpu" || s == "cuda") return Status::Ok();
+  if (s.starts_with("cuda:")) {
+    const std::string_view n = s.substr(5);
+    bool digits = !n.empty() && n.size() <= 6;
+    for (char ch : n) digits = digits && ch >= '0' && ch <= '9';
+    if (digits) return Status::Ok();
+  }
+  return invalid_argument(fmt::format("--device must be cpu, cuda or cuda:N, got '{}'", s));
 }
 
 Status check_tls_flags(const TlsConfig& t) {
@@ -183,6 +195,8 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.add_option("--name", c.name, "Agent name reported by GetInfo (default: the bound address)");
   app.add_option("--max-cache-bytes", raw.max_cache_bytes, "Cache store budget, e.g. 1G (default 1G)");
   app.add_option("--cache-ttl", c.cache_ttl_s, "Idle TTL of stored caches in seconds; 0 = never (default 3600)");
+  app.add_option("--device", c.device,
+                 "Where the model (and an embedded --fuser) runs: cpu, cuda (= cuda:0) or cuda:N (default cpu)");
   app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
   app.add_option("--ctx-size", c.ctx_size, "Context cells per session (default: the model's context)");
   app.add_option("--max-new-tokens", c.max_new_tokens, "Cap on tokens generated per request (default 1024)");

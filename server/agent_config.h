@@ -44,6 +44,10 @@ Result<uint64_t> parse_byte_size(std::string_view s);
 Result<LogFormat> parse_log_format(std::string_view s);
 // --max-message-bytes: a byte size (parse_byte_size) in [64 KiB, 2^31 - 1] (gRPC's limit is an int).
 Result<uint64_t> parse_message_limit(std::string_view s);
+// --device: the spelling only — "cpu", "cuda" or "cuda:N" (N decimal, at most 6 digits);
+// INVALID_ARGUMENT otherwise. Whether that device exists is the registry's answer at startup
+// (kernels/registry.h find_device: UNAVAILABLE without a usable GPU, NOT_FOUND for another index).
+Status check_device_flag(std::string_view s);
 
 struct TlsConfig {
   std::string cert_path, key_path, client_ca_path;  // flags; empty = unset
@@ -72,6 +76,7 @@ struct AgentConfig {
   std::string name;            // --name; empty = the bound listen address
   uint64_t max_cache_bytes = kGiB;      // --max-cache-bytes: the cache store's budget
   uint32_t cache_ttl_s = 3600;          // --cache-ttl: idle TTL of stored caches; 0 = never expire
+  std::string device = "cpu";           // --device cpu|cuda|cuda:N: where the engine and --fuser run
   int32_t threads = 0;                  // --threads: CPU backend threads; 0 = all cores
   int32_t ctx_size = 0;                 // --ctx-size: cells per session; 0 = the model's context
   int32_t max_new_tokens = 1024;        // --max-new-tokens: cap on GenerateRequest.max_tokens

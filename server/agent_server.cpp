@@ -22,6 +22,7 @@
 #include "kernels/registry.h"
 #include "server/auth.h"
 #include "server/buffer_pool.h"
+#include "server/cache_staging.h"
 #include "server/cache_store.h"
 #include "server/engine_loop.h"
 #include "server/logging.h"
@@ -61,6 +62,12 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   std::unique_ptr<AgentServer> s(new AgentServer(std::move(config)));
   const AgentConfig& c = s->config_;
 
+  // The device first: a GPU that is not there fails at once, before the model is read.
+  auto found = find_device(c.device);
+  if (!found.ok()) return found.status().with_context("--device " + c.device);
+  const Device& device = **found;
+  const bool on_gpu = !device.buffer_type().is_host();
+
   LoadOptions lo;
   lo.tokenizer_path = c.tokenizer_path;
   KVB_ASSIGN_OR_RETURN(s->model_, load_model(c.model_path, lo));
@@ -83,14 +90,21 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   s->self_ = std::make_unique<SelfAddresses>();
 
   // Pulled caches and Generate sessions are short-lived and cache-sized: recycle their memory
-  // (server/buffer_pool.h), at most one request's worth kept idle.
+  // (server/buffer_pool.h), at most one request's worth kept idle per pool. On the CPU one pool
+  // serves both (a pulled cache becomes the session's cache as it is). On a GPU, sessions take
+  // device memory from their own pool, and the host pool is pinned memory: pulls land there and
+  // are uploaded, device caches are staged there to be exported (CacheStager).
   BufferPoolOptions bo;
   bo.max_idle_bytes = size_t(std::min<uint64_t>(c.request_cache_limit(), SIZE_MAX));
-  s->session_buffers_ = std::make_unique<BufferPool>(cpu_device().buffer_type(), bo);
+  s->session_buffers_ = std::make_unique<BufferPool>(host_staging_buffer_type(device), bo);
+  if (on_gpu) s->device_buffers_ = std::make_unique<BufferPool>(device.buffer_type(), bo);
+  KVB_ASSIGN_OR_RETURN(s->stager_, CacheStager::create(device, s->session_buffers_.get()));
 
   EngineOptions eo;
+  eo.device = &device;
   eo.n_threads = c.threads;
-  eo.session_buffers = s->session_buffers_.get();
+  eo.session_buffers = on_gpu ? s->device_buffers_.get() : s->session_buffers_.get();
+  eo.host_buffers = s->session_buffers_.get();
   eo.ctx_size = c.ctx_size;
   eo.max_request_cache_bytes = c.request_cache_limit();
   eo.fingerprint = s->identity_->fingerprint;
@@ -119,7 +133,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   s->peers_ = std::make_unique<PeerClient>(std::move(po));
 
   if (!c.fuser_dir.empty()) {
-    KVB_ASSIGN_OR_RETURN(s->fuser_backend_, cpu_device().create_backend());
+    KVB_ASSIGN_OR_RETURN(s->fuser_backend_, device.create_backend());
     if (c.threads > 0) s->fuser_backend_->set_n_threads(c.threads);
     auto f = fuser::Fuser::load(c.fuser_dir, *s->fuser_backend_);
     if (!f.ok()) return f.status().with_context("--fuser " + c.fuser_dir);
@@ -147,6 +161,9 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   d.auth = s->auth_.get();
   d.self = s->self_.get();
   d.import_limits = limits;
+  d.stager = s->stager_.get();
+  // Imports decode into host memory; on a GPU into the pinned pool, then they are uploaded.
+  d.import_buffers = on_gpu ? static_cast<const BufferType*>(s->session_buffers_.get()) : &cpu_device().buffer_type();
   s->service_ = std::make_unique<AgentServiceImpl>(std::move(d));
   return s;
 }

@@ -48,6 +48,7 @@ namespace kvb::server {
 class AgentServiceImpl;
 class BearerAuth;
 class BufferPool;
+class CacheStager;
 class CacheStore;
 class EngineLoop;
 class Metrics;
@@ -59,7 +60,8 @@ class SelfAddresses;
 class AgentServer {
  public:
   // Loads the model and builds every part; nothing listens yet. NOT_FOUND / INVALID_ARGUMENT from
-  // the model loader; INVALID_ARGUMENT for a --ctx-size the model cannot use.
+  // the model loader; INVALID_ARGUMENT for a --ctx-size the model cannot use; the registry's
+  // UNAVAILABLE / NOT_FOUND for a --device that this build or machine does not have.
   static Result<std::unique_ptr<AgentServer>> create(AgentConfig config);
   ~AgentServer();
   AgentServer(const AgentServer&) = delete;
@@ -89,7 +91,10 @@ class AgentServer {
   std::unique_ptr<CacheStore> store_;
   std::unique_ptr<BearerAuth> auth_;
   std::unique_ptr<SelfAddresses> self_;
-  std::unique_ptr<BufferPool> session_buffers_;  // borrowed by engine_ and peers_: declared before them
+  // Borrowed by engine_, peers_, stager_ and the service: declared before them.
+  std::unique_ptr<BufferPool> session_buffers_;  // host (pinned on a GPU): pulls, staging; CPU sessions
+  std::unique_ptr<BufferPool> device_buffers_;   // GPU sessions; null on the CPU
+  std::unique_ptr<CacheStager> stager_;
   std::unique_ptr<EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
   std::unique_ptr<Backend> fuser_backend_;          // the embedded fuser's (--fuser), or null

@@ -7,7 +7,6 @@
 #include <deque>
 #include <optional>
 
-#include "kernels/registry.h"
 #include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
 #include "server/logging.h"
@@ -419,7 +418,9 @@ class ExportCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     KVB_RETURN_IF_ERROR(admit(d_, ctx, req));
     KVB_ASSIGN_OR_RETURN(const ExportSpec spec, convert_export(req));
     KVB_ASSIGN_OR_RETURN(CacheEntry entry, d_.store->get(spec.cache_id));
-    cache_ = std::move(entry.cache);
+    // A GPU agent's caches are encoded from a host copy (pinned memory), so the bytes on the wire
+    // are the same whatever the device; on the CPU this is the stored cache itself.
+    KVB_ASSIGN_OR_RETURN(cache_, d_.stager->to_host(std::move(entry.cache)));
 
     // Chunks must fit the message limit with room for zstd's worst-case growth and framing.
     const KvLayout& lay = cache_->layout();
@@ -517,7 +518,7 @@ class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
  public:
   ImportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, pb::ImportCacheResponse* resp)
       : d_(d), ctx_(ctx), resp_(resp), log_(d, "ImportCache", ctx),
-        reader_(*d.identity, cpu_device().buffer_type(), /*n_ctx_min=*/0, d.import_limits) {
+        reader_(*d.identity, *d.import_buffers, /*n_ctx_min=*/0, d.import_limits) {
     const Status st = d.auth->check(*ctx);
     if (st.ok()) {
       StartRead(&msg_);
@@ -557,6 +558,8 @@ class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
       return resource_exhausted(fmt::format("imported cache of {} bytes exceeds --max-request-cache-bytes {}",
                                             cache->bytes_allocated(), limit));
     }
+    // Stored caches live where the engine computes (device memory on a GPU; the CPU keeps it as is).
+    KVB_ASSIGN_OR_RETURN(cache, d_.stager->to_device(std::move(cache)));
     InsertOptions io;
     io.fingerprint = d_.identity->fingerprint;
     KVB_ASSIGN_OR_RETURN(const CacheInfo info, d_.store->insert(std::shared_ptr<const KvCache>(std::move(cache)), io));

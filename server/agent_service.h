@@ -32,6 +32,7 @@
 #include "kvbridge/v1/agent.grpc.pb.h"
 #include "server/agent_config.h"
 #include "server/auth.h"
+#include "server/cache_staging.h"
 #include "server/cache_store.h"
 #include "server/context_fuser.h"
 #include "server/engine_loop.h"
@@ -68,6 +69,9 @@ struct ServiceDeps {
   const SelfAddresses* self = nullptr;
   ContextFuser* fuser = nullptr;  // receiver mode (context caches from other models)
   KvWireLimits import_limits;  // for ImportCache streams
+  // Stages device caches to host memory for ExportCache and uploads imports (an identity on the CPU).
+  CacheStager* stager = nullptr;
+  const BufferType* import_buffers = nullptr;  // host memory ImportCache decodes into
 };
 
 // ExportCache is served raw (byte buffers, see ExportCall) so that payloads go out without a copy;

@@ -285,6 +285,18 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
                                           engine_.ctx_size()));
   }
 
+  // 4. This model's own cache over the context, computed on the engine thread while the sharer
+  //    aligns and prefills (it needs only the ids).
+  SessionInput in;
+  in.tokens = ids;
+  in.cancel = cancel_ptr;
+  PrefillOptions popt;
+  popt.hand_back = true;
+  popt.reserve_cells = reserve_cells;
+  auto promise = std::make_shared<std::promise<Result<PrefillOutcome>>>();
+  auto future = promise->get_future();
+  engine_.submit_prefill(std::move(in), popt, [promise](Result<PrefillOutcome> r) { promise->set_value(std::move(r)); });
+
   // 3. Sharer tokens, one per receiver position.
   std::vector<int32_t> aligned = ids;
   report.aligned = sharer_id.tokenizer_hash != identity_.tokenizer_hash;
@@ -340,16 +352,8 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     if (!st.ok()) log_event(spdlog::level::warn, "fuse", {{"drop_temporary_cache", sharer_cache}, {"error", st.message()}});
   };
 
-  // 4. This model's own cache over the context, computed on the engine thread.
-  SessionInput in;
-  in.tokens = ids;
-  in.cancel = cancel_ptr;
-  PrefillOptions popt;
-  popt.hand_back = true;
-  popt.reserve_cells = reserve_cells;
-  auto promise = std::make_shared<std::promise<Result<PrefillOutcome>>>();
-  auto future = promise->get_future();
-  engine_.submit_prefill(std::move(in), popt, [promise](Result<PrefillOutcome> r) { promise->set_value(std::move(r)); });
+
+  // The receiver's own cache (step 4, running since before the alignment).
   Result<PrefillOutcome> prefilled = future.get();
   if (!prefilled.ok()) {
     drop_temporary();

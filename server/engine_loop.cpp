@@ -49,7 +49,10 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
   std::unique_ptr<EngineLoop> e(new EngineLoop(model, store, opt));
   e->ctx_size_ = opt.ctx_size > 0 ? opt.ctx_size : model.config.n_ctx_train;
   if (e->ctx_size_ <= 0) return invalid_argument("the model declares no context length; pass --ctx-size");
-  KVB_ASSIGN_OR_RETURN(e->backend_, cpu_device().create_backend());
+  const Device& device = opt.device != nullptr ? *opt.device : cpu_device();
+  auto backend = device.create_backend();
+  if (!backend.ok()) return backend.status().with_context(fmt::format("starting the engine on {}", device.name()));
+  e->backend_ = std::move(backend).value();
   if (opt.n_threads > 0) e->backend_->set_n_threads(opt.n_threads);
   KVB_ASSIGN_OR_RETURN(e->runner_, ModelRunner::create(model, *e->backend_));
   e->thread_ = std::thread([p = e.get()] { p->run(); });
@@ -68,10 +71,12 @@ void EngineLoop::stop() {
 }
 
 std::string EngineLoop::backend_description() const {
-  // The device describes the machine ("... (2 threads)"); report the threads this backend uses.
-  std::string d = backend_->device().description();
+  const Device& dev = backend_->device();
+  std::string d = dev.description();
+  if (!dev.buffer_type().is_host()) return fmt::format("{}: {}", dev.name(), d);
+  // The CPU describes the machine ("... (2 threads)"); report the threads this backend uses.
   if (const size_t paren = d.rfind(" ("); paren != std::string::npos && d.back() == ')') d.resize(paren);
-  return fmt::format("{} ({} threads)", d, backend_->n_threads());
+  return fmt::format("{}: {} ({} threads)", dev.name(), d, backend_->n_threads());
 }
 
 KvLayout EngineLoop::kv_layout() const { return runner_->kv_layout(DType::kF32); }
@@ -158,21 +163,23 @@ Result<std::unique_ptr<KvCache>> EngineLoop::new_session_cache(int32_t cells) co
 
 Result<std::unique_ptr<KvCache>> EngineLoop::assemble_context(SessionInput& in, int32_t cells) {
   const KvLayout want = runner_->kv_layout(DType::kF32);
+  // Host caches, or this engine's device memory when it runs on one.
+  const bool host_engine = backend_->device().buffer_type().is_host();
+  auto usable = [&](const KvCache& c) { return c.layout() == want && (c.is_host() || !host_engine); };
   std::unique_ptr<KvCache> owned = std::move(in.owned_context);
   if (owned != nullptr) {
-    if (owned->layout() != want || !owned->is_host()) {
-      return failed_precondition("the context cache has a layout this model cannot use");
-    }
+    if (!usable(*owned)) return failed_precondition("the context cache has a layout this model cannot use");
     // The common pass: one pulled cache, decoded with room for this session. Positions from 0
-    // mean no key needs turning, so it already is what append_shifted would build.
+    // mean no key needs turning, so it already is what append_shifted would build. A host cache
+    // on a GPU engine is uploaded below instead.
     const bool adopt = in.context.empty() && owned->pos0() == 0 && owned->n_ctx() >= cells &&
-                       backend_->device().buffer_type().is_host();
+                       host_engine;
     if (adopt) return owned;
   }
   KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, new_session_cache(cells));
   for (size_t i = 0; i < in.context.size(); ++i) {
     const KvCache& c = *in.context[i];
-    if (c.layout() != want || !c.is_host()) {
+    if (!usable(c)) {
       return failed_precondition(fmt::format("context cache {} has a layout this model cannot use", i));
     }
     const Status st = cache->append_shifted(*backend_, c, model_.config.rope);
@@ -220,6 +227,10 @@ Result<PrefillOutcome> EngineLoop::run_prefill(Task& t) {
   }
   PrefillOutcome out;
   if (t.prefill.hand_back) {
+    if (!cache->is_host()) {  // the receiver fuses on the host: stage it there
+      const BufferType& host = opt_.host_buffers ? *opt_.host_buffers : host_staging_buffer_type(backend_->device());
+      KVB_ASSIGN_OR_RETURN(cache, clone_cache(*cache, host, *backend_));
+    }
     out.cache.n_tokens = cache->n_tokens();
     out.cache.bytes = cache->bytes_used();
     out.owned = std::move(cache);
@@ -234,10 +245,7 @@ Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_
   // Stored caches are exactly as large as their contents (free cells, or a pooled buffer's slack,
   // would count against the store's budget for nothing), in the device's own memory.
   if (cache->bytes_allocated() != cache->bytes_used()) {
-    KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> tight, runner_->new_cache(cache->n_tokens(), DType::kF32));
-    KVB_RETURN_IF_ERROR(tight->copy_from(*backend_, *cache, cache->n_tokens()));
-    KVB_RETURN_IF_ERROR(backend_->synchronize());
-    cache = std::move(tight);
+    KVB_ASSIGN_OR_RETURN(cache, clone_cache(*cache, backend_->device().buffer_type(), *backend_));
   }
   if (opt_.max_request_cache_bytes && cache->bytes_allocated() > opt_.max_request_cache_bytes) {
     return resource_exhausted(fmt::format("the new cache ({} bytes) exceeds --max-request-cache-bytes {}",

@@ -14,8 +14,15 @@
 // The loop never touches the network: results go to per-request sinks/callbacks that only queue
 // data for their gRPC reactor.
 //
+// Device: the runner, the session caches and the caches the loop stores live on
+// EngineOptions::device (the CPU by default). On a GPU, context caches that arrive in host memory
+// (pulls, fused contexts) are uploaded into the session's device cache as they are appended, and
+// hand_back prefills are staged back to host memory. Decode runs one forward per token per
+// session; see the TODO(#5) on CUDA graphs in engine/forward.cpp.
+//
 // Ownership: the loop owns the Backend, the ModelRunner and every session's KvCache; it borrows the
-// Model, the CacheStore and EngineOptions::session_buffers (all must outlive it). Shared context
+// Model, the CacheStore, EngineOptions::device, session_buffers and host_buffers (all must outlive
+// it). Shared context
 // caches (the store's entries) are read-only pointers the loop never writes into; an owned context
 // is the loop's to use as it likes.
 // Threading: submit_*() and stop() are thread-safe; sinks and callbacks are called on the engine
@@ -47,18 +54,26 @@
 namespace kvb::server {
 
 struct EngineOptions {
+  // The device the model runs on (borrowed; registry devices live for the process). Null: the CPU.
+  const Device* device = nullptr;
   int32_t n_threads = 0;                // CPU backend threads; 0 = all cores
   int32_t ctx_size = 0;                 // max cells per session; 0 = the model's n_ctx_train
   uint64_t max_request_cache_bytes = 0; // largest cache a Prefill / keep_cache may store; 0 = none
   uint64_t fingerprint = 0;             // ModelIdentity::fingerprint, stamped on stored caches
   // Memory for session caches (borrowed; null: the backend's device memory), e.g. a BufferPool
-  // over it. It must be memory the backend computes on (host memory for the CPU backend).
+  // over it. It must be memory the backend computes on (host memory for the CPU backend, device
+  // memory for a GPU).
   const BufferType* session_buffers = nullptr;
+  // Host memory for the caches a hand_back Prefill returns when the engine runs on a GPU
+  // (borrowed; null: host_staging_buffer_type(device), i.e. pinned memory). Unused on the CPU.
+  const BufferType* host_buffers = nullptr;
 };
 
 // The part of a Generate or Prefill that is the same for both, already validated.
 struct SessionInput {
-  // Placed first, in order; host caches of this model's layout (checked again here).
+  // Placed first, in order; caches of this model's layout (checked again here) in host memory or,
+  // when the engine runs on a GPU, in its device memory (the store's caches). Host caches join a
+  // GPU session by an upload (KvCache::append_shifted).
   std::vector<std::shared_ptr<const KvCache>> context;
   // Alternatively (`context` then empty): the whole context as one cache that this request owns,
   // such as a fresh pull. When its cells start at position 0 and it has room for the session
@@ -108,7 +123,9 @@ struct PrefillOptions {
   uint32_t ttl_s = 0;  // 0 = the store's default
   bool pin = false;
   // Hand the cache back (PrefillOutcome::owned) instead of storing it, with this many free cells
-  // after its own (a receiver fusing its context, then running a session in it).
+  // after its own (a receiver fusing its context, then running a session in it). The cache handed
+  // back is always host memory: on a GPU engine it is a staged copy (EngineOptions::host_buffers)
+  // with no free cells — it is uploaded into a device session cache when it comes back as context.
   bool hand_back = false;
   int32_t reserve_cells = 0;
 };
@@ -136,7 +153,11 @@ class EngineLoop {
   void stop();
 
   int32_t ctx_size() const { return ctx_size_; }
+  // "<device name>: <description>", e.g. "cpu: CPU x86_64 avx2 (4 threads)" or
+  // "cuda:0: NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" (AgentInfo.backend).
   std::string backend_description() const;
+  // The device the engine runs on.
+  const Device& device() const { return backend_->device(); }
   // The cache layout of this engine's sessions (what context caches must have).
   KvLayout kv_layout() const;
 

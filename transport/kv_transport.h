@@ -30,7 +30,10 @@
 // Completion: poll() is non-blocking and thread-safe; it reports kInProgress, kDone or kError
 // with a Status. kDone and kError are final, and are only reported once the transport no longer
 // touches the transfer's memory (a send: its bytes were handed on — copied into the stream,
-// read by the peer's copy engine; a recv: every byte landed). Errors:
+// read by the peer's copy engine; a recv: every byte landed). One exception, one-sided reads
+// (cuda-ipc): a send that ends early (cancel, deadline) may still be read by the peer's copy
+// engine — whose recv then fails — until the region's MemoryHandle is destroyed, which waits for
+// the peer to unmap it. Errors:
 //   UNAVAILABLE        the deadline passed (the peer did not post, died, or hung), the peer went
 //                      away, or the connection broke (NCCL: the communicator was aborted)
 //   CANCELLED          cancel() (or the Transfer destroyed in flight); "by the peer" when the
@@ -235,10 +238,12 @@ class Transfer {
   // transfer's own deadline bounds the wait in any case.
   PollResult wait(Clock::time_point until = Clock::time_point::max());
   // Device transports (caps().device_events): the cudaEvent_t recorded after this transfer's copy
-  // on the transport's stream, once the copy is enqueued; null before that and on host transports.
-  // Borrowed, valid while the Transfer lives. A consumer may cudaStreamWaitEvent on it to start on
-  // a layer as soon as it lands, but the bytes are trustworthy only once poll() reports kDone (an
-  // aborted copy completes its event too).
+  // on the transport's stream, once the copy is enqueued; null before that, once the transfer is
+  // final (its bytes are ready: nothing to wait for), and on host transports. A consumer may
+  // cudaStreamWaitEvent on it while poll() says kInProgress, to start on a layer as soon as it
+  // lands; the handle stays valid while the Transfer lives (events are pooled, so a stale one may
+  // already mark a later copy: waiting on it then only costs time). The bytes are trustworthy
+  // only once poll() reports kDone (an aborted copy completes its event too).
   void* native_event() const { return impl_ ? impl_->native_event() : nullptr; }
 
  private:

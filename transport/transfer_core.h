@@ -57,6 +57,7 @@ struct Op {
   // Free for the implementation (stream id, copy token, queue stage, peer op).
   uint64_t token = 0;
   uint64_t sid = 0;
+  uint64_t aux = 0;
   int stage = 0;
   std::shared_ptr<Op> peer;
 

@@ -54,9 +54,12 @@ struct GemmKernels {
   using UnpackFn = void (*)(const uint8_t* panel, int64_t k0, int64_t kc, float* tile);
   // c[i][j] (+)= sum_kk a[kk][i] * b[kk][j] for i < m (<= mr), j < nc (<= 32). a is a packed row
   // block (rows mr apart: a[kk * mr + i]), b has rows of 32 floats, c rows ldc apart.
-  // load_c: add to c's current contents, else overwrite.
+  // load_c: add to c's current contents, else overwrite. Meanwhile the pf_bytes at pf (the next
+  // weight block's slice; pf may be null when pf_bytes is 0) are prefetched toward L1, spread over
+  // the k loop where the ISA kernel can (a burst of prefetches that miss to DRAM stalls on fill
+  // buffers).
   using MicroFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc,
-                           bool load_c);
+                           bool load_c, const uint8_t* pf, size_t pf_bytes);
 
   // dst[kk * mr + i] = x[rb * mr + i][kk] for the mr rows of row block rb of x [n][k] (rows past n
   // read as 0), i.e. the packed layout `micro` reads. dst is the start of the whole packed x.

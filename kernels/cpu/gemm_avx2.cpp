@@ -249,9 +249,11 @@ inline void micro_dispatch(int m, int64_t kc, const float* a, const float* b, fl
   }
 }
 
-void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c) {
+void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c,
+           const uint8_t* pf, size_t pf_bytes) {
   micro_dispatch<kMr>(m, kc, a, b, c, ldc, nc < 16 ? nc : 16, load_c);
   if (nc > 16) micro_dispatch<kMr>(m, kc, a, b + 16, c + 16, ldc, nc - 16, load_c);
+  for (size_t line = 0; line < pf_bytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + line), _MM_HINT_T0);
 }
 
 }  // namespace

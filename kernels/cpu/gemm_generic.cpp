@@ -88,7 +88,9 @@ void unpack_q8(const uint8_t* panel, int64_t k0, int64_t kc, float* tile) {
   }
 }
 
-void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c) {
+void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c,
+           const uint8_t* pf, size_t pf_bytes) {
+  for (size_t line = 0; line < pf_bytes; line += 64) __builtin_prefetch(pf + line, 0, 3);
   float acc[kMr][kPanel] = {};
   for (int64_t kk = 0; kk < kc; ++kk) {
     const float* bk = b + kk * kPanel;

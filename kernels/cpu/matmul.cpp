@@ -157,8 +157,9 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
           kern.unpack[o.type](o.w->panel(p), k0, kc, tile);
           b = tile;
         }
-        // While this panel is multiplied, pull the next item's weight block in, a slice per
-        // row block, so its first micro-kernel (or unpack) does not wait on DRAM.
+        // While this panel is multiplied, pull the next item's weight block in (to L1: measured
+        // faster than L2 here), a slice per row block, spread by the micro-kernel over its k loop,
+        // so the next item's first micro-kernel (or unpack) does not wait on DRAM.
         const uint8_t* next = nullptr;
         size_t next_bytes = 0;
         if (item + 1 < end) {
@@ -172,13 +173,10 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
         const size_t slice = (next_bytes / size_t((r1 - r0 + mr - 1) / mr) + 63) / 64 * 64;
         for (int64_t r = r0; r < r1; r += mr) {
           const float* a = xp + r * k + k0 * mr;  // row block r / mr, k offset k0
-          kern.micro(kc, a, b, o.y + r * o.ldy + p * kPanel, o.ldy, int(std::min<int64_t>(mr, r1 - r)), nc, load_c);
-          if (next != nullptr) {
-            const size_t off = size_t((r - r0) / mr) * slice;
-            for (size_t line = off; line < std::min(next_bytes, off + slice); line += 64) {
-              __builtin_prefetch(next + line, 0, 3);  // to L1: measured faster than L2 here
-            }
-          }
+          const size_t off = std::min(next_bytes, size_t((r - r0) / mr) * slice);
+          const size_t pf_bytes = std::min(next_bytes - off, slice);
+          kern.micro(kc, a, b, o.y + r * o.ldy + p * kPanel, o.ldy, int(std::min<int64_t>(mr, r1 - r)), nc, load_c,
+                     pf_bytes > 0 ? next + off : nullptr, pf_bytes);
         }
       }
     }

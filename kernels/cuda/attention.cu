@@ -314,7 +314,7 @@ Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
     return unimplemented(cat("attention: head_dim ", s.hd, " needs ", smem, " bytes of shared memory, the device has ",
                              ctx.max_smem_per_block));
   }
-  const dim3 grid(unsigned(n_qblocks), unsigned(grid_y), unsigned(n_split));
+  const dim3 grid{unsigned(n_qblocks), unsigned(grid_y), unsigned(n_split)};
   if (s.hd <= 32) {
     KVB_RETURN_IF_ERROR(launch<1>(ctx, p, grid, smem));
   } else if (s.hd <= 64) {

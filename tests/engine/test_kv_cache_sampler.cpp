@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 
 #include "engine/kv_cache.h"
@@ -84,6 +85,42 @@ TEST_CASE("kv cache plan-then-apply, truncate, copy", "[kv]") {
     auto other = KvCache::create(cpu_device().buffer_type(), KvLayout{2, 1, 4, DType::kF32}, 8);
     REQUIRE(other.ok());
     CHECK((*other)->copy_from(**backend, *c, 1).code() == StatusCode::kInvalidArgument);
+  }
+  SECTION("copy_cache / clone_cache between host caches: a whole, exact round trip") {
+    auto backend = cpu_device().create_backend();
+    REQUIRE(backend.ok());
+    REQUIRE(c->set_pos0(0).code() == StatusCode::kFailedPrecondition);  // holds tokens
+    auto there = clone_cache(*c, cpu_device().buffer_type(), **backend);
+    REQUIRE(there.ok());
+    CHECK((*there)->n_ctx() == 3);  // exactly the tokens
+    CHECK((*there)->bytes_allocated() == (*there)->bytes_used());
+    auto back = make_cache(8);
+    REQUIRE(back->set_pos0(5).ok());  // replaced, pos0 included
+    REQUIRE(copy_cache(**there, *back, **backend).ok());
+    CHECK(back->n_tokens() == 3);
+    CHECK(back->pos0() == c->pos0());
+    CHECK(std::equal(c->tokens().begin(), c->tokens().end(), back->tokens().begin(), back->tokens().end()));
+    for (int32_t l = 0; l < 2; ++l) {
+      for (const bool is_v : {false, true}) {
+        const Tensor a = c->used_rows(l, is_v), b = back->used_rows(l, is_v);
+        CHECK(std::memcmp(a.data, b.data, a.nbytes()) == 0);
+      }
+    }
+    // A roomier copy keeps free cells; an empty source copies to an empty cache.
+    auto roomy = clone_cache(*c, cpu_device().buffer_type(), **backend, 6);
+    REQUIRE(roomy.ok());
+    CHECK((*roomy)->n_ctx() == 6);
+    CHECK((*roomy)->n_tokens() == 3);
+    auto empty = make_cache(2);
+    REQUIRE(copy_cache(*empty, *back, **backend).ok());
+    CHECK(back->n_tokens() == 0);
+    // Errors: too small, another layout, itself.
+    auto small = make_cache(2);
+    CHECK(copy_cache(*c, *small, **backend).code() == StatusCode::kResourceExhausted);
+    auto other = KvCache::create(cpu_device().buffer_type(), KvLayout{2, 1, 4, DType::kF32}, 8);
+    REQUIRE(other.ok());
+    CHECK(copy_cache(*c, **other, **backend).code() == StatusCode::kInvalidArgument);
+    CHECK(copy_cache(*c, *c, **backend).code() == StatusCode::kInvalidArgument);
   }
   SECTION("bad layouts") {
     CHECK(KvCache::create(cpu_device().buffer_type(), KvLayout{0, 2, 4}, 8).status().code() ==
