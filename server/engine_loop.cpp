@@ -172,8 +172,7 @@ Result<std::unique_ptr<KvCache>> EngineLoop::assemble_context(SessionInput& in, 
     // The common pass: one pulled cache, decoded with room for this session. Positions from 0
     // mean no key needs turning, so it already is what append_shifted would build. A host cache
     // on a GPU engine is uploaded below instead.
-    const bool adopt = in.context.empty() && owned->pos0() == 0 && owned->n_ctx() >= cells &&
-                       host_engine;
+    const bool adopt = in.context.empty() && owned->pos0() == 0 && owned->n_ctx() >= cells && host_engine;
     if (adopt) return owned;
   }
   KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, new_session_cache(cells));

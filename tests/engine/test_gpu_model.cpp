@@ -180,7 +180,7 @@ void check_runner(const Model& model, Backend& backend, const Bound& bound) {
 }  // namespace
 
 // f32 weights: cuBLAS runs f32 GEMMs (no TF32), so the bound is test_model.cpp's, absolute.
-TEST_CASE("CUDA runner matches llama2.c run.c, f32 weights", "[gpu][model]") {
+TEST_CASE("CUDA runner matches llama2.c run.c with f32 weights", "[gpu][model]") {
   const Device& gpu = gpu_device();
   auto backend = make_backend(gpu);
   check_runner(*stories(), *backend, Bound{1e-3f, false});
@@ -191,7 +191,7 @@ TEST_CASE("CUDA runner matches llama2.c run.c, f32 weights", "[gpu][model]") {
 // also rounds the GEMM inputs to bf16: a numpy emulation of exactly that (bf16 weights, bf16 GEMM
 // inputs, f32 everything else) gives at most 8.9e-3 relative (0.12 absolute) over all six prompts
 // and their 48 greedy steps, and changes no greedy token (the smallest top-2 margin is 0.026).
-TEST_CASE("CUDA runner matches llama2.c run.c, bf16 weights", "[gpu][model][bf16]") {
+TEST_CASE("CUDA runner matches llama2.c run.c with bf16 weights", "[gpu][model][bf16]") {
   const Device& gpu = gpu_device();
   auto backend = make_backend(gpu);
   check_runner(*stories_bf16(), *backend, Bound{1e-2f, true});
