@@ -2,7 +2,7 @@
 //
 // The "grpc" transport (grpc_stream_transport.h) moves its frames over one, and the cuda-ipc
 // transport its control messages (offers, acks, releases). In an agent it is one gRPC
-// bidirectional stream (each message one `bytes` field, see the report in transport/README.md);
+// bidirectional stream (each message one `bytes` field; transport/README.md has the proto);
 // in tests it is make_memory_pipe() (in memory, with fault injection) or a socket.
 //
 // Threading: send() and close() may be called from any thread; recv() by one thread at a time.

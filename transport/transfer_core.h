@@ -134,8 +134,8 @@ class Core : public std::enable_shared_from_this<Core> {
   // Does not wait.
   void fail_all_locked(const Status& reason);
   void set_connected_locked();
-  // Waits (mutex held through `lock`) until pred() or `until`, waking every poll_interval_ to call
-  // refresh_locked on `op` when given. True when pred() held.
+  // Waits on the condition variable (through `lock`) until pred() or `until`, re-checking at
+  // least every poll_interval_ (device completions are not signalled). True when pred() held.
   bool wait_locked(std::unique_lock<std::mutex>& lock, const std::function<bool()>& pred,
                    Clock::time_point until = Clock::time_point::max());
   std::shared_ptr<Op> find_live_locked(const TransferId& id) const;

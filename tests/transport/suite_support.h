@@ -143,9 +143,11 @@ inline void require_error(Transfer& t, StatusCode code) {
 // A gate a test closes to freeze the data mover inside on_chunk, and opens to let it go.
 class Gate {
  public:
+  // Closes the gate; arrivals are counted from here.
   void close() {
     std::lock_guard<std::mutex> l(mu_);
     open_ = false;
+    arrived_ = 0;
   }
   void open() {
     {
