@@ -37,49 +37,7 @@ constexpr int64_t kBk = 64;           // cells per K/V tile
 constexpr int64_t kRowsPerItem = 64;  // target stacked query rows per prefill work item
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-struct Shapes {
-  int64_t n, n_head, hd, n_kv, n_head_kv, group;
-};
-
-Status validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale, Shapes& s) {
-  KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));
-  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "attention", "out"));
-  for (const Tensor* t : {&k, &v}) {
-    if (t->dtype != DType::kF32 && t->dtype != DType::kF16) {
-      return invalid_argument(fmt::format("attention: k and v must be f32 or f16, got {}", t->describe()));
-    }
-  }
-  KVB_RETURN_IF_ERROR(check_tensor(k, k.dtype, "attention", "k"));
-  KVB_RETURN_IF_ERROR(check_tensor(v, v.dtype, "attention", "v"));
-  if (q.n_dims != 3 || k.n_dims != 3 || v.n_dims != 3 || out.n_dims != 3) {
-    return invalid_argument("attention: q, k, v and out must have 3 dims");
-  }
-  s.n = q.shape[0];
-  s.n_head = q.shape[1];
-  s.hd = q.shape[2];
-  s.n_kv = k.shape[0];
-  s.n_head_kv = k.shape[1];
-  if (out.shape != q.shape) {
-    return invalid_argument(fmt::format("attention: out {} must match q {}", out.describe(), q.describe()));
-  }
-  if (v.shape != k.shape || k.shape[2] != s.hd) {
-    return invalid_argument(
-        fmt::format("attention: k {} and v {} must be [n_kv][n_head_kv][{}]", k.describe(), v.describe(), s.hd));
-  }
-  if (s.n_head_kv <= 0 || s.hd <= 0 || s.n_head % s.n_head_kv != 0) {
-    return invalid_argument(fmt::format("attention: n_head {} must be a multiple of n_head_kv {} (and hd {} > 0)",
-                                        s.n_head, s.n_head_kv, s.hd));
-  }
-  if (s.n_kv < s.n) {
-    return invalid_argument(fmt::format("attention: n_kv {} is smaller than the {} queries", s.n_kv, s.n));
-  }
-  if (!std::isfinite(scale)) return invalid_argument(fmt::format("attention: bad scale {}", scale));
-  if (tensors_overlap(out, q) || tensors_overlap(out, k) || tensors_overlap(out, v)) {
-    return invalid_argument("attention: out overlaps an input");
-  }
-  s.group = s.n_head / s.n_head_kv;
-  return Status::Ok();
-}
+using Shapes = AttentionShapes;  // kernels/op_checks.h
 
 // Pointer to row (cell j, kv head h) of a cache tensor, as f32 or f16.
 inline const void* cache_row(const Tensor& t, const Shapes& s, int64_t j, int64_t h) {
@@ -249,8 +207,7 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
 }  // namespace
 
 Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
-  Shapes s{};
-  KVB_RETURN_IF_ERROR(validate(q, k, v, out, scale, s));
+  KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(q, k, v, out, scale));
   if (s.n == 0 || s.n_head == 0) return Status::Ok();
   if (s.n < kTiledMinRows) return run_decode(ctx, q, k, v, out, scale, s);
   return run_tiled(ctx, q, k, v, out, scale, s);

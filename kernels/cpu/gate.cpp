@@ -12,24 +12,8 @@ namespace kvb::cpu {
 
 Status gate_add(OpContext& ctx, const Tensor& receiver, const Tensor& logits, const Tensor& projected,
                 const Tensor& out) {
-  KVB_RETURN_IF_ERROR(check_tensor(receiver, DType::kF32, "gate_add", "receiver"));
-  KVB_RETURN_IF_ERROR(check_tensor(logits, DType::kF32, "gate_add", "logits"));
-  KVB_RETURN_IF_ERROR(check_tensor(projected, DType::kF32, "gate_add", "projected"));
-  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "gate_add", "out"));
-  // Rows are the outermost dimension; the rest of a row is H·D values (2-D [n][H·D] or 3-D [n][H][D]).
-  const int64_t n = receiver.shape[0];
-  const int64_t h = logits.cols();
-  const int64_t row = n > 0 ? receiver.numel() / n : 0;
-  const auto same_rows = [&](const Tensor& t) { return t.shape[0] == n && t.numel() == receiver.numel(); };
-  if (logits.n_dims != 2 || logits.shape[0] != n || !same_rows(projected) || !same_rows(out) || h <= 0 ||
-      (n > 0 && row % h != 0)) {
-    return invalid_argument(fmt::format("gate_add: receiver {}, logits {}, projected {}, out {} do not match",
-                                        receiver.describe(), logits.describe(), projected.describe(), out.describe()));
-  }
-  if ((out.data != receiver.data && tensors_overlap(out, receiver)) ||
-      (out.data != projected.data && tensors_overlap(out, projected)) || tensors_overlap(out, logits)) {
-    return invalid_argument("gate_add: out partially overlaps an input");
-  }
+  KVB_ASSIGN_OR_RETURN(const GateAddShapes g, check_gate_add(receiver, logits, projected, out));
+  const int64_t n = g.n, h = g.h, row = g.row;
   if (n == 0 || row == 0) return Status::Ok();
   const int64_t d = row / h;
   const float* r = receiver.as<const float>();

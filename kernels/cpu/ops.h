@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/op_checks.h"  // check_tensor, tensors_overlap, per-op checks
 #include "kernels/cpu/aligned_buffer.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/thread_pool.h"
@@ -43,12 +44,6 @@ struct OpContext {
 // Elementwise ops on fewer elements than this run on the calling thread: waking the workers costs
 // more than the work (decode-sized rows).
 inline constexpr int64_t kMinParallelElements = 1 << 15;
-
-// ---- validation helpers shared by the op files ----
-// OK iff t is `dtype` with n_dims in [1, 4], non-negative dims and non-null data (when non-empty).
-Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* name);
-// True when the byte ranges of two tensors overlap.
-bool tensors_overlap(const Tensor& a, const Tensor& b);
 
 Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs);
 Status rms_norm(OpContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& y);

@@ -201,47 +201,7 @@ __global__ void attention_combine_kernel(const float* part_o, const float2* part
   }
 }
 
-struct Shapes {
-  int64_t n, n_head, hd, n_kv, n_head_kv, group;
-};
-
-Status validate(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale, Shapes& s) {
-  KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));
-  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "attention", "out"));
-  for (const Tensor* t : {&k, &v}) {
-    if (t->dtype != DType::kF32 && t->dtype != DType::kF16) {
-      return invalid_argument(cat("attention: k and v must be f32 or f16, got ", t->describe()));
-    }
-  }
-  KVB_RETURN_IF_ERROR(check_tensor(k, k.dtype, "attention", "k"));
-  KVB_RETURN_IF_ERROR(check_tensor(v, v.dtype, "attention", "v"));
-  if (q.n_dims != 3 || k.n_dims != 3 || v.n_dims != 3 || out.n_dims != 3) {
-    return invalid_argument("attention: q, k, v and out must have 3 dims");
-  }
-  s.n = q.shape[0];
-  s.n_head = q.shape[1];
-  s.hd = q.shape[2];
-  s.n_kv = k.shape[0];
-  s.n_head_kv = k.shape[1];
-  if (out.shape != q.shape) {
-    return invalid_argument(cat("attention: out ", out.describe(), " must match q ", q.describe()));
-  }
-  if (v.shape != k.shape || k.shape[2] != s.hd) {
-    return invalid_argument(
-        cat("attention: k ", k.describe(), " and v ", v.describe(), " must be [n_kv][n_head_kv][", s.hd, "]"));
-  }
-  if (s.n_head_kv <= 0 || s.hd <= 0 || s.n_head % s.n_head_kv != 0) {
-    return invalid_argument(cat("attention: n_head ", s.n_head, " must be a multiple of n_head_kv ", s.n_head_kv,
-                                " (and hd ", s.hd, " > 0)"));
-  }
-  if (s.n_kv < s.n) return invalid_argument(cat("attention: n_kv ", s.n_kv, " is smaller than the ", s.n, " queries"));
-  if (!std::isfinite(scale)) return invalid_argument(cat("attention: bad scale ", scale));
-  if (tensors_overlap(out, q) || tensors_overlap(out, k) || tensors_overlap(out, v)) {
-    return invalid_argument("attention: out overlaps an input");
-  }
-  s.group = s.n_head / s.n_head_kv;
-  return Status::Ok();
-}
+using Shapes = AttentionShapes;  // kernels/op_checks.h
 
 template <int kDpl>
 Status launch(OpContext& ctx, const Params& p, dim3 grid, size_t smem) {
@@ -257,8 +217,7 @@ Status launch(OpContext& ctx, const Params& p, dim3 grid, size_t smem) {
 }  // namespace
 
 Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
-  Shapes s{};
-  KVB_RETURN_IF_ERROR(validate(q, k, v, out, scale, s));
+  KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(q, k, v, out, scale));
   if (s.n == 0 || s.n_head == 0) return Status::Ok();
   if (s.hd > kMaxHeadDim) {
     return unimplemented(cat("attention: head_dim ", s.hd, " is above the CUDA kernel's ", kMaxHeadDim));

@@ -13,6 +13,7 @@
 #include <span>
 
 #include "kernels/backend.h"
+#include "kernels/op_checks.h"  // check_tensor, tensors_overlap, per-op checks
 #include "kernels/cuda/common.cuh"
 
 namespace kvb::cuda {
@@ -75,13 +76,6 @@ class CudaWeight final : public Weight {
   int device_;
   DevicePtr mem_;
 };
-
-// ---- validation helpers shared by the op files (ops_common.cpp; same rules as kernels/cpu) ----
-// OK iff t is `dtype` with n_dims in [1, 4], non-negative dims, whole blocks per row and non-null
-// data when non-empty.
-Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* name);
-// True when the byte ranges of two tensors overlap.
-bool tensors_overlap(const Tensor& a, const Tensor& b);
 
 // ---- ops (backend.h contracts) ----
 Result<std::unique_ptr<Weight>> upload_weight(OpContext& ctx, const Tensor& host);

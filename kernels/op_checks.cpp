@@ -1,0 +1,106 @@
+#include "kernels/op_checks.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace kvb {
+
+Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* name) {
+  if (t.dtype != dtype) {
+    return invalid_argument(fmt::format("{}: {} must be {}, got {}", op, name, dtype_name(dtype), t.describe()));
+  }
+  if (t.n_dims < 1 || t.n_dims > 4) return invalid_argument(fmt::format("{}: {} has {} dims", op, name, t.n_dims));
+  constexpr int64_t kMaxDim = int64_t(1) << 40;
+  int64_t numel = 1;
+  for (int i = 0; i < t.n_dims; ++i) {
+    const int64_t d = t.shape[size_t(i)];
+    if (d < 0 || d > kMaxDim || (d > 0 && numel > kMaxDim / d)) {
+      return invalid_argument(fmt::format("{}: {} has a bad shape {}", op, name, t.describe()));
+    }
+    numel *= d;
+  }
+  if (t.cols() % dtype_block_size(dtype) != 0) {
+    return invalid_argument(
+        fmt::format("{}: {} rows of {} are not whole {} blocks", op, name, t.describe(), dtype_name(dtype)));
+  }
+  if (numel > 0 && t.data == nullptr) return invalid_argument(fmt::format("{}: {} has null data", op, name));
+  return Status::Ok();
+}
+
+bool tensors_overlap(const Tensor& a, const Tensor& b) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data);
+  const auto b0 = reinterpret_cast<uintptr_t>(b.data);
+  const size_t an = a.nbytes(), bn = b.nbytes();
+  if (an == 0 || bn == 0) return false;
+  return a0 < b0 + bn && b0 < a0 + an;
+}
+
+Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                        float scale) {
+  KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));
+  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "attention", "out"));
+  for (const Tensor* t : {&k, &v}) {
+    if (t->dtype != DType::kF32 && t->dtype != DType::kF16) {
+      return invalid_argument(fmt::format("attention: k and v must be f32 or f16, got {}", t->describe()));
+    }
+  }
+  KVB_RETURN_IF_ERROR(check_tensor(k, k.dtype, "attention", "k"));
+  KVB_RETURN_IF_ERROR(check_tensor(v, v.dtype, "attention", "v"));
+  if (q.n_dims != 3 || k.n_dims != 3 || v.n_dims != 3 || out.n_dims != 3) {
+    return invalid_argument("attention: q, k, v and out must have 3 dims");
+  }
+  AttentionShapes s;
+  s.n = q.shape[0];
+  s.n_head = q.shape[1];
+  s.hd = q.shape[2];
+  s.n_kv = k.shape[0];
+  s.n_head_kv = k.shape[1];
+  if (out.shape != q.shape) {
+    return invalid_argument(fmt::format("attention: out {} must match q {}", out.describe(), q.describe()));
+  }
+  if (v.shape != k.shape || k.shape[2] != s.hd) {
+    return invalid_argument(
+        fmt::format("attention: k {} and v {} must be [n_kv][n_head_kv][{}]", k.describe(), v.describe(), s.hd));
+  }
+  if (s.n_head_kv <= 0 || s.hd <= 0 || s.n_head % s.n_head_kv != 0) {
+    return invalid_argument(fmt::format("attention: n_head {} must be a multiple of n_head_kv {} (and hd {} > 0)",
+                                        s.n_head, s.n_head_kv, s.hd));
+  }
+  if (s.n_kv < s.n) {
+    return invalid_argument(fmt::format("attention: n_kv {} is smaller than the {} queries", s.n_kv, s.n));
+  }
+  if (!std::isfinite(scale)) return invalid_argument(fmt::format("attention: bad scale {}", scale));
+  if (tensors_overlap(out, q) || tensors_overlap(out, k) || tensors_overlap(out, v)) {
+    return invalid_argument("attention: out overlaps an input");
+  }
+  s.group = s.n_head / s.n_head_kv;
+  return s;
+}
+
+Result<GateAddShapes> check_gate_add(const Tensor& receiver, const Tensor& logits, const Tensor& projected,
+                                     const Tensor& out) {
+  KVB_RETURN_IF_ERROR(check_tensor(receiver, DType::kF32, "gate_add", "receiver"));
+  KVB_RETURN_IF_ERROR(check_tensor(logits, DType::kF32, "gate_add", "logits"));
+  KVB_RETURN_IF_ERROR(check_tensor(projected, DType::kF32, "gate_add", "projected"));
+  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "gate_add", "out"));
+  // Rows are the outermost dimension; the rest of a row is H·D values (2-D [n][H·D] or 3-D [n][H][D]).
+  GateAddShapes s;
+  s.n = receiver.shape[0];
+  s.h = logits.cols();
+  s.row = s.n > 0 ? receiver.numel() / s.n : 0;
+  const auto same_rows = [&](const Tensor& t) { return t.shape[0] == s.n && t.numel() == receiver.numel(); };
+  if (logits.n_dims != 2 || logits.shape[0] != s.n || !same_rows(projected) || !same_rows(out) || s.h <= 0 ||
+      (s.n > 0 && s.row % s.h != 0)) {
+    return invalid_argument(fmt::format("gate_add: receiver {}, logits {}, projected {}, out {} do not match",
+                                        receiver.describe(), logits.describe(), projected.describe(), out.describe()));
+  }
+  if ((out.data != receiver.data && tensors_overlap(out, receiver)) ||
+      (out.data != projected.data && tensors_overlap(out, projected)) || tensors_overlap(out, logits)) {
+    return invalid_argument("gate_add: out partially overlaps an input");
+  }
+  return s;
+}
+
+}  // namespace kvb

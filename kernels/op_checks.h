@@ -1,0 +1,37 @@
+// Argument checks of the backend ops, shared by every backend (kernels/cpu, kernels/cuda) so that
+// all of them reject the same inputs with the same INVALID_ARGUMENT messages. Pure functions.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/status.h"
+#include "kernels/tensor.h"
+
+namespace kvb {
+
+// OK iff t is `dtype` with n_dims in [1, 4], non-negative dims (no overflowing element count),
+// whole blocks per row and non-null data when non-empty.
+Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* name);
+// True when the byte ranges of two tensors overlap.
+bool tensors_overlap(const Tensor& a, const Tensor& b);
+
+// Backend::attention's arguments (backend.h): q, out [n][n_head][hd] f32; k, v [n_kv][n_head_kv][hd]
+// f32 or f16; n_head a multiple of n_head_kv; n_kv >= n; finite scale; out overlapping no input.
+struct AttentionShapes {
+  int64_t n = 0, n_head = 0, hd = 0, n_kv = 0, n_head_kv = 0;
+  int64_t group = 0;  // query heads per kv head
+};
+Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                        float scale);
+
+// Backend::gate_add's arguments: receiver, projected, out f32 with the same rows n and n·H·D
+// elements; logits [n][H] f32; out may alias receiver or projected but overlap nothing else.
+struct GateAddShapes {
+  int64_t n = 0;    // rows (tokens)
+  int64_t h = 0;    // heads: logits per row
+  int64_t row = 0;  // values per row (H·D)
+};
+Result<GateAddShapes> check_gate_add(const Tensor& receiver, const Tensor& logits, const Tensor& projected,
+                                     const Tensor& out);
+
+}  // namespace kvb
