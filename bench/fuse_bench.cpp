@@ -49,6 +49,7 @@
 #include <utility>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "client/agent_client.h"
 #include "client/agent_process.h"
 #include "engine/kv_wire.h"
@@ -66,34 +67,19 @@ namespace v1 = ::kvbridge::v1;
 namespace fs = std::filesystem;
 using client::AgentClient;
 using client::AgentProcess;
-using Clock = std::chrono::steady_clock;
+using kvb::bench::best_time;
+using kvb::bench::Clock;
+using kvb::bench::seconds_since;
 
 namespace {
 
-// ---- helpers (the other benches have their own copies of the first three) ----
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+// ---- helpers (timing: bench/bench_util.h) ----
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// Best time of fn() over at least min_reps runs and about budget_s seconds, after one warm-up.
-template <class F>
-double best_time(F&& fn, int min_reps = 3, double budget_s = 0.3) {
-  fn();
-  double best = 1e30, total = 0;
-  for (int rep = 0; rep < min_reps || total < budget_s; ++rep) {
-    const auto t0 = Clock::now();
-    fn();
-    const double t = seconds_since(t0);
-    best = std::min(best, t);
-    total += t;
-    if (rep > 200) break;
-  }
-  return best;
-}
 
 [[noreturn]] void die(const Status& s, const std::string& what) {
   fmt::print(stderr, "fuse_bench: {}: {}\n", what, s.to_string());

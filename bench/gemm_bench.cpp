@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/dtype.h"
@@ -45,7 +46,9 @@ namespace {
 
 std::vector<int> g_threads = {1, 2};
 
-using Clock = std::chrono::steady_clock;
+using kvb::bench::best_time;
+using kvb::bench::Clock;
+using kvb::bench::seconds_since;
 
 struct Shape {
   int64_t n_in, n_out;
@@ -55,24 +58,6 @@ constexpr Shape kShapes[] = {{768, 768, 48}, {768, 2048, 24}, {2048, 768, 12}, {
 constexpr kvb::DType kTypes[] = {kvb::DType::kF32, kvb::DType::kF16, kvb::DType::kBF16, kvb::DType::kQ8_0};
 constexpr int64_t kPrefillRows = 512;
 constexpr size_t kDecodeBytes = size_t(1) << 30;  // as the bandwidth buffer; ~4x the 260 MiB L3
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// Best time of fn() over at least min_reps runs and about budget_s seconds (after one warm-up).
-template <class F>
-double best_time(F&& fn, int min_reps = 3, double budget_s = 0.3) {
-  fn();
-  double best = 1e30, total = 0;
-  for (int rep = 0; rep < min_reps || total < budget_s; ++rep) {
-    const auto t0 = Clock::now();
-    fn();
-    const double t = seconds_since(t0);
-    best = std::min(best, t);
-    total += t;
-    if (rep > 200) break;
-  }
-  return best;
-}
 
 std::vector<float> random_floats(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

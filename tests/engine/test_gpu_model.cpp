@@ -23,6 +23,7 @@
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "kernels/registry.h"
+#include "support/reference_vectors.h"
 #include "support/test_support.h"
 
 using namespace kvb;
@@ -47,26 +48,9 @@ std::unique_ptr<Backend> make_backend(const Device& d) {
   return std::move(b).value();
 }
 
-struct RefCase {
-  std::string prompt;
-  std::vector<int32_t> prompt_ids, greedy_ids;
-  std::vector<std::vector<float>> logits;  // [len(prompt_ids) + 4][vocab]
-};
+using test::RefCase;
 
-std::vector<RefCase> load_reference() {
-  const auto j = nlohmann::json::parse(test::read_file(test::reference_dir() + "/stories260K.llama2c-reference.json"));
-  std::vector<RefCase> cases;
-  for (const auto& c : j.at("cases")) {
-    RefCase r;
-    r.prompt = c.at("prompt").get<std::string>();
-    r.prompt_ids = c.at("prompt_ids").get<std::vector<int32_t>>();
-    r.greedy_ids = c.at("greedy_ids").get<std::vector<int32_t>>();
-    r.logits = c.at("logits_from_pos0").get<std::vector<std::vector<float>>>();
-    cases.push_back(std::move(r));
-  }
-  REQUIRE(!cases.empty());
-  return cases;
-}
+std::vector<RefCase> load_reference() { return test::load_reference("stories260K.llama2c-reference.json"); }
 
 std::unique_ptr<Model> load(const std::string& path) {
   auto m = load_model(path);

@@ -13,32 +13,15 @@
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "kernels/registry.h"
+#include "support/reference_vectors.h"
 #include "support/test_support.h"
 
 using namespace kvb;
 
 namespace {
 
-struct RefCase {
-  std::string prompt;
-  std::vector<int32_t> prompt_ids, greedy_ids;
-  std::vector<std::vector<float>> logits;  // [len(prompt_ids) + 4][vocab]
-};
-
-std::vector<RefCase> load_reference(const std::string& file) {
-  const auto j = nlohmann::json::parse(test::read_file(test::reference_dir() + "/" + file));
-  std::vector<RefCase> cases;
-  for (const auto& c : j.at("cases")) {
-    RefCase r;
-    r.prompt = c.at("prompt").get<std::string>();
-    r.prompt_ids = c.at("prompt_ids").get<std::vector<int32_t>>();
-    r.greedy_ids = c.at("greedy_ids").get<std::vector<int32_t>>();
-    r.logits = c.at("logits_from_pos0").get<std::vector<std::vector<float>>>();
-    cases.push_back(std::move(r));
-  }
-  REQUIRE(!cases.empty());
-  return cases;
-}
+using test::RefCase;
+using test::load_reference;
 
 std::unique_ptr<Model> load(const std::string& model, const std::string& tokenizer = "") {
   auto m = load_model(test::model_path(model), LoadOptions{tokenizer.empty() ? "" : test::model_path(tokenizer)});
