@@ -30,7 +30,7 @@ enum class TokenType : int32_t {
 struct Vocab {
   enum class Model {
     kSpm,  // SentencePiece-style scored merges with byte fallback (GGUF "llama", llama2.c)
-    kBpe,  // byte-level BPE (GGUF "gpt2"); not implemented by the engine issue
+    kBpe,  // byte-level BPE (GGUF "gpt2", Hugging Face tokenizer.json / vocab.json + merges.txt)
   };
   Model model = Model::kSpm;
   // Which reference implementation kSpm encoding reproduces token for token. Both give the same
@@ -50,6 +50,14 @@ struct Vocab {
   std::vector<TokenType> types;     // [n_vocab]
   // BPE only: "left right" in rank order (GGUF tokenizer.ggml.merges); empty for SPM.
   std::vector<std::string> merges;
+  // BPE only: the pre-tokenizer (split regex) by its GGUF tokenizer.ggml.pre name: "gpt2",
+  // "qwen2", "llama-bpe" (Llama 3). Empty means "gpt2".
+  std::string pre;
+  // BPE only: a word that is itself a vocab piece is emitted whole, before any merging (Llama 3).
+  bool ignore_merges = false;
+  // The chat template's source text (Jinja, from tokenizer_config.json "chat_template" or GGUF
+  // tokenizer.chat_template); empty when the files carry none. See engine/chat_template.h.
+  std::string chat_template;
   int32_t bos = -1, eos = -1, unk = -1, pad = -1;  // -1 = none
   bool add_bos = true;
   bool add_eos = false;
@@ -67,6 +75,10 @@ struct EncodeOptions {
   // encode the text exactly as given, e.g. one token's text re-encoded for alignment
   // (fuser/align.h), where " Once" must give "▁Once" and "Once" must not.
   bool add_space_prefix = true;
+  // Match the text of control and user-defined tokens (e.g. "<|im_start|>", "<s>") as those
+  // tokens before splitting the rest, as llama.cpp's parse_special and Hugging Face's added
+  // tokens do. false: such text is tokenized as plain text.
+  bool parse_special = false;
 };
 
 class Tokenizer {

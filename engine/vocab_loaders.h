@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "engine/tokenizer.h"
 #include "kernels/status.h"
@@ -43,5 +44,12 @@ Result<Vocab> read_llama2c_vocab(const std::string& path, int32_t n_vocab);
 // A key present with the wrong type or an array of the wrong length → INVALID_ARGUMENT naming the
 // file and key. `f` is only borrowed for the call; the Vocab owns copies.
 Result<Vocab> read_gguf_vocab(const GgufFile& f);
+
+// Reads a Hugging Face tokenizer from a model directory: tokenizer.json, else vocab.json +
+// merges.txt (or GPT-2's encoder.json + vocab.bpe), plus tokenizer_config.json when present
+// (added/special tokens, bos/eos, chat_template). `pre_hint` names the pre-tokenizer when the files
+// do not say it ("qwen2", "llama-bpe", "gpt2"; empty: infer). The result is a kBpe Vocab.
+// NOT_FOUND when no tokenizer file exists; INVALID_ARGUMENT naming the file for malformed content.
+Result<Vocab> read_hf_vocab(const std::string& dir, std::string_view pre_hint = {});
 
 }  // namespace kvb
