@@ -13,6 +13,16 @@ void exit_on_error(const Status& s) {
   throw CliExit{1};
 }
 
+CLI::Option* add_chat_flags(CLI::App* cmd, ChatFlags& f) {
+  CLI::Option* m = cmd->add_option(
+      "--messages", f.messages, "Chat: a JSON array of {role, content} ('-' = stdin), rendered with the chat template");
+  cmd->add_option("--chat-template", f.template_name, "Chat template by name (default: the model's)")->needs(m);
+  cmd->add_flag("--no-thinking", f.no_thinking, "qwen3 chat: enable_thinking=false")->needs(m);
+  cmd->add_flag("--no-generation-prompt", f.no_generation_prompt, "Chat: do not end with the assistant header")
+      ->needs(m);
+  return m;
+}
+
 Result<std::string> read_input_file(const std::string& path) {
   std::stringstream ss;
   if (path == "-") {

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "engine/chat_template.h"
+
 namespace kvb::cli {
 
 namespace v1 = client::v1;
@@ -61,6 +63,21 @@ void SamplingFlags::apply(v1::GenerateRequest& req) const {
   s->set_seed(seed);
   for (const std::string& x : stop) req.add_stop(x);
   req.set_ignore_eos(ignore_eos);
+}
+
+void set_chat_input(const ChatFlags& f, v1::ChatInput* out) {
+  auto json = read_input_file(f.messages);
+  exit_on_error(json.status());
+  auto messages = parse_chat_messages(*json);
+  exit_on_error(messages.status());
+  for (const ChatMessage& m : *messages) {
+    v1::ChatMessage* pm = out->add_messages();
+    pm->set_role(m.role);
+    pm->set_content(m.content);
+  }
+  out->set_template_name(f.template_name);
+  out->set_no_generation_prompt(f.no_generation_prompt);
+  if (f.no_thinking) out->set_enable_thinking(false);
 }
 
 void add_sampling_flags(CLI::App* cmd, SamplingFlags& f) {

@@ -49,6 +49,9 @@ struct SamplingFlags {
 };
 void add_sampling_flags(CLI::App* cmd, SamplingFlags& flags);
 
+// The request's chat input from --messages and the other chat flags (exits on a bad file).
+void set_chat_input(const ChatFlags& flags, client::v1::ChatInput* out);
+
 // "AGENT/ID" → CacheRef (AGENT may be empty: "/ID" or "ID" name the called agent's cache).
 // Exits with a usage error for an empty id.
 client::v1::CacheRef parse_cache_ref(const std::string& s);

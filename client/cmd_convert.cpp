@@ -1,4 +1,4 @@
-// kvbridge convert: any loadable model (GGUF, llama2.c .bin + tokenizer) → llama GGUF v3.
+// kvbridge convert: any loadable model (GGUF, llama2.c .bin + tokenizer, Hugging Face directory) → GGUF v3.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -31,8 +31,8 @@ void register_convert(CLI::App& app) {
     std::string model, tokenizer, out, dtype;
   };
   auto a = std::make_shared<Args>();
-  CLI::App* c = app.add_subcommand("convert", "Write any loadable model as a llama GGUF file");
-  c->add_option("-m,--model", a->model, "Model file (GGUF or llama2.c .bin)")->required();
+  CLI::App* c = app.add_subcommand("convert", "Write any loadable model as a GGUF file");
+  c->add_option("-m,--model", a->model, "Model: GGUF, llama2.c .bin, or a Hugging Face directory")->required();
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");
   c->add_option("-o,--out", a->out, "Output GGUF path")->required();
   c->add_option("--dtype", a->dtype, "Matrix dtype (default: keep the model's); norms stay f32")

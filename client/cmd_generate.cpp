@@ -6,6 +6,7 @@
 
 #include "client/cli_remote.h"
 #include "client/commands.h"
+#include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "kernels/registry.h"
@@ -16,6 +17,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, tokenizer, prompt, device = "cpu";
+  ChatFlags chat;  // instead of --prompt
   int32_t n = 128, threads = 0, ctx = 0;
   float temp = 0.0f, top_p = 1.0f;
   int32_t top_k = 0;
@@ -29,12 +31,34 @@ struct GenerateArgs {
   WireFlags wire;
 };
 
+// The local model's prompt: --prompt with the tokenizer's defaults, or --messages rendered.
+std::vector<int32_t> local_prompt(const GenerateArgs& a, const Tokenizer& tok) {
+  if (!a.chat.given()) return tok.encode(a.prompt);
+  auto tmpl = a.chat.template_name.empty() ? ChatTemplate::from_source(tok.vocab().chat_template)
+                                           : ChatTemplate::from_name(a.chat.template_name);
+  exit_on_error(tmpl.status());
+  auto json = read_input_file(a.chat.messages);
+  exit_on_error(json.status());
+  auto messages = parse_chat_messages(*json);
+  exit_on_error(messages.status());
+  ChatOptions opt;
+  opt.add_generation_prompt = !a.chat.no_generation_prompt;
+  if (a.chat.no_thinking) opt.enable_thinking = false;
+  auto text = tmpl->render(*messages, opt);
+  exit_on_error(text.status());
+  return tok.encode(*text, chat_encode_options());
+}
+
 void run_remote_generate(const GenerateArgs& a) {
   // The agent reads max_tokens 0 as its default (128), not as "nothing".
   if (a.n == 0) throw CLI::ValidationError("-n", "an agent generates at least one token");
   auto agent = connect_or_exit(a.agent, a.remote);
   client::v1::GenerateRequest req;
-  req.set_text(a.prompt);
+  if (a.chat.given()) {
+    set_chat_input(a.chat, req.mutable_chat());
+  } else {
+    req.set_text(a.prompt);
+  }
   for (const std::string& c : a.context) *req.add_context() = parse_cache_ref(c);
   req.set_max_tokens(uint32_t(a.n));
   req.mutable_sampling()->set_temperature(a.temp);
@@ -67,7 +91,7 @@ void run_generate(const GenerateArgs& a) {
   auto cache = (*runner)->new_cache(a.ctx);
   exit_on_error(cache.status());
 
-  const std::vector<int32_t> prompt = m.tokenizer->encode(a.prompt);
+  const std::vector<int32_t> prompt = local_prompt(a, *m.tokenizer);
   GenerateParams p;
   p.sampling = SamplingParams{a.temp, a.top_k, a.top_p, a.seed};
   p.max_tokens = a.n;
@@ -104,7 +128,9 @@ void register_generate(CLI::App& app) {
   add_wire_flags(c, a->wire, "context caches pulled from other agents");
   add_remote_flags(c, a->remote);
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file for formats that keep it apart (llama2.c tokenizer.bin)");
-  c->add_option("-p,--prompt", a->prompt, "Prompt text")->required();
+  auto* prompt = c->add_option("-p,--prompt", a->prompt, "Prompt text");
+  auto* messages = add_chat_flags(c, a->chat);
+  prompt->excludes(messages);
   c->add_option("-n,--n-predict", a->n, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
   c->add_option("--temp", a->temp, "Sampling temperature (0 = greedy)")->check(CLI::Range(0.0f, 100.0f));
   c->add_option("--top-k", a->top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 22));
@@ -114,8 +140,9 @@ void register_generate(CLI::App& app) {
   c->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (default: the model's)")->check(CLI::Range(0, 1 << 24));
   c->add_option("--device", a->device, "cpu or cuda:N");
   c->add_flag("--stats", a->stats, "Print timing to stderr");
-  c->callback([a] {
+  c->callback([a, prompt, messages] {
     if (a->model.empty() && a->agent.empty()) throw CLI::RequiredError("--model or --agent");
+    if (prompt->count() == 0 && messages->count() == 0) throw CLI::RequiredError("--prompt or --messages");
     run_generate(*a);
   });
 }

@@ -18,6 +18,7 @@ struct PrefillArgs {
   uint32_t ttl_s = 0;
   RemoteFlags remote;
   WireFlags wire;
+  ChatFlags chat;
 };
 
 std::string read_input(const PrefillArgs& a) {
@@ -30,7 +31,11 @@ std::string read_input(const PrefillArgs& a) {
 void run_prefill(const PrefillArgs& a) {
   auto agent = connect_or_exit(a.agent, a.remote);
   client::v1::PrefillRequest req;
-  req.set_text(read_input(a));
+  if (a.chat.given()) {
+    set_chat_input(a.chat, req.mutable_chat());
+  } else {
+    req.set_text(read_input(a));
+  }
   for (const std::string& c : a.context) *req.add_context() = parse_cache_ref(c);
   if (a.no_bos) req.set_add_bos(false);
   req.mutable_pull()->set_dtype(a.wire.dtype());
@@ -53,6 +58,8 @@ void register_prefill(CLI::App& app) {
   auto* text = c->add_option("--text", a->text, "Text to prefill");
   auto* file = c->add_option("--file", a->file, "File whose contents to prefill ('-' = stdin)");
   text->excludes(file);
+  auto* messages = add_chat_flags(c, a->chat);
+  messages->excludes(text)->excludes(file);
   c->add_option("--context", a->context, "Cache AGENT/ID placed before the text (repeatable, in order)")
       ->allow_extra_args(false);
   c->add_flag("--pin", a->pin, "Pin the new cache (never evicted for space)");
@@ -61,7 +68,7 @@ void register_prefill(CLI::App& app) {
   add_wire_flags(c, a->wire, "context caches pulled from other agents");
   add_remote_flags(c, a->remote);
   c->callback([a] {
-    if (a->text.empty() && a->file.empty()) throw CLI::RequiredError("--text or --file");
+    if (a->text.empty() && a->file.empty() && !a->chat.given()) throw CLI::RequiredError("--text, --file or --messages");
     run_prefill(*a);
   });
 }

@@ -20,11 +20,22 @@ void exit_on_error(const Status& s);
 // The whole file, or standard input for "-". NOT_FOUND when it cannot be opened.
 Result<std::string> read_input_file(const std::string& path);
 
+// --messages FILE, --chat-template NAME, --no-thinking, --no-generation-prompt: chat input as a
+// JSON array of {role, content} objects, rendered with the model's (or the named) chat template.
+struct ChatFlags {
+  std::string messages, template_name;
+  bool no_thinking = false, no_generation_prompt = false;
+  bool given() const { return !messages.empty(); }
+};
+// Registers the flags; returns the --messages option (for excludes/needs).
+CLI::Option* add_chat_flags(CLI::App* cmd, ChatFlags& flags);
+
 void register_generate(CLI::App& app);  // client/cmd_generate.cpp
 void register_tokenize(CLI::App& app);  // client/cmd_tokenize.cpp
 void register_info(CLI::App& app);      // client/cmd_info.cpp
 void register_convert(CLI::App& app);   // client/cmd_convert.cpp
 void register_synth(CLI::App& app);     // client/cmd_synth.cpp
+void register_logits(CLI::App& app);    // client/cmd_logits.cpp (hidden: logits as JSON)
 // Remote commands (flags shared through client/cli_remote.h).
 void register_prefill(CLI::App& app);   // client/cmd_prefill.cpp
 void register_pass(CLI::App& app);      // client/cmd_pass.cpp
@@ -32,5 +43,6 @@ void register_caches(CLI::App& app);    // client/cmd_caches.cpp
 void register_cache(CLI::App& app);     // client/cmd_cache.cpp: save|load|drop|pin
 void register_fuse(CLI::App& app);      // client/cmd_fuse.cpp
 void register_fuser(CLI::App& app);     // client/cmd_fuser.cpp: info|synth
+void register_chat_template(CLI::App& app);  // client/cmd_chat_template.cpp
 
 }  // namespace kvb::cli

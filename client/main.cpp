@@ -12,12 +12,14 @@ int main(int argc, char** argv) {
   kvb::cli::register_info(app);
   kvb::cli::register_convert(app);
   kvb::cli::register_synth(app);
+  kvb::cli::register_logits(app);
   kvb::cli::register_prefill(app);
   kvb::cli::register_pass(app);
   kvb::cli::register_caches(app);
   kvb::cli::register_cache(app);
   kvb::cli::register_fuse(app);
   kvb::cli::register_fuser(app);
+  kvb::cli::register_chat_template(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

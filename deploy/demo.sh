@@ -39,35 +39,12 @@ tokenizer=$models/stories260K/tok512.bin
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
+source "$root/deploy/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD...: starts a server on a free port; its address goes into the variable NAME.
-start() {
-  local name=$1
-  shift
-  "$@" --listen 127.0.0.1:0 >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
-  local addr=""
-  for _ in $(seq 200); do
-    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$work/$name.out")
-    [[ -n $addr ]] && break
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.05
-  done
-  [[ -n $addr ]] || { echo "demo: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
-  printf -v "$name" '%s' "$addr"
-}
 # start_agent NAME: a stories260K agent.
 start_agent() { start "$1" "$agent_bin" --model "$model" --tokenizer "$tokenizer" --name "$1"; }
-
-# The value of KEY=... in a summary line on stderr.
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" "$2" | tail -n 1; }
 
 story="Once upon a time, there was a little girl named Lily. She lived in a small house near the woods \
 with her mom, her dad and her little dog Max. Every morning, Lily and Max went out to play in the garden. \

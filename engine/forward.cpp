@@ -12,6 +12,8 @@ namespace {
 struct LayerOnDevice {
   std::unique_ptr<Weight> wq, wk, wv, wo, w_gate, w_up, w_down;
   Tensor attn_norm, ffn_norm;  // f32 [n_embd], device memory
+  Tensor bq, bk, bv;           // qwen2: f32 [n_embd_q], [n_embd_kv], [n_embd_kv]
+  Tensor q_norm, k_norm;       // qwen3: f32 [head_dim]
 };
 
 // Times a region into one OpProfile bucket when profiling is on.
@@ -38,6 +40,7 @@ struct ModelRunner::Impl {
   std::vector<LayerOnDevice> layers;
   std::unique_ptr<Weight> output;
   Tensor tok_embd, output_norm;  // device memory
+  RopeParams rope;               // the model's, with freq_factors in device memory when it has some
   std::vector<std::unique_ptr<Buffer>> buffers;
 
   // Scratch, sized for n_batch tokens: activations are f32, rows are tokens.
@@ -78,6 +81,13 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const Model& model, Bac
   im.layers.resize(size_t(c.n_layer));
   for (int32_t i = 0; i < c.n_layer; ++i) {
     const LlamaLayerWeights& lw = model.weights.layers[size_t(i)];
+    // The arch's extensions must be there (a loader's job; checked so a hand-built Model cannot crash).
+    const bool has_bias = lw.bias.q.data && lw.bias.k.data && lw.bias.v.data;
+    const bool has_norm = lw.qk_norm.q.data && lw.qk_norm.k.data;
+    if ((c.has_qkv_bias() && !has_bias) || (c.has_qk_norm() && !has_norm)) {
+      return invalid_argument(fmt::format("layer {}: the {} model lacks its {}", i, arch_name(c.arch),
+                                          c.has_qkv_bias() ? "Q/K/V biases" : "Q/K norms"));
+    }
     LayerOnDevice& l = im.layers[size_t(i)];
     KVB_ASSIGN_OR_RETURN(l.wq, upload(lw.wq, "wq", i));
     KVB_ASSIGN_OR_RETURN(l.wk, upload(lw.wk, "wk", i));
@@ -88,6 +98,21 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const Model& model, Bac
     KVB_ASSIGN_OR_RETURN(l.w_down, upload(lw.w_down, "ffn_down", i));
     KVB_ASSIGN_OR_RETURN(l.attn_norm, to_device(lw.attn_norm));
     KVB_ASSIGN_OR_RETURN(l.ffn_norm, to_device(lw.ffn_norm));
+    if (c.has_qkv_bias()) {
+      KVB_ASSIGN_OR_RETURN(l.bq, to_device(lw.bias.q));
+      KVB_ASSIGN_OR_RETURN(l.bk, to_device(lw.bias.k));
+      KVB_ASSIGN_OR_RETURN(l.bv, to_device(lw.bias.v));
+    }
+    if (c.has_qk_norm()) {
+      KVB_ASSIGN_OR_RETURN(l.q_norm, to_device(lw.qk_norm.q));
+      KVB_ASSIGN_OR_RETURN(l.k_norm, to_device(lw.qk_norm.k));
+    }
+  }
+  im.rope = c.rope;
+  if (!c.rope_freq_factors.empty()) {
+    const Tensor host = Tensor::make(DType::kF32, const_cast<float*>(c.rope_freq_factors.data()),
+                                     {int64_t(c.rope_freq_factors.size())});
+    KVB_ASSIGN_OR_RETURN(im.rope.freq_factors, to_device(host));
   }
   KVB_ASSIGN_OR_RETURN(im.output, upload(model.weights.output, "output", -1));
   KVB_ASSIGN_OR_RETURN(im.tok_embd, to_device(model.weights.tok_embd));
@@ -220,6 +245,9 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
     auto heads = [](const Tensor& t, int32_t n_heads, int32_t hd) {
       return Tensor::make(t.dtype, t.data, {t.shape[0], n_heads, hd});
     };
+    auto head_rows = [](const Tensor& t, int32_t n_heads, int32_t hd) {  // one row per (token, head)
+      return Tensor::make(t.dtype, t.data, {t.shape[0] * n_heads, hd});
+    };
     // This ubatch's cells of the layer cache; an f32 cache is written in place by the projections.
     const Tensor k_cells = cache.k(l).slice_rows(plan.first_cell, n);
     const Tensor v_cells = cache.v(l).slice_rows(plan.first_cell, n);
@@ -244,11 +272,28 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
         if (nr > 0) KVB_RETURN_IF_ERROR(b.matmul(rows(xb), *lw.wq, rows(q)));
       }
     }
+    // Qwen2: Q/K/V biases (one row broadcast over the tokens). Qwen3: RMSNorm of each query and
+    // key head. Both come before RoPE.
+    if (c.has_qkv_bias()) {
+      OpTimer timer(b, t_other);
+      if (nr > 0) KVB_RETURN_IF_ERROR(b.add(rows(q), lw.bq, rows(q)));
+      KVB_RETURN_IF_ERROR(b.add(k_new, lw.bk, k_new));
+      KVB_RETURN_IF_ERROR(b.add(v_new, lw.bv, v_new));
+    }
+    if (c.has_qk_norm()) {
+      OpTimer timer(b, t_other);
+      if (nr > 0) {
+        const Tensor qh = head_rows(rows(q), c.n_head, c.head_dim);
+        KVB_RETURN_IF_ERROR(b.rms_norm(qh, lw.q_norm, c.norm_eps, qh));
+      }
+      const Tensor kh = head_rows(k_new, c.n_head_kv, c.head_dim);
+      KVB_RETURN_IF_ERROR(b.rms_norm(kh, lw.k_norm, c.norm_eps, kh));
+    }
     // RoPE on queries and keys; keys are cached post-RoPE.
     {
       OpTimer timer(b, t_other);
-      if (nr > 0) KVB_RETURN_IF_ERROR(b.rope(heads(rows(q), c.n_head, c.head_dim), rows(pos), c.rope));
-      KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, c.rope));
+      if (nr > 0) KVB_RETURN_IF_ERROR(b.rope(heads(rows(q), c.n_head, c.head_dim), rows(pos), im.rope));
+      KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, im.rope));
       if (!f32_cache) {
         KVB_RETURN_IF_ERROR(b.convert(k_new, k_cells));
         KVB_RETURN_IF_ERROR(b.convert(v_new, v_cells));

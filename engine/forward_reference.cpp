@@ -27,11 +27,13 @@ void rms_norm(float* out, const float* x, const float* w, int64_t n, float eps) 
   for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * scale);
 }
 
-// Rotates the first n_rot dims of one head vector at position pos.
-void rope(float* v, int32_t pos, const RopeParams& p) {
+// Rotates the first n_rot dims of one head vector at position pos. `factors` ([n_rot/2] or empty)
+// divides each pair's frequency (Llama 3 scaling).
+void rope(float* v, int32_t pos, const RopeParams& p, const std::vector<float>& factors) {
   const int half = p.n_rot / 2;
   for (int i = 0; i < half; ++i) {
-    const float freq = std::pow(p.theta_base, -2.0f * float(i) / float(p.n_rot));
+    float freq = std::pow(p.theta_base, -2.0f * float(i) / float(p.n_rot));
+    if (!factors.empty()) freq /= factors[size_t(i)];
     const float angle = float(pos) * p.freq_scale * freq;
     const float c = std::cos(angle), s = std::sin(angle);
     // kNormal pairs (2i, 2i+1); kNeox pairs (i, i + n_rot/2).
@@ -98,9 +100,26 @@ Result<std::vector<float>> forward_reference(const Model& model, KvCache& cache,
       matvec(lw.wk, xb.data(), k_cell);
       matvec(lw.wv, xb.data(), v_cell);
 
+      // Qwen2: biases of the Q, K and V projections.
+      if (c.has_qkv_bias()) {
+        for (int64_t i = 0; i < q_dim; ++i) q[size_t(i)] += lw.bias.q.as<float>()[i];
+        for (int64_t i = 0; i < kv_dim; ++i) k_cell[i] += lw.bias.k.as<float>()[i];
+        for (int64_t i = 0; i < kv_dim; ++i) v_cell[i] += lw.bias.v.as<float>()[i];
+      }
+
+      // Qwen3: RMSNorm of every query head and every key head, one [head_dim] weight each.
+      if (c.has_qk_norm()) {
+        for (int32_t h = 0; h < c.n_head; ++h) {
+          rms_norm(q.data() + h * hd, q.data() + h * hd, lw.qk_norm.q.as<float>(), hd, c.norm_eps);
+        }
+        for (int32_t h = 0; h < c.n_head_kv; ++h) {
+          rms_norm(k_cell + h * hd, k_cell + h * hd, lw.qk_norm.k.as<float>(), hd, c.norm_eps);
+        }
+      }
+
       // RoPE on every query head and every key head (keys are cached post-RoPE).
-      for (int32_t h = 0; h < c.n_head; ++h) rope(q.data() + h * hd, pos, c.rope);
-      for (int32_t h = 0; h < c.n_head_kv; ++h) rope(k_cell + h * hd, pos, c.rope);
+      for (int32_t h = 0; h < c.n_head; ++h) rope(q.data() + h * hd, pos, c.rope, c.rope_freq_factors);
+      for (int32_t h = 0; h < c.n_head_kv; ++h) rope(k_cell + h * hd, pos, c.rope, c.rope_freq_factors);
 
       // Causal attention over cells 0..cell; query head h reads kv head h / group.
       scores.resize(size_t(cell) + 1);

@@ -1,7 +1,9 @@
 // The reference forward pass: plain scalar C++, one token at a time, top to bottom.
 //
 // It is the CPU baseline every optimized path (engine/forward.h on any backend) is tested against,
-// and it is deliberately simple: no threads, no packing, weights dequantized row by row.
+// and it is deliberately simple: no threads, no packing, weights dequantized row by row. One block
+// serves every family (engine/model.h Arch): the qwen2 biases, the qwen3 Q/K norms and the llama3
+// RoPE frequency table are named steps of it, skipped where the arch has none.
 #pragma once
 
 #include <span>

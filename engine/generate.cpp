@@ -9,7 +9,6 @@ Result<GenerateResult> generate(ModelRunner& runner, KvCache& cache, std::span<c
   KVB_RETURN_IF_ERROR(params.sampling.validate());
   if (params.max_tokens < 0) return invalid_argument("max_tokens must be >= 0");
   if (prompt.empty()) return invalid_argument("generate: empty prompt");
-  const int32_t eos = runner.model().tokenizer ? runner.model().tokenizer->eos() : -1;
   std::vector<float> logits(static_cast<size_t>(runner.model().config.n_vocab));
   Sampler sampler(params.sampling);
   GenerateResult r;
@@ -23,7 +22,7 @@ Result<GenerateResult> generate(ModelRunner& runner, KvCache& cache, std::span<c
 
   for (int32_t i = 0; i < params.max_tokens; ++i) {
     const int32_t next = sampler.sample(logits);
-    if (params.stop_at_eos && next == eos) {
+    if (params.stop_at_eos && runner.model().is_eos(next)) {
       r.reason = StopReason::kEos;
       break;
     }

@@ -16,7 +16,7 @@ enum class StopReason { kEos, kMaxTokens, kCallback };
 struct GenerateParams {
   SamplingParams sampling;
   int32_t max_tokens = 128;  // generated tokens, not counting the prompt
-  bool stop_at_eos = true;
+  bool stop_at_eos = true;  // stop at any Model::is_eos id (tokenizer eos, generation_config.json's)
 };
 
 struct GenerateResult {

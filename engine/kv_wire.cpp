@@ -95,9 +95,21 @@ uint64_t hash_weights(const Model& m) {
         {"ffn_gate", &lw.w_gate},     {"ffn_up", &lw.w_up},       {"ffn_down", &lw.w_down},
     };
     for (const auto& [name, t] : slots) hash_tensor(h, fmt::format("blk.{}.{}", l, name), *t);
+    // Per-architecture tensors, only where the arch has them (llama hashes stay as they were).
+    const std::pair<const char*, const Tensor*> extra[] = {
+        {"attn_q.bias", &lw.bias.q},       {"attn_k.bias", &lw.bias.k},       {"attn_v.bias", &lw.bias.v},
+        {"attn_q_norm", &lw.qk_norm.q},    {"attn_k_norm", &lw.qk_norm.k},
+    };
+    for (const auto& [name, t] : extra) {
+      if (t->data != nullptr) hash_tensor(h, fmt::format("blk.{}.{}", l, name), *t);
+    }
   }
   hash_tensor(h, "output_norm", w.output_norm);
   if (!m.config.tied_output) hash_tensor(h, "output", w.output);
+  if (!m.config.rope_freq_factors.empty()) {  // Llama 3 scaling, as GGUF's rope_freqs.weight
+    const std::vector<float>& f = m.config.rope_freq_factors;
+    hash_tensor(h, "rope_freqs", Tensor::make(DType::kF32, const_cast<float*>(f.data()), {int64_t(f.size())}));
+  }
   return h.digest();
 }
 

@@ -1,30 +1,34 @@
-// Synthetic llama models: presets, shape specs, the seeded weight generator, the synthetic vocab.
+// Synthetic models: presets, shape specs, the seeded weight generator, and the GGUF and Hugging
+// Face writers (the vocabularies are in synth_vocab.cpp).
 #include "engine/synth.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <bit>
-#include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <unordered_set>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "engine/model_loaders.h"
+#include "engine/safetensors.h"
 
 namespace kvb {
 
 namespace {
 
-constexpr int32_t kMinSynthVocab = 3 + 256 + 1;  // specials, bytes, at least one normal piece
 constexpr int64_t kChunkElems = int64_t(1) << 20;  // weights generated per step (4 MiB of f32)
 
 // ---- presets ----
 
-ModelConfig llama_config(int32_t n_layer, int32_t n_embd, int32_t n_head, int32_t n_head_kv, int32_t head_dim,
-                         int32_t n_ff, int32_t n_vocab, int32_t n_ctx, float theta, float eps, bool tied) {
+ModelConfig family_config(Arch arch, int32_t n_layer, int32_t n_embd, int32_t n_head, int32_t n_head_kv,
+                          int32_t head_dim, int32_t n_ff, int32_t n_vocab, int32_t n_ctx, float theta, float eps,
+                          bool tied) {
   ModelConfig c;
-  c.arch = Arch::kLlama;
+  c.arch = arch;
   c.n_layer = n_layer;
   c.n_embd = n_embd;
   c.n_head = n_head;
@@ -34,27 +38,32 @@ ModelConfig llama_config(int32_t n_layer, int32_t n_embd, int32_t n_head, int32_
   c.n_vocab = n_vocab;
   c.n_ctx_train = n_ctx;
   c.norm_eps = eps;
-  c.rope = RopeParams{RopeType::kNormal, head_dim, theta, 1.0f};
+  // The GGUF form: llama rotates adjacent pairs of permuted Q/K rows, Qwen rotates halves.
+  c.rope = RopeParams{arch == Arch::kLlama ? RopeType::kNormal : RopeType::kNeox, head_dim, theta, 1.0f};
   c.tied_output = tied;
   return c;
 }
 
 std::vector<SynthShape> make_presets() {
+  using V = SynthVocabKind;
+  const Arch llama = Arch::kLlama, qwen2 = Arch::kQwen2, qwen3 = Arch::kQwen3;
   return {
-      {"stories260K", llama_config(5, 64, 8, 4, 8, 172, 512, 512, 1e4f, 1e-5f, true),
-       "TinyStories 260K (llama2.c): GQA 8/4, head_dim 8"},
-      {"stories15M", llama_config(6, 288, 6, 6, 48, 768, 32000, 256, 1e4f, 1e-5f, true),
-       "TinyStories 15M (llama2.c)"},
-      {"stories42M", llama_config(8, 512, 8, 8, 64, 1376, 32000, 1024, 1e4f, 1e-5f, true),
-       "TinyStories 42M (llama2.c)"},
-      {"stories110M", llama_config(12, 768, 12, 12, 64, 2048, 32000, 1024, 1e4f, 1e-5f, true),
-       "TinyStories 110M (llama2.c)"},
-      {"qwen3-0.6b", llama_config(28, 1024, 16, 8, 128, 3072, 151936, 40960, 1e6f, 1e-6f, true),
-       "Qwen3-0.6B dims as a llama model (qwen3 arch comes later): head_dim 128 != n_embd/n_head"},
-      {"llama3.2-1b", llama_config(16, 2048, 32, 8, 64, 8192, 128256, 131072, 5e5f, 1e-5f, true),
-       "Llama 3.2 1B dims (no llama3 rope scaling)"},
-      {"llama3-8b", llama_config(32, 4096, 32, 8, 128, 14336, 128256, 8192, 5e5f, 1e-5f, false),
-       "Llama 3 8B dims, untied output"},
+      {"stories260K", family_config(llama, 5, 64, 8, 4, 8, 172, 512, 512, 1e4f, 1e-5f, true),
+       "TinyStories 260K (llama2.c): GQA 8/4, head_dim 8", V::kSpm, {}},
+      {"stories15M", family_config(llama, 6, 288, 6, 6, 48, 768, 32000, 256, 1e4f, 1e-5f, true),
+       "TinyStories 15M (llama2.c)", V::kSpm, {}},
+      {"stories42M", family_config(llama, 8, 512, 8, 8, 64, 1376, 32000, 1024, 1e4f, 1e-5f, true),
+       "TinyStories 42M (llama2.c)", V::kSpm, {}},
+      {"stories110M", family_config(llama, 12, 768, 12, 12, 64, 2048, 32000, 1024, 1e4f, 1e-5f, true),
+       "TinyStories 110M (llama2.c)", V::kSpm, {}},
+      {"qwen2.5-0.5b", family_config(qwen2, 24, 896, 14, 2, 64, 4864, 151936, 32768, 1e6f, 1e-6f, true),
+       "Qwen2.5-0.5B: qwen2, Q/K/V biases, NeoX RoPE", V::kQwen, {}},
+      {"qwen3-0.6b", family_config(qwen3, 28, 1024, 16, 8, 128, 3072, 151936, 40960, 1e6f, 1e-6f, true),
+       "Qwen3-0.6B: qwen3, Q/K norms, head_dim 128 != n_embd/n_head", V::kQwen, {}},
+      {"llama3.2-1b", family_config(llama, 16, 2048, 32, 8, 64, 8192, 128256, 131072, 5e5f, 1e-5f, true),
+       "Llama 3.2 1B: llama3 RoPE scaling (factor 32)", V::kLlama3, Llama3RopeScaling{32.0f, 1.0f, 4.0f, 8192}},
+      {"llama3-8b", family_config(llama, 32, 4096, 32, 8, 128, 14336, 128256, 8192, 5e5f, 1e-5f, false),
+       "Llama 3 8B dims, untied output", V::kLlama3, {}},
   };
 }
 
@@ -65,6 +74,18 @@ Result<int32_t> parse_positive(std::string_view key, std::string_view value) {
     return invalid_argument(fmt::format("synth shape: override {}={} is not a positive integer", key, value));
   }
   return int32_t(v);
+}
+
+// Derived fields of a shape: RoPE dims and the llama3 frequency table.
+Status finish_shape(SynthShape& s) {
+  ModelConfig& c = s.config;
+  c.rope.n_rot = c.head_dim;
+  c.rope_freq_factors.clear();
+  if (s.rope_scaling.factor > 0.0f) {
+    KVB_ASSIGN_OR_RETURN(c.rope_freq_factors,
+                         llama3_rope_freq_factors(c.rope.n_rot, c.rope.theta_base, s.rope_scaling));
+  }
+  return Status::Ok();
 }
 
 // ---- the generator ----
@@ -116,29 +137,65 @@ class WeightStream {
   uint64_t s_[4];
 };
 
-DType stored_dtype(const LlamaTensorSlot& s, DType dtype) {
-  return s.is_norm() ? DType::kF32 : gguf_matrix_dtype(dtype, s.cols);
+// How a slot's values are drawn (engine/synth.h, "Weights").
+enum class Fill { kRandom, kOnes, kOnePlusRandom, kRopeFactors };
+
+Fill fill_of(const LlamaTensorSlot& s) {
+  if (s.is_norm()) return Fill::kOnes;
+  if (s.is_qk_norm()) return Fill::kOnePlusRandom;
+  if (s.weight == LlamaWeight::kRopeFreqs) return Fill::kRopeFactors;
+  return Fill::kRandom;  // matrices and biases
 }
 
-// Generates one tensor in row blocks and hands each block's bytes (in `dst`) to `emit`. The one
-// code path behind both synth_model and write_synth_gguf, so both give the same bytes.
-Status generate_tensor(const LlamaTensorSlot& s, DType dst, uint64_t seed, const GgufWriter::ByteSink& emit) {
-  const int64_t block = std::max<int64_t>(1, kChunkElems / s.cols);
+DType stored_dtype(const LlamaTensorSlot& s, DType dtype) {
+  return s.is_vector() ? DType::kF32 : gguf_matrix_dtype(dtype, s.cols);
+}
+
+// The head size by which a slot's rows are permuted in the GGUF form, or 0: llama attn_q/attn_k
+// (the generator draws Hugging Face's row order).
+int64_t gguf_permutation(const ModelConfig& c, const LlamaTensorSlot& s) {
+  const bool qk = s.weight == LlamaWeight::kAttnQ || s.weight == LlamaWeight::kAttnK;
+  return c.arch == Arch::kLlama && qk ? c.head_dim : 0;
+}
+
+// Generates one tensor in row blocks and hands each block's bytes (in `dst`) to `emit`: the one
+// code path behind synth_model, write_synth_gguf and write_synth_hf, so all give the same values.
+// permute_hd > 0: rows are emitted in GGUF order (gguf_row_source within heads of permute_hd rows).
+Status generate_tensor(const LlamaTensorSlot& s, DType dst, uint64_t seed, int64_t permute_hd,
+                       const ModelConfig& c, const GgufWriter::ByteSink& emit) {
+  int64_t block = std::max<int64_t>(1, kChunkElems / s.cols);
+  if (permute_hd > 0) block = (block + permute_hd - 1) / permute_hd * permute_hd;  // whole heads
   const int64_t first = std::min(block, s.rows);
   std::vector<float> f32(static_cast<size_t>(first * s.cols));
+  std::vector<float> permuted(permute_hd > 0 ? f32.size() : 0);
   std::vector<uint8_t> out(dst == DType::kF32 ? 0 : static_cast<size_t>(first) * row_bytes(dst, s.cols));
   WeightStream rng(seed, s.name);
+  const Fill fill = fill_of(s);
   for (int64_t r = 0; r < s.rows; r += block) {
     const int64_t n = std::min(block, s.rows - r);
-    if (s.is_norm()) {
-      std::fill_n(f32.data(), n * s.cols, 1.0f);
-    } else {
-      rng.fill(f32.data(), n * s.cols);
+    switch (fill) {
+      case Fill::kOnes: std::fill_n(f32.data(), n * s.cols, 1.0f); break;
+      case Fill::kRopeFactors:
+        KVB_ASSERT(c.rope_freq_factors.size() == size_t(s.cols), "rope_freqs slot without factors");
+        std::copy(c.rope_freq_factors.begin(), c.rope_freq_factors.end(), f32.begin());
+        break;
+      case Fill::kRandom: rng.fill(f32.data(), n * s.cols); break;
+      case Fill::kOnePlusRandom:
+        rng.fill(f32.data(), n * s.cols);
+        for (int64_t i = 0; i < n * s.cols; ++i) f32[size_t(i)] += 1.0f;
+        break;
+    }
+    const float* values = f32.data();
+    if (permute_hd > 0) {  // r and n are whole heads
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(f32.data() + gguf_row_source(i, permute_hd) * s.cols, s.cols, permuted.data() + i * s.cols);
+      }
+      values = permuted.data();
     }
     if (dst == DType::kF32) {
-      KVB_RETURN_IF_ERROR(emit(f32.data(), size_t(n * s.cols) * sizeof(float)));
+      KVB_RETURN_IF_ERROR(emit(values, size_t(n * s.cols) * sizeof(float)));
     } else {
-      from_f32(dst, f32.data(), out.data(), n * s.cols);
+      from_f32(dst, values, out.data(), n * s.cols);
       KVB_RETURN_IF_ERROR(emit(out.data(), size_t(n) * row_bytes(dst, s.cols)));
     }
   }
@@ -152,10 +209,119 @@ Status check_dtype(DType dtype) {
   return invalid_argument(fmt::format("synth: dtype {} is not supported (f32, f16, bf16, q8_0)", dtype_name(dtype)));
 }
 
+// ---- Hugging Face files ----
+
+std::string hf_tensor_name(const LlamaTensorSlot& s) {
+  const std::string p = fmt::format("model.layers.{}.", s.layer);
+  switch (s.weight) {
+    case LlamaWeight::kTokEmbd: return "model.embed_tokens.weight";
+    case LlamaWeight::kOutputNorm: return "model.norm.weight";
+    case LlamaWeight::kOutput: return "lm_head.weight";
+    case LlamaWeight::kAttnQ: return p + "self_attn.q_proj.weight";
+    case LlamaWeight::kAttnK: return p + "self_attn.k_proj.weight";
+    case LlamaWeight::kAttnV: return p + "self_attn.v_proj.weight";
+    case LlamaWeight::kAttnOutput: return p + "self_attn.o_proj.weight";
+    case LlamaWeight::kAttnQBias: return p + "self_attn.q_proj.bias";
+    case LlamaWeight::kAttnKBias: return p + "self_attn.k_proj.bias";
+    case LlamaWeight::kAttnVBias: return p + "self_attn.v_proj.bias";
+    case LlamaWeight::kAttnQNorm: return p + "self_attn.q_norm.weight";
+    case LlamaWeight::kAttnKNorm: return p + "self_attn.k_norm.weight";
+    case LlamaWeight::kAttnNorm: return p + "input_layernorm.weight";
+    case LlamaWeight::kFfnNorm: return p + "post_attention_layernorm.weight";
+    case LlamaWeight::kFfnGate: return p + "mlp.gate_proj.weight";
+    case LlamaWeight::kFfnUp: return p + "mlp.up_proj.weight";
+    case LlamaWeight::kFfnDown: return p + "mlp.down_proj.weight";
+    case LlamaWeight::kRopeFreqs: break;
+  }
+  KVB_ASSERT(false, "no Hugging Face name for this slot");
+  return {};
+}
+
+// A float as JSON in its shortest round-trip form (1e-06, not 9.99999997e-07).
+double json_float(float f) { return std::stod(fmt::format("{}", f)); }
+
+const char* hf_architecture(Arch a) {
+  switch (a) {
+    case Arch::kLlama: return "LlamaForCausalLM";
+    case Arch::kQwen2: return "Qwen2ForCausalLM";
+    case Arch::kQwen3: return "Qwen3ForCausalLM";
+  }
+  return "";
+}
+
+const char* torch_dtype_name(DType t) {
+  return t == DType::kF16 ? "float16" : t == DType::kBF16 ? "bfloat16" : "float32";
+}
+
+// The ids that end a generation: eos first, then the family's other end tokens.
+std::vector<int32_t> generation_eos_ids(const Vocab& v) {
+  std::vector<int32_t> ids;
+  if (v.eos >= 0) ids.push_back(v.eos);
+  for (int32_t id = 0; id < v.n_vocab(); ++id) {
+    const std::string& p = v.pieces[size_t(id)];
+    if (v.types[size_t(id)] == TokenType::kControl && id != v.eos &&
+        (p == "<|endoftext|>" || p == "<|end_of_text|>" || p == "<|eot_id|>" || p == "<|im_end|>")) {
+      ids.push_back(id);
+    }
+  }
+  return ids;
+}
+
+Status write_text(const std::filesystem::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return unavailable(fmt::format("cannot write {}: {}", p.string(), std::strerror(errno)));
+  return Status::Ok();
+}
+
+nlohmann::ordered_json hf_config(const SynthShape& shape, const Vocab& v, DType dtype) {
+  const ModelConfig& c = shape.config;
+  nlohmann::ordered_json j;
+  j["architectures"] = {hf_architecture(c.arch)};
+  j["model_type"] = std::string(arch_name(c.arch));
+  j["hidden_size"] = c.n_embd;
+  j["intermediate_size"] = c.n_ff;
+  j["num_hidden_layers"] = c.n_layer;
+  j["num_attention_heads"] = c.n_head;
+  j["num_key_value_heads"] = c.n_head_kv;
+  j["head_dim"] = c.head_dim;
+  j["vocab_size"] = c.n_vocab;
+  j["max_position_embeddings"] = c.n_ctx_train;
+  j["rms_norm_eps"] = json_float(c.norm_eps);
+  j["rope_theta"] = json_float(c.rope.theta_base);
+  if (shape.rope_scaling.factor > 0.0f) {
+    const Llama3RopeScaling& s = shape.rope_scaling;
+    j["rope_scaling"] = {{"factor", json_float(s.factor)},
+                         {"high_freq_factor", json_float(s.high_freq_factor)},
+                         {"low_freq_factor", json_float(s.low_freq_factor)},
+                         {"original_max_position_embeddings", s.original_max_position},
+                         {"rope_type", "llama3"}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  j["tie_word_embeddings"] = c.tied_output;
+  j["hidden_act"] = "silu";
+  j["initializer_range"] = 0.02;
+  j["attention_dropout"] = 0.0;
+  if (c.arch != Arch::kQwen2) j["attention_bias"] = false;
+  if (c.arch == Arch::kLlama) j["mlp_bias"] = false;
+  if (c.arch != Arch::kLlama) j["use_sliding_window"] = false;
+  j["use_cache"] = true;
+  j["torch_dtype"] = torch_dtype_name(dtype);
+  j["bos_token_id"] = v.bos >= 0 ? nlohmann::ordered_json(v.bos) : nlohmann::ordered_json(nullptr);
+  j["eos_token_id"] = v.eos >= 0 ? nlohmann::ordered_json(v.eos) : nlohmann::ordered_json(nullptr);
+  return j;
+}
+
 }  // namespace
 
 const std::vector<SynthShape>& synth_shapes() {
-  static const std::vector<SynthShape> kPresets = make_presets();
+  static const std::vector<SynthShape> kPresets = [] {
+    std::vector<SynthShape> p = make_presets();
+    for (SynthShape& s : p) KVB_ASSERT(finish_shape(s).ok(), "bad synth preset");
+    return p;
+  }();
   return kPresets;
 }
 
@@ -175,8 +341,11 @@ Result<SynthShape> find_synth_shape(std::string_view spec) {
         fmt::format("unknown synth shape '{}' (presets: {})", name, fmt::join(synth_shape_names(), ", ")));
   }
   SynthShape shape = *it;
+  ModelConfig& c = shape.config;
   if (colon != std::string_view::npos) {
     shape.name = std::string(spec);
+    const bool standard_head = c.head_dim * c.n_head == c.n_embd;
+    bool head_dim_set = false;
     std::string_view rest = spec.substr(colon + 1);
     while (!rest.empty()) {
       const size_t comma = rest.find(',');
@@ -188,70 +357,32 @@ Result<SynthShape> find_synth_shape(std::string_view spec) {
       }
       const std::string_view key = kv.substr(0, eq);
       KVB_ASSIGN_OR_RETURN(const int32_t v, parse_positive(key, kv.substr(eq + 1)));
-      if (key == "n_layer") {
-        shape.config.n_layer = v;
-      } else if (key == "n_vocab") {
-        shape.config.n_vocab = v;
-      } else if (key == "n_ctx") {
-        shape.config.n_ctx_train = v;
-      } else {
-        return invalid_argument(
-            fmt::format("synth shape '{}': unknown override '{}' (n_layer, n_vocab, n_ctx)", spec, key));
+      const std::pair<std::string_view, int32_t*> fields[] = {
+          {"n_layer", &c.n_layer}, {"n_vocab", &c.n_vocab}, {"n_ctx", &c.n_ctx_train},
+          {"n_embd", &c.n_embd},   {"n_ff", &c.n_ff},       {"n_head", &c.n_head},
+          {"n_head_kv", &c.n_head_kv}, {"head_dim", &c.head_dim},
+      };
+      const auto f = std::find_if(std::begin(fields), std::end(fields), [&](const auto& p) { return p.first == key; });
+      if (f == std::end(fields)) {
+        return invalid_argument(fmt::format(
+            "synth shape '{}': unknown override '{}' (n_layer, n_vocab, n_ctx, n_embd, n_ff, n_head, n_head_kv, "
+            "head_dim)", spec, key));
       }
+      *f->second = v;
+      head_dim_set |= key == "head_dim";
     }
+    if (standard_head && !head_dim_set && c.n_head > 0 && c.n_embd % c.n_head == 0) c.head_dim = c.n_embd / c.n_head;
   }
-  if (shape.config.n_vocab < kMinSynthVocab) {
-    return invalid_argument(fmt::format("synth shape '{}': n_vocab must be at least {}", spec, kMinSynthVocab));
+  if (c.n_vocab < synth_min_vocab(shape.vocab)) {
+    return invalid_argument(
+        fmt::format("synth shape '{}': n_vocab must be at least {}", spec, synth_min_vocab(shape.vocab)));
   }
-  KVB_RETURN_IF_ERROR(shape.config.validate().with_context(fmt::format("synth shape '{}'", spec)));
+  const std::string context = fmt::format("synth shape '{}'", spec);
+  c.rope.n_rot = c.head_dim;
+  c.rope_freq_factors.clear();  // the preset's table is for its own head_dim: finish_shape recomputes it
+  KVB_RETURN_IF_ERROR(c.validate().with_context(context));
+  KVB_RETURN_IF_ERROR(finish_shape(shape).with_context(context));
   return shape;
-}
-
-Vocab synth_vocab(int32_t n_vocab) {
-  KVB_ASSERT(n_vocab >= kMinSynthVocab, "synth vocab too small");
-  Vocab v;
-  v.model = Vocab::Model::kSpm;
-  v.spm_flavor = Vocab::SpmFlavor::kLlamaCpp;
-  v.pieces.reserve(size_t(n_vocab));
-  auto add = [&v](std::string piece, float score, TokenType type) {
-    v.pieces.push_back(std::move(piece));
-    v.scores.push_back(score);
-    v.types.push_back(type);
-  };
-  add("<unk>", 0.0f, TokenType::kUnknown);
-  add("<s>", 0.0f, TokenType::kControl);
-  add("</s>", 0.0f, TokenType::kControl);
-  for (int b = 0; b < 256; ++b) add(fmt::format("<0x{:02X}>", b), 0.0f, TokenType::kByte);
-  v.unk = 0;
-  v.bos = 1;
-  v.eos = 2;
-  const std::unordered_set<std::string> taken(v.pieces.begin(), v.pieces.end());
-
-  // Alphabet: "▁", letters, digits, then the other printable ASCII characters.
-  std::vector<std::string> alphabet{"\xE2\x96\x81"};
-  for (char ch = 'a'; ch <= 'z'; ++ch) alphabet.emplace_back(1, ch);
-  for (char ch = 'A'; ch <= 'Z'; ++ch) alphabet.emplace_back(1, ch);
-  for (char ch = '0'; ch <= '9'; ++ch) alphabet.emplace_back(1, ch);
-  for (char ch = '!'; ch <= '~'; ++ch) {
-    if (!std::isalnum(static_cast<unsigned char>(ch))) alphabet.emplace_back(1, ch);
-  }
-  // Every string of length 1, then 2, ...: an odometer over alphabet indices.
-  float score = -1.0f;
-  for (size_t len = 1; v.n_vocab() < n_vocab; ++len) {
-    std::vector<size_t> idx(len, 0);
-    while (v.n_vocab() < n_vocab) {
-      std::string piece;
-      for (size_t i : idx) piece += alphabet[i];
-      if (!taken.count(piece)) {
-        add(std::move(piece), score, TokenType::kNormal);
-        score -= 1.0f;
-      }
-      size_t pos = len;
-      while (pos > 0 && ++idx[pos - 1] == alphabet.size()) idx[--pos] = 0;
-      if (pos == 0) break;  // all strings of this length done
-    }
-  }
-  return v;
 }
 
 Result<std::unique_ptr<Model>> synth_model(std::string_view spec, DType dtype, uint64_t seed) {
@@ -262,20 +393,22 @@ Result<std::unique_ptr<Model>> synth_model(std::string_view spec, DType dtype, u
   m->format = ModelFormat::kGguf;
   m->path = "synth-" + shape.name;
   m->storage = std::make_shared<Model::Storage>();
-  KVB_ASSIGN_OR_RETURN(m->tokenizer, Tokenizer::create(synth_vocab(shape.config.n_vocab)));
+  KVB_RETURN_IF_ERROR(attach_tokenizer(*m, synth_shape_vocab(shape)));
 
   m->weights.layers.resize(size_t(shape.config.n_layer));
   for (const LlamaTensorSlot& s : llama_tensor_slots(shape.config)) {
+    if (s.weight == LlamaWeight::kRopeFreqs) continue;  // ModelConfig::rope_freq_factors
     const DType dst = stored_dtype(s, dtype);
     auto& buf = m->storage->owned_bytes.emplace_back(size_t(s.rows) * row_bytes(dst, s.cols));
     size_t filled = 0;
-    KVB_RETURN_IF_ERROR(generate_tensor(s, dst, seed, [&](const void* data, size_t n) {
-      std::memcpy(buf.data() + filled, data, n);
-      filled += n;
-      return Status::Ok();
-    }));
-    llama_weight(m->weights, s) = s.is_norm() ? Tensor::make(dst, buf.data(), {s.cols})
-                                              : Tensor::make(dst, buf.data(), {s.rows, s.cols});
+    KVB_RETURN_IF_ERROR(generate_tensor(s, dst, seed, gguf_permutation(m->config, s), m->config,
+                                        [&](const void* data, size_t n) {
+                                          std::memcpy(buf.data() + filled, data, n);
+                                          filled += n;
+                                          return Status::Ok();
+                                        }));
+    llama_weight(m->weights, s) = s.is_vector() ? Tensor::make(dst, buf.data(), {s.cols})
+                                                : Tensor::make(dst, buf.data(), {s.rows, s.cols});
   }
   if (shape.config.tied_output) m->weights.output = m->weights.tok_embd;
   return m;
@@ -285,8 +418,9 @@ Status write_synth_gguf(std::string_view spec, DType dtype, uint64_t seed, const
                         const ExportProgress& progress) {
   KVB_RETURN_IF_ERROR(check_dtype(dtype));
   KVB_ASSIGN_OR_RETURN(SynthShape shape, find_synth_shape(spec));
-  const Vocab vocab = synth_vocab(shape.config.n_vocab);
-  const std::vector<LlamaTensorSlot> slots = llama_tensor_slots(shape.config);
+  const Vocab vocab = synth_shape_vocab(shape);
+  const ModelConfig& c = shape.config;
+  const std::vector<LlamaTensorSlot> slots = llama_tensor_slots(c);
   std::vector<DType> stored;
   uint64_t total_bytes = 0;
   for (const LlamaTensorSlot& s : slots) {
@@ -294,17 +428,16 @@ Status write_synth_gguf(std::string_view spec, DType dtype, uint64_t seed, const
     total_bytes += uint64_t(s.rows) * row_bytes(stored.back(), s.cols);
   }
   GgufWriter w;
-  set_llama_gguf_metadata(w, shape.config, &vocab, gguf_model_name("synth-" + shape.name),
-                          gguf_file_dtype(slots, stored));
+  set_model_gguf_metadata(w, c, &vocab, gguf_model_name("synth-" + shape.name), gguf_file_dtype(slots, stored));
   uint64_t done_bytes = 0;
   size_t done = 0;
   for (size_t i = 0; i < slots.size(); ++i) {
     const LlamaTensorSlot& s = slots[i];
     const DType dst = stored[i];
     const uint64_t nbytes = uint64_t(s.rows) * row_bytes(dst, s.cols);
-    // `s`, `progress` and the counters outlive w.write() below.
+    // `s`, `c`, `progress` and the counters outlive w.write() below.
     auto produce = [&, dst, nbytes](const GgufWriter::ByteSink& emit) {
-      KVB_RETURN_IF_ERROR(generate_tensor(s, dst, seed, emit));
+      KVB_RETURN_IF_ERROR(generate_tensor(s, dst, seed, gguf_permutation(c, s), c, emit));
       done_bytes += nbytes;
       if (progress) progress(++done, slots.size(), done_bytes, total_bytes);
       return Status::Ok();
@@ -312,6 +445,84 @@ Status write_synth_gguf(std::string_view spec, DType dtype, uint64_t seed, const
     KVB_RETURN_IF_ERROR(w.add_tensor_stream(s.name, dst, s.ne(), std::move(produce)));
   }
   return w.write(path).with_context(fmt::format("writing synthetic {}", shape.name));
+}
+
+Status write_synth_hf(std::string_view spec, DType dtype, uint64_t seed, const std::string& dir,
+                      const SynthHfOptions& opt, const ExportProgress& progress) {
+  namespace fs = std::filesystem;
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return invalid_argument(
+        fmt::format("synth: dtype {} cannot be written as safetensors (f32, f16, bf16)", dtype_name(dtype)));
+  }
+  if (opt.shard_bytes == 0) return invalid_argument("synth: the shard size must be > 0");
+  KVB_ASSIGN_OR_RETURN(SynthShape shape, find_synth_shape(spec));
+  const ModelConfig& c = shape.config;
+  const Vocab vocab = synth_shape_vocab(shape);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return unavailable(fmt::format("cannot create {}: {}", dir, ec.message()));
+
+  // Tensors in slot order, split greedily into shards of at most opt.shard_bytes.
+  struct Item {
+    LlamaTensorSlot slot;
+    DType dtype;
+    uint64_t bytes;
+  };
+  std::vector<std::vector<Item>> shards(1);
+  uint64_t shard_total = 0, total_bytes = 0;
+  size_t n_tensors = 0;
+  for (const LlamaTensorSlot& s : llama_tensor_slots(c)) {
+    if (s.weight == LlamaWeight::kRopeFreqs) continue;  // config.json's rope_scaling
+    const DType t = s.is_vector() ? DType::kF32 : dtype;
+    const uint64_t bytes = uint64_t(s.rows) * row_bytes(t, s.cols);
+    if (!shards.back().empty() && shard_total + bytes > opt.shard_bytes) {
+      shards.emplace_back();
+      shard_total = 0;
+    }
+    shards.back().push_back({s, t, bytes});
+    shard_total += bytes;
+    total_bytes += bytes;
+    ++n_tensors;
+  }
+  const bool sharded = shards.size() > 1;
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  uint64_t done_bytes = 0;
+  size_t done = 0;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    const std::string file =
+        sharded ? fmt::format("model-{:05d}-of-{:05d}.safetensors", k + 1, shards.size()) : "model.safetensors";
+    SafetensorsWriter w;
+    w.set_metadata("format", "pt");
+    for (const Item& it : shards[k]) {
+      const std::string name = hf_tensor_name(it.slot);
+      std::vector<int64_t> shape_dims = it.slot.is_vector() ? std::vector<int64_t>{it.slot.cols}
+                                                            : std::vector<int64_t>{it.slot.rows, it.slot.cols};
+      KVB_RETURN_IF_ERROR(w.declare(name, it.dtype, std::move(shape_dims)));
+      weight_map[name] = file;
+    }
+    KVB_RETURN_IF_ERROR(w.open((fs::path(dir) / file).string()));
+    for (const Item& it : shards[k]) {
+      KVB_RETURN_IF_ERROR(generate_tensor(it.slot, it.dtype, seed, 0, c,
+                                          [&w](const void* data, size_t n) { return w.write(data, n); }));
+      done_bytes += it.bytes;
+      if (progress) progress(++done, n_tensors, done_bytes, total_bytes);
+    }
+    KVB_RETURN_IF_ERROR(w.finish());
+  }
+  // A directory written before in the other layout must not keep a stale entry point.
+  fs::remove(fs::path(dir) / (sharded ? "model.safetensors" : "model.safetensors.index.json"), ec);
+  if (sharded) {
+    const nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    KVB_RETURN_IF_ERROR(write_text(fs::path(dir) / "model.safetensors.index.json", index.dump(2)));
+  }
+  KVB_RETURN_IF_ERROR(write_text(fs::path(dir) / "config.json", hf_config(shape, vocab, dtype).dump(2)));
+  const std::vector<int32_t> eos = generation_eos_ids(vocab);
+  nlohmann::ordered_json gen;
+  if (vocab.bos >= 0) gen["bos_token_id"] = vocab.bos;
+  if (!eos.empty()) gen["eos_token_id"] = eos;
+  KVB_RETURN_IF_ERROR(write_text(fs::path(dir) / "generation_config.json", gen.dump(2)));
+  if (vocab.model == Vocab::Model::kBpe) KVB_RETURN_IF_ERROR(write_hf_tokenizer_files(vocab, dir));
+  return Status::Ok();
 }
 
 }  // namespace kvb

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fmt/format.h>
 
+#include "engine/tokenizer_bpe.h"
 #include "engine/tokenizer_spm.h"
 
 namespace kvb {
@@ -43,7 +44,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::create(Vocab vocab) {
     case Vocab::Model::kSpm:
       return create_spm_tokenizer(std::move(vocab));
     case Vocab::Model::kBpe:
-      return unimplemented("tokenizer: byte-level BPE (GGUF \"gpt2\") vocabs are not supported yet");
+      return create_bpe_tokenizer(std::move(vocab));
   }
   return invalid_argument("tokenizer: unknown vocab model");
 }

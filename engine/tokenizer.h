@@ -1,7 +1,8 @@
 // Tokenizers: text ↔ token ids.
 //
 // A Vocab is plain data filled by a loader (GGUF `tokenizer.ggml.*` metadata, llama2.c
-// tokenizer.bin); Tokenizer::create picks the algorithm from Vocab::model. Tokenizers are immutable
+// tokenizer.bin, Hugging Face tokenizer files; engine/vocab_loaders.h); Tokenizer::create picks the
+// algorithm from Vocab::model (engine/tokenizer_spm.h, engine/tokenizer_bpe.h). Tokenizers are immutable
 // after creation and safe to use from many threads at once.
 #pragma once
 
@@ -44,14 +45,17 @@ struct Vocab {
     kLlama2c,   // llama2.c run.c encode() (tokenizer.bin vocabs)
   };
   SpmFlavor spm_flavor = SpmFlavor::kLlamaCpp;
-  // Pieces use U+2581 "▁" for a space, byte tokens are spelled "<0xAB>", as in GGUF.
+  // SPM pieces use U+2581 "▁" for a space, byte tokens are spelled "<0xAB>", as in GGUF. BPE
+  // pieces are byte-level spellings (GPT-2's byte → unicode map: " the" is "Ġthe"), except
+  // control and user-defined tokens, which hold their literal text ("<|im_start|>").
   std::vector<std::string> pieces;  // [n_vocab]
-  std::vector<float> scores;        // [n_vocab]; higher merges first; no NaN
+  std::vector<float> scores;        // [n_vocab]; SPM: higher merges first; no NaN; BPE: unused
   std::vector<TokenType> types;     // [n_vocab]
   // BPE only: "left right" in rank order (GGUF tokenizer.ggml.merges); empty for SPM.
   std::vector<std::string> merges;
-  // BPE only: the pre-tokenizer (split regex) by its GGUF tokenizer.ggml.pre name: "gpt2",
-  // "qwen2", "llama-bpe" (Llama 3). Empty means "gpt2".
+  // BPE only: the pre-tokenizer (split regex) family, "gpt2", "qwen2" or "llama-bpe" (Llama 3);
+  // see engine/unicode_regex.h. Loaders map llama.cpp's tokenizer.ggml.pre names ("gpt-2",
+  // "llama3", ...) and tokenizer.json regexes onto these. Empty means "gpt2".
   std::string pre;
   // BPE only: a word that is itself a vocab piece is emitted whole, before any merging (Llama 3).
   bool ignore_merges = false;
@@ -75,9 +79,12 @@ struct EncodeOptions {
   // encode the text exactly as given, e.g. one token's text re-encoded for alignment
   // (fuser/align.h), where " Once" must give "▁Once" and "Once" must not.
   bool add_space_prefix = true;
-  // Match the text of control and user-defined tokens (e.g. "<|im_start|>", "<s>") as those
-  // tokens before splitting the rest, as llama.cpp's parse_special and Hugging Face's added
-  // tokens do. false: such text is tokenized as plain text.
+  // true: the text of control tokens (e.g. "<|im_start|>", "<|endoftext|>") in the input is
+  // matched as those tokens before the rest is split, as llama.cpp's parse_special and Hugging
+  // Face's special added tokens do; false: such text is tokenized as plain text. The text of
+  // user-defined tokens (HF added tokens with special=false, e.g. Qwen3's "<think>") is matched
+  // either way, as in both references. Honoured by BPE vocabs; SPM vocabs never parse control
+  // tokens (they still split out user-defined ones).
   bool parse_special = false;
 };
 
@@ -88,20 +95,25 @@ class Tokenizer {
   // INVALID_ARGUMENT for an inconsistent vocab: empty, pieces/scores/types of different sizes, a
   // NaN score, a type outside TokenType, a special id outside [-1, n_vocab), a kByte token whose
   // piece is not "<0xAB>", or (SPM) a byte with neither a byte token nor an unk to fall back on.
-  // UNIMPLEMENTED for Model::kBpe. Builds the piece → id hash map once (O(n_vocab)).
+  // BPE: an unknown Vocab::pre, malformed merges or merges naming pieces that are not in the
+  // vocab, a byte with no byte-level piece and no unk (engine/tokenizer_bpe.h). Builds the
+  // piece → id (and, for BPE, pair → merge) hash maps once: O(n_vocab + n_merges).
   static Result<std::unique_ptr<Tokenizer>> create(Vocab vocab);
 
-  // Text (UTF-8; invalid sequences fall back to byte tokens) → ids. Special-token text such as
-  // "<s>" is not parsed: it is tokenized as plain text. Empty text gives just the BOS/EOS asked
-  // for (no dummy prefix). SPM cost is O(n log n) in the text length.
+  // Text (UTF-8; invalid sequences fall back to byte tokens, so every byte survives) → ids.
+  // Control-token text such as "<s>" is parsed only with EncodeOptions::parse_special. Empty text
+  // gives just the BOS/EOS asked for (no dummy prefix). Cost O(n log n) in the text length.
   virtual std::vector<int32_t> encode(std::string_view text, const EncodeOptions& opt = {}) const = 0;
 
   // The bytes one token contributes when it follows `prev` (-1 at the start): "▁" → " ",
   // "<0x0A>" → "\n", control tokens (BOS/EOS) → "", and the dummy-prefix space after BOS or at the
   // start is dropped (only when Vocab::add_space_prefix; "at the start" is any prev < 0). Byte
   // tokens may yield partial UTF-8; concatenating the pieces of a sequence gives valid text.
-  // Unknown tokens give "▅" (U+2585), unused and undefined ones "", as llama.cpp. An id outside
-  // [0, n_vocab) gives "" (callers that take ids from outside validate them first).
+  // Unknown tokens give "▅" (U+2585), unused and undefined ones "", as llama.cpp.
+  // BPE (no dummy prefix; `prev` is ignored): a normal piece gives the bytes its byte-level
+  // spelling stands for ("Ġthe" → " the"; may be partial UTF-8), user-defined tokens their text
+  // ("<think>"), control, unknown, unused and undefined tokens "" (as llama.cpp).
+  // An id outside [0, n_vocab) gives "" (callers that take ids from outside validate them first).
   virtual std::string decode_token(int32_t id, int32_t prev) const = 0;
   // The whole sequence, as the concatenation of decode_token over it.
   std::string decode(std::span<const int32_t> ids) const;

@@ -10,6 +10,19 @@ namespace kvb {
 
 namespace {
 
+// llama.cpp's tokenizer.ggml.pre names (llama-vocab.cpp) → Vocab::pre, for the families we run.
+struct PreName {
+  std::string_view gguf, pre;
+  bool ignore_merges;  // llama.cpp turns ignore_merges on with the pre type
+};
+constexpr PreName kPreNames[] = {
+    {"gpt-2", "gpt2", false},          {"phi-2", "gpt2", false},
+    {"gpt2", "gpt2", false},  // not llama.cpp's spelling, but Vocab::pre's (older kvbridge exports)
+    {"qwen2", "qwen2", false},         {"deepseek-r1-qwen", "qwen2", false},
+    {"llama-bpe", "llama-bpe", true},  {"llama3", "llama-bpe", true},
+    {"llama-v3", "llama-bpe", true},
+};
+
 bool is_string_type(GgufType t) { return t == GgufType::kString; }
 bool is_float_type(GgufType t) { return t == GgufType::kF32 || t == GgufType::kF64; }
 bool is_integer_type(GgufType t) {
@@ -43,6 +56,9 @@ class VocabReader {
     KVB_RETURN_IF_ERROR(read_tokens());
     KVB_RETURN_IF_ERROR(read_scores());
     KVB_RETURN_IF_ERROR(read_merges());
+    if (!spm) KVB_RETURN_IF_ERROR(read_pre());
+    KVB_ASSIGN_OR_RETURN(std::optional<std::string> tmpl, f_.get_string("tokenizer.chat_template"));
+    v_.chat_template = tmpl.value_or("");
     // llama.cpp defaults: SPM has unk 0, bos 1, eos 2; we give BPE none (llama.cpp's 11 is GPT-2's).
     KVB_RETURN_IF_ERROR(read_id("tokenizer.ggml.bos_token_id", spm ? 1 : -1, v_.bos));
     KVB_RETURN_IF_ERROR(read_id("tokenizer.ggml.eos_token_id", spm ? 2 : -1, v_.eos));
@@ -138,6 +154,29 @@ class VocabReader {
     KVB_ASSIGN_OR_RETURN(const GgufValue* a, array(kKey, is_string_type, "strings"));
     if (a && v_.model == Vocab::Model::kBpe) v_.merges = a->arr_str;
     return ok_status();
+  }
+
+  // BPE: the pre-tokenizer family. Absent (GGUFs converted before llama.cpp had the key) falls
+  // back to "gpt2", where llama.cpp warns and uses a GPT-2-like default; a name we do not run is
+  // UNIMPLEMENTED, which leaves a model loadable without a tokenizer (weights_gguf.cpp).
+  Status read_pre() {
+    constexpr std::string_view kKey = "tokenizer.ggml.pre";
+    KVB_ASSIGN_OR_RETURN(std::optional<std::string> pre, f_.get_string(kKey));
+    if (!pre) {
+      v_.pre = "gpt2";
+      return ok_status();
+    }
+    for (const PreName& p : kPreNames) {
+      if (p.gguf == *pre) {
+        v_.pre = p.pre;
+        v_.ignore_merges = p.ignore_merges;
+        return ok_status();
+      }
+    }
+    return unimplemented(fmt::format(
+        "{}: BPE pre-tokenizer '{}' ({}) is not supported (supported: gpt-2, phi-2, gpt2, qwen2, "
+        "deepseek-r1-qwen, llama-bpe, llama3, llama-v3)",
+        f_.path(), *pre, kKey));
   }
 
   // llama.cpp keeps the default when the stored id is out of range (files write u32 -1 for none).

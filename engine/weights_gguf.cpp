@@ -15,11 +15,10 @@ class GgufModelLoader {
   Status load_arch() {
     KVB_ASSIGN_OR_RETURN(auto arch, f_.get_string("general.architecture"));
     if (!arch) return error("missing metadata 'general.architecture'");
-    if (*arch != "llama") {
-      return error(fmt::format("architecture '{}' is not supported (supported: llama)", *arch));
-    }
+    const std::optional<Arch> a = arch_from_name(*arch);
+    if (!a) return error(fmt::format("architecture '{}' is not supported (supported: llama, qwen2, qwen3)", *arch));
     arch_ = *arch;
-    m_.config.arch = Arch::kLlama;
+    m_.config.arch = *a;
     return Status::Ok();
   }
 
@@ -32,10 +31,15 @@ class GgufModelLoader {
     KVB_ASSIGN_OR_RETURN(c.n_ctx_train, required_int("context_length"));
     KVB_ASSIGN_OR_RETURN(auto n_head_kv, f_.get_int(key("attention.head_count_kv")));
     c.n_head_kv = int32_t(n_head_kv.value_or(c.n_head));
-    if (c.n_head <= 0 || c.n_embd % c.n_head != 0) {
+    KVB_ASSIGN_OR_RETURN(auto key_length, f_.get_int(key("attention.key_length")));
+    if (!key_length && c.n_embd % c.n_head != 0) {
       return error(fmt::format("embedding_length {} is not divisible by head_count {}", c.n_embd, c.n_head));
     }
-    KVB_ASSIGN_OR_RETURN(auto key_length, f_.get_int(key("attention.key_length")));
+    KVB_ASSIGN_OR_RETURN(auto value_length, f_.get_int(key("attention.value_length")));
+    if (key_length && value_length && *value_length != *key_length) {
+      return error(fmt::format("attention.key_length {} != value_length {} is not supported", *key_length,
+                               *value_length));
+    }
     c.head_dim = int32_t(key_length.value_or(c.n_embd / c.n_head));
     KVB_ASSIGN_OR_RETURN(auto eps, f_.get_float(key("attention.layer_norm_rms_epsilon")));
     c.norm_eps = float(eps.value_or(1e-5));
@@ -43,7 +47,9 @@ class GgufModelLoader {
     c.rope.theta_base = float(theta.value_or(10000.0));
     KVB_ASSIGN_OR_RETURN(auto n_rot, f_.get_int(key("rope.dimension_count")));
     c.rope.n_rot = int32_t(n_rot.value_or(c.head_dim));
-    c.rope.type = RopeType::kNormal;  // llama GGUFs store Q/K permuted for adjacent-pair rotation
+    // llama.cpp's converter permutes llama Q/K rows for adjacent-pair rotation (LLAMA_ROPE_TYPE_NORM);
+    // Qwen files keep Hugging Face's row order and rotate halves (LLAMA_ROPE_TYPE_NEOX).
+    c.rope.type = c.arch == Arch::kLlama ? RopeType::kNormal : RopeType::kNeox;
     KVB_ASSIGN_OR_RETURN(auto scale, f_.get_float(key("rope.scaling.factor")));
     KVB_ASSIGN_OR_RETURN(auto scale_type, f_.get_string(key("rope.scaling.type")));
     if (scale && scale_type && *scale_type == "linear" && *scale > 0) c.rope.freq_scale = float(1.0 / *scale);
@@ -58,15 +64,13 @@ class GgufModelLoader {
     }
     if (!f_.find("tokenizer.ggml.tokens")) return Status::Ok();  // weights-only file
     // A tokenizer type kvbridge cannot run yet (UNIMPLEMENTED) leaves the model usable with ids.
-    auto vocab = read_gguf_vocab(f_);
-    if (!vocab.ok()) {
-      return vocab.status().code() == StatusCode::kUnimplemented ? Status::Ok() : vocab.status();
-    }
-    auto tok = Tokenizer::create(std::move(vocab).value());
-    if (tok.ok()) {
-      m_.tokenizer = std::move(tok).value();
-    } else if (tok.status().code() != StatusCode::kUnimplemented) {
-      return tok.status();
+    KVB_RETURN_IF_ERROR(attach_tokenizer(m_, read_gguf_vocab(f_)));
+    // llama.cpp also ends generation at the end-of-turn / end-of-message tokens.
+    const int64_t n_tokens = int64_t(f_.find("tokenizer.ggml.tokens")->array_size());
+    for (const char* k :
+         {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"}) {
+      KVB_ASSIGN_OR_RETURN(auto id, f_.get_int(k));
+      if (id && *id >= 0 && *id < n_tokens) m_.eos_ids.push_back(int32_t(*id));
     }
     return Status::Ok();
   }
@@ -77,7 +81,12 @@ class GgufModelLoader {
     const int64_t q = c.n_embd_q(), kv = c.n_embd_kv();
     KVB_ASSIGN_OR_RETURN(w.tok_embd, matrix("token_embd.weight", -1, c.n_embd));
     c.n_vocab = int32_t(w.tok_embd.shape[0]);
-    KVB_ASSIGN_OR_RETURN(w.output_norm, norm("output_norm.weight", c.n_embd));
+    KVB_ASSIGN_OR_RETURN(w.output_norm, vector("output_norm.weight", c.n_embd));
+    if (f_.find_tensor("rope_freqs.weight")) {
+      // Llama 3.x scaling as llama.cpp's converter writes it: one divisor per rotated pair.
+      KVB_ASSIGN_OR_RETURN(Tensor t, vector("rope_freqs.weight", c.rope.n_rot / 2));
+      c.rope_freq_factors.assign(t.as<const float>(), t.as<const float>() + t.numel());
+    }
     if (f_.find_tensor("output.weight")) {
       KVB_ASSIGN_OR_RETURN(w.output, matrix("output.weight", c.n_vocab, c.n_embd));
       c.tied_output = false;
@@ -89,12 +98,21 @@ class GgufModelLoader {
     for (int32_t i = 0; i < c.n_layer; ++i) {
       LlamaLayerWeights& l = w.layers[size_t(i)];
       const std::string p = fmt::format("blk.{}.", i);
-      KVB_ASSIGN_OR_RETURN(l.attn_norm, norm(p + "attn_norm.weight", c.n_embd));
+      KVB_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", q, c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", kv, c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", kv, c.n_embd));
+      if (c.has_qkv_bias()) {
+        KVB_ASSIGN_OR_RETURN(l.bias.q, vector(p + "attn_q.bias", q));
+        KVB_ASSIGN_OR_RETURN(l.bias.k, vector(p + "attn_k.bias", kv));
+        KVB_ASSIGN_OR_RETURN(l.bias.v, vector(p + "attn_v.bias", kv));
+      }
+      if (c.has_qk_norm()) {
+        KVB_ASSIGN_OR_RETURN(l.qk_norm.q, vector(p + "attn_q_norm.weight", c.head_dim));
+        KVB_ASSIGN_OR_RETURN(l.qk_norm.k, vector(p + "attn_k_norm.weight", c.head_dim));
+      }
       KVB_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", c.n_embd, q));
-      KVB_ASSIGN_OR_RETURN(l.ffn_norm, norm(p + "ffn_norm.weight", c.n_embd));
+      KVB_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", c.n_ff, c.n_embd));
       KVB_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", c.n_embd, c.n_ff));
@@ -129,8 +147,8 @@ class GgufModelLoader {
     return Tensor::make(t->dtype, const_cast<void*>(t->data), {t->ne[1], t->ne[0]});
   }
 
-  // A vector [n], converted to f32 if stored otherwise.
-  Result<Tensor> norm(const std::string& name, int64_t n) {
+  // A vector [n] (norm, bias, rope factors), converted to f32 if stored otherwise.
+  Result<Tensor> vector(const std::string& name, int64_t n) {
     const GgufTensor* t = f_.find_tensor(name);
     if (!t) return error(fmt::format("missing tensor '{}'", name));
     if (t->numel() != n) return error(fmt::format("tensor '{}' has {} elements, expected {}", name, t->numel(), n));

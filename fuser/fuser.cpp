@@ -5,7 +5,7 @@
 
 #include <exception>
 
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 
 namespace kvb::fuser {
 namespace {

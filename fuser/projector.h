@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "fuser/fuser_config.h"
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 #include "kernels/backend.h"
 
 namespace kvb::fuser {

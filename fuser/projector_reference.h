@@ -10,7 +10,7 @@
 
 #include "fuser/fuser_config.h"
 #include "fuser/projector.h"
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 
 namespace kvb::fuser {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "fuser/projector.h"
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 
 namespace kvb::fuser {
 namespace {

@@ -58,6 +58,10 @@ struct RopeParams {
   int n_rot = 0;              // leading dims of each head that are rotated (usually head_dim)
   float theta_base = 10000.f; // theta_i = pos * theta_base^(-2i/n_rot)
   float freq_scale = 1.0f;    // linear position scaling (pos * freq_scale)
+  // Optional per-frequency divisors, f32 [n_rot/2] in the memory of the backend that runs the op
+  // (device memory for CUDA): pair i's angle is theta_i / freq_factors[i]. llama.cpp's rope_freqs
+  // (Llama 3's "llama3" scaling, engine/model.h llama3_rope_freq_factors). Empty (null data): none.
+  Tensor freq_factors;
 };
 
 class Buffer {
@@ -129,13 +133,16 @@ class Backend {
   }
   // y[n][d] = x[n][d] / sqrt(mean(x²) + eps) * w[d]. y may alias x. w is f32.
   virtual Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
-  // In place on x [n][n_heads][head_dim] (f32); pos is i32 [n], the position of each row.
+  // In place on x [n][n_heads][head_dim] (f32); pos is i32 [n], the position of each row;
+  // p.freq_factors, when set, is f32 [p.n_rot / 2].
   virtual Status rope(const Tensor& x, const Tensor& pos, const RopeParams& p) = 0;
   // Row-wise softmax in place on x [n][m].
   virtual Status softmax(const Tensor& x) = 0;
   // out[n][f] = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may alias gate or up.
   virtual Status silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
-  // out = a + b, elementwise, same shapes. out may alias a or b.
+  // out = a + b, elementwise: a and out [n][d] (same shapes), b either the same shape or one row
+  // of d values ([d] or [1][d]) broadcast over every row of a (a bias). out may alias a, or b when
+  // b is not broadcast.
   virtual Status add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // Causal grouped-query attention over one sequence's cache.
   //   q   [n][n_head][head_dim] f32: the n newest tokens, which occupy the last n cache cells

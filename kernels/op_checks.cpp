@@ -37,6 +37,36 @@ bool tensors_overlap(const Tensor& a, const Tensor& b) {
   return a0 < b0 + bn && b0 < a0 + an;
 }
 
+Result<bool> check_add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  KVB_RETURN_IF_ERROR(check_tensor(a, DType::kF32, "add", "a"));
+  KVB_RETURN_IF_ERROR(check_tensor(b, DType::kF32, "add", "b"));
+  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "add", "out"));
+  if (a.numel() != out.numel() || a.cols() != out.cols()) {
+    return invalid_argument(fmt::format("add: a {} and out {} do not match", a.describe(), out.describe()));
+  }
+  const bool same = b.numel() == a.numel() && b.cols() == a.cols();
+  const bool row = b.numel() == a.cols() && b.cols() == a.cols() && !same;
+  if (!same && !row) {
+    return invalid_argument(fmt::format("add: b {} is neither a's shape {} nor one row of it", b.describe(),
+                                        a.describe()));
+  }
+  if (out.data != a.data && tensors_overlap(out, a)) return invalid_argument("add: out partially overlaps a");
+  if ((row || out.data != b.data) && tensors_overlap(out, b)) {
+    return invalid_argument(row ? "add: out overlaps the broadcast row b" : "add: out partially overlaps b");
+  }
+  return row;
+}
+
+Status check_rope_freq_factors(const Tensor& factors, int n_rot) {
+  if (factors.data == nullptr) return Status::Ok();  // none
+  KVB_RETURN_IF_ERROR(check_tensor(factors, DType::kF32, "rope", "freq_factors"));
+  if (factors.numel() != n_rot / 2) {
+    return invalid_argument(
+        fmt::format("rope: freq_factors {} must hold n_rot / 2 = {} values", factors.describe(), n_rot / 2));
+  }
+  return Status::Ok();
+}
+
 Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                         float scale) {
   KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));

@@ -15,6 +15,14 @@ Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* na
 // True when the byte ranges of two tensors overlap.
 bool tensors_overlap(const Tensor& a, const Tensor& b);
 
+// Backend::add's arguments: a, out f32 of the same shape; b f32 of a's shape, or one row of a's
+// cols (returns true: broadcast over a's rows); out may alias a (or b when not broadcast) but
+// overlap nothing else.
+Result<bool> check_add(const Tensor& a, const Tensor& b, const Tensor& out);
+
+// Backend::rope's optional frequency factors: null data (none, OK), else f32 with n_rot/2 elements.
+Status check_rope_freq_factors(const Tensor& factors, int n_rot);
+
 // Backend::attention's arguments (backend.h): q, out [n][n_head][hd] f32; k, v [n_kv][n_head_kv][hd]
 // f32 or f16; n_head a multiple of n_head_kv; n_kv >= n; finite scale; out overlapping no input.
 struct AttentionShapes {

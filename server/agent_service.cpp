@@ -7,6 +7,7 @@
 #include <deque>
 #include <optional>
 
+#include "engine/chat_template.h"
 #include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
 #include "server/logging.h"
@@ -637,6 +638,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   }
   resp->add_transports("grpc");
   if (d_.fuser) resp->set_fuser(d_.fuser->embedded_description());
+  if (auto chat = ChatTemplate::from_source(m.tokenizer->vocab().chat_template); chat.ok()) {
+    resp->set_chat_template(std::string(chat->name()));
+  }
   d_.metrics->add_bytes_sent(resp->ByteSizeLong());
   call->complete(Status::Ok());
   return call;

@@ -303,7 +303,7 @@ bool EngineLoop::step(Session& s) {
   }
   const int32_t next = s.sampler.sample(s.logits);
   if (!s.first_token) s.first_token = Clock::now();
-  if (!s.opt.ignore_eos && next == model_.tokenizer->eos()) {
+  if (!s.opt.ignore_eos && model_.is_eos(next)) {
     finish(s, FinishReason::kEos);
     return false;
   }

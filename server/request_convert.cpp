@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/chat_template.h"
 #include "proto/wire_convert.h"
 #include "server/agent_config.h"
 
@@ -70,7 +71,30 @@ Result<std::optional<FuserSpec>> convert_fuser(bool has, const pb::FuserRef& f) 
   return std::optional<FuserSpec>(std::move(out));
 }
 
-// The input (text or token ids) → validated ids. `text` / `tokens` per the oneof.
+// Chat input → the prompt text, with the model's template or the one the request names.
+Result<std::string> render_chat(const pb::ChatInput& c, const Tokenizer& tok) {
+  if (c.messages_size() == 0) return invalid_argument("chat.messages is empty");
+  if (c.messages_size() > int(kMaxChatMessages)) {
+    return invalid_argument(fmt::format("chat has {} messages (at most {})", c.messages_size(), kMaxChatMessages));
+  }
+  Result<ChatTemplate> tmpl = c.template_name().empty() ? ChatTemplate::from_source(tok.vocab().chat_template)
+                                                        : ChatTemplate::from_name(c.template_name());
+  if (!tmpl.ok()) {
+    if (!c.template_name().empty()) return invalid_argument("chat.template_name: " + tmpl.status().message());
+    return failed_precondition(fmt::format("this agent's model cannot render chat input ({}); name a template in "
+                                           "chat.template_name",
+                                           tmpl.status().message()));
+  }
+  std::vector<ChatMessage> messages;
+  messages.reserve(size_t(c.messages_size()));
+  for (const pb::ChatMessage& m : c.messages()) messages.push_back({m.role(), m.content()});
+  ChatOptions opt;
+  opt.add_generation_prompt = !c.no_generation_prompt();
+  if (c.has_enable_thinking()) opt.enable_thinking = c.enable_thinking();
+  return tmpl->render(messages, opt);
+}
+
+// The input (text, chat or token ids) → validated ids. `text` / `tokens` per the oneof.
 template <class Req>
 Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const RequestLimits& lim) {
   const int32_t n_vocab = lim.tokenizer->n_vocab();
@@ -89,16 +113,21 @@ Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const
       }
       ids.push_back(id);
     }
-  } else if (r.has_text()) {
+  } else if (r.has_text() || r.has_chat()) {
+    std::string chat_text;
+    if (r.has_chat()) {
+      KVB_ASSIGN_OR_RETURN(chat_text, render_chat(r.chat(), *lim.tokenizer));
+    }
+    const std::string& text = r.has_chat() ? chat_text : r.text();
     // Text of more than 64 bytes per context cell cannot fit (no piece is that long): refuse it
     // before tokenizing.
-    if (r.text().size() > size_t(lim.ctx_size) * 64 + 4096) {
+    if (text.size() > size_t(lim.ctx_size) * 64 + 4096) {
       return resource_exhausted(fmt::format("input text of {} bytes cannot fit the context size of {} tokens",
-                                            r.text().size(), lim.ctx_size));
+                                            text.size(), lim.ctx_size));
     }
     EncodeOptions eo;
     eo.add_bos = r.has_add_bos() ? r.add_bos() : !has_context;
-    ids = lim.tokenizer->encode(r.text(), eo);
+    ids = lim.tokenizer->encode(text, r.has_chat() ? chat_encode_options() : eo);
     if (ids.size() > size_t(lim.ctx_size)) {
       return resource_exhausted(
           fmt::format("input text is {} tokens, more than the context size of {} tokens", ids.size(), lim.ctx_size));

@@ -30,6 +30,7 @@ namespace pb = ::kvbridge::v1;
 inline constexpr size_t kMaxContextRefs = 64;
 inline constexpr size_t kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopBytes = 256;
+inline constexpr size_t kMaxChatMessages = 1024;
 inline constexpr int32_t kDefaultMaxTokens = 128;
 
 // What validation needs to know about this agent.

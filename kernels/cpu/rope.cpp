@@ -1,7 +1,7 @@
 // rope: rotary position embedding, in place on x[n][n_heads][head_dim] with positions pos[n] (i32).
 //
 // Pair i (i < n_rot/2) of every head of row t is rotated by theta = pos[t] * freq_scale *
-// theta_base^(-2i/n_rot): adjacent pairs (x[2i], x[2i+1]) for kNormal, (x[i], x[i + n_rot/2]) for
+// theta_base^(-2i/n_rot) / freq_factors[i] (factor 1 without a table): adjacent pairs (x[2i], x[2i+1]) for kNormal, (x[i], x[i + n_rot/2]) for
 // kNeox. Dims >= n_rot are left as they are. The angles and their cos/sin are computed in double
 // (positions reach 1e5+, where a float angle would already be off by ~1e-2 rad), once per row and
 // shared by all heads. For a run of consecutive positions (a prefill) they are stepped by angle
@@ -35,6 +35,7 @@ Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams
   if (!(p.theta_base > 0.0f) || !std::isfinite(p.theta_base) || !std::isfinite(p.freq_scale)) {
     return invalid_argument(fmt::format("rope: bad theta_base {} or freq_scale {}", p.theta_base, p.freq_scale));
   }
+  KVB_RETURN_IF_ERROR(check_rope_freq_factors(p.freq_factors, p.n_rot));
   if (tensors_overlap(x, pos)) return invalid_argument("rope: x overlaps pos");
   if (n == 0 || n_heads == 0) return Status::Ok();
 
@@ -48,8 +49,10 @@ Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams
   auto* inv_freq = reinterpret_cast<double*>(ctx.scratch->shared());
   double* step_c = inv_freq + half;
   double* step_s = step_c + half;
+  const float* factors = p.freq_factors.data ? p.freq_factors.as<const float>() : nullptr;
   for (int i = 0; i < half; ++i) {
     inv_freq[i] = double(p.freq_scale) * std::pow(double(p.theta_base), -2.0 * i / double(p.n_rot));
+    if (factors) inv_freq[i] /= double(factors[i]);
     step_c[i] = std::cos(inv_freq[i]);
     step_s[i] = std::sin(inv_freq[i]);
   }

@@ -222,7 +222,8 @@ TEST_CASE("export rejects dtypes GGUF cannot hold", "[export]") {
 
 TEST_CASE("synth shapes: presets, overrides and errors", "[export][synth]") {
   const std::vector<std::string> names = synth_shape_names();
-  for (const char* want : {"stories260K", "stories15M", "stories110M", "qwen3-0.6b", "llama3.2-1b", "llama3-8b"}) {
+  for (const char* want : {"stories260K", "stories15M", "stories110M", "qwen2.5-0.5b", "qwen3-0.6b", "llama3.2-1b",
+                           "llama3-8b"}) {
     CHECK(std::find(names.begin(), names.end(), want) != names.end());
   }
   for (const SynthShape& s : synth_shapes()) {
@@ -243,6 +244,16 @@ TEST_CASE("synth shapes: presets, overrides and errors", "[export][synth]") {
   CHECK(small->config.n_ctx_train == 64);
   CHECK(small->config.n_embd == 768);
   CHECK_FALSE(find_synth_shape("stories110M:n_heads=2").ok());
+  auto narrow = find_synth_shape("stories110M:n_embd=128,n_head=4,n_head_kv=4,n_ff=256");
+  REQUIRE(narrow.ok());
+  CHECK(narrow->config.head_dim == 32);  // stays n_embd / n_head
+  CHECK(narrow->config.rope.n_rot == 32);
+  auto qwen = find_synth_shape("qwen3-0.6b:n_embd=64,n_head=4,n_head_kv=2,n_ff=128");
+  REQUIRE(qwen.ok());
+  CHECK(qwen->config.head_dim == 128);  // Qwen3's head_dim is its own
+  CHECK_FALSE(find_synth_shape("qwen3-0.6b:n_head=5").ok());   // 8 kv heads do not divide 5
+  CHECK_FALSE(find_synth_shape("qwen3-0.6b:n_vocab=259").ok());  // below 256 + 3 specials + 1
+  CHECK(find_synth_shape("qwen3-0.6b:n_vocab=260").ok());
   CHECK_FALSE(find_synth_shape("stories110M:n_layer=0").ok());
   CHECK_FALSE(find_synth_shape("stories110M:n_layer").ok());
   CHECK_FALSE(find_synth_shape("stories110M:n_vocab=100").ok());  // below 3 + 256 + 1
@@ -350,7 +361,8 @@ TEST_CASE("synth big presets have the real models' shapes", "[export][synth]") {
     bool tied;
     double params_lo, params_hi;  // total parameters, for a sanity bound on the shapes
   };
-  const Want want = GENERATE(Want{"qwen3-0.6b", 28, 1024, 16, 8, 128, 3072, 151936, 1e6f, true, 0.59e9, 0.60e9},
+  const Want want = GENERATE(Want{"qwen2.5-0.5b", 24, 896, 14, 2, 64, 4864, 151936, 1e6f, true, 0.49e9, 0.50e9},
+                             Want{"qwen3-0.6b", 28, 1024, 16, 8, 128, 3072, 151936, 1e6f, true, 0.59e9, 0.60e9},
                              Want{"llama3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, 5e5f, true, 1.23e9, 1.24e9},
                              Want{"llama3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 5e5f, false, 8.02e9, 8.04e9});
   INFO(want.name);
@@ -368,32 +380,40 @@ TEST_CASE("synth big presets have the real models' shapes", "[export][synth]") {
   CHECK(c.tied_output == want.tied);
 
   const std::vector<LlamaTensorSlot> slots = llama_tensor_slots(c);
-  CHECK(slots.size() == size_t(2 + (want.tied ? 0 : 1) + 9 * want.n_layer));
+  const std::string arch(arch_name(c.arch));
+  const size_t per_layer = arch == "qwen2" ? 12 : arch == "qwen3" ? 11 : 9;  // + biases / + q,k norms
+  const size_t rope_freqs = c.rope_freq_factors.empty() ? 0 : 1;              // llama3.2's scaling
+  CHECK(slots.size() == 2 + (want.tied ? 0 : 1) + rope_freqs + per_layer * size_t(want.n_layer));
   double params = 0;
-  for (const LlamaTensorSlot& s : slots) params += double(s.rows) * double(s.cols);
+  for (const LlamaTensorSlot& s : slots) {
+    if (s.weight != LlamaWeight::kRopeFreqs) params += double(s.rows) * double(s.cols);
+  }
   CHECK(params >= want.params_lo);
   CHECK(params <= want.params_hi);
 
   GgufWriter w;
-  const Vocab v = synth_vocab(c.n_vocab);
-  set_llama_gguf_metadata(w, c, &v, want.name, DType::kQ8_0);
+  const Vocab v = synth_shape_vocab(*shape);
+  set_model_gguf_metadata(w, c, &v, want.name, DType::kQ8_0);
   const std::string path = test::temp_dir() + "/header-" + std::string(want.name) + ".gguf";
   REQUIRE(w.write(path).ok());
   auto f = GgufFile::open(path);
   REQUIRE(f.ok());
   const GgufFile& g = **f;
-  CHECK(*g.get_string("general.architecture").value() == "llama");
+  const auto key = [&arch](const char* k) { return arch + "." + k; };
+  CHECK(*g.get_string("general.architecture").value() == arch);
   CHECK(*g.get_int("general.file_type").value() == 7);
-  CHECK(*g.get_int("llama.block_count").value() == want.n_layer);
-  CHECK(*g.get_int("llama.embedding_length").value() == want.n_embd);
-  CHECK(*g.get_int("llama.feed_forward_length").value() == want.n_ff);
-  CHECK(*g.get_int("llama.attention.head_count").value() == want.n_head);
-  CHECK(*g.get_int("llama.attention.head_count_kv").value() == want.n_head_kv);
-  CHECK(*g.get_int("llama.rope.dimension_count").value() == want.head_dim);
-  CHECK(*g.get_float("llama.rope.freq_base").value() == double(want.theta));
+  CHECK(*g.get_int(key("block_count")).value() == want.n_layer);
+  CHECK(*g.get_int(key("embedding_length")).value() == want.n_embd);
+  CHECK(*g.get_int(key("feed_forward_length")).value() == want.n_ff);
+  CHECK(*g.get_int(key("attention.head_count")).value() == want.n_head);
+  CHECK(*g.get_int(key("attention.head_count_kv")).value() == want.n_head_kv);
+  CHECK(*g.get_int(key("rope.dimension_count")).value() == want.head_dim);
+  CHECK(*g.get_float(key("rope.freq_base")).value() == double(want.theta));
   CHECK(g.find("tokenizer.ggml.tokens")->arr_str.size() == size_t(want.n_vocab));
+  CHECK(*g.get_string("tokenizer.ggml.model").value() == "gpt2");
+  CHECK(*g.get_string("tokenizer.ggml.pre").value() == (arch == "llama" ? "llama-bpe" : "qwen2"));
   // key_length only when head_dim differs from n_embd / n_head (Qwen3).
   const bool odd_head = want.head_dim * want.n_head != want.n_embd;
-  CHECK((g.find("llama.attention.key_length") != nullptr) == odd_head);
-  if (odd_head) CHECK(*g.get_int("llama.attention.value_length").value() == want.head_dim);
+  CHECK((g.find(key("attention.key_length")) != nullptr) == odd_head);
+  if (odd_head) CHECK(*g.get_int(key("attention.value_length")).value() == want.head_dim);
 }

@@ -19,7 +19,7 @@
 
 #include "fuser/fuser.h"
 #include "fuser/projector_reference.h"
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace {

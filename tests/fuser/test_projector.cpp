@@ -12,7 +12,7 @@
 
 #include "fuser/fuser.h"
 #include "fuser/projector_reference.h"
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "support/test_support.h"

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 #include "support/test_support.h"
 
 namespace kvb::fuser {

@@ -102,8 +102,11 @@ TEST_CASE("cpu rope matches a double reference (normal and NeoX, partial rotatio
                               RopeCase{64, 12, 64, 64}, RopeCase{300, 2, 128, 128}, RopeCase{5, 3, 10, 6});
   const RopeType type = GENERATE(RopeType::kNormal, RopeType::kNeox);
   const float freq_scale = GENERATE(1.0f, 0.25f);
-  CAPTURE(c.n, c.n_heads, c.head_dim, c.n_rot, int(type), freq_scale);
-  const RopeParams p{type, c.n_rot, 10000.0f, freq_scale};
+  const bool with_factors = GENERATE(false, true);  // per-frequency divisors (Llama 3 rope_freqs)
+  CAPTURE(c.n, c.n_heads, c.head_dim, c.n_rot, int(type), freq_scale, with_factors);
+  std::vector<float> factors = random_floats(size_t(c.n_rot / 2), 9, 1.0f, 32.0f);
+  RopeParams p{type, c.n_rot, 10000.0f, freq_scale};
+  if (with_factors) p.freq_factors = f32(factors.data(), {int64_t(factors.size())});
   const std::vector<float> x = random_floats(size_t(c.n * c.n_heads * c.head_dim), 3);
   std::vector<int32_t> pos(size_t(c.n));
   for (int64_t i = 0; i < c.n; ++i) pos[size_t(i)] = int32_t(i * 37 % 5000 + (i == 1 ? 70000 : 0));
@@ -114,7 +117,8 @@ TEST_CASE("cpu rope matches a double reference (normal and NeoX, partial rotatio
     for (int64_t h = 0; h < c.n_heads; ++h) {
       double* v = ref.data() + (t * c.n_heads + h) * c.head_dim;
       for (int i = 0; i < half; ++i) {
-        const double theta = double(pos[size_t(t)]) * freq_scale * std::pow(10000.0, -2.0 * i / c.n_rot);
+        const double theta = double(pos[size_t(t)]) * freq_scale * std::pow(10000.0, -2.0 * i / c.n_rot) /
+                             (with_factors ? double(factors[size_t(i)]) : 1.0);
         const int64_t a = type == RopeType::kNeox ? i : 2 * i;
         const int64_t b = type == RopeType::kNeox ? i + half : 2 * i + 1;
         const double x0 = v[a], x1 = v[b];
@@ -189,6 +193,39 @@ TEST_CASE("cpu silu_mul and add match double references", "[kernels]") {
       CHECK((a.guards_intact() && b.guards_intact() && o.guards_intact()));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST_CASE("cpu add broadcasts one row over every row (bias add)", "[kernels]") {
+  const int64_t rows = GENERATE(1, 3, 300);
+  const int64_t cols = GENERATE(1, 7, 64, 896);
+  const bool in_place = GENERATE(false, true);
+  const bool two_d = GENERATE(false, true);  // b as [cols] or [1][cols]
+  CAPTURE(rows, cols, in_place, two_d);
+  const std::vector<float> x = random_floats(size_t(rows * cols), 10, -4.0f, 4.0f);
+  const std::vector<float> bias = random_floats(size_t(cols), 11, -1.0f, 1.0f);
+  std::vector<double> ref(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; ++j) ref[size_t(r * cols + j)] = double(x[size_t(r * cols + j)]) + bias[size_t(j)];
+  }
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    Guarded a(x.size()), b(bias.size()), o(x.size());
+    a.fill(x);
+    b.fill(bias);
+    float* out = in_place ? a.data() : o.data();
+    const Tensor tb = two_d ? f32(b.data(), {1, cols}) : f32(b.data(), {cols});
+    REQUIRE(cfg.backend->add(f32(a.data(), {rows, cols}), tb, f32(out, {rows, cols})).ok());
+    CHECK(normalized_error(out, ref) <= 1e-7);
+    CHECK((a.guards_intact() && b.guards_intact() && o.guards_intact()));
+  }
+  // The broadcast row may not be the output, nor a row of a wider b.
+  Backend& be = *cpu_backends().front().backend;
+  std::vector<float> a(size_t(4 * 8)), b(16);
+  CHECK(be.add(f32(a.data(), {4, 8}), f32(a.data(), {8}), f32(a.data(), {4, 8})).code() ==
+        StatusCode::kInvalidArgument);
+  CHECK(be.add(f32(a.data(), {4, 8}), f32(b.data(), {16}), f32(a.data(), {4, 8})).code() ==
+        StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------------------------

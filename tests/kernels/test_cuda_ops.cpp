@@ -280,8 +280,11 @@ TEST_CASE("cuda rope matches the cpu backend (normal and NeoX, partial rotation)
                               RopeCase{700, 4, 128, 128});
   const RopeType type = GENERATE(RopeType::kNormal, RopeType::kNeox);
   const float freq_scale = GENERATE(1.0f, 0.25f);
-  CAPTURE(c.n, c.n_heads, c.head_dim, c.n_rot, int(type), freq_scale);
-  const RopeParams p{type, c.n_rot, 10000.0f, freq_scale};
+  const bool with_factors = GENERATE(false, true);  // per-frequency divisors (Llama 3 rope_freqs)
+  CAPTURE(c.n, c.n_heads, c.head_dim, c.n_rot, int(type), freq_scale, with_factors);
+  std::vector<float> factors = random_floats(size_t(c.n_rot / 2), 9, 1.0f, 32.0f);
+  RopeParams p{type, c.n_rot, 10000.0f, freq_scale};
+  if (with_factors) p.freq_factors = host(DType::kF32, factors.data(), {int64_t(factors.size())});
   std::vector<float> ref = random_floats(size_t(c.n * c.n_heads * c.head_dim), 3);
   const std::vector<float> x = ref;
   std::vector<int32_t> pos(size_t(c.n));
@@ -291,6 +294,8 @@ TEST_CASE("cuda rope matches the cpu backend (normal and NeoX, partial rotation)
               .ok());
 
   GpuTensor gx(g, DType::kF32, {c.n, c.n_heads, c.head_dim}, x.data()), gp(g, DType::kI32, {c.n}, pos.data());
+  GpuTensor gf(g, DType::kF32, {int64_t(factors.size())}, factors.data());
+  if (with_factors) p.freq_factors = gf.t();
   REQUIRE(g.rope(gx.t(), gp.t(), p).ok());
   CHECK(normalized_error(gx.values<float>(g).data(), as_double(ref)) <= 1e-5);
   CHECK(gx.guards_intact());
@@ -340,6 +345,19 @@ TEST_CASE("cuda elementwise ops (add, silu_mul, gelu, gate_add) match the cpu ba
     CHECK(out.guards_intact());
   };
   check_binary("add", [](Backend& be, const Tensor& x, const Tensor& y, const Tensor& o) { return be.add(x, y, o); });
+  if (alias != 2) {
+    // add with b one row broadcast over a's rows (a bias); out may alias a but not b.
+    INFO("add, broadcast row");
+    std::vector<float> ref(a.size());
+    REQUIRE(cpu().add(host(DType::kF32, a.data(), dims), host(DType::kF32, b.data(), {cols}),
+                      host(DType::kF32, ref.data(), dims))
+                .ok());
+    GpuTensor ga(g, DType::kF32, dims, a.data()), gb(g, DType::kF32, {cols}, b.data()), go(g, DType::kF32, dims);
+    const GpuTensor& out = alias == 1 ? ga : go;
+    REQUIRE(g.add(ga.t(), gb.t(), out.t()).ok());
+    CHECK(normalized_error(out.values<float>(g).data(), as_double(ref)) <= 1e-5);
+    CHECK((out.guards_intact() && gb.guards_intact()));
+  }
   check_binary("silu_mul",
                [](Backend& be, const Tensor& x, const Tensor& y, const Tensor& o) { return be.silu_mul(x, y, o); });
 

@@ -9,7 +9,11 @@ Runs the built `kvbridge` binary to
     stories110M with 1 layer and a 2048 vocab) in f32, f16, bf16 and q8_0, and checks names,
     shapes, types and metadata against the preset, the values' distribution, byte equality of each
     dtype with llama.cpp's reference conversion (gguf.quants.quantize) of the f32 file, and
-    determinism per seed.
+    determinism per seed;
+  * `synth` the qwen2, qwen3 and llama 3.2 families (GGUF and, same seed, `--format hf` sharded),
+    and checks the arch keys, that every tensor name is one llama.cpp declares for the arch, the
+    byte-level BPE vocab keys, and that the GGUF holds the Hugging Face tensors (mapped with gguf's
+    own HF -> GGUF name map, Q/K rows permuted as convert_hf_to_gguf.py does for llama).
 
 Usage: test_gguf_readback.py --kvbridge build/client/kvbridge [--models DIR]
 The models folder is $KVBRIDGE_MODELS when set, else --models, else ../../../shared/models.
@@ -17,14 +21,17 @@ Prints "gguf readback: N passed, M failed"; exits 1 on any failure, 77 when the 
 """
 import argparse
 import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
 try:
     import numpy as np
+    import gguf
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
     import gguf.quants
 except ImportError as e:  # pragma: no cover
@@ -397,6 +404,131 @@ def test_synth(kvbridge, tmp):
             os.remove(out)
 
 
+# ---- synth: the other families, GGUF against the Hugging Face files of the same seed ----
+
+FAMILY_SPECS = [  # (spec, llama.cpp arch, pre-tokenizer, specials at the end of the vocab)
+    ("qwen2.5-0.5b:n_layer=2,n_embd=64,n_head=4,n_head_kv=2,head_dim=16,n_ff=96,n_vocab=1024", "qwen2", "qwen2",
+     ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+    ("qwen3-0.6b:n_layer=2,n_embd=64,n_head=4,n_head_kv=2,head_dim=32,n_ff=96,n_vocab=1024", "qwen3", "qwen2",
+     ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+    ("llama3.2-1b:n_layer=2,n_embd=64,n_head=4,n_head_kv=2,head_dim=16,n_ff=96,n_vocab=1024", "llama", "llama-bpe",
+     ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+]
+
+
+def read_safetensors(path):
+    """name -> float32 array, with numpy only (F32/F16/BF16)."""
+    buf = open(path, "rb").read()
+    n = int.from_bytes(buf[:8], "little")
+    header = json.loads(buf[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        raw_bytes = buf[base + b: base + end]
+        if e["dtype"] == "F32":
+            a = np.frombuffer(raw_bytes, "<f4")
+        elif e["dtype"] == "F16":
+            a = np.frombuffer(raw_bytes, "<f2").astype(np.float32)
+        else:  # BF16
+            a = (np.frombuffer(raw_bytes, "<u2").astype(np.uint32) << 16).view(np.float32)
+        out[name] = a.reshape(e["shape"])
+    return out
+
+
+def hf_weights(model_dir):
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    files = (sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index)
+             else ["model.safetensors"])
+    w = {}
+    for f in files:
+        w.update(read_safetensors(os.path.join(model_dir, f)))
+    return w
+
+
+def llama_cpp_permute(weights, n_head):
+    """convert_hf_to_gguf.py LlamaModel.permute: HF rotate-half rows -> GGUF adjacent pairs."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def test_synth_families(kvbridge, tmp):
+    for spec, arch, pre, specials in FAMILY_SPECS:
+        C.context = f"synth {spec}"
+        hp = dict(kv.split("=") for kv in spec.split(":")[1].split(","))
+        hp = {k: int(v) for k, v in hp.items()}
+        gguf_path = os.path.join(tmp, "family.gguf")
+        hf_dir = os.path.join(tmp, "family-hf")
+        p = run(kvbridge, "synth", "--shape", spec, "--out", gguf_path, "--seed", "3")
+        q = run(kvbridge, "synth", "--shape", spec, "--out", hf_dir, "--seed", "3", "--format", "hf",
+                "--shard-size", "200000")
+        if not (C.equal(p.returncode, 0, "synth gguf exit code") and C.equal(q.returncode, 0, "synth hf exit code")):
+            continue
+        r = GGUFReader(gguf_path)
+        C.equal(field(r, "general.architecture"), arch, "general.architecture")
+        for k, want in (("block_count", hp["n_layer"]), ("embedding_length", hp["n_embd"]),
+                        ("feed_forward_length", hp["n_ff"]), ("attention.head_count", hp["n_head"]),
+                        ("attention.head_count_kv", hp["n_head_kv"]), ("rope.dimension_count", hp["head_dim"])):
+            C.equal(field(r, f"{arch}.{k}"), want, f"{arch}.{k}")
+            C.equal(field_type(r, f"{arch}.{k}"), GGUFValueType.UINT32, f"{arch}.{k} type")
+        odd = hp["head_dim"] * hp["n_head"] != hp["n_embd"]
+        C.equal(field(r, f"{arch}.attention.key_length"), hp["head_dim"] if odd else None, "key_length")
+        C.equal(field(r, "tokenizer.ggml.model"), "gpt2", "tokenizer model")
+        C.equal(field(r, "tokenizer.ggml.pre"), pre, "tokenizer pre")
+        tokens = field(r, "tokenizer.ggml.tokens")
+        C.equal(len(tokens), hp["n_vocab"], "vocab size")
+        C.equal(tokens[-len(specials):], specials, "special tokens at the end")
+        C.equal(tokens[:3], ["!", '"', "#"], "byte-level symbols first")
+        types = field(r, "tokenizer.ggml.token_type")
+        C.check(all(t == 3 for t in types[-len(specials):]) and all(t == 1 for t in types[:-len(specials)]),
+                "token types: normal, then control specials")
+        merges = field(r, "tokenizer.ggml.merges")
+        C.equal(len(merges), hp["n_vocab"] - 256 - len(specials), "one merge per merged piece")
+        C.check(all("".join(m.split(" ")) == tokens[256 + i] for i, m in enumerate(merges)),
+                "merge i builds piece 256 + i")
+        C.check(bool(field(r, "tokenizer.chat_template")), "chat template present")
+
+        # Tensor names: exactly llama.cpp's names for this arch (gguf's own HF -> GGUF name map).
+        march = {"qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3, "llama": gguf.MODEL_ARCH.LLAMA}[arch]
+        allowed = set()
+        for t in gguf.MODEL_TENSORS[march]:
+            base = gguf.TENSOR_NAMES[t]
+            for i in range(hp["n_layer"]):
+                allowed.update({base.format(bid=i) + ".weight", base.format(bid=i) + ".bias"})
+        ts = tensors(r)
+        C.equal(sorted(n for n in ts if n not in allowed), [], "tensors llama.cpp does not declare for the arch")
+        if arch == "llama":
+            rf = ts.get("rope_freqs.weight")
+            if C.check(rf is not None, "rope_freqs.weight present (llama3 scaling)"):
+                C.equal([int(x) for x in rf.shape], [hp["head_dim"] // 2], "rope_freqs shape")
+
+        # The same model as the Hugging Face directory: names via llama.cpp's map, Q/K permuted for llama.
+        hf = hf_weights(hf_dir)
+        C.check(os.path.exists(os.path.join(hf_dir, "model.safetensors.index.json")), "--shard-size shards")
+        cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+        C.equal(cfg["model_type"], arch, "config.json model_type")
+        tmap = gguf.get_tensor_name_map(march, hp["n_layer"])
+        mapped = {}
+        for name, a in hf.items():
+            gname = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+            if not C.check(gname is not None, f"llama.cpp maps {name}"):
+                continue
+            mapped[gname] = a
+        C.equal(sorted(mapped), sorted(n for n in ts if n != "rope_freqs.weight"), "HF and GGUF hold the same tensors")
+        for gname, a in mapped.items():
+            t = ts.get(gname)
+            if t is None:
+                continue
+            if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):
+                heads = hp["n_head"] if "attn_q" in gname else hp["n_head_kv"]
+                a = llama_cpp_permute(a, heads)
+            C.check(np.array_equal(as_f32(t).reshape(a.shape), a), f"{gname} == HF {gname} (after llama.cpp's permute)")
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        os.remove(gguf_path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kvbridge", required=True, help="path to the built kvbridge binary")
@@ -414,6 +546,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="kvb_gguf_readback_") as tmp:
         test_convert(args.kvbridge, models, tmp)
         test_synth(args.kvbridge, tmp)
+        test_synth_families(args.kvbridge, tmp)
     print(f"gguf readback: {C.passed} passed, {C.failed} failed")
     return 1 if C.failed else 0
 

@@ -1,6 +1,6 @@
 // Safetensors reader and writer (format in safetensors.h). Every header field is checked before any
 // tensor byte is touched; a hostile file yields INVALID_ARGUMENT, never a crash.
-#include "fuser/safetensors.h"
+#include "engine/safetensors.h"
 
 #include <fmt/format.h>
 
@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-namespace kvb::fuser {
+namespace kvb {
 namespace {
 
 using json = nlohmann::json;
@@ -323,4 +323,4 @@ Status write_safetensors(const std::string& path, std::span<const SafetensorsTen
   return w.finish();
 }
 
-}  // namespace kvb::fuser
+}  // namespace kvb

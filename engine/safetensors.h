@@ -25,7 +25,7 @@
 #include "kernels/status.h"
 #include "kernels/tensor.h"
 
-namespace kvb::fuser {
+namespace kvb {
 
 // One tensor of a file: where its bytes are and what they hold.
 struct SafetensorsEntry {
@@ -124,4 +124,4 @@ struct SafetensorsTensor {
 Status write_safetensors(const std::string& path, std::span<const SafetensorsTensor> tensors,
                          const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace kvb::fuser
+}  // namespace kvb
