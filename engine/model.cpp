@@ -113,6 +113,35 @@ Status attach_tokenizer(Model& m, Result<Vocab> vocab) {
   return Status::Ok();
 }
 
+Status load_layer_tensors(const ModelConfig& c, const LayerTensorNames& names, const MatrixLoader& matrix,
+                          const VectorLoader& vector, ModelWeights& w) {
+  const int64_t q = c.n_embd_q(), kv = c.n_embd_kv();
+  w.layers.resize(size_t(c.n_layer));
+  for (int32_t i = 0; i < c.n_layer; ++i) {
+    LlamaLayerWeights& l = w.layers[size_t(i)];
+    const auto name = [i](const char* pattern) { return fmt::format(fmt::runtime(pattern), i); };
+    KVB_ASSIGN_OR_RETURN(l.attn_norm, vector(name(names.attn_norm), c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.wq, matrix(name(names.wq), q, c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.wk, matrix(name(names.wk), kv, c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.wv, matrix(name(names.wv), kv, c.n_embd));
+    if (c.has_qkv_bias()) {
+      KVB_ASSIGN_OR_RETURN(l.bias.q, vector(name(names.bq), q));
+      KVB_ASSIGN_OR_RETURN(l.bias.k, vector(name(names.bk), kv));
+      KVB_ASSIGN_OR_RETURN(l.bias.v, vector(name(names.bv), kv));
+    }
+    if (c.has_qk_norm()) {
+      KVB_ASSIGN_OR_RETURN(l.qk_norm.q, vector(name(names.q_norm), c.head_dim));
+      KVB_ASSIGN_OR_RETURN(l.qk_norm.k, vector(name(names.k_norm), c.head_dim));
+    }
+    KVB_ASSIGN_OR_RETURN(l.wo, matrix(name(names.wo), c.n_embd, q));
+    KVB_ASSIGN_OR_RETURN(l.ffn_norm, vector(name(names.ffn_norm), c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.w_gate, matrix(name(names.w_gate), c.n_ff, c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.w_up, matrix(name(names.w_up), c.n_ff, c.n_embd));
+    KVB_ASSIGN_OR_RETURN(l.w_down, matrix(name(names.w_down), c.n_embd, c.n_ff));
+  }
+  return Status::Ok();
+}
+
 bool Model::is_eos(int32_t id) const {
   if (id < 0) return false;
   if (tokenizer && tokenizer->eos() == id) return true;

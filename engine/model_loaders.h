@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,31 @@ Result<std::unique_ptr<Model>> load_gguf_model(const std::string& path, const Lo
 Result<std::unique_ptr<Model>> load_llama2c_model(const std::string& path, const LoadOptions& opt);
 // Loads a Hugging Face model directory (engine/weights_hf.cpp). opt.tokenizer_path is ignored.
 Result<std::unique_ptr<Model>> load_hf_model(const std::string& dir, const LoadOptions& opt);
+
+// One file format's names of a block's tensors; "{}" stands for the layer index.
+struct LayerTensorNames {
+  const char* attn_norm;
+  const char* wq;
+  const char* wk;
+  const char* wv;
+  const char* bq;  // kQwen2 biases
+  const char* bk;
+  const char* bv;
+  const char* q_norm;  // kQwen3 head norms
+  const char* k_norm;
+  const char* wo;
+  const char* ffn_norm;
+  const char* w_gate;
+  const char* w_up;
+  const char* w_down;
+};
+// A format's accessors: a matrix [rows][cols] or a vector [n] by name (the loader checks dtype and
+// shape and names the tensor in its error).
+using MatrixLoader = std::function<Result<Tensor>(const std::string& name, int64_t rows, int64_t cols)>;
+using VectorLoader = std::function<Result<Tensor>(const std::string& name, int64_t n)>;
+// Fills w.layers[0..n_layer) with the tensors config `c`'s arch has, by `names`.
+Status load_layer_tensors(const ModelConfig& c, const LayerTensorNames& names, const MatrixLoader& matrix,
+                          const VectorLoader& vector, ModelWeights& w);
 
 // Builds the tokenizer of a loaded vocab into m.tokenizer. A vocab or tokenizer kvbridge cannot
 // build (UNIMPLEMENTED, NOT_FOUND) leaves m.tokenizer null and says why in m.tokenizer_note; other

@@ -78,7 +78,6 @@ class GgufModelLoader {
   Status load_tensors() {
     ModelConfig& c = m_.config;
     ModelWeights& w = m_.weights;
-    const int64_t q = c.n_embd_q(), kv = c.n_embd_kv();
     KVB_ASSIGN_OR_RETURN(w.tok_embd, matrix("token_embd.weight", -1, c.n_embd));
     c.n_vocab = int32_t(w.tok_embd.shape[0]);
     KVB_ASSIGN_OR_RETURN(w.output_norm, vector("output_norm.weight", c.n_embd));
@@ -94,29 +93,15 @@ class GgufModelLoader {
       w.output = w.tok_embd;
       c.tied_output = true;
     }
-    w.layers.resize(size_t(c.n_layer));
-    for (int32_t i = 0; i < c.n_layer; ++i) {
-      LlamaLayerWeights& l = w.layers[size_t(i)];
-      const std::string p = fmt::format("blk.{}.", i);
-      KVB_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "attn_norm.weight", c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wq, matrix(p + "attn_q.weight", q, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wk, matrix(p + "attn_k.weight", kv, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wv, matrix(p + "attn_v.weight", kv, c.n_embd));
-      if (c.has_qkv_bias()) {
-        KVB_ASSIGN_OR_RETURN(l.bias.q, vector(p + "attn_q.bias", q));
-        KVB_ASSIGN_OR_RETURN(l.bias.k, vector(p + "attn_k.bias", kv));
-        KVB_ASSIGN_OR_RETURN(l.bias.v, vector(p + "attn_v.bias", kv));
-      }
-      if (c.has_qk_norm()) {
-        KVB_ASSIGN_OR_RETURN(l.qk_norm.q, vector(p + "attn_q_norm.weight", c.head_dim));
-        KVB_ASSIGN_OR_RETURN(l.qk_norm.k, vector(p + "attn_k_norm.weight", c.head_dim));
-      }
-      KVB_ASSIGN_OR_RETURN(l.wo, matrix(p + "attn_output.weight", c.n_embd, q));
-      KVB_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "ffn_norm.weight", c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "ffn_gate.weight", c.n_ff, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_up, matrix(p + "ffn_up.weight", c.n_ff, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_down, matrix(p + "ffn_down.weight", c.n_embd, c.n_ff));
-    }
+    static constexpr LayerTensorNames kNames = {
+        "blk.{}.attn_norm.weight",   "blk.{}.attn_q.weight",      "blk.{}.attn_k.weight",
+        "blk.{}.attn_v.weight",      "blk.{}.attn_q.bias",        "blk.{}.attn_k.bias",
+        "blk.{}.attn_v.bias",        "blk.{}.attn_q_norm.weight", "blk.{}.attn_k_norm.weight",
+        "blk.{}.attn_output.weight", "blk.{}.ffn_norm.weight",    "blk.{}.ffn_gate.weight",
+        "blk.{}.ffn_up.weight",      "blk.{}.ffn_down.weight"};
+    KVB_RETURN_IF_ERROR(load_layer_tensors(
+        c, kNames, [this](const std::string& n, int64_t r, int64_t k) { return matrix(n, r, k); },
+        [this](const std::string& n, int64_t len) { return vector(n, len); }, w));
     if (m_.tokenizer && m_.tokenizer->n_vocab() != c.n_vocab) {
       return error(fmt::format("tokenizer has {} tokens but token_embd.weight has {} rows",
                                m_.tokenizer->n_vocab(), c.n_vocab));

@@ -231,7 +231,6 @@ class HfModelLoader {
   Status load_tensors() {
     const ModelConfig& c = m_.config;
     ModelWeights& w = m_.weights;
-    const int64_t q = c.n_embd_q(), kv = c.n_embd_kv();
     KVB_ASSIGN_OR_RETURN(w.tok_embd, matrix("model.embed_tokens.weight", c.n_vocab, c.n_embd));
     KVB_ASSIGN_OR_RETURN(w.output_norm, vector("model.norm.weight", c.n_embd));
     if (c.tied_output) {
@@ -239,29 +238,17 @@ class HfModelLoader {
     } else {
       KVB_ASSIGN_OR_RETURN(w.output, matrix("lm_head.weight", c.n_vocab, c.n_embd));
     }
-    w.layers.resize(size_t(c.n_layer));
-    for (int32_t i = 0; i < c.n_layer; ++i) {
-      LlamaLayerWeights& l = w.layers[size_t(i)];
-      const std::string p = fmt::format("model.layers.{}.", i);
-      KVB_ASSIGN_OR_RETURN(l.attn_norm, vector(p + "input_layernorm.weight", c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wq, matrix(p + "self_attn.q_proj.weight", q, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wk, matrix(p + "self_attn.k_proj.weight", kv, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.wv, matrix(p + "self_attn.v_proj.weight", kv, c.n_embd));
-      if (c.has_qkv_bias()) {
-        KVB_ASSIGN_OR_RETURN(l.bias.q, vector(p + "self_attn.q_proj.bias", q));
-        KVB_ASSIGN_OR_RETURN(l.bias.k, vector(p + "self_attn.k_proj.bias", kv));
-        KVB_ASSIGN_OR_RETURN(l.bias.v, vector(p + "self_attn.v_proj.bias", kv));
-      }
-      if (c.has_qk_norm()) {
-        KVB_ASSIGN_OR_RETURN(l.qk_norm.q, vector(p + "self_attn.q_norm.weight", c.head_dim));
-        KVB_ASSIGN_OR_RETURN(l.qk_norm.k, vector(p + "self_attn.k_norm.weight", c.head_dim));
-      }
-      KVB_ASSIGN_OR_RETURN(l.wo, matrix(p + "self_attn.o_proj.weight", c.n_embd, q));
-      KVB_ASSIGN_OR_RETURN(l.ffn_norm, vector(p + "post_attention_layernorm.weight", c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_gate, matrix(p + "mlp.gate_proj.weight", c.n_ff, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_up, matrix(p + "mlp.up_proj.weight", c.n_ff, c.n_embd));
-      KVB_ASSIGN_OR_RETURN(l.w_down, matrix(p + "mlp.down_proj.weight", c.n_embd, c.n_ff));
-    }
+    static constexpr LayerTensorNames kNames = {
+        "model.layers.{}.input_layernorm.weight",  "model.layers.{}.self_attn.q_proj.weight",
+        "model.layers.{}.self_attn.k_proj.weight", "model.layers.{}.self_attn.v_proj.weight",
+        "model.layers.{}.self_attn.q_proj.bias",   "model.layers.{}.self_attn.k_proj.bias",
+        "model.layers.{}.self_attn.v_proj.bias",   "model.layers.{}.self_attn.q_norm.weight",
+        "model.layers.{}.self_attn.k_norm.weight", "model.layers.{}.self_attn.o_proj.weight",
+        "model.layers.{}.post_attention_layernorm.weight", "model.layers.{}.mlp.gate_proj.weight",
+        "model.layers.{}.mlp.up_proj.weight",      "model.layers.{}.mlp.down_proj.weight"};
+    KVB_RETURN_IF_ERROR(load_layer_tensors(
+        c, kNames, [this](const std::string& n, int64_t r, int64_t k) { return matrix(n, r, k); },
+        [this](const std::string& n, int64_t len) { return vector(n, len); }, w));
     return Status::Ok();
   }
 
