@@ -2,9 +2,12 @@
 // measured in the same run.
 //
 //   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]
+//                [--shape SPEC[@DTYPE]]...
 //
 // --profile adds each row's profiled prefill split (matmul, attention, other); --threads N measures
-// only that thread count (default: 1 and, where there are 2 cores, 2).
+// only that thread count (default: 1 and, where there are 2 cores, 2). --shape measures a synth
+// shape (engine/synth.h, e.g. qwen3-0.6b or "qwen2.5-0.5b:n_layer=4"; f32 unless @f16|@bf16|@q8_0)
+// instead of the default models (repeatable).
 //
 // For stories260K (from DIR) and a synthetic stories110M-shaped model (dim 768, 12 layers,
 // 12 heads, n_ff 2048, vocab 32000; F32, F16 and Q8_0 weights), with 1 and 2 threads, prints:
@@ -179,6 +182,7 @@ int main(int argc, char** argv) {
   int n_prefill = 512, n_decode = 64;
   bool quick = false, profile = false;
   int only_threads = 0;
+  std::vector<std::string> shapes;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--models" && i + 1 < argc) models = argv[++i];
@@ -187,8 +191,11 @@ int main(int argc, char** argv) {
     else if (a == "--quick") quick = true;
     else if (a == "--profile") profile = true;
     else if (a == "--threads" && i + 1 < argc) only_threads = std::atoi(argv[++i]);
+    else if (a == "--shape" && i + 1 < argc) shapes.push_back(argv[++i]);
     else {
-      fmt::print(stderr, "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]\n");
+      fmt::print(stderr,
+                 "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N] "
+                 "[--shape SPEC[@DTYPE]]...\n");
       return 2;
     }
   }
@@ -213,21 +220,43 @@ int main(int argc, char** argv) {
     std::unique_ptr<Model> model;
   };
   std::vector<Subject> subjects;
-  if (auto m = load_model(models + "/stories260K/stories260K.gguf"); m.ok()) {
-    subjects.push_back({"stories260K f32", std::move(m).value()});
-  } else {
-    fmt::print(stderr, "skipping stories260K: {}\n", m.status().to_string());
-  }
-  for (DType t : quick ? std::vector<DType>{DType::kF32} : std::vector<DType>{DType::kF32, DType::kF16, DType::kQ8_0}) {
+  // One synthetic subject: spec at dtype.
+  const auto add_synth = [&](const std::string& spec, DType t) {
     const auto t0 = clock_type::now();
-    auto m = synth_model("stories110M", t, 1);
+    auto m = synth_model(spec, t, 1);
     if (!m.ok()) {
-      fmt::print(stderr, "synth stories110M: {}\n", m.status().to_string());
-      return 1;
+      fmt::print(stderr, "synth {}: {}\n", spec, m.status().to_string());
+      return false;
     }
-    fmt::print("synthesized stories110M {} ({:.0f} MB of weights) in {:.1f} s\n", dtype_name(t),
+    fmt::print("synthesized {} {} ({:.0f} MB of weights) in {:.1f} s\n", spec, dtype_name(t),
                double((*m)->weight_bytes()) / 1e6, seconds_since(t0));
-    subjects.push_back({fmt::format("stories110M {}", dtype_name(t)), std::move(m).value()});
+    subjects.push_back({fmt::format("{} {}", spec, dtype_name(t)), std::move(m).value()});
+    return true;
+  };
+  for (const std::string& s : shapes) {
+    const size_t at = s.rfind('@');
+    DType t = DType::kF32;
+    if (at != std::string::npos) {
+      const std::string d = s.substr(at + 1);
+      if (d == "f16") t = DType::kF16;
+      else if (d == "bf16") t = DType::kBF16;
+      else if (d == "q8_0") t = DType::kQ8_0;
+      else if (d != "f32") {
+        fmt::print(stderr, "--shape {}: unknown dtype '{}' (f32, f16, bf16, q8_0)\n", s, d);
+        return 2;
+      }
+    }
+    if (!add_synth(s.substr(0, at), t)) return 1;
+  }
+  if (shapes.empty()) {  // the default subjects: stories260K and stories110M in three dtypes
+    if (auto m = load_model(models + "/stories260K/stories260K.gguf"); m.ok()) {
+      subjects.push_back({"stories260K f32", std::move(m).value()});
+    } else {
+      fmt::print(stderr, "skipping stories260K: {}\n", m.status().to_string());
+    }
+    for (DType t : quick ? std::vector<DType>{DType::kF32} : std::vector<DType>{DType::kF32, DType::kF16, DType::kQ8_0}) {
+      if (!add_synth("stories110M", t)) return 1;
+    }
   }
 
   fmt::print("\n| model | threads | prefill {} tok/s | decode tok/s | GEMM share (prefill) | decode bound tok/s | decode / bound |\n",
