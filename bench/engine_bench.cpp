@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "engine/synth.h"
@@ -34,13 +35,10 @@
 #include "kernels/registry.h"
 
 using namespace kvb;
-using clock_type = std::chrono::steady_clock;
+using clock_type = kvb::bench::Clock;
+using kvb::bench::seconds_since;
 
 namespace {
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
 
 // Sums [b, e) of buf with wide loads and independent accumulators, so one thread streams memory
 // as fast as the core can (the compiler's default SSE2 loop would understate the machine).

@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -65,13 +66,10 @@
 #endif
 
 using namespace kvb;
-using clock_type = std::chrono::steady_clock;
+using clock_type = kvb::bench::Clock;
+using kvb::bench::seconds_since;
 
 namespace {
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
 
 [[noreturn]] void die(const std::string& what) {
   fmt::print(stderr, "gpu_bench: {}\n", what);

@@ -67,6 +67,62 @@ Status check_rope_freq_factors(const Tensor& factors, int n_rot) {
   return Status::Ok();
 }
 
+Status check_rope(const Tensor& x, const Tensor& pos, const RopeParams& p) {
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rope", "x"));
+  KVB_RETURN_IF_ERROR(check_tensor(pos, DType::kI32, "rope", "pos"));
+  if (x.n_dims != 3) return invalid_argument(fmt::format("rope: x must be [n][n_heads][head_dim], got {}", x.describe()));
+  const int64_t n = x.shape[0], head_dim = x.shape[2];
+  if (pos.numel() != n) {
+    return invalid_argument(
+        fmt::format("rope: pos {} must hold one position per row of x {}", pos.describe(), x.describe()));
+  }
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim) {
+    return invalid_argument(fmt::format("rope: n_rot {} must be even and in (0, head_dim = {}]", p.n_rot, head_dim));
+  }
+  if (!(p.theta_base > 0.0f) || !std::isfinite(p.theta_base) || !std::isfinite(p.freq_scale)) {
+    return invalid_argument(fmt::format("rope: bad theta_base {} or freq_scale {}", p.theta_base, p.freq_scale));
+  }
+  KVB_RETURN_IF_ERROR(check_rope_freq_factors(p.freq_factors, p.n_rot));
+  if (tensors_overlap(x, pos)) return invalid_argument("rope: x overlaps pos");
+  return Status::Ok();
+}
+
+Status check_rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
+  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rms_norm", "x"));
+  KVB_RETURN_IF_ERROR(check_tensor(w, DType::kF32, "rms_norm", "w"));
+  KVB_RETURN_IF_ERROR(check_tensor(y, DType::kF32, "rms_norm", "y"));
+  const int64_t d = x.cols();
+  if (w.numel() != d || y.numel() != x.numel() || y.cols() != d) {
+    return invalid_argument(
+        fmt::format("rms_norm: x {}, w {}, y {} do not match", x.describe(), w.describe(), y.describe()));
+  }
+  if (!(eps >= 0.0f) || !std::isfinite(eps)) return invalid_argument(fmt::format("rms_norm: bad eps {}", eps));
+  if (tensors_overlap(w, y)) return invalid_argument("rms_norm: y overlaps w");
+  if (y.data != x.data && tensors_overlap(x, y)) return invalid_argument("rms_norm: y partially overlaps x");
+  return Status::Ok();
+}
+
+Status check_embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) {
+  const DType t = table.dtype;
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
+    return invalid_argument(fmt::format("embedding: table dtype {} is not a weight type", dtype_name(t)));
+  }
+  KVB_RETURN_IF_ERROR(check_tensor(table, t, "embedding", "table"));
+  KVB_RETURN_IF_ERROR(check_tensor(tokens, DType::kI32, "embedding", "tokens"));
+  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "embedding", "out"));
+  if (table.n_dims != 2) {
+    return invalid_argument(fmt::format("embedding: table must be [vocab][d], got {}", table.describe()));
+  }
+  const int64_t n = tokens.numel(), d = table.shape[1];
+  if (out.n_dims != 2 || out.shape[0] != n || out.shape[1] != d) {
+    return invalid_argument(fmt::format("embedding: out {} must be f32[{}][{}]", out.describe(), n, d));
+  }
+  if (tensors_overlap(out, table) || tensors_overlap(out, tokens)) {
+    return invalid_argument("embedding: out overlaps an input");
+  }
+  return Status::Ok();
+}
+
 Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                         float scale) {
   KVB_RETURN_IF_ERROR(check_tensor(q, DType::kF32, "attention", "q"));

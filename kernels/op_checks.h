@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/backend.h"
 #include "kernels/status.h"
 #include "kernels/tensor.h"
 
@@ -22,6 +23,18 @@ Result<bool> check_add(const Tensor& a, const Tensor& b, const Tensor& out);
 
 // Backend::rope's optional frequency factors: null data (none, OK), else f32 with n_rot/2 elements.
 Status check_rope_freq_factors(const Tensor& factors, int n_rot);
+// Backend::rope's arguments: x f32 [n][n_heads][head_dim], pos i32 with n values, n_rot even in
+// (0, head_dim], finite theta_base > 0 and freq_scale, the frequency factors above, x and pos apart.
+Status check_rope(const Tensor& x, const Tensor& pos, const RopeParams& p);
+
+// Backend::rms_norm's arguments: x, y f32 with the same element count and cols, w f32 [cols],
+// finite eps >= 0; y may be x itself but overlap neither w nor part of x.
+Status check_rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y);
+
+// Backend::embedding's arguments: table [vocab][d] of a weight dtype (F32/F16/BF16/Q8_0), tokens
+// i32, out f32 [tokens.numel()][d] overlapping neither input. The token ids are the backend's to
+// check (they may be in device memory).
+Status check_embedding(const Tensor& table, const Tensor& tokens, const Tensor& out);
 
 // Backend::attention's arguments (backend.h): q, out [n][n_head][hd] f32; k, v [n_kv][n_head_kv][hd]
 // f32 or f16; n_head a multiple of n_head_kv; n_kv >= n; finite scale; out overlapping no input.

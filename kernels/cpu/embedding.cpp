@@ -9,22 +9,10 @@
 namespace kvb::cpu {
 
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out) {
+  KVB_RETURN_IF_ERROR(check_embedding(table, tokens, out));
   const DType t = table.dtype;
-  if (weight_type_index(t) < 0) {
-    return invalid_argument(fmt::format("embedding: table dtype {} is not a weight type", dtype_name(t)));
-  }
-  KVB_RETURN_IF_ERROR(check_tensor(table, t, "embedding", "table"));
-  KVB_RETURN_IF_ERROR(check_tensor(tokens, DType::kI32, "embedding", "tokens"));
-  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "embedding", "out"));
-  if (table.n_dims != 2)
-    return invalid_argument(fmt::format("embedding: table must be [vocab][d], got {}", table.describe()));
   const int64_t vocab = table.shape[0], d = table.shape[1];
   const int64_t n = tokens.numel();
-  if (out.n_dims != 2 || out.shape[0] != n || out.shape[1] != d) {
-    return invalid_argument(fmt::format("embedding: out {} must be f32[{}][{}]", out.describe(), n, d));
-  }
-  if (tensors_overlap(out, table) || tensors_overlap(out, tokens))
-    return invalid_argument("embedding: out overlaps an input");
   const int32_t* ids = tokens.as<const int32_t>();
   for (int64_t i = 0; i < n; ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {

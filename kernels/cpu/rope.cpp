@@ -20,23 +20,8 @@ constexpr int kMaxSteps = 32;  // rows stepped by angle addition between exact s
 }  // namespace
 
 Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams& p) {
-  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rope", "x"));
-  KVB_RETURN_IF_ERROR(check_tensor(pos, DType::kI32, "rope", "pos"));
-  if (x.n_dims != 3)
-    return invalid_argument(fmt::format("rope: x must be [n][n_heads][head_dim], got {}", x.describe()));
+  KVB_RETURN_IF_ERROR(check_rope(x, pos, p));
   const int64_t n = x.shape[0], n_heads = x.shape[1], head_dim = x.shape[2];
-  if (pos.numel() != n) {
-    return invalid_argument(
-        fmt::format("rope: pos {} must hold one position per row of x {}", pos.describe(), x.describe()));
-  }
-  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim) {
-    return invalid_argument(fmt::format("rope: n_rot {} must be even and in (0, head_dim = {}]", p.n_rot, head_dim));
-  }
-  if (!(p.theta_base > 0.0f) || !std::isfinite(p.theta_base) || !std::isfinite(p.freq_scale)) {
-    return invalid_argument(fmt::format("rope: bad theta_base {} or freq_scale {}", p.theta_base, p.freq_scale));
-  }
-  KVB_RETURN_IF_ERROR(check_rope_freq_factors(p.freq_factors, p.n_rot));
-  if (tensors_overlap(x, pos)) return invalid_argument("rope: x overlaps pos");
   if (n == 0 || n_heads == 0) return Status::Ok();
 
   const int half = p.n_rot / 2;

@@ -33,22 +33,10 @@ __global__ void embedding_kernel(DType t, const void* table, int64_t vocab, cons
 }  // namespace
 
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out) {
+  KVB_RETURN_IF_ERROR(check_embedding(table, tokens, out));
   const DType t = table.dtype;
-  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
-    return invalid_argument(cat("embedding: table dtype ", dtype_name(t), " is not a weight type"));
-  }
-  KVB_RETURN_IF_ERROR(check_tensor(table, t, "embedding", "table"));
-  KVB_RETURN_IF_ERROR(check_tensor(tokens, DType::kI32, "embedding", "tokens"));
-  KVB_RETURN_IF_ERROR(check_tensor(out, DType::kF32, "embedding", "out"));
-  if (table.n_dims != 2) return invalid_argument(cat("embedding: table must be [vocab][d], got ", table.describe()));
   const int64_t vocab = table.shape[0], d = table.shape[1];
   const int64_t n = tokens.numel();
-  if (out.n_dims != 2 || out.shape[0] != n || out.shape[1] != d) {
-    return invalid_argument(cat("embedding: out ", out.describe(), " must be f32[", n, "][", d, "]"));
-  }
-  if (tensors_overlap(out, table) || tensors_overlap(out, tokens)) {
-    return invalid_argument("embedding: out overlaps an input");
-  }
   if (n == 0 || d == 0) return Status::Ok();
   embedding_kernel<<<elementwise_blocks(n * d), kElementwiseThreads, 0, ctx.stream>>>(
       t, table.data, vocab, tokens.as<const int32_t>(), out.as<float>(), n, d, ctx.error);

@@ -30,17 +30,8 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 Status rms_norm(OpContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& y) {
-  KVB_RETURN_IF_ERROR(check_tensor(x, DType::kF32, "rms_norm", "x"));
-  KVB_RETURN_IF_ERROR(check_tensor(w, DType::kF32, "rms_norm", "w"));
-  KVB_RETURN_IF_ERROR(check_tensor(y, DType::kF32, "rms_norm", "y"));
+  KVB_RETURN_IF_ERROR(check_rms_norm(x, w, eps, y));
   const int64_t d = x.cols();
-  if (w.numel() != d || y.numel() != x.numel() || y.cols() != d) {
-    return invalid_argument(
-        cat("rms_norm: x ", x.describe(), ", w ", w.describe(), ", y ", y.describe(), " do not match"));
-  }
-  if (!(eps >= 0.0f) || !std::isfinite(eps)) return invalid_argument(cat("rms_norm: bad eps ", eps));
-  if (tensors_overlap(w, y)) return invalid_argument("rms_norm: y overlaps w");
-  if (y.data != x.data && tensors_overlap(x, y)) return invalid_argument("rms_norm: y partially overlaps x");
   const int64_t n = x.rows();
   if (n == 0 || d == 0) return Status::Ok();
   const unsigned blocks = unsigned(n < 65536 ? n : 65536);
