@@ -11,8 +11,10 @@
 #include "engine/gguf_export.h"
 #include "engine/synth.h"
 #include "support/test_support.h"
+#include "support/model_checks.h"
 
 using namespace kvb;
+using kvb::test::check_same_config;
 
 namespace {
 
@@ -29,24 +31,6 @@ std::unique_ptr<Model> load_ok(const std::string& path) {
   INFO(path << ": " << m.status().to_string());
   REQUIRE(m.ok());
   return std::move(m).value();
-}
-
-void check_same_config(const ModelConfig& a, const ModelConfig& b) {
-  CHECK(a.arch == b.arch);
-  CHECK(a.n_layer == b.n_layer);
-  CHECK(a.n_embd == b.n_embd);
-  CHECK(a.n_head == b.n_head);
-  CHECK(a.n_head_kv == b.n_head_kv);
-  CHECK(a.head_dim == b.head_dim);
-  CHECK(a.n_ff == b.n_ff);
-  CHECK(a.n_vocab == b.n_vocab);
-  CHECK(a.n_ctx_train == b.n_ctx_train);
-  CHECK(a.norm_eps == b.norm_eps);
-  CHECK(a.rope.type == b.rope.type);
-  CHECK(a.rope.n_rot == b.rope.n_rot);
-  CHECK(a.rope.theta_base == b.rope.theta_base);
-  CHECK(a.rope.freq_scale == b.rope.freq_scale);
-  CHECK(a.tied_output == b.tied_output);
 }
 
 void check_same_vocab(const Vocab& a, const Vocab& b) {

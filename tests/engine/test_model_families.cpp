@@ -26,8 +26,11 @@
 #include "engine/synth.h"
 #include "kernels/registry.h"
 #include "support/test_support.h"
+#include "support/model_checks.h"
 
 using namespace kvb;
+using kvb::test::check_same_config;
+using kvb::test::RopePairing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -139,25 +142,6 @@ std::unique_ptr<Backend> cpu_backend(int threads) {
   return std::move(b).value();
 }
 
-// Everything but RoPE pairing, which follows each file's Q/K row order.
-void check_same_config(const ModelConfig& a, const ModelConfig& b) {
-  CHECK(a.arch == b.arch);
-  CHECK(a.n_layer == b.n_layer);
-  CHECK(a.n_embd == b.n_embd);
-  CHECK(a.n_head == b.n_head);
-  CHECK(a.n_head_kv == b.n_head_kv);
-  CHECK(a.head_dim == b.head_dim);
-  CHECK(a.n_ff == b.n_ff);
-  CHECK(a.n_vocab == b.n_vocab);
-  CHECK(a.n_ctx_train == b.n_ctx_train);
-  CHECK(a.norm_eps == b.norm_eps);
-  CHECK(a.rope.n_rot == b.rope.n_rot);
-  CHECK(a.rope.theta_base == b.rope.theta_base);
-  CHECK(a.rope.freq_scale == b.rope.freq_scale);
-  CHECK(a.rope_freq_factors == b.rope_freq_factors);
-  CHECK(a.tied_output == b.tied_output);
-}
-
 nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(test::read_file(path)); }
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
@@ -221,8 +205,8 @@ TEST_CASE("each family loads from Hugging Face and GGUF files with one config an
       const auto gguf = load_ok(write_gguf(fam.spec, DType::kF32, "m.gguf"));
       CHECK(hf->format == ModelFormat::kHf);
       CHECK(hf->config.arch == fam.arch);
-      check_same_config(hf->config, gguf->config);
-      check_same_config(gguf->config, shape->config);
+      check_same_config(hf->config, gguf->config, RopePairing::kIgnore);
+      check_same_config(gguf->config, shape->config, RopePairing::kIgnore);
       CHECK(gguf->config.rope.type == shape->config.rope.type);
       // Hugging Face rotates halves; llama GGUFs adjacent pairs of permuted rows; Qwen GGUFs halves.
       CHECK(hf->config.rope.type == RopeType::kNeox);
@@ -341,7 +325,7 @@ TEST_CASE("sharded Hugging Face directories load like a single file", "[model][f
   const auto a = load_ok(single);
   const auto b = load_ok(sharded);
   CHECK(b->storage->safetensors.size() == shards.size());
-  check_same_config(a->config, b->config);
+  check_same_config(a->config, b->config, RopePairing::kIgnore);
   const std::vector<int32_t> ids = test_ids(a->config.n_vocab, 7);
   CHECK(max_abs_diff(reference_logits(*a, ids), reference_logits(*b, ids)) == 0.0f);
   // A path to config.json loads the directory.
@@ -443,7 +427,7 @@ TEST_CASE("a Hugging Face llama exports to the GGUF llama.cpp's converter would 
       }
       CHECK(*(*a)->get_string("general.architecture").value() == std::string(arch_name(fam.arch)));
       const auto back = load_ok(out);
-      check_same_config(back->config, hf->config);
+      check_same_config(back->config, hf->config, RopePairing::kIgnore);
       const std::vector<int32_t> ids = test_ids(hf->config.n_vocab, 6);
       CHECK(max_abs_diff(reference_logits(*back, ids), reference_logits(*hf, ids)) <= kSameModelTol);
     }

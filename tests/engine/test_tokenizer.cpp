@@ -16,6 +16,7 @@
 #include "engine/vocab_loaders.h"
 #include "support/test_support.h"
 #include "support/vocab_vectors.h"
+#include "support/model_checks.h"
 
 namespace kvb {
 namespace {
@@ -70,6 +71,7 @@ const Tokenizer& aidreams_l2c() {
 }
 
 using test::printable;
+using test::id_of;
 
 EncodeOptions no_bos() {
   EncodeOptions o;
@@ -542,11 +544,6 @@ Vocab tiny_vocab() {
   v.eos = 2;
   v.unk = 0;
   return v;
-}
-
-int32_t id_of(const Tokenizer& t, std::string_view piece) {
-  const auto& p = t.vocab().pieces;
-  return int32_t(std::find(p.begin(), p.end(), piece) - p.begin());
 }
 
 TEST_CASE("user-defined tokens are split out before merging (llama.cpp flavour)", "[tokenizer]") {

@@ -24,12 +24,14 @@
 #include "engine/vocab_loaders.h"
 #include "support/test_support.h"
 #include "support/vocab_vectors.h"
+#include "support/model_checks.h"
 
 namespace kvb {
 namespace {
 
 namespace fs = std::filesystem;
 using Ids = std::vector<int32_t>;
+using test::id_of;
 using test::printable;
 
 // ---------------------------------------------------------------------------------------------
@@ -116,13 +118,6 @@ EncodeOptions special() {
   EncodeOptions o = plain();
   o.parse_special = true;
   return o;
-}
-
-int32_t id_of(const Tokenizer& t, std::string_view piece) {
-  const auto& p = t.vocab().pieces;
-  const auto it = std::find(p.begin(), p.end(), piece);
-  REQUIRE(it != p.end());
-  return int32_t(it - p.begin());
 }
 
 std::string spelled(std::string_view bytes) {

@@ -10,12 +10,14 @@
 #include "engine/vocab_loaders.h"
 #include "fuser/align.h"
 #include "support/test_support.h"
+#include "support/model_checks.h"
 
 namespace kvb::fuser {
 namespace {
 
 using Ids = std::vector<int32_t>;
 using Lists = std::vector<Ids>;
+using kvb::test::id_of;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -57,13 +59,6 @@ EncodeOptions raw() {
   o.add_bos = false;
   o.add_space_prefix = false;
   return o;
-}
-
-int32_t id_of(const Tokenizer& t, std::string_view piece) {
-  const auto& p = t.vocab().pieces;
-  const auto it = std::find(p.begin(), p.end(), piece);
-  REQUIRE(it != p.end());
-  return int32_t(it - p.begin());
 }
 
 std::string joined(const std::vector<std::string>& parts) {
