@@ -57,6 +57,26 @@ Result<bool> check_add(const Tensor& a, const Tensor& b, const Tensor& out) {
   return row;
 }
 
+bool op_supports_dtype(OpKind op, DType t) {
+  switch (op) {
+    case OpKind::kMatmul:
+    case OpKind::kEmbedding:
+    case OpKind::kConvert:
+      return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0;
+    case OpKind::kAttention:
+      return t == DType::kF32 || t == DType::kF16;
+    case OpKind::kRmsNorm:
+    case OpKind::kRope:
+    case OpKind::kSoftmax:
+    case OpKind::kSiluMul:
+    case OpKind::kAdd:
+    case OpKind::kGelu:
+    case OpKind::kGateAdd:
+      return t == DType::kF32;
+  }
+  return false;
+}
+
 Status check_rope_freq_factors(const Tensor& factors, int n_rot) {
   if (factors.data == nullptr) return Status::Ok();  // none
   KVB_RETURN_IF_ERROR(check_tensor(factors, DType::kF32, "rope", "freq_factors"));

@@ -13,6 +13,10 @@ namespace kvb {
 // OK iff t is `dtype` with n_dims in [1, 4], non-negative dims (no overflowing element count),
 // whole blocks per row and non-null data when non-empty.
 Status check_tensor(const Tensor& t, DType dtype, const char* op, const char* name);
+// The element types the backend interface defines for each op: weight types (F32/F16/BF16/Q8_0)
+// for matmul, embedding and convert; F32/F16 caches for attention; F32 for the rest. Both backends
+// implement exactly these (Device::supports_op).
+bool op_supports_dtype(OpKind op, DType t);
 // True when the byte ranges of two tensors overlap.
 bool tensors_overlap(const Tensor& a, const Tensor& b);
 

@@ -81,8 +81,7 @@ class StreamCore final : public detail::Core {
   void close() {
     {
       std::unique_lock<std::mutex> lock(mu());
-      fail_all_locked(cancelled("grpc: the transport was destroyed"));
-      wait_locked(lock, [&] { return live_.empty(); });
+      drain_locked(lock);
       stop_ = true;
       cv().notify_all();
     }

@@ -107,8 +107,7 @@ class InProcessCore final : public detail::Core {
     {
       std::unique_lock<std::mutex> lock(mu());
       // Fails the peer too (on_abort_locked): UNAVAILABLE, the dead-peer case.
-      fail_all_locked(cancelled("in-process: the transport was destroyed"));
-      wait_locked(lock, [&] { return live_.empty(); });
+      drain_locked(lock);
       link_->side[side_] = nullptr;
       if (--link_->open == 0) {
         link_->stop = true;

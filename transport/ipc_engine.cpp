@@ -82,8 +82,7 @@ class IpcCore final : public detail::Core {
     {
       std::unique_lock<std::mutex> lock(mu());
       closing_ = true;
-      fail_all_locked(cancelled(fmt::format("{}: the transport was destroyed", caps_.name)));
-      wait_locked(lock, [&] { return live_.empty(); });
+      drain_locked(lock);
       const Clock::time_point until = Clock::now() + opt_.release_timeout;
       if (role_ == Role::kSharer) {
         // The receiver unmaps everything before this side may let the memory go.

@@ -240,6 +240,11 @@ void Core::expire_due_locked(Clock::time_point now) {
   for (const auto& op : due) expire_locked(*op, now);
 }
 
+void Core::drain_locked(std::unique_lock<std::mutex>& lock) {
+  fail_all_locked(cancelled(fmt::format("{}: the transport was destroyed", caps_.name)));
+  wait_locked(lock, [&] { return live_.empty(); });
+}
+
 void Core::fail_all_locked(const Status& reason) {
   if (broken_.ok()) broken_ = reason;
   if (!conn_.error()) conn_ = {TransferState::kError, broken_};

@@ -133,6 +133,9 @@ class Core : public std::enable_shared_from_this<Core> {
   // Fails every live op with `reason`, records it as the abort reason and the connection error.
   // Does not wait.
   void fail_all_locked(const Status& reason);
+  // The transport is being destroyed: fails every live op (CANCELLED "<name>: the transport was
+  // destroyed", as fail_all_locked) and waits until none is live.
+  void drain_locked(std::unique_lock<std::mutex>& lock);
   void set_connected_locked();
   // Waits on the condition variable (through `lock`) until pred() or `until`, re-checking at
   // least every poll_interval_ (device completions are not signalled). True when pred() held.

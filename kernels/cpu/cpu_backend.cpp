@@ -246,25 +246,7 @@ class CpuDevice final : public Device {
     }
     return m;
   }
-  bool supports_op(OpKind op, DType t) const override {
-    switch (op) {
-      case OpKind::kMatmul:
-      case OpKind::kEmbedding:
-      case OpKind::kConvert:
-        return weight_type_index(t) >= 0;
-      case OpKind::kAttention:
-        return t == DType::kF32 || t == DType::kF16;
-      case OpKind::kRmsNorm:
-      case OpKind::kRope:
-      case OpKind::kSoftmax:
-      case OpKind::kSiluMul:
-      case OpKind::kAdd:
-      case OpKind::kGelu:
-      case OpKind::kGateAdd:
-        return t == DType::kF32;
-    }
-    return false;
-  }
+  bool supports_op(OpKind op, DType t) const override { return op_supports_dtype(op, t); }
   const BufferType& buffer_type() const override { return buffer_type_; }
   Result<std::unique_ptr<Backend>> create_backend() const override {
     return cpu::create_backend(detected_isa(), default_n_threads());

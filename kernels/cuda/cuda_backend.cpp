@@ -113,25 +113,7 @@ class CudaDevice final : public Device {
     }
     return DeviceMemory{total, free};
   }
-  bool supports_op(OpKind op, DType t) const override {
-    switch (op) {
-      case OpKind::kMatmul:
-      case OpKind::kEmbedding:
-      case OpKind::kConvert:
-        return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0;
-      case OpKind::kAttention:
-        return t == DType::kF32 || t == DType::kF16;
-      case OpKind::kRmsNorm:
-      case OpKind::kRope:
-      case OpKind::kSoftmax:
-      case OpKind::kSiluMul:
-      case OpKind::kAdd:
-      case OpKind::kGelu:
-      case OpKind::kGateAdd:
-        return t == DType::kF32;
-    }
-    return false;
-  }
+  bool supports_op(OpKind op, DType t) const override { return op_supports_dtype(op, t); }
   const BufferType& buffer_type() const override { return device_buffers_; }
   const BufferType& host_buffer_type() const { return host_buffers_; }
   Result<std::unique_ptr<Backend>> create_backend() const override;
