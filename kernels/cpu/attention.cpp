@@ -10,16 +10,16 @@
 //     small gemm, so V is read once per group. Parallel over rows x kv heads.
 //   prefill: flash-attention style tiling with an online softmax. A work item is one kv head and a
 //     block of query rows, with the rows of all query heads of that group stacked (R = group x bq rows),
-//     so each K/V tile is read once for the whole group and copied (f32) or converted (f16) into a
-//     contiguous buffer: cache rows are n_head_kv * hd apart, a stride that maps a whole tile onto a
-//     few L1 sets. Everything is kept transposed (one column per stacked row: Qᵀ, Sᵀ, Oᵀ), so the
-//     softmax statistics, the causal mask and the rescaling of O are plain vector ops along rows of
-//     R columns; per tile of kBk cells, VecKernels::flash_step does
-//       Sᵀ[j][r] = k_j · (scale q_r), masked past the diagonal
-//       m_r' = max(m_r, max_j Sᵀ[j][r]);  l_r = l_r e^(m_r - m_r') + sum_j e^(Sᵀ[j][r] - m_r')
-//       Oᵀ[d][r] = Oᵀ[d][r] e^(m_r - m_r') + sum_j v_j[d] e^(Sᵀ[j][r] - m_r')
-//     and out = O / l at the end. Tiles past the diagonal are never visited. Items are handed out
-//     largest (latest query block) first.
+//     so each K/V tile is read once for the whole group. K is read transposed (Kᵀ [hd][cells]) and
+//     V as rows, both contiguous f32: cache rows are n_head_kv * hd apart, a stride that maps a whole
+//     tile onto a few L1 sets, and an f16 cache is converted once. Per tile of kBk cells,
+//     VecKernels::flash_step does, row-major (one row per stacked query row):
+//       S[r][j] = (scale q_r) · k_j, for the cells row r sees (j past the diagonal: p = 0)
+//       m_r' = max(m_r, max_j S[r][j]);  l_r = l_r e^(m_r - m_r') + sum_j e^(S[r][j] - m_r')
+//       O[r][d] = O[r][d] e^(m_r - m_r') + sum_j e^(S[r][j] - m_r') v_j[d]
+//     and out = O / l at the end. Tiles past the diagonal are never visited, and in a tile on the
+//     diagonal each block of rows stops at the last cell it sees. Items are handed out largest
+//     (latest query block) first.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -33,7 +33,7 @@ namespace kvb::cpu {
 namespace {
 
 constexpr int64_t kTiledMinRows = 4;  // fewer query rows use the decode path
-constexpr int64_t kBk = 64;           // cells per K/V tile
+constexpr int64_t kBk = 64;           // cells per K/V tile (a multiple of 16: S rows hold whole vectors)
 constexpr int64_t kRowsPerItem = 64;  // target stacked query rows per prefill work item
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -45,15 +45,47 @@ inline const void* cache_row(const Tensor& t, const Shapes& s, int64_t j, int64_
   return t.as<const uint8_t>() + size_t((j * s.n_head_kv + h) * s.hd) * elem;
 }
 
-// tile[j][d] = cache cell t0 + j, kv head h, as contiguous f32 rows (j < bk).
-void load_tile(const VecKernels& vk, const Tensor& t, const Shapes& s, int64_t t0, int64_t bk, int64_t h, float* tile) {
-  for (int64_t j = 0; j < bk; ++j) {
-    const void* src = cache_row(t, s, t0 + j, h);
-    if (t.dtype == DType::kF16) {
-      vk.f16_to_f32(static_cast<const uint16_t*>(src), tile + j * s.hd, s.hd);
-    } else {
-      std::memcpy(tile + j * s.hd, src, size_t(s.hd) * sizeof(float));
+inline int64_t round_up16(int64_t x) { return (x + 15) / 16 * 16; }
+
+constexpr int64_t kTransposeCells = 16;  // cells per block of load_k_transposed
+
+// kt[d * ld + j] = K of cell t0 + j, kv head h (j < bk): the transposed tile flash_step reads.
+// Blocks of kTransposeCells cells, so the stores of one d fill a cache line (a store per cell down
+// a column would touch a line per d, lines ld floats apart: a few L1 sets for a long cache).
+// tmp: kTransposeCells * hd floats of scratch (for an f16 cache).
+void load_k_transposed(const VecKernels& vk, const Tensor& k, const Shapes& s, int64_t t0, int64_t bk, int64_t h,
+                       float* kt, int64_t ld, float* tmp) {
+  const float* rows[kTransposeCells];
+  for (int64_t j0 = 0; j0 < bk; j0 += kTransposeCells) {
+    const int64_t nb = std::min(kTransposeCells, bk - j0);
+    for (int64_t jj = 0; jj < nb; ++jj) {
+      const void* src = cache_row(k, s, t0 + j0 + jj, h);
+      if (k.dtype == DType::kF16) {
+        vk.f16_to_f32(static_cast<const uint16_t*>(src), tmp + jj * s.hd, s.hd);
+        rows[jj] = tmp + jj * s.hd;
+      } else {
+        rows[jj] = static_cast<const float*>(src);
+      }
     }
+    for (int64_t d = 0; d < s.hd; ++d) {
+      float* dst = kt + d * ld + j0;
+      for (int64_t jj = 0; jj < nb; ++jj) dst[jj] = rows[jj][d];
+    }
+  }
+}
+
+// vt[j * ld + d] = V of cell t0 + j, kv head h (j < bk, d < hd), padding columns hd .. ld zeroed.
+void load_v_rows(const VecKernels& vk, const Tensor& v, const Shapes& s, int64_t t0, int64_t bk, int64_t h, float* vt,
+                 int64_t ld) {
+  for (int64_t j = 0; j < bk; ++j) {
+    float* dst = vt + j * ld;
+    const void* src = cache_row(v, s, t0 + j, h);
+    if (v.dtype == DType::kF16) {
+      vk.f16_to_f32(static_cast<const uint16_t*>(src), dst, s.hd);
+    } else {
+      std::memcpy(dst, src, size_t(s.hd) * sizeof(float));
+    }
+    std::fill(dst + s.hd, dst + ld, 0.0f);
   }
 }
 
@@ -113,89 +145,101 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
                  const Shapes& s) {
   const VecKernels& vk = *ctx.vec;
   const int n_threads = ctx.pool->n_threads();
+  const int64_t hd = s.hd;
   const int64_t bq = std::max<int64_t>(1, kRowsPerItem / s.group);  // query rows per item
   const int64_t rmax = s.group * bq;                                // stacked rows per item
-  const int64_t ld = (rmax + 15) / 16 * 16;                         // columns of the transposed tiles
   const int64_t n_qb = (s.n + bq - 1) / bq;
-  const int64_t hd = s.hd;
-  // Per-thread layout (floats), columns = stacked rows: Qᵀ [hd][ld], Sᵀ [kBk + 1][ld], Oᵀ [hd][ld],
-  // m, l, lim [ld], and contiguous f32 K and V tiles [kBk][hd].
-  const int64_t per_thread = hd * ld + (kBk + 1) * ld + hd * ld + 3 * ld + 2 * kBk * hd;
+  const int64_t ldv = round_up16(hd);  // row stride of V tiles and of O
+  // Per-thread layout (floats): lim [rmax] (int64), Q [rmax][hd] (scaled), S [rmax][kBk],
+  // O [rmax][ldv], m, l [rmax], flash_step's t [2 round_up16(rmax)], and the K/V tiles read when
+  // nothing is prepacked: Kᵀ [hd][kBk] and V [kBk][ldv]. The prepack uses it as load_k_transposed's tmp.
+  const int64_t per_thread =
+      2 * rmax + rmax * hd + rmax * kBk + rmax * ldv + 2 * rmax + 2 * round_up16(rmax) + hd * kBk + kBk * ldv;
   KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
-  // When several query blocks read the same cells, K and V are first copied (f32) or converted
-  // (f16) once into contiguous per-head f32 arrays [n_head_kv][n_kv][hd], and tiles are read from
-  // there in place; a single block loads its tiles on the way.
+  // When several query blocks read the same cells, K and V are converted once into per-head f32
+  // arrays, Kᵀ [n_head_kv][hd][ldk] and V [n_head_kv][n_kv][ldv], and tiles are read from there in
+  // place; a single block loads its tiles on the way.
   const bool prepack = n_qb > 1;
-  const float* kpk = nullptr;
-  const float* vpk = nullptr;
+  const int64_t ldk_all = round_up16(s.n_kv);
+  const float* k_all = nullptr;
+  const float* v_all = nullptr;
   if (prepack) {
-    const size_t per_cache = size_t(s.n_head_kv * s.n_kv * hd);
-    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(2 * per_cache * sizeof(float)));
+    const size_t k_floats = size_t(s.n_head_kv * hd * ldk_all), v_floats = size_t(s.n_head_kv * s.n_kv * ldv);
+    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared((k_floats + v_floats) * sizeof(float)));
     float* kp = ctx.scratch->shared();
-    float* vp = kp + per_cache;
-    ctx.pool->parallel_for(s.n_kv, 64, [&](int64_t begin, int64_t end, int) {
+    float* vp = kp + k_floats;
+    ctx.pool->parallel_for(s.n_kv, 64, [&](int64_t begin, int64_t end, int tid) {
+      float* tmp = ctx.scratch->thread(tid);
       for (int64_t h = 0; h < s.n_head_kv; ++h) {
-        load_tile(vk, k, s, begin, end - begin, h, kp + (h * s.n_kv + begin) * hd);
-        load_tile(vk, v, s, begin, end - begin, h, vp + (h * s.n_kv + begin) * hd);
+        float* kh = kp + h * hd * ldk_all;
+        load_k_transposed(vk, k, s, begin, end - begin, h, kh + begin, ldk_all, tmp);
+        if (end == s.n_kv) {  // the vector padding past the last cell
+          for (int64_t d = 0; d < hd; ++d) std::fill(kh + d * ldk_all + s.n_kv, kh + (d + 1) * ldk_all, 0.0f);
+        }
+        load_v_rows(vk, v, s, begin, end - begin, h, vp + (h * s.n_kv + begin) * ldv, ldv);
       }
     });
-    kpk = kp;
-    vpk = vp;
+    k_all = kp;
+    v_all = vp;
   }
   auto items = [&](int64_t begin, int64_t end, int tid) {
-    float* qt = ctx.scratch->thread(tid);
-    float* st = qt + hd * ld;
-    float* ot = st + (kBk + 1) * ld;
-    float* m = ot + hd * ld;
-    float* l = m + ld;
-    float* lim = l + ld;
-    float* kf = lim + ld;
-    float* vf = kf + kBk * hd;
+    auto* lim = reinterpret_cast<int64_t*>(ctx.scratch->thread(tid));
+    float* qs = ctx.scratch->thread(tid) + 2 * rmax;
+    float* st = qs + rmax * hd;
+    float* ot = st + rmax * kBk;
+    float* m = ot + rmax * ldv;
+    float* l = m + rmax;
+    float* t = l + rmax;
+    float* kf = t + 2 * round_up16(rmax);
+    float* vf = kf + hd * kBk;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t qb = n_qb - 1 - item / s.n_head_kv;  // heaviest blocks first
       const int64_t kvh = item % s.n_head_kv;
       const int64_t i0 = qb * bq, nq = std::min(bq, s.n - i0);
-      const int64_t rows = s.group * nq;  // column r = g * nq + ri: head kvh * group + g, query i0 + ri
+      const int64_t rows = s.group * nq;  // row r = g * nq + ri: head kvh * group + g, query i0 + ri
       for (int64_t g = 0; g < s.group; ++g) {
         for (int64_t ri = 0; ri < nq; ++ri) {
-          const float* src = q.as<const float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
-          for (int64_t d = 0; d < hd; ++d) qt[d * ld + g * nq + ri] = src[d] * scale;
+          float* dst = qs + (g * nq + ri) * hd;
+          std::memcpy(dst, q.as<const float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd,
+                      size_t(hd) * sizeof(float));
+          vk.scale(dst, scale, hd);
         }
       }
-      for (int64_t d = 0; d < hd; ++d) std::fill(qt + d * ld + rows, qt + (d + 1) * ld, 0.0f);
-      std::fill(ot, ot + hd * ld, 0.0f);
-      std::fill(m, m + ld, kNegInf);
-      std::fill(l, l + ld, 0.0f);
+      std::fill(ot, ot + rows * ldv, 0.0f);
+      std::fill(m, m + rows, kNegInf);
+      std::fill(l, l + rows, 0.0f);
       const int64_t diag = s.n_kv - s.n + i0;  // cells <= diag are visible to every row
       const int64_t kv_end = diag + nq;        // exclusive: the last row's limit + 1
-      // Cell 0 is visible to every row, so every column sees a visible cell on the first tile.
+      // Cell 0 is visible to every row, so every row sees a cell on the first tile.
       for (int64_t t0 = 0; t0 < kv_end; t0 += kBk) {
         const int64_t bk = std::min(kBk, kv_end - t0);
-        const float* limp = nullptr;
+        const int64_t* limp = nullptr;
         if (t0 + bk - 1 > diag) {  // the tile crosses the causal diagonal: row ri sees j <= diag - t0 + ri
           for (int64_t g = 0; g < s.group; ++g) {
-            for (int64_t ri = 0; ri < nq; ++ri) lim[g * nq + ri] = float(diag - t0 + ri);
+            for (int64_t ri = 0; ri < nq; ++ri) lim[g * nq + ri] = diag - t0 + ri;
           }
-          std::fill(lim + rows, lim + ld, float(bk));
           limp = lim;
         }
         const float* kt = kf;
         const float* vt = vf;
+        int64_t ldk = kBk;
         if (prepack) {
-          kt = kpk + (kvh * s.n_kv + t0) * hd;
-          vt = vpk + (kvh * s.n_kv + t0) * hd;
+          kt = k_all + kvh * hd * ldk_all + t0;
+          vt = v_all + (kvh * s.n_kv + t0) * ldv;
+          ldk = ldk_all;
         } else {
-          load_tile(vk, k, s, t0, bk, kvh, kf);
-          load_tile(vk, v, s, t0, bk, kvh, vf);
+          load_k_transposed(vk, k, s, t0, bk, kvh, kf, kBk, vf);  // vf ([kBk][ldv]) is free until load_v_rows
+          for (int64_t d = 0; d < hd; ++d) std::fill(kf + d * kBk + bk, kf + d * kBk + round_up16(bk), 0.0f);
+          load_v_rows(vk, v, s, t0, bk, kvh, vf, ldv);
         }
-        vk.flash_step(bk, hd, rows, ld, kt, vt, qt, limp, st, m, l, ot);
+        vk.flash_step(bk, hd, rows, qs, hd, kt, ldk, vt, ldv, limp, st, kBk, m, l, ot, ldv, t);
       }
       for (int64_t g = 0; g < s.group; ++g) {
         for (int64_t ri = 0; ri < nq; ++ri) {
           const int64_t r = g * nq + ri;
           float* dst = out.as<float>() + ((i0 + ri) * s.n_head + kvh * s.group + g) * hd;
-          const float inv = 1.0f / l[r];
-          for (int64_t d = 0; d < hd; ++d) dst[d] = ot[d * ld + r] * inv;
+          std::memcpy(dst, ot + r * ldv, size_t(hd) * sizeof(float));
+          vk.scale(dst, 1.0f / l[r], hd);
         }
       }
     }

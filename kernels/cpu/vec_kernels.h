@@ -48,18 +48,21 @@ struct VecKernels {
   // The same with b in IEEE half (a V cache read in place).
   void (*gemm_f16b)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const uint16_t* b,
                     int64_t ldb, float* c, int64_t ldc, bool accumulate) = nullptr;
-  // One online-softmax step of flash attention over a tile of bk cells, in the transposed layout
-  // where column r of every [..][ld] matrix is one stacked query row (r < nr; ld is a multiple of 16
-  // and >= nr; columns nr .. ld of qt, m, l, ot and lim must hold finite values, e.g. qt = 0):
-  //   s[j][r]  = sum_d k[j * hd + d] * qt[d * ld + r]       (j < bk; qt holds the scaled queries)
-  //   s[j][r]  = -inf where lim != nullptr and j > lim[r]  (lim: last visible cell of the tile)
-  //   mx = max(m[r], max_j s[j][r]);  a = exp(m[r] - mx);  m[r] = mx
-  //   p[j][r]  = exp(s[j][r] - mx);    l[r] = l[r] a + sum_j p[j][r]
-  //   ot[d * ld + r] = ot[d * ld + r] a + sum_j v[j * hd + d] p[j][r]          (d < hd)
-  // k and v are contiguous f32 tiles [bk][hd]; s is scratch of (bk + 1) rows of ld floats. m starts
-  // at -inf; after a column's first step it must have seen a visible cell (else a = NaN).
-  void (*flash_step)(int64_t bk, int64_t hd, int64_t nr, int64_t ld, const float* k, const float* v, const float* qt,
-                     const float* lim, float* s, float* m, float* l, float* ot) = nullptr;
+  // One online-softmax step of flash attention over a tile of bk cells for nr stacked query rows,
+  // row-major (row r of q, s, o, m, l is one query row):
+  //   s[r][j]  = sum_d q[r * ldq + d] * kt[d * ldk + j]          (j < bk; q holds the scaled queries)
+  //   row r sees cells j <= lim[r] only (lim == nullptr: all; lim[r] < 0: none); a block of rows
+  //   is computed up to the last cell any of them sees, so the causal diagonal costs half a tile.
+  //   mx = max(m[r], max_{seen j} s[r][j]);  a = exp(m[r] - mx);  m[r] = mx
+  //   p[r][j]  = exp(s[r][j] - mx) for seen j, else 0;  l[r] = l[r] a + sum_j p[r][j]
+  //   o[r * ldo + d] = o[r * ldo + d] a + sum_j p[r][j] v[j * ldv + d]          (d < hd)
+  // Vector-width padding is read: kt columns up to round_up(bk, 16) and v and o columns up to
+  // round_up(hd, 16) must be addressable (their values only reach the padding of s and o). s is
+  // scratch of nr rows of lds >= round_up(bk, 16) floats; t is scratch of 2 round_up(nr, 16) floats.
+  // m starts at -inf; a row's first step must see a cell (else a = NaN).
+  void (*flash_step)(int64_t bk, int64_t hd, int64_t nr, const float* q, int64_t ldq, const float* kt, int64_t ldk,
+                     const float* v, int64_t ldv, const int64_t* lim, float* s, int64_t lds, float* m, float* l,
+                     float* o, int64_t ldo, float* t) = nullptr;
 };
 
 const VecKernels& vec_kernels_generic();

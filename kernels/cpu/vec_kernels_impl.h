@@ -13,6 +13,7 @@
 // Only include this from a vec_kernels_*.cpp file.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -351,10 +352,10 @@ void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t
   }
 }
 
-// ---- flash_step: the prefill attention tile, vectorized along the stacked query rows (columns) ----
+// ---- flash_step: the prefill attention tile, row-major (one row per stacked query row) ----
 
 // c[i][0 .. NV kW) (+)= sum_kk a[i * a_rs + kk * a_cs] * b[kk * ldb + 0 .. NV kW) for i < R; with
-// accumulate, c starts from its current contents, each column scaled by c_scale (when not null).
+// accumulate, c starts from its current contents, row i scaled by c_scale[i] (when not null).
 // Operands are L1-resident tiles: no software prefetch.
 template <class S, int R, int NV>
 inline void tt_block(int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb, float* c,
@@ -369,7 +370,7 @@ inline void tt_block(int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, c
         acc[r][v] = S::zero();
       } else {
         acc[r][v] = S::load(c + r * ldc + v * kW);
-        if (c_scale != nullptr) acc[r][v] = S::mul(acc[r][v], S::load(c_scale + v * kW));
+        if (c_scale != nullptr) acc[r][v] = S::mul(acc[r][v], S::set1(c_scale[r]));
       }
     }
   }
@@ -400,7 +401,7 @@ inline void tt_rows(int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t 
   }
 }
 
-// The last m < R rows of a column chunk.
+// tt_block for m <= R rows and nv <= CV vectors, both known at run time.
 template <class S, int R, int CV>
 inline void tt_tail(int m, int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
                     int64_t ldb, float* c, int64_t ldc, const float* c_scale, bool accumulate) {
@@ -410,66 +411,84 @@ inline void tt_tail(int m, int nv, int64_t kdim, const float* a, int64_t a_rs, i
   }
 }
 
-// c[i][0 .. nv kW) (+)= sum_kk a(i, kk) * b[kk][..] for i < m, in register blocks of RB rows x CV
-// vectors (tt_block's contract).
-template <class S, int RB, int CV>
-void tt_gemm(int64_t m, int nv, int64_t kdim, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
-             float* c, int64_t ldc, const float* c_scale, bool accumulate) {
-  constexpr int kW = S::kW;
-  for (int v0 = 0; v0 < nv; v0 += CV) {
-    const int nvc = nv - v0 < CV ? nv - v0 : CV;
-    const float* cs = c_scale != nullptr ? c_scale + v0 * kW : nullptr;
-    int64_t i = 0;
-    for (; i + RB <= m; i += RB) {
-      tt_rows<S, RB, CV>(nvc, kdim, a + i * a_rs, a_rs, a_cs, b + v0 * kW, ldb, c + i * ldc + v0 * kW, ldc, cs,
-                         accumulate);
-    }
-    if (i < m) {
-      tt_tail<S, RB - 1, CV>(int(m - i), nvc, kdim, a + i * a_rs, a_rs, a_cs, b + v0 * kW, ldb, c + i * ldc + v0 * kW,
-                             ldc, cs, accumulate);
-    }
-  }
-}
-
 template <class S>
-void flash_step(int64_t bk, int64_t hd, int64_t nr, int64_t ld, const float* k, const float* v, const float* qt,
-                const float* lim, float* s, float* m, float* l, float* ot) {
+void flash_step(int64_t bk, int64_t hd, int64_t nr, const float* q, int64_t ldq, const float* kt, int64_t ldk,
+                const float* v, int64_t ldv, const int64_t* lim, float* s, int64_t lds, float* m, float* l, float* o,
+                int64_t ldo, float* t) {
   constexpr int kW = S::kW;
-  // 32 vector registers: 6 x 4 accumulators; 16: 4 x 2.
+  // 32 vector registers: 6 rows x 4 vectors of accumulators; 16: 4 x 2.
   constexpr int kRb = S::kGemmRows == 4 ? 6 : 4;
   constexpr int kCv = S::kGemmRows == 4 ? 4 : 2;
-  const int nv = int((nr + kW - 1) / kW);
-  // sᵀ[j][r] = k_j · qt[.][r]
-  tt_gemm<S, kRb, kCv>(bk, nv, hd, k, hd, 1, qt, ld, s, ld, nullptr, false);
-  float* alpha = s + bk * ld;
-  const auto neg_inf = S::set1(kNegInf);
-  for (int cv = 0; cv < nv; ++cv) {
-    const int64_t off = int64_t(cv) * kW;
-    const auto m_old = S::load(m + off);
-    auto mx = m_old;
-    if (lim != nullptr) {
-      const auto lv = S::load(lim + off);
-      for (int64_t j = 0; j < bk; ++j) {
-        const auto x = S::blend_lt(lv, S::set1(float(j)), neg_inf, S::load(s + j * ld + off));
-        S::store(s + j * ld + off, x);
-        mx = S::max(mx, x);
-      }
-    } else {
-      for (int64_t j = 0; j < bk; ++j) mx = S::max(mx, S::load(s + j * ld + off));
+  const int nvt = int((bk + kW - 1) / kW);  // vectors of an s row
+  const int nvd = int((hd + kW - 1) / kW);  // vectors of an o row
+  // Cells row r sees in this tile: the first visible(r).
+  auto visible = [&](int64_t r) -> int64_t {
+    if (lim == nullptr) return bk;
+    return lim[r] < 0 ? 0 : lim[r] >= bk ? bk : lim[r] + 1;
+  };
+  // Cells some row of the row block [i, i + rb) sees (rows see prefixes, so this bounds them all).
+  auto block_visible = [&](int64_t i, int rb) {
+    int64_t n = 0;
+    for (int r = 0; r < rb; ++r) n = std::max(n, visible(i + r));
+    return n;
+  };
+  // s = q ktᵀ, per row block only over the vectors of cells the block sees (on the causal diagonal,
+  // about half the tile).
+  for (int64_t i = 0; i < nr; i += kRb) {
+    const int rb = int(nr - i < kRb ? nr - i : kRb);
+    const int nvb = int((block_visible(i, rb) + kW - 1) / kW);
+    for (int v0 = 0; v0 < nvb; v0 += kCv) {
+      tt_tail<S, kRb, kCv>(rb, nvb - v0 < kCv ? nvb - v0 : kCv, hd, q + i * ldq, ldq, 1, kt + v0 * kW, ldk,
+                           s + i * lds + v0 * kW, lds, nullptr, false);
     }
-    const auto a = exp_v<S>(S::sub(m_old, mx));  // 0 while m_old = -inf
-    S::store(alpha + off, a);
-    S::store(m + off, mx);
-    auto sum = S::zero();
-    for (int64_t j = 0; j < bk; ++j) {
-      const auto e = exp_v<S>(S::sub(S::load(s + j * ld + off), mx));
-      S::store(s + j * ld + off, e);
-      sum = S::add(sum, e);
-    }
-    S::store(l + off, S::fma(S::load(l + off), a, sum));
   }
-  // otᵀ[d][r] = ot[d][r] alpha[r] + sum_j v[j][d] p[j][r]
-  tt_gemm<S, kRb, kCv>(hd, nv, bk, v, 1, hd, s, ld, ot, ld, alpha, true);
+  // Online softmax along each row: t[r] = m_old - m_new, then t[nr_pad + r] = the row's sum of p.
+  const int64_t nr_pad = (nr + kW - 1) / kW * kW;
+  float* rowsum = t + nr_pad;
+  for (int64_t r = 0; r < nr; ++r) {
+    float* sr = s + r * lds;
+    const int64_t nvis = visible(r);
+    const int full = int(nvis / kW), rem = int(nvis % kW);
+    const int nv_vis = full + (rem > 0 ? 1 : 0);
+    float mnew = m[r];
+    auto sum = S::zero();
+    if (nvis > 0) {
+      auto mx = S::set1(m[r]);
+      for (int c = 0; c < full; ++c) mx = S::max(mx, S::load(sr + c * kW));
+      if (rem > 0) mx = S::max(mx, S::load_n(sr + full * kW, rem, kNegInf));
+      mnew = S::hmax(mx);
+      const auto mv = S::set1(mnew);
+      for (int c = 0; c < full; ++c) {
+        const auto e = exp_v<S>(S::sub(S::load(sr + c * kW), mv));
+        S::store(sr + c * kW, e);
+        sum = S::add(sum, e);
+      }
+      if (rem > 0) {  // lanes past the last visible cell load as -inf: p = 0
+        const auto e = exp_v<S>(S::sub(S::load_n(sr + full * kW, rem, kNegInf), mv));
+        S::store(sr + full * kW, e);
+        sum = S::add(sum, e);
+      }
+    }
+    for (int c = nv_vis; c < nvt; ++c) S::store(sr + c * kW, S::zero());  // cells the row does not see
+    t[r] = nvis > 0 ? m[r] - mnew : 0.0f;  // -inf while m[r] = -inf: alpha = 0
+    m[r] = mnew;
+    rowsum[r] = S::hsum(sum);
+  }
+  for (int64_t r = 0; r < nr_pad; r += kW) {
+    const int n = int(nr - r < kW ? nr - r : kW);
+    S::store_n(t + r, exp_v<S>(S::load_n(t + r, n, 0.0f)), n);  // alpha
+  }
+  for (int64_t r = 0; r < nr; ++r) l[r] = l[r] * t[r] + rowsum[r];
+  // o = alpha o + p v, per row block over the cells it sees (p is 0 past each row's own).
+  for (int64_t i = 0; i < nr; i += kRb) {
+    const int rb = int(nr - i < kRb ? nr - i : kRb);
+    const int64_t kd = block_visible(i, rb);
+    if (kd == 0) continue;  // no row of the block sees a cell: alpha = 1 and o stays
+    for (int v0 = 0; v0 < nvd; v0 += kCv) {
+      tt_tail<S, kRb, kCv>(rb, nvd - v0 < kCv ? nvd - v0 : kCv, kd, s + i * lds, lds, 1, v + v0 * kW, ldv,
+                           o + i * ldo + v0 * kW, ldo, t + i, true);
+    }
+  }
 }
 
 // All of the above for one trait, as a table. Aggregate-initialized (no shared inline constructor).

@@ -209,7 +209,9 @@ TEST_CASE("kv cache after a batched prefill equals token-by-token decode", "[mod
             const Tensor t = which == 0 ? c.k_used(l) : c.v_used(l);
             return std::span<const float>(t.as<float>(), size_t(t.numel()));
           };
-          CHECK(max_abs_diff(view(**batched), view(**stepped)) < 1e-5f);
+          // Equal up to f32 reassociation: the prefill and decode paths sum in other orders, and
+          // by layer 4 of stories260K (|K| up to 26, where an ulp is 2e-6) they differ by ~1e-5.
+          CHECK(max_abs_diff(view(**batched), view(**stepped)) < 3e-5f);
           CHECK(max_abs_diff(view(**batched), view(**reference)) < 1e-4f);
         }
       }

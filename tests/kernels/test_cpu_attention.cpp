@@ -66,7 +66,8 @@ TEST_CASE("cpu attention matches a double reference (decode and prefill, GQA, f3
   const AttnShape s = GENERATE(
       AttnShape{1, 1, 1, 1, 8}, AttnShape{1, 600, 8, 2, 64}, AttnShape{2, 37, 4, 4, 16}, AttnShape{3, 130, 8, 2, 128},
       AttnShape{7, 7, 4, 1, 16}, AttnShape{4, 70, 2, 2, 8}, AttnShape{64, 100, 4, 2, 64}, AttnShape{300, 300, 2, 1, 64},
-      AttnShape{300, 600, 2, 2, 16}, AttnShape{65, 200, 16, 4, 128}, AttnShape{9, 9, 12, 12, 64});
+      AttnShape{300, 600, 2, 2, 16}, AttnShape{65, 200, 16, 4, 128}, AttnShape{9, 9, 12, 12, 64},
+      AttnShape{130, 257, 6, 2, 40}, AttnShape{5, 83, 3, 1, 24});
   const DType kt = GENERATE(DType::kF32, DType::kF16);
   const DType vt = GENERATE(DType::kF32, DType::kF16);
   if (kt != vt && s.n > 7) return;  // mixed cache types: small shapes are enough
