@@ -54,6 +54,21 @@ void add_wire_flags(CLI::App* cmd, WireFlags& f, const std::string& what) {
   cmd->add_flag("--zstd", f.zstd, "Compress " + what + " chunks with zstd");
 }
 
+void PullFlags::apply(v1::PullOptions* out) const {
+  out->set_dtype(wire.dtype());
+  out->set_compression(wire.compression());
+  out->set_transport(transport);
+}
+
+void add_pull_flags(CLI::App* cmd, PullFlags& f, const std::string& what) {
+  add_wire_flags(cmd, f.wire, what);
+  cmd->add_option("--transport", f.transport,
+                  "How the agent pulls " + what + ": auto picks the fastest both agents support, falling back to "
+                  "grpc; an explicit choice the pair cannot use falls back to grpc with the reason")
+      ->check(CLI::IsMember({"auto", "grpc", "nccl", "cuda-ipc"}))
+      ->capture_default_str();
+}
+
 void SamplingFlags::apply(v1::GenerateRequest& req) const {
   req.set_max_tokens(uint32_t(n));
   v1::SamplingParams* s = req.mutable_sampling();
@@ -144,7 +159,15 @@ const char* stop_reason_name(v1::StopReason r) {
 
 }  // namespace
 
+void print_context_transports(const google::protobuf::RepeatedPtrField<v1::ContextTransport>& ts) {
+  for (const v1::ContextTransport& t : ts) {
+    std::fprintf(stderr, "context %s/%s: %s (%s)\n", t.agent().c_str(), t.cache_id().c_str(), t.used().c_str(),
+                 t.reason().c_str());
+  }
+}
+
 void print_summary(const v1::GenerateSummary& s) {
+  print_context_transports(s.context_transports());
   std::fprintf(stderr,
                "stop=%s context_tokens=%u prompt_tokens=%u generated_tokens=%u ttft_ms=%.2f decode_ms=%.2f "
                "pulled_bytes=%llu%s%s\n",

@@ -36,6 +36,14 @@ struct WireFlags {
 };
 void add_wire_flags(CLI::App* cmd, WireFlags& flags, const std::string& what);
 
+// The wire flags and --transport auto|grpc|nccl|cuda-ipc: how an agent pulls context caches.
+struct PullFlags {
+  WireFlags wire;
+  std::string transport = "auto";
+  void apply(client::v1::PullOptions* out) const;
+};
+void add_pull_flags(CLI::App* cmd, PullFlags& flags, const std::string& what);
+
 // Sampling and stop flags of a remote Generate: -n, --temp, --top-k, --top-p, --seed, --stop,
 // --ignore-eos.
 struct SamplingFlags {
@@ -71,6 +79,8 @@ client::v1::GenerateSummary stream_generate(client::AgentClient& agent, const cl
 // "stop=max_tokens context_tokens=300 prompt_tokens=5 generated_tokens=32 ttft_ms=1.90
 //  decode_ms=10.20 pulled_bytes=384000" on stderr: key=value, for people and for scripts.
 void print_summary(const client::v1::GenerateSummary& s);
+// One stderr line per context cache pulled from another agent: how it travelled and why.
+void print_context_transports(const google::protobuf::RepeatedPtrField<client::v1::ContextTransport>& ts);
 
 // `kvbridge info --agent ADDR` (client/cmd_agent_info.cpp).
 void print_agent_info(const std::string& addr, const RemoteFlags& remote);

@@ -28,7 +28,7 @@ struct GenerateArgs {
   std::vector<std::string> context;
   bool keep_cache = false;
   RemoteFlags remote;
-  WireFlags wire;
+  PullFlags pull;
 };
 
 // The local model's prompt: --prompt with the tokenizer's defaults, or --messages rendered.
@@ -65,8 +65,7 @@ void run_remote_generate(const GenerateArgs& a) {
   req.mutable_sampling()->set_top_k(a.top_k);
   req.mutable_sampling()->set_top_p(a.top_p);
   req.mutable_sampling()->set_seed(a.seed);
-  req.mutable_pull()->set_dtype(a.wire.dtype());
-  req.mutable_pull()->set_compression(a.wire.compression());
+  a.pull.apply(req.mutable_pull());
   req.set_keep_cache(a.keep_cache);
   std::fputs(a.prompt.c_str(), stdout);
   const client::v1::GenerateSummary s = stream_generate(*agent, req, a.stats);
@@ -125,7 +124,7 @@ void register_generate(CLI::App& app) {
       ->needs(agent);
   c->add_flag("--keep-cache", a->keep_cache, "Keep context + prompt + output as a new cache; print its id")
       ->needs(agent);
-  add_wire_flags(c, a->wire, "context caches pulled from other agents");
+  add_pull_flags(c, a->pull, "context caches pulled from other agents");
   add_remote_flags(c, a->remote);
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file for formats that keep it apart (llama2.c tokenizer.bin)");
   auto* prompt = c->add_option("-p,--prompt", a->prompt, "Prompt text");

@@ -13,7 +13,7 @@ void register_pass(CLI::App& app) {
     std::string from, cache, to, prompt;
     bool keep_cache = false;
     SamplingFlags sampling;
-    WireFlags wire;
+    PullFlags pull;
     RemoteFlags remote;
   };
   auto a = std::make_shared<Args>();
@@ -24,7 +24,7 @@ void register_pass(CLI::App& app) {
   c->add_option("-p,--prompt", a->prompt, "Text the receiver appends after the cache");
   c->add_flag("--keep-cache", a->keep_cache, "Keep the receiver's context + prompt + output as a new cache");
   add_sampling_flags(c, a->sampling);
-  add_wire_flags(c, a->wire, "the passed cache");
+  add_pull_flags(c, a->pull, "the passed cache");
   add_remote_flags(c, a->remote);
   c->callback([a] {
     auto receiver = connect_or_exit(a->to, a->remote);
@@ -32,8 +32,7 @@ void register_pass(CLI::App& app) {
     *req.add_context() = client::cache_ref(a->from, a->cache);
     if (!a->prompt.empty()) req.set_text(a->prompt);
     a->sampling.apply(req);
-    req.mutable_pull()->set_dtype(a->wire.dtype());
-    req.mutable_pull()->set_compression(a->wire.compression());
+    a->pull.apply(req.mutable_pull());
     req.set_keep_cache(a->keep_cache);
     std::fputs(a->prompt.c_str(), stdout);
     (void)stream_generate(*receiver, req);

@@ -17,7 +17,7 @@ struct PrefillArgs {
   bool pin = false, no_bos = false;
   uint32_t ttl_s = 0;
   RemoteFlags remote;
-  WireFlags wire;
+  PullFlags pull;
   ChatFlags chat;
 };
 
@@ -38,12 +38,12 @@ void run_prefill(const PrefillArgs& a) {
   }
   for (const std::string& c : a.context) *req.add_context() = parse_cache_ref(c);
   if (a.no_bos) req.set_add_bos(false);
-  req.mutable_pull()->set_dtype(a.wire.dtype());
-  req.mutable_pull()->set_compression(a.wire.compression());
+  a.pull.apply(req.mutable_pull());
   req.set_cache_ttl_seconds(a.ttl_s);
   req.set_pin(a.pin);
   auto r = agent->prefill(req);
   exit_on_error(r.status());
+  print_context_transports(r->context_transports());
   std::printf("%s\n", r->cache_id().c_str());
   std::fprintf(stderr, "prefilled %u tokens (%s) in %.2f ms%s\n", r->n_tokens(), human_bytes(r->cache_bytes()).c_str(),
                r->prefill_ms(), a.pin ? ", pinned" : "");
@@ -65,7 +65,7 @@ void register_prefill(CLI::App& app) {
   c->add_flag("--pin", a->pin, "Pin the new cache (never evicted for space)");
   c->add_flag("--no-bos", a->no_bos, "Do not put BOS before the text");
   c->add_option("--ttl", a->ttl_s, "Idle seconds before the cache expires (0 = the agent's default)");
-  add_wire_flags(c, a->wire, "context caches pulled from other agents");
+  add_pull_flags(c, a->pull, "context caches pulled from other agents");
   add_remote_flags(c, a->remote);
   c->callback([a] {
     if (a->text.empty() && a->file.empty() && !a->chat.given()) throw CLI::RequiredError("--text, --file or --messages");

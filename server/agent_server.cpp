@@ -26,6 +26,7 @@
 #include "server/cache_store.h"
 #include "server/engine_loop.h"
 #include "server/logging.h"
+#include "transport/metadata.h"
 #include "server/metrics.h"
 #include "server/peer_client.h"
 
@@ -130,6 +131,9 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   po.auth_token = c.auth_token;
   po.metrics = s->metrics_.get();
   po.cache_buffers = s->session_buffers_.get();
+  // Caches leave and arrive through host memory (ExportCache stages a device cache to the host),
+  // and no device transport is wired into the pulls yet: no GPU, no nccl, no cuda-ipc.
+  po.endpoint.host_id = transport::local_host_id();
   s->peers_ = std::make_unique<PeerClient>(std::move(po));
 
   if (!c.fuser_dir.empty()) {

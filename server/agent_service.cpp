@@ -103,6 +103,7 @@ struct ResolvedContext {
   std::vector<std::shared_ptr<const KvCache>> caches;  // in request order
   std::unique_ptr<KvCache> owned;  // instead of `caches`: the request's one context, a fresh pull
   uint64_t bytes_pulled = 0;
+  std::vector<pb::ContextTransport> transports;  // one per context pulled from an agent
   std::optional<FuseReport> fuse;  // receiver mode: the fused contexts, summed
 
   void move_to(SessionInput& in) {
@@ -158,6 +159,12 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
       auto p = d.peers->pull(ref.agent, ref.cache_id, spec.pull, cancel);
       if (!p.ok()) return p.status().with_context(fmt::format("context[{}]", i));
       out.bytes_pulled += p->wire_bytes;
+      pb::ContextTransport& t = out.transports.emplace_back();
+      t.set_agent(ref.agent);
+      t.set_cache_id(ref.cache_id);
+      t.set_requested(std::string(transport::transport_name(p->transport.requested)));
+      t.set_used(std::string(transport::transport_name(p->transport.selection.kind)));
+      t.set_reason(p->transport.selection.reason);
       if (spec.context.size() == 1) {
         out.owned = std::move(p->cache);  // the engine may run the session in it
       } else {
@@ -187,8 +194,11 @@ class GenerateStream final : public GenerateSink {
       : reactor_(reactor), d_(d), cancel_(std::make_shared<CancelToken>()) {}
 
   const CancelTokenPtr& cancel() const { return cancel_; }
-  void set_bytes_pulled(uint64_t n) { bytes_pulled_ = n; }
-  // Before the engine task is submitted (so before on_done can run).
+  // These two before the engine task is submitted (so before on_done can run).
+  void set_pulls(uint64_t bytes, std::vector<pb::ContextTransport> transports) {
+    bytes_pulled_ = bytes;
+    transports_ = std::move(transports);
+  }
   void set_fuse_report(std::optional<FuseReport> r) { fuse_ = std::move(r); }
 
   void on_token(int32_t id, std::string_view text) override {
@@ -213,6 +223,7 @@ class GenerateStream final : public GenerateSink {
     s->set_time_to_first_token_ms(o.ttft_ms);
     s->set_decode_ms(o.decode_ms);
     s->set_context_bytes_pulled(bytes_pulled_);
+    for (const pb::ContextTransport& t : transports_) *s->add_context_transports() = t;
     if (o.kept) s->set_cache_id(o.kept->id);
     s->set_text(o.text);
     if (fuse_) to_proto(*fuse_, s->mutable_fuse());
@@ -270,7 +281,8 @@ class GenerateStream final : public GenerateSink {
   grpc::ServerWriteReactor<pb::GenerateResponse>* const reactor_;
   const ServiceDeps& d_;
   const CancelTokenPtr cancel_;
-  std::atomic<uint64_t> bytes_pulled_{0};
+  uint64_t bytes_pulled_ = 0;
+  std::vector<pb::ContextTransport> transports_;
   std::optional<FuseReport> fuse_;
   std::mutex mu_;
   std::deque<pb::GenerateResponse> pending_;
@@ -304,7 +316,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
     resolve_context(d_, std::move(spec->session), stream_->cancel(),
                     [deps, stream, state](Result<ResolvedContext> r) {
                       if (!r.ok()) return stream->fail(r.status());
-                      stream->set_bytes_pulled(r->bytes_pulled);
+                      stream->set_pulls(r->bytes_pulled, std::move(r->transports));
                       stream->set_fuse_report(r->fuse);
                       r->move_to(state->first);
                       deps->engine->submit_generate(std::move(state->first), std::move(state->second), stream);
@@ -353,6 +365,7 @@ class PrefillCall final : public UnaryCall {
     resolve_context(d, std::move(spec->session), cancel_, [this, deps, in, opt, resp, fingerprint](Result<ResolvedContext> r) {
       if (!r.ok()) return complete(r.status());
       if (r->fuse) to_proto(*r->fuse, resp->mutable_fuse());
+      for (pb::ContextTransport& t : r->transports) *resp->add_context_transports() = std::move(t);
       r->move_to(*in);
       deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<PrefillOutcome> p) {
         if (!p.ok()) return complete(p.status());
@@ -637,6 +650,12 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
     resp->add_wire_dtypes(t);
   }
   resp->add_transports("grpc");
+  const transport::EndpointInfo& self = d_.peers->endpoint();
+  pb::TransportInfo* ti = resp->mutable_transport_info();
+  ti->set_host_id(self.host_id);
+  ti->set_gpu_uuid(self.gpu_uuid);
+  ti->set_nccl(self.nccl);
+  ti->set_cuda_ipc(self.cuda_ipc);
   if (d_.fuser) resp->set_fuser(d_.fuser->embedded_description());
   if (auto chat = ChatTemplate::from_source(m.tokenizer->vocab().chat_template); chat.ok()) {
     resp->set_chat_template(std::string(chat->name()));

@@ -97,23 +97,6 @@ struct HookGuard {
   ~HookGuard() { c.clear_hook(); }
 };
 
-// One unary call to a peer with this agent's token, deadline and the request's cancellation.
-template <class Stub, class Req, class Resp>
-Status unary(PeerClient& peers, Stub& stub, grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
-             const Req& req, Resp* resp, CancelToken& cancel, const std::string& what) {
-  if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
-  grpc::ClientContext ctx;
-  peers.prepare(ctx);
-  cancel.set_hook([&ctx] { ctx.TryCancel(); });
-  HookGuard guard{cancel};
-  if (Metrics* m = peers.metrics()) m->add_bytes_sent(req.ByteSizeLong());
-  const grpc::Status gs = (stub.*method)(&ctx, req, resp);
-  if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
-  if (!gs.ok()) return PeerClient::peer_error(gs, what);
-  if (Metrics* m = peers.metrics()) m->add_bytes_received(resp->ByteSizeLong());
-  return Status::Ok();
-}
-
 // The Fuse stream with a remote fuser: a writer thread sends the start message and both input
 // streams (interleaved one message each, so the fuser can start on early layers), while this
 // thread decodes the fused slices straight over `receiver`'s cells.
@@ -244,7 +227,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   } else {
     auto stub = pb::FuserService::NewStub(peers_.channel(spec.address));
     pb::FuserInfo info;
-    KVB_RETURN_IF_ERROR(unary(peers_, *stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,
+    KVB_RETURN_IF_ERROR(peers_.unary(*stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,
                               fmt::format("asking the fuser at {} for its pair", spec.address)));
     auto d = describe(info);
     if (!d.ok()) return d.status().with_context(fmt::format("the fuser at {}", spec.address));
@@ -254,7 +237,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
 
   auto agent = pb::AgentService::NewStub(peers_.channel(sharer));
   pb::AgentInfo sharer_info;
-  KVB_RETURN_IF_ERROR(unary(peers_, *agent, &pb::AgentService::Stub::GetInfo, pb::GetInfoRequest(), &sharer_info,
+  KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::GetInfo, pb::GetInfoRequest(), &sharer_info,
                             cancel, fmt::format("asking {} for its model", sharer)));
   const ModelIdentity sharer_id = wire::from_proto(sharer_info.model());
   if (sharer_id == identity_) {  // the same model: an ordinary pull, nothing to fuse
@@ -273,7 +256,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   pb::DetokenizeRequest dreq;
   dreq.set_cache_id(cache_id);
   pb::DetokenizeResponse dresp;
-  KVB_RETURN_IF_ERROR(unary(peers_, *agent, &pb::AgentService::Stub::Detokenize, dreq, &dresp, cancel,
+  KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Detokenize, dreq, &dresp, cancel,
                             fmt::format("reading cache {} on {}", cache_id, sharer)));
   const std::vector<int32_t> sharer_ids(dresp.ids().begin(), dresp.ids().end());
   const Tokenizer& tok = *model_.tokenizer;
@@ -307,7 +290,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
       req.set_raw(true);
       for (const std::string& t : texts) req.add_texts(t);
       pb::TokenizeResponse resp;
-      KVB_RETURN_IF_ERROR(unary(peers_, *agent, &pb::AgentService::Stub::Tokenize, req, &resp, cancel, where));
+      KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Tokenize, req, &resp, cancel, where));
       std::vector<std::vector<int32_t>> out;
       for (const pb::TokenIds& t : resp.tokens()) out.emplace_back(t.ids().begin(), t.ids().end());
       return out;
@@ -316,7 +299,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
       pb::DetokenizeRequest req;
       req.mutable_tokens()->mutable_ids()->Assign(sids.begin(), sids.end());
       pb::DetokenizeResponse resp;
-      KVB_RETURN_IF_ERROR(unary(peers_, *agent, &pb::AgentService::Stub::Detokenize, req, &resp, cancel, where));
+      KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Detokenize, req, &resp, cancel, where));
       return std::vector<std::string>(resp.pieces().begin(), resp.pieces().end());
     };
     fuser::SharerSpecials specials;
@@ -337,7 +320,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     preq.set_add_bos(false);
     preq.set_cache_ttl_seconds(300);  // dropped below; the TTL only covers a receiver that dies first
     pb::PrefillResponse presp;
-    KVB_RETURN_IF_ERROR(unary(peers_, *agent, &pb::AgentService::Stub::Prefill, preq, &presp, cancel,
+    KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Prefill, preq, &presp, cancel,
                               fmt::format("prefilling the aligned context on {}", sharer)));
     sharer_cache = presp.cache_id();
     temporary = true;
@@ -348,7 +331,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     req.set_cache_id(sharer_cache);
     pb::DropCacheResponse resp;
     CancelToken never;
-    const Status st = unary(peers_, *agent, &pb::AgentService::Stub::DropCache, req, &resp, never, "dropping");
+    const Status st = peers_.unary(*agent, &pb::AgentService::Stub::DropCache, req, &resp, never, "dropping");
     if (!st.ok()) log_event(spdlog::level::warn, "fuse", {{"drop_temporary_cache", sharer_cache}, {"error", st.message()}});
   };
 

@@ -11,9 +11,11 @@
 #include <vector>
 
 #include "kernels/registry.h"
+#include "kvbridge/v1/agent.grpc.pb.h"
 #include "kvbridge/v1/agent.pb.h"
 #include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
+#include "server/logging.h"
 
 namespace kvb::server {
 
@@ -125,11 +127,56 @@ std::shared_ptr<grpc::Channel> PeerClient::channel(const std::string& agent) {
   return ch;
 }
 
+Result<transport::EndpointInfo> PeerClient::peer_endpoint(const std::string& agent, CancelToken& cancel) {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard<std::mutex> lock(channels_mu_);
+    auto it = peer_info_.find(agent);
+    if (it != peer_info_.end() && now - it->second.fetched < kPeerInfoTtl) return it->second.endpoint;
+  }
+  auto stub = kvbridge::v1::AgentService::NewStub(channel(agent));
+  kvbridge::v1::AgentInfo info;
+  const Status st = unary(*stub, &kvbridge::v1::AgentService::Stub::GetInfo, kvbridge::v1::GetInfoRequest(), &info,
+                          cancel, fmt::format("asking the agent at {} for its transports", agent));
+  // A sharer without GetInfo (another implementation of ExportCache) reports nothing: grpc.
+  if (!st.ok() && st.code() != StatusCode::kUnimplemented) return st;
+  const kvbridge::v1::TransportInfo& t = info.transport_info();
+  transport::EndpointInfo e{t.host_id(), t.gpu_uuid(), t.nccl(), t.cuda_ipc()};
+  std::lock_guard<std::mutex> lock(channels_mu_);
+  peer_info_[agent] = PeerInfo{now, e};
+  return e;
+}
+
+Result<PullTransport> PeerClient::choose_transport(const std::string& agent, const PullOptions& po,
+                                                   CancelToken& cancel) {
+  PullTransport out;
+  out.requested = po.transport;
+  if (po.transport == transport::TransportChoice::kGrpc) {
+    out.selection.reason = "grpc as asked";
+    return out;
+  }
+  KVB_ASSIGN_OR_RETURN(const transport::EndpointInfo sharer, peer_endpoint(agent, cancel));
+  KVB_ASSIGN_OR_RETURN(out.selection, transport::select_transport(po.transport, sharer, opt_.endpoint));
+  // This agent advertises no device transport, so selection cannot pick one (select.cpp checks
+  // both ends' flags); the day it does, the OpenTransfer flow of transport/README.md runs here.
+  if (out.selection.kind != transport::TransportKind::kGrpc) {
+    return internal_error(fmt::format("transport {} selected, but this agent moves caches over grpc only",
+                                      transport::transport_name(out.selection.kind)));
+  }
+  return out;
+}
+
 Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string& cache_id, const PullOptions& po,
                                      CancelToken& cancel) {
   const auto where = [&] { return fmt::format("pulling cache {} from {}", cache_id, agent); };
   if (stopping()) return unavailable(where() + ": the agent is shutting down");
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
+  auto chosen = choose_transport(agent, po, cancel);
+  if (!chosen.ok()) return chosen.status().with_context(where());
+  if (chosen->selection.fell_back) {
+    log_event(spdlog::level::info, "transport fell back to grpc",
+              {{"cache", cache_id}, {"peer", agent}, {"reason", chosen->selection.reason}});
+  }
 
   const std::shared_ptr<grpc::Channel> ch = channel(agent);
   grpc::ClientContext ctx;
@@ -189,6 +236,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   PulledCache out;
   out.cache = std::move(cache).value();
   out.wire_bytes = wire_bytes;
+  out.transport = std::move(chosen).value();
   return out;
 }
 

@@ -17,6 +17,15 @@
 // cancelled request (CancelToken) interrupts the pull at once (CANCELLED). Nothing is kept from a
 // failed pull.
 //
+// Transport: the request's choice (PullOptions::transport) is resolved against the sharer's
+// TransportInfo (its GetInfo, cached per address for kPeerInfoTtl) by transport::select_transport,
+// with this agent's own EndpointInfo as the receiver. The pull then runs over what was selected;
+// this agent moves caches over grpc (ExportCache) only, and says so in its own EndpointInfo (no
+// nccl, no cuda-ipc), so today every selection is grpc, an explicit nccl or cuda-ipc choice
+// falling back with the reason, which PulledCache::transport carries to the request's summary.
+// A sharer whose GetInfo is UNIMPLEMENTED counts as one without TransportInfo (grpc); any other
+// GetInfo error fails the pull (peer_error's codes, as an ExportCache error would).
+//
 // Outgoing calls carry this agent's bearer token and, when the agent serves TLS, use TLS with
 // root = --tls-client-ca when given, else the agent's own certificate chain (a self-signed or
 // shared-CA deployment), presenting the agent's certificate as client certificate (mutual TLS).
@@ -39,6 +48,7 @@
 #include <vector>
 
 #include <grpcpp/channel.h>
+#include <grpcpp/client_context.h>
 
 #include "engine/kv_cache.h"
 #include "engine/kv_wire.h"
@@ -47,6 +57,7 @@
 #include "server/cancel_token.h"
 #include "server/metrics.h"
 #include "server/request_convert.h"
+#include "transport/select.h"
 
 namespace kvb::server {
 
@@ -64,12 +75,24 @@ struct PeerClientOptions {
   // Host memory for pulled caches (borrowed, may be null: cpu_device().buffer_type()), e.g. a
   // BufferPool shared with the engine's sessions.
   const BufferType* cache_buffers = nullptr;
+  // This agent as the receiver of a pull (GetInfo's transport_info says the same).
+  transport::EndpointInfo endpoint;
+};
+
+// How one pull travelled: the request's choice and what select_transport made of it.
+struct PullTransport {
+  transport::TransportChoice requested = transport::TransportChoice::kAuto;
+  transport::Selection selection;
 };
 
 struct PulledCache {
   std::unique_ptr<KvCache> cache;  // never null on success; nobody else holds it
   uint64_t wire_bytes = 0;         // serialized CacheChunk bytes received
+  PullTransport transport;
 };
+
+// How long a peer's TransportInfo is reused before GetInfo is asked again.
+inline constexpr std::chrono::seconds kPeerInfoTtl{30};
 
 class PeerClient {
  public:
@@ -90,8 +113,14 @@ class PeerClient {
   // A peer's gRPC error as this agent reports it: a deadline or a cancel it did not ask for →
   // UNAVAILABLE, a refused token → PERMISSION_DENIED; `what` names the call.
   static Status peer_error(const grpc::Status& gs, const std::string& what);
+  // One unary call to a peer (prepare()'s token and deadline, interrupted by `cancel`), its bytes
+  // counted in the metrics; errors as peer_error, or CANCELLED when `cancel` fired.
+  template <class Stub, class Req, class Resp>
+  Status unary(Stub& stub, grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*), const Req& req,
+               Resp* resp, CancelToken& cancel, const std::string& what);
   bool stopping();
   uint64_t max_message_bytes() const { return opt_.max_message_bytes; }
+  const transport::EndpointInfo& endpoint() const { return opt_.endpoint; }
   Metrics* metrics() const { return opt_.metrics; }
 
   // Runs `fn` on a worker thread (FIFO). After stop() has begun, runs it on the caller's thread
@@ -103,11 +132,20 @@ class PeerClient {
 
  private:
   void worker();
+  // The transport `opt` asks for, resolved against the sharer at `agent` (GetInfo when the choice
+  // is not plain grpc and no fresh TransportInfo of that peer is cached).
+  Result<PullTransport> choose_transport(const std::string& agent, const PullOptions& opt, CancelToken& cancel);
+  Result<transport::EndpointInfo> peer_endpoint(const std::string& agent, CancelToken& cancel);
 
   const PeerClientOptions opt_;
   BearerAuth auth_;
   std::mutex channels_mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
+  struct PeerInfo {
+    std::chrono::steady_clock::time_point fetched;
+    transport::EndpointInfo endpoint;
+  };
+  std::map<std::string, PeerInfo> peer_info_;  // guarded by channels_mu_
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -115,5 +153,24 @@ class PeerClient {
   bool stopping_ = false;                    // guarded by mu_
   std::vector<std::thread> workers_;
 };
+
+template <class Stub, class Req, class Resp>
+Status PeerClient::unary(Stub& stub, grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                         const Req& req, Resp* resp, CancelToken& cancel, const std::string& what) {
+  if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
+  grpc::ClientContext ctx;
+  prepare(ctx);
+  cancel.set_hook([&ctx] { ctx.TryCancel(); });
+  struct HookGuard {
+    CancelToken& c;
+    ~HookGuard() { c.clear_hook(); }
+  } guard{cancel};
+  if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
+  const grpc::Status gs = (stub.*method)(&ctx, req, resp);
+  if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
+  if (!gs.ok()) return peer_error(gs, what);
+  if (opt_.metrics) opt_.metrics->add_bytes_received(resp->ByteSizeLong());
+  return Status::Ok();
+}
 
 }  // namespace kvb::server

@@ -46,6 +46,11 @@ Result<PullOptions> convert_pull(const pb::PullOptions& p) {
   if (!comp.ok()) return invalid_argument("pull.compression: " + comp.status().message());
   out.dtype = *dtype;
   out.compression = *comp;
+  if (!p.transport().empty()) {
+    auto choice = transport::parse_transport(p.transport());
+    if (!choice.ok()) return invalid_argument("pull.transport: " + choice.status().message());
+    out.transport = *choice;
+  }
   return out;
 }
 

@@ -22,6 +22,7 @@
 #include "kvbridge/v1/agent.pb.h"
 #include "server/cache_store.h"
 #include "server/engine_loop.h"
+#include "transport/select.h"
 
 namespace kvb::server {
 
@@ -51,6 +52,9 @@ struct ContextRef {
 struct PullOptions {
   WireDType dtype = WireDType::kF32;
   WireCompression compression = WireCompression::kNone;
+  // The receiver's transport choice; PeerClient::pull resolves it against the sharer's
+  // TransportInfo (transport/select.h).
+  transport::TransportChoice transport = transport::TransportChoice::kAuto;
   // Free cells a pulled cache gets beyond its own (KvWireDecoder's n_ctx_extra): what the request
   // appends after it (input, + max_tokens for a Generate) when it is the request's only context,
   // so that the engine can run the session in the pulled cache (SessionInput::owned_context).

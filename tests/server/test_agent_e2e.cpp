@@ -301,6 +301,56 @@ TEST_CASE("B continuing from A's cache equals B given the context as text", "[e2
     CHECK(passed.summary.context_tokens() == ctx.size());
   }
 
+  SECTION("transport choice: resolved against the sharer's TransportInfo, grpc when nothing else serves") {
+    // Both agents report their host; neither moves caches over a device transport.
+    const v1::AgentInfo info_a = must(ca->get_info());
+    CHECK(!info_a.transport_info().host_id().empty());
+    CHECK(info_a.transport_info().host_id() == must(cb->get_info()).transport_info().host_id());
+    CHECK_FALSE(info_a.transport_info().nccl());
+    CHECK_FALSE(info_a.transport_info().cuda_ipc());
+    CHECK(info_a.transport_info().gpu_uuid().empty());
+
+    struct Case {
+      const char* asked;
+      const char* reported;  // requested, as the summary says it
+      const char* reason;    // a piece of select_transport's reason
+    };
+    for (const Case& c : {Case{"", "auto", "auto: grpc (cuda-ipc: the sharer's caches are not on a GPU"},
+                          Case{"auto", "auto", "nccl: the sharer's caches are not on a GPU"},
+                          Case{"grpc", "grpc", "grpc as asked"},
+                          Case{"nccl", "nccl", "nccl asked, grpc used: the sharer's caches are not on a GPU"},
+                          Case{"cuda-ipc", "cuda-ipc", "cuda-ipc asked, grpc used"}}) {
+      INFO("transport '" << c.asked << "'");
+      v1::GenerateRequest r = greedy(q, {ref}, 24, v1::WIRE_DTYPE_F32);
+      r.mutable_pull()->set_transport(c.asked);
+      const Output passed = must(run(*cb, r));
+      CHECK(passed.ids == text.ids);
+      REQUIRE(passed.summary.context_transports_size() == 1);
+      const v1::ContextTransport& t = passed.summary.context_transports(0);
+      CHECK(t.agent() == a->address());
+      CHECK(t.cache_id() == cache.cache_id());
+      CHECK(t.requested() == c.reported);
+      CHECK(t.used() == "grpc");
+      CHECK_THAT(t.reason(), Catch::Matchers::Contains(c.reason));
+    }
+    // Prefill reports the same; a local context is not a pull and reports nothing.
+    v1::PrefillRequest pr;
+    *pr.add_context() = ref;
+    pr.mutable_tokens()->mutable_ids()->Add(q.begin(), q.end());
+    pr.set_add_bos(false);
+    pr.mutable_pull()->set_transport("nccl");
+    const v1::PrefillResponse p = must(cb->prefill(pr));
+    REQUIRE(p.context_transports_size() == 1);
+    CHECK(p.context_transports(0).used() == "grpc");
+    pr.clear_context();
+    *pr.add_context() = client::cache_ref("", p.cache_id());
+    CHECK(must(cb->prefill(pr)).context_transports_size() == 0);
+
+    v1::GenerateRequest bad = greedy(q, {ref}, 4, v1::WIRE_DTYPE_F32);
+    bad.mutable_pull()->set_transport("rdma");
+    REQUIRE_CODE(run(*cb, bad), StatusCode::kInvalidArgument);
+  }
+
   SECTION("zstd-compressed pulls and bf16 are accepted too") {
     v1::GenerateRequest r = greedy(q, {ref}, 24, v1::WIRE_DTYPE_F32);
     r.mutable_pull()->set_compression(v1::COMPRESSION_ZSTD);

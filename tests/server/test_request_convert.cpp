@@ -86,5 +86,37 @@ TEST_CASE("chat input errors carry the right codes", "[server][chat]") {
                                               chat_encode_options()));
 }
 
+TEST_CASE("pull.transport: empty is auto, the four names parse, anything else is INVALID_ARGUMENT", "[server][pull]") {
+  const auto tok = tokenizer_with_template("");
+  using transport::TransportChoice;
+  for (const auto& [name, want] : {std::pair<const char*, TransportChoice>{"", TransportChoice::kAuto},
+                                   {"auto", TransportChoice::kAuto},
+                                   {"grpc", TransportChoice::kGrpc},
+                                   {"nccl", TransportChoice::kNccl},
+                                   {"cuda-ipc", TransportChoice::kCudaIpc}}) {
+    INFO("transport '" << name << "'");
+    pb::GenerateRequest g;
+    g.set_text("Once");
+    g.mutable_pull()->set_transport(name);
+    auto spec = convert_generate(g, limits(*tok));
+    REQUIRE(spec.ok());
+    CHECK(spec->session.pull.transport == want);
+    pb::PrefillRequest p;
+    p.set_text("Once");
+    p.mutable_pull()->set_transport(name);
+    auto pre = convert_prefill(p, limits(*tok));
+    REQUIRE(pre.ok());
+    CHECK(pre->session.pull.transport == want);
+  }
+  for (const char* bad : {"NCCL", "rdma", "grpc "}) {
+    pb::GenerateRequest g;
+    g.set_text("Once");
+    g.mutable_pull()->set_transport(bad);
+    const Status st = convert_generate(g, limits(*tok)).status();
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(st.message(), Catch::Contains("pull.transport") && Catch::Contains("cuda-ipc"));
+  }
+}
+
 }  // namespace
 }  // namespace kvb::server
