@@ -2,12 +2,13 @@
 // measured in the same run.
 //
 //   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]
-//                [--shape SPEC[@DTYPE]]...
+//                [--shape SPEC[@DTYPE]]... [--model FILE]...
 //
 // --profile adds each row's profiled prefill split (matmul, attention, other); --threads N measures
 // only that thread count (default: 1 and, where there are 2 cores, 2). --shape measures a synth
 // shape (engine/synth.h, e.g. qwen3-0.6b or "qwen2.5-0.5b:n_layer=4"; f32 unless @f16|@bf16|@q8_0)
-// instead of the default models (repeatable).
+// instead of the default models (repeatable); --model measures a model file (GGUF, llama2.c .bin,
+// a Hugging Face directory), e.g. the one a peer runs (bench/vs_llama_cpp.sh).
 //
 // For stories260K (from DIR) and a synthetic stories110M-shaped model (dim 768, 12 layers,
 // 12 heads, n_ff 2048, vocab 32000; F32, F16 and Q8_0 weights), with 1 and 2 threads, prints:
@@ -180,7 +181,7 @@ int main(int argc, char** argv) {
   int n_prefill = 512, n_decode = 64;
   bool quick = false, profile = false;
   int only_threads = 0;
-  std::vector<std::string> shapes;
+  std::vector<std::string> shapes, model_files;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--models" && i + 1 < argc) models = argv[++i];
@@ -190,10 +191,11 @@ int main(int argc, char** argv) {
     else if (a == "--profile") profile = true;
     else if (a == "--threads" && i + 1 < argc) only_threads = std::atoi(argv[++i]);
     else if (a == "--shape" && i + 1 < argc) shapes.push_back(argv[++i]);
+    else if (a == "--model" && i + 1 < argc) model_files.push_back(argv[++i]);
     else {
       fmt::print(stderr,
                  "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N] "
-                 "[--shape SPEC[@DTYPE]]...\n");
+                 "[--shape SPEC[@DTYPE]]... [--model FILE]...\n");
       return 2;
     }
   }
@@ -246,7 +248,15 @@ int main(int argc, char** argv) {
     }
     if (!add_synth(s.substr(0, at), t)) return 1;
   }
-  if (shapes.empty()) {  // the default subjects: stories260K and stories110M in three dtypes
+  for (const std::string& f : model_files) {
+    auto m = load_model(f);
+    if (!m.ok()) {
+      fmt::print(stderr, "{}: {}\n", f, m.status().to_string());
+      return 1;
+    }
+    subjects.push_back({fmt::format("{} ({})", f, dtype_name((*m)->weights.layers[0].wq.dtype)), std::move(m).value()});
+  }
+  if (shapes.empty() && model_files.empty()) {  // the default subjects: stories260K and stories110M in three dtypes
     if (auto m = load_model(models + "/stories260K/stories260K.gguf"); m.ok()) {
       subjects.push_back({"stories260K f32", std::move(m).value()});
     } else {

@@ -42,6 +42,19 @@ class CancelToken {
   std::function<void()> hook_;
 };
 
+// A hook installed for this object's lifetime (set_hook now, clear_hook when it dies), e.g.
+// ClientContext::TryCancel around one blocking call.
+class ScopedCancelHook {
+ public:
+  ScopedCancelHook(CancelToken& token, std::function<void()> hook) : token_(token) { token_.set_hook(std::move(hook)); }
+  ~ScopedCancelHook() { token_.clear_hook(); }
+  ScopedCancelHook(const ScopedCancelHook&) = delete;
+  ScopedCancelHook& operator=(const ScopedCancelHook&) = delete;
+
+ private:
+  CancelToken& token_;
+};
+
 using CancelTokenPtr = std::shared_ptr<CancelToken>;
 
 }  // namespace kvb::server

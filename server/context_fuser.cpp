@@ -91,12 +91,6 @@ Status check_side(const FuserDesc& f, const fuser::ModelSide& side, const ModelI
   return Status::Ok();
 }
 
-// Clears a CancelToken's hook when the call it was set for ends.
-struct HookGuard {
-  CancelToken& c;
-  ~HookGuard() { c.clear_hook(); }
-};
-
 // The Fuse stream with a remote fuser: a writer thread sends the start message and both input
 // streams (interleaved one message each, so the fuser can start on early layers), while this
 // thread decodes the fused slices straight over `receiver`'s cells.
@@ -111,8 +105,7 @@ Status fuse_remote(PeerClient& peers, const std::string& address, const FuserSpe
   auto stub = pb::FuserService::NewStub(peers.channel(address));
   grpc::ClientContext ctx;
   peers.prepare(ctx);
-  cancel.set_hook([&ctx] { ctx.TryCancel(); });
-  HookGuard guard{cancel};
+  const ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
   auto stream = stub->Fuse(&ctx);
   Metrics* metrics = peers.metrics();
 

@@ -181,11 +181,7 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   const std::shared_ptr<grpc::Channel> ch = channel(agent);
   grpc::ClientContext ctx;
   prepare(ctx);
-  cancel.set_hook([&ctx] { ctx.TryCancel(); });
-  struct HookGuard {
-    CancelToken& c;
-    ~HookGuard() { c.clear_hook(); }
-  } guard{cancel};
+  const ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
 
   kvbridge::v1::ExportCacheRequest req;
   req.set_cache_id(cache_id);

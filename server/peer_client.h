@@ -160,11 +160,7 @@ Status PeerClient::unary(Stub& stub, grpc::Status (Stub::*method)(grpc::ClientCo
   if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
   grpc::ClientContext ctx;
   prepare(ctx);
-  cancel.set_hook([&ctx] { ctx.TryCancel(); });
-  struct HookGuard {
-    CancelToken& c;
-    ~HookGuard() { c.clear_hook(); }
-  } guard{cancel};
+  const ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
   if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
   const grpc::Status gs = (stub.*method)(&ctx, req, resp);
   if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
