@@ -284,6 +284,7 @@ int main(int argc, char** argv) {
   }
   fmt::print("\npeers on the same stories110M shape, 2 threads (issue #2, measured on this machine kind):\n"
              "  llama.cpp decode f32 98 tok/s (0.57 of bound), f16 172 (0.50), q8_0 267 (0.42);\n"
-             "  llama.cpp prefill 512: f32 1458 tok/s, f16 1635, q8_0 1334; llama2.c run.c decode f32 129 (0.76)\n");
+             "  llama.cpp prefill 512: f32 1458 tok/s, f16 1635, q8_0 1334; llama2.c run.c decode f32 129 (0.76)\n"
+             "  (bench/vs_llama_cpp.sh measures llama.cpp in the same run, on the same files)\n");
   return 0;
 }
