@@ -165,6 +165,7 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
       t.set_requested(std::string(transport::transport_name(p->transport.requested)));
       t.set_used(std::string(transport::transport_name(p->transport.selection.kind)));
       t.set_reason(p->transport.selection.reason);
+      d.metrics->record_pull(t.requested(), t.used());
       if (spec.context.size() == 1) {
         out.owned = std::move(p->cache);  // the engine may run the session in it
       } else {

@@ -85,6 +85,11 @@ void Metrics::record_request(std::string_view method, StatusCode code, double se
   h->observe(seconds);
 }
 
+void Metrics::record_pull(std::string_view requested, std::string_view used) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++pulls_[{std::string(requested), std::string(used)}];
+}
+
 void Metrics::render_requests(std::string& out) const {
   std::lock_guard<std::mutex> lock(mu_);
   header(out, "kvbridge_requests_total", "counter", "gRPC calls by method and final gRPC code.");
@@ -106,6 +111,13 @@ void Metrics::render_transport(std::string& out) const {
          "Serialized message bytes received, by transport.");
   out += fmt::format("kvbridge_transport_bytes_received_total{{transport=\"grpc\"}} {}\n",
                      bytes_received_.load(std::memory_order_relaxed));
+  std::lock_guard<std::mutex> lock(mu_);
+  header(out, "kvbridge_context_pulls_total", "counter",
+         "Context caches pulled from other agents, by the transport asked for and the one used.");
+  for (const auto& [key, n] : pulls_) {
+    out += fmt::format("kvbridge_context_pulls_total{{requested=\"{}\",used=\"{}\"}} {}\n",
+                       escape_label_value(key.first), escape_label_value(key.second), n);
+  }
 }
 
 std::string Metrics::render() const {

@@ -9,6 +9,7 @@
 //   kvbridge_time_per_output_token_seconds              histogram (Generate, after the first token)
 //   kvbridge_transport_bytes_sent_total{transport}      counter (serialized AgentService messages)
 //   kvbridge_transport_bytes_received_total{transport}  counter
+//   kvbridge_context_pulls_total{requested,used}        counter (context caches pulled from agents)
 //   kvbridge_cache_store_bytes, kvbridge_cache_store_entries      gauges
 //   kvbridge_cache_hits_total, _misses_total, _evictions_total, _expirations_total  counters
 //
@@ -66,6 +67,9 @@ class Metrics {
   void observe_time_per_output_token(double seconds) { tpot_.observe(seconds); }
   void add_bytes_sent(uint64_t n) { bytes_sent_.fetch_add(n, std::memory_order_relaxed); }
   void add_bytes_received(uint64_t n) { bytes_received_.fetch_add(n, std::memory_order_relaxed); }
+  // One context cache pulled from another agent: the request's transport choice and the one used
+  // (transport/select.h names); requested != used (other than "auto") is a fallback.
+  void record_pull(std::string_view requested, std::string_view used);
 
   // The whole exposition text, with the cache store's numbers taken from `store`.
   std::string render(const CacheStoreStats& store) const;
@@ -77,8 +81,9 @@ class Metrics {
   void render_requests(std::string& out) const;
   void render_transport(std::string& out) const;
 
-  mutable std::mutex mu_;  // guards the two maps (not the histograms inside, which are atomic)
+  mutable std::mutex mu_;  // guards the maps (not the histograms inside, which are atomic)
   std::map<std::pair<std::string, std::string>, uint64_t> requests_;  // (method, code) → count
+  std::map<std::pair<std::string, std::string>, uint64_t> pulls_;     // (requested, used) → count
   std::map<std::string, std::unique_ptr<Histogram>> durations_;        // method → histogram
   Histogram ttft_;
   Histogram tpot_;

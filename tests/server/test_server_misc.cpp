@@ -162,6 +162,9 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   m.observe_time_to_first_token(0.004);
   m.add_bytes_sent(100);
   m.add_bytes_received(7);
+  m.record_pull("auto", "grpc");
+  m.record_pull("nccl", "grpc");
+  m.record_pull("auto", "grpc");
   CacheStoreStats st;
   st.bytes_used = 4096;
   st.n_caches = 2;
@@ -188,6 +191,9 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   has("kvbridge_time_per_output_token_seconds_count 0");
   has("kvbridge_transport_bytes_sent_total{transport=\"grpc\"} 100");
   has("kvbridge_transport_bytes_received_total{transport=\"grpc\"} 7");
+  has("# TYPE kvbridge_context_pulls_total counter");
+  has("kvbridge_context_pulls_total{requested=\"auto\",used=\"grpc\"} 2");
+  has("kvbridge_context_pulls_total{requested=\"nccl\",used=\"grpc\"} 1");
   has("# TYPE kvbridge_cache_store_bytes gauge");
   has("kvbridge_cache_store_bytes 4096");
   has("kvbridge_cache_store_entries 2");
