@@ -24,11 +24,14 @@
 #include "engine/sampler.h"
 #include "kernels/registry.h"
 #include "support/reference_vectors.h"
+#include "support/model_checks.h"
 #include "support/test_support.h"
 
 using namespace kvb;
 
 namespace {
+
+using test::max_abs_diff;
 
 // cuda:0, or exit(77) (Skipped) when this machine or build has no usable GPU.
 const Device& gpu_device() {
@@ -71,13 +74,6 @@ std::unique_ptr<Model> stories_bf16() {
   auto m = load(path);
   REQUIRE(m->weights.layers[0].wq.dtype == DType::kBF16);
   return m;
-}
-
-float max_abs_diff(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  float d = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
 }
 
 // The cells in use of a cache anywhere, as host floats: [layer][K, V][n_tokens · kv_dim].

@@ -20,11 +20,14 @@
 #include "engine/model.h"
 #include "engine/synth.h"
 #include "kernels/registry.h"
+#include "support/model_checks.h"
 #include "support/test_support.h"
 
 using namespace kvb;
 
 namespace {
+
+using test::max_abs_diff;
 
 std::unique_ptr<Model> load(const std::string& model, const std::string& tokenizer = "") {
   auto m = load_model(test::model_path(model), LoadOptions{tokenizer.empty() ? "" : test::model_path(tokenizer)});
@@ -614,13 +617,6 @@ void rotate_ref(float* v, int64_t delta, const RopeParams& p) {
     v[a] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
     v[b] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
   }
-}
-
-float max_abs_diff(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  float d = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
 }
 
 }  // namespace

@@ -14,12 +14,14 @@
 #include "engine/sampler.h"
 #include "kernels/registry.h"
 #include "support/reference_vectors.h"
+#include "support/model_checks.h"
 #include "support/test_support.h"
 
 using namespace kvb;
 
 namespace {
 
+using test::max_abs_diff;
 using test::RefCase;
 using test::load_reference;
 
@@ -28,13 +30,6 @@ std::unique_ptr<Model> load(const std::string& model, const std::string& tokeniz
   INFO(m.status().to_string());
   REQUIRE(m.ok());
   return std::move(m).value();
-}
-
-float max_abs_diff(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  float d = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
 }
 
 constexpr float kLogitTol = 1e-3f;  // the bound; run.c and kvbridge sum in different orders

@@ -35,6 +35,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::max_abs_diff;
+
 constexpr float kSameModelTol = 1e-5f;  // one model in two files: only summation order differs
 constexpr float kRunnerTol = 1e-4f;     // runner vs reference (test_model.cpp's bound)
 constexpr float kBatchTol = 1e-5f;      // runner batched vs token by token
@@ -89,13 +91,6 @@ std::string write_gguf(const std::string& spec, DType dtype, const std::string& 
   INFO(s.to_string());
   REQUIRE(s.ok());
   return path;
-}
-
-float max_abs_diff(std::span<const float> a, std::span<const float> b) {
-  REQUIRE(a.size() == b.size());
-  float d = 0.0f;
-  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
-  return d;
 }
 
 std::vector<int32_t> test_ids(int32_t n_vocab, size_t n) {

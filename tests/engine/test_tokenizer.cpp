@@ -27,17 +27,8 @@ using Ids = std::vector<int32_t>;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-std::unique_ptr<Tokenizer> make(Result<Vocab> v) {
-  INFO(v.status().to_string());
-  REQUIRE(v.ok());
-  auto t = Tokenizer::create(std::move(v).value());
-  INFO(t.status().to_string());
-  REQUIRE(t.ok());
-  return std::move(t).value();
-}
-
 std::unique_ptr<Tokenizer> load_llama2c(const std::string& rel) {
-  return make(read_llama2c_vocab(test::model_path(rel), 512));
+  return test::make_tokenizer(read_llama2c_vocab(test::model_path(rel), 512));
 }
 
 Vocab gguf_vocab(const std::string& rel) {
@@ -50,7 +41,7 @@ Vocab gguf_vocab(const std::string& rel) {
   return std::move(v).value();
 }
 
-std::unique_ptr<Tokenizer> load_gguf(const std::string& rel) { return make(gguf_vocab(rel)); }
+std::unique_ptr<Tokenizer> load_gguf(const std::string& rel) { return test::make_tokenizer(gguf_vocab(rel)); }
 
 // Loading the 32,000-token vocab once keeps the 46 per-case runs fast.
 const Tokenizer& llama_spm() {
@@ -466,14 +457,14 @@ TEST_CASE("BOS and EOS follow EncodeOptions and the vocab flags", "[tokenizer]")
   Vocab v = t.vocab();
   v.add_eos = true;
   v.add_bos = false;
-  auto t2 = make(std::move(v));
+  auto t2 = test::make_tokenizer(std::move(v));
   CHECK(t2->encode("Once upon a time", eos) == Ids{403, 407, 261, 378, 2});
   CHECK(t2->encode("Once upon a time") == Ids{403, 407, 261, 378});
   CHECK(t2->encode("", eos) == Ids{2});
 
   Vocab np = stories_gguf().vocab();
   np.add_space_prefix = false;
-  auto t3 = make(std::move(np));
+  auto t3 = test::make_tokenizer(std::move(np));
   const Ids ids = t3->encode("Once upon", no_bos());
   CHECK(ids != Ids{403, 407});
   CHECK(t3->vocab().pieces[size_t(ids.at(0))].rfind("O", 0) == 0);
@@ -551,7 +542,7 @@ TEST_CASE("user-defined tokens are split out before merging (llama.cpp flavour)"
   v.pieces.push_back("<tool>");
   v.types.push_back(TokenType::kUserDefined);
   v.scores.push_back(0.f);
-  auto t = make(std::move(v));
+  auto t = test::make_tokenizer(std::move(v));
   const int32_t tool = id_of(*t, "<tool>");
   // Raw text after a user-defined token gets the space prefix again, as in llama.cpp.
   CHECK(t->encode("a<tool>b", no_bos()) == Ids{id_of(*t, "▁a"), tool, id_of(*t, "▁b")});
@@ -568,7 +559,7 @@ TEST_CASE("user-defined tokens are split out before merging (llama.cpp flavour)"
 
 TEST_CASE("merging picks the best score, leftmost on ties", "[tokenizer]") {
   Vocab v = tiny_vocab();
-  auto t = make(v);
+  auto t = test::make_tokenizer(v);
   // "▁ab" beats stopping at "▁a"+"b": ids ▁ab.
   CHECK(t->encode("ab", no_bos()) == Ids{id_of(*t, "▁ab")});
   CHECK(t->encode("ba", no_bos()) == Ids{id_of(*t, "▁b"), id_of(*t, "a")});
@@ -580,7 +571,7 @@ TEST_CASE("merging picks the best score, leftmost on ties", "[tokenizer]") {
   w.types.push_back(TokenType::kNormal);
   w.scores.push_back(5.f);
   w.add_space_prefix = false;
-  auto tw = make(std::move(w));
+  auto tw = test::make_tokenizer(std::move(w));
   CHECK(tw->encode("aaa", no_bos()) == Ids{id_of(*tw, "aa"), id_of(*tw, "a")});
 }
 
@@ -610,10 +601,10 @@ TEST_CASE("llama2.c flavour: unmatched characters and scores <= -1e10 never merg
   const std::string path = test::temp_dir() + "/flavours.bin";
   write_bytes(path, bytes);
   const RunCReference ref(bytes);
-  auto l2c = make(read_llama2c_vocab(path, -1));
+  auto l2c = test::make_tokenizer(read_llama2c_vocab(path, -1));
   Vocab cpp_vocab = l2c->vocab();
   cpp_vocab.spm_flavor = Vocab::SpmFlavor::kLlamaCpp;
-  auto cpp = make(std::move(cpp_vocab));
+  auto cpp = test::make_tokenizer(std::move(cpp_vocab));
   const int32_t sp = 259, x = 260, sp_e = 261, sp_x = 262, xx = 263;
 
   CHECK(ref.encode("é") == Ids{1, sp, 3 + 0xC3, 3 + 0xA9});
@@ -644,7 +635,7 @@ TEST_CASE("byte fallback without byte tokens uses unk, and create() rejects bad 
   v.eos = 2;
   v.unk = 0;
   {
-    auto t = make(v);
+    auto t = test::make_tokenizer(v);
     CHECK(t->encode("ab", no_bos()) == Ids{3, 4, 0});
   }
   auto expect_invalid = [](Vocab bad, std::string_view what) {

@@ -38,15 +38,6 @@ using test::printable;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-std::unique_ptr<Tokenizer> make(Result<Vocab> v) {
-  INFO(v.status().to_string());
-  REQUIRE(v.ok());
-  auto t = Tokenizer::create(std::move(v).value());
-  INFO(t.status().to_string());
-  REQUIRE(t.ok());
-  return std::move(t).value();
-}
-
 Vocab gguf_vocab(const std::string& path) {
   auto f = GgufFile::open(path);
   INFO(f.status().to_string());
@@ -90,16 +81,16 @@ std::string qwen3_dir() {
 
 const Tokenizer& gpt2() {
   static const std::unique_ptr<Tokenizer> t =
-      make(gguf_vocab(test::model_path("tokenizer-tests/ggml-vocab-gpt-2.gguf")));
+      test::make_tokenizer(gguf_vocab(test::model_path("tokenizer-tests/ggml-vocab-gpt-2.gguf")));
   return *t;
 }
 const Tokenizer& qwen3() {
-  static const std::unique_ptr<Tokenizer> t = make(read_hf_vocab(qwen3_dir()));
+  static const std::unique_ptr<Tokenizer> t = test::make_tokenizer(read_hf_vocab(qwen3_dir()));
   return *t;
 }
 const Tokenizer& llama3() {
   static const std::unique_ptr<Tokenizer> t =
-      make(read_hf_vocab(test::model_path("tokenizers/llama3"), "llama-bpe"));
+      test::make_tokenizer(read_hf_vocab(test::model_path("tokenizers/llama3"), "llama-bpe"));
   return *t;
 }
 
@@ -352,7 +343,7 @@ TEST_CASE("bpe: merging matches a rescanning transcription on random words", "[t
 TEST_CASE("bpe: lowest rank first, leftmost on ties; ignore_merges", "[tokenizer][bpe]") {
   // pieces 256.. : "ab", "bc", "abc", "aa"
   Vocab v = tiny_vocab({"ab", "bc", "abc", "aa"}, {"b c", "a b", "a bc", "a a"});
-  auto t = make(v);
+  auto t = test::make_tokenizer(v);
   const int32_t a = 'a', b = 'b', c = 'c', ab = 256, abc = 258, aa = 259;  // 257 is "bc"
   CHECK(t->encode("abc", plain()) == Ids{abc});    // "b c" (rank 0) before "a b" (rank 1), then "a bc"
   CHECK(t->encode("abab", plain()) == Ids{ab, ab});
@@ -362,16 +353,16 @@ TEST_CASE("bpe: lowest rank first, leftmost on ties; ignore_merges", "[tokenizer
   CHECK(t->decode(Ids{abc, aa}) == "abcaa");
   // ignore_merges: a word that is a piece comes out whole even when merges would not build it.
   Vocab w = tiny_vocab({"xyz"}, {});
-  auto t_merge = make(w);
+  auto t_merge = test::make_tokenizer(w);
   w.ignore_merges = true;
-  auto t_ignore = make(std::move(w));
+  auto t_ignore = test::make_tokenizer(std::move(w));
   CHECK(t_merge->encode("xyz", plain()) == Ids{'x', 'y', 'z'});
   CHECK(t_ignore->encode("xyz", plain()) == Ids{256});
   // Llama 3's example: " Việt" is one token only with ignore_merges.
   CHECK(llama3().encode(" Việt", plain()) == Ids{101798});
   Vocab l = llama3().vocab();
   l.ignore_merges = false;
-  CHECK(make(std::move(l))->encode(" Việt", plain()).size() == 3);
+  CHECK(test::make_tokenizer(std::move(l))->encode(" Việt", plain()).size() == 3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -557,7 +548,7 @@ TEST_CASE("bpe: GGUF tokenizer.ggml.pre, merges and chat template", "[tokenizer]
     CHECK(v.chat_template == "{{ messages }}");
     CHECK(v.merges == std::vector<std::string>{"a b"});
     CHECK(v.eos == 257);
-    auto t = make(v);
+    auto t = test::make_tokenizer(v);
     CHECK(t->encode("ab<|eot|>", special()) == Ids{256, 257});
     CHECK(t->decode(Ids{256, 257}) == "ab");
   }
@@ -624,7 +615,7 @@ TEST_CASE("bpe: tokenizer.json: both merge forms, added tokens, post-processor",
   CHECK(v->types[259] == TokenType::kUserDefined);
   CHECK(v->bos == 258);  // the template's leading special token
   CHECK(v->add_bos);
-  auto t = make(std::move(v));
+  auto t = test::make_tokenizer(std::move(v));
   CHECK(t->encode("abc<tool>") == Ids{258, 257, 259});
   CHECK(t->decode(Ids{258, 257, 259}) == "abc<tool>");
 
@@ -669,7 +660,7 @@ TEST_CASE("bpe: tokenizer.json built from the Qwen2 files gives the same ids", "
     added.push_back({{"id", std::stoi(id)}, {"content", t["content"]}, {"special", t["special"]}});
   }
   j["added_tokens"] = added;
-  auto t = make(read_hf_vocab(write_tokenizer_json("tj_qwen2", j)));
+  auto t = test::make_tokenizer(read_hf_vocab(write_tokenizer_json("tj_qwen2", j)));
   CHECK(t->vocab().pieces == qwen3().vocab().pieces);
   CHECK(t->vocab().types == qwen3().vocab().types);
   CHECK(t->vocab().merges == qwen3().vocab().merges);

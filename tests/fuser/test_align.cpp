@@ -34,23 +34,14 @@ bool have_models() {
   return true;
 }
 
-std::unique_ptr<Tokenizer> make(Result<Vocab> v) {
-  INFO(v.status().to_string());
-  REQUIRE(v.ok());
-  auto t = Tokenizer::create(std::move(v).value());
-  INFO(t.status().to_string());
-  REQUIRE(t.ok());
-  return std::move(t).value();
-}
-
 const Tokenizer& stories() {
   static const std::unique_ptr<Tokenizer> t =
-      make(read_llama2c_vocab(test::model_path("stories260K/tok512.bin"), 512));
+      test::make_tokenizer(read_llama2c_vocab(test::model_path("stories260K/tok512.bin"), 512));
   return *t;
 }
 const Tokenizer& aidreams() {
   static const std::unique_ptr<Tokenizer> t =
-      make(read_llama2c_vocab(test::model_path("aidreams260K/tok512.bin"), 512));
+      test::make_tokenizer(read_llama2c_vocab(test::model_path("aidreams260K/tok512.bin"), 512));
   return *t;
 }
 
@@ -314,7 +305,7 @@ TEST_CASE("align: control, unknown and empty tokens map by role, fallback unk th
   v.pieces.push_back("<ctl2>");
   v.types.push_back(TokenType::kControl);
   v.scores.push_back(0.f);
-  auto r = make(std::move(v));
+  auto r = test::make_tokenizer(std::move(v));
   const int32_t pad = 512, unused = 513, ctl2 = 514, the = id_of(*r, "\xE2\x96\x81the");
   const Ids ids = {r->bos(), the, r->vocab().unk, pad, unused, ctl2, r->eos()};
 
@@ -379,10 +370,10 @@ TEST_CASE("align: control, unknown and empty tokens map by role, fallback unk th
 TEST_CASE("align: same vocabulary: detected, and the sharer gets the receiver's ids", "[fuser][align]") {
   if (!have_models()) return;
   const Tokenizer& st = stories();
-  auto again = make(read_llama2c_vocab(test::model_path("stories260K/tok512.bin"), 512));
+  auto again = test::make_tokenizer(read_llama2c_vocab(test::model_path("stories260K/tok512.bin"), 512));
   auto gguf_file = GgufFile::open(test::model_path("stories260K/stories260K.gguf"));
   REQUIRE(gguf_file.ok());
-  auto gguf = make(read_gguf_vocab(**gguf_file));
+  auto gguf = test::make_tokenizer(read_gguf_vocab(**gguf_file));
 
   CHECK(same_vocabulary(st, st));
   CHECK(same_vocabulary(st, *again));
@@ -392,22 +383,22 @@ TEST_CASE("align: same vocabulary: detected, and the sharer gets the receiver's 
     Vocab v = st.vocab();
     v.add_bos = false;  // encoding flags do not change what an id means
     v.add_space_prefix = false;
-    CHECK(same_vocabulary(st, *make(std::move(v))));
+    CHECK(same_vocabulary(st, *test::make_tokenizer(std::move(v))));
   }
   {
     Vocab v = st.vocab();
     v.scores[300] += 1.f;
-    CHECK(!same_vocabulary(st, *make(std::move(v))));
+    CHECK(!same_vocabulary(st, *test::make_tokenizer(std::move(v))));
   }
   {
     Vocab v = st.vocab();
     v.pad = 2;
-    CHECK(!same_vocabulary(st, *make(std::move(v))));
+    CHECK(!same_vocabulary(st, *test::make_tokenizer(std::move(v))));
   }
   {
     Vocab v = st.vocab();
     v.types[300] = TokenType::kUserDefined;
-    CHECK(!same_vocabulary(st, *make(std::move(v))));
+    CHECK(!same_vocabulary(st, *test::make_tokenizer(std::move(v))));
   }
 
   for (const std::string& text : texts()) {

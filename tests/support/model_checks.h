@@ -1,15 +1,27 @@
-// Catch2 helpers shared by the engine and fuser tests that compare models and look up tokens.
+// Catch2 helpers shared by the engine and fuser tests: comparing values and model configs, making
+// tokenizers and looking up tokens.
 // Header-only; include after <catch2/catch.hpp>.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <memory>
+#include <span>
 #include <string_view>
 
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 
 namespace kvb::test {
+
+// max_i |a[i] - b[i]|; fails the test if the sizes differ.
+inline float max_abs_diff(std::span<const float> a, std::span<const float> b) {
+  REQUIRE(a.size() == b.size());
+  float d = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
+  return d;
+}
 
 enum class RopePairing { kCompare, kIgnore };
 
@@ -33,6 +45,16 @@ inline void check_same_config(const ModelConfig& a, const ModelConfig& b,
   CHECK(a.rope.freq_scale == b.rope.freq_scale);
   CHECK(a.rope_freq_factors == b.rope_freq_factors);
   CHECK(a.tied_output == b.tied_output);
+}
+
+// A tokenizer over a loaded vocab; fails the test (with the message) if either step fails.
+inline std::unique_ptr<Tokenizer> make_tokenizer(Result<Vocab> v) {
+  INFO(v.status().to_string());
+  REQUIRE(v.ok());
+  auto t = Tokenizer::create(std::move(v).value());
+  INFO(t.status().to_string());
+  REQUIRE(t.ok());
+  return std::move(t).value();
 }
 
 // The id of a vocab piece (spelled as stored: "▁Once", "Ġthe", "<0x0A>"); fails the test if absent.
