@@ -221,7 +221,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     auto stub = pb::FuserService::NewStub(peers_.channel(spec.address));
     pb::FuserInfo info;
     KVB_RETURN_IF_ERROR(peers_.unary(*stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,
-                              fmt::format("asking the fuser at {} for its pair", spec.address)));
+                                     fmt::format("asking the fuser at {} for its pair", spec.address)));
     auto d = describe(info);
     if (!d.ok()) return d.status().with_context(fmt::format("the fuser at {}", spec.address));
     desc = std::move(d).value();
@@ -231,7 +231,8 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   auto agent = pb::AgentService::NewStub(peers_.channel(sharer));
   pb::AgentInfo sharer_info;
   KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::GetInfo, pb::GetInfoRequest(), &sharer_info,
-                            cancel, fmt::format("asking {} for its model", sharer)));
+                                   cancel, fmt::format("asking {} for its model", sharer)));
+  peers_.remember_endpoint(sharer, sharer_info.transport_info());  // the pull below need not ask again
   const ModelIdentity sharer_id = wire::from_proto(sharer_info.model());
   if (sharer_id == identity_) {  // the same model: an ordinary pull, nothing to fuse
     PullOptions po;
@@ -250,7 +251,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   dreq.set_cache_id(cache_id);
   pb::DetokenizeResponse dresp;
   KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Detokenize, dreq, &dresp, cancel,
-                            fmt::format("reading cache {} on {}", cache_id, sharer)));
+                                   fmt::format("reading cache {} on {}", cache_id, sharer)));
   const std::vector<int32_t> sharer_ids(dresp.ids().begin(), dresp.ids().end());
   const Tokenizer& tok = *model_.tokenizer;
   const bool bos = !sharer_ids.empty() && sharer_ids[0] == sharer_info.bos_id();
@@ -314,7 +315,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     preq.set_cache_ttl_seconds(300);  // dropped below; the TTL only covers a receiver that dies first
     pb::PrefillResponse presp;
     KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Prefill, preq, &presp, cancel,
-                              fmt::format("prefilling the aligned context on {}", sharer)));
+                                     fmt::format("prefilling the aligned context on {}", sharer)));
     sharer_cache = presp.cache_id();
     temporary = true;
   }

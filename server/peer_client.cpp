@@ -24,6 +24,10 @@ namespace {
 // agent.proto's AgentService.ExportCache, called raw (byte buffers) rather than through the stub.
 constexpr const char* kExportCacheMethod = "/kvbridge.v1.AgentService/ExportCache";
 
+transport::EndpointInfo endpoint_from_proto(const kvbridge::v1::TransportInfo& t) {
+  return {t.host_id(), t.gpu_uuid(), t.nccl(), t.cuda_ipc()};
+}
+
 }  // namespace
 
 PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
@@ -140,11 +144,13 @@ Result<transport::EndpointInfo> PeerClient::peer_endpoint(const std::string& age
                           cancel, fmt::format("asking the agent at {} for its transports", agent));
   // A sharer without GetInfo (another implementation of ExportCache) reports nothing: grpc.
   if (!st.ok() && st.code() != StatusCode::kUnimplemented) return st;
-  const kvbridge::v1::TransportInfo& t = info.transport_info();
-  transport::EndpointInfo e{t.host_id(), t.gpu_uuid(), t.nccl(), t.cuda_ipc()};
+  remember_endpoint(agent, info.transport_info());
+  return endpoint_from_proto(info.transport_info());
+}
+
+void PeerClient::remember_endpoint(const std::string& agent, const kvbridge::v1::TransportInfo& t) {
   std::lock_guard<std::mutex> lock(channels_mu_);
-  peer_info_[agent] = PeerInfo{now, e};
-  return e;
+  peer_info_[agent] = PeerInfo{std::chrono::steady_clock::now(), endpoint_from_proto(t)};
 }
 
 Result<PullTransport> PeerClient::choose_transport(const std::string& agent, const PullOptions& po,

@@ -121,6 +121,9 @@ class PeerClient {
   bool stopping();
   uint64_t max_message_bytes() const { return opt_.max_message_bytes; }
   const transport::EndpointInfo& endpoint() const { return opt_.endpoint; }
+  // A peer's TransportInfo, from a GetInfo the caller already made (so that the next pull from
+  // that peer need not ask again within kPeerInfoTtl).
+  void remember_endpoint(const std::string& agent, const kvbridge::v1::TransportInfo& info);
   Metrics* metrics() const { return opt_.metrics; }
 
   // Runs `fn` on a worker thread (FIFO). After stop() has begun, runs it on the caller's thread
