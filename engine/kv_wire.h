@@ -235,10 +235,13 @@ class KvWireDecoder {
   const KvWireHeader& header() const { return header_; }
   uint64_t bytes_received() const { return bytes_received_; }  // payload bytes as sent
 
+  // The header checks create() and create_into() make before anything is allocated (codes as
+  // create()'s); also for a header that announces raw slices rather than a stream (a cache
+  // pulled over NCCL or CUDA IPC, whose bytes never pass a decoder).
+  static Status validate(const KvWireHeader& header, const ModelIdentity& expected, const KvWireLimits& limits);
+
  private:
   KvWireDecoder() = default;
-  // Header checks shared by create() and create_into(), before anything is allocated.
-  static Status validate(const KvWireHeader& header, const ModelIdentity& expected, const KvWireLimits& limits);
   Status init_bookkeeping(const KvWireHeader& header);
   Status check_trailer(const KvWireTrailer& trailer) const;
   uint64_t checksum(const KvWireChunkView& chunk);

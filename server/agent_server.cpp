@@ -59,7 +59,8 @@ AgentServer::AgentServer(AgentConfig config) : config_(std::move(config)) {}
 
 AgentServer::~AgentServer() { shutdown(std::chrono::milliseconds(0)); }
 
-Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
+Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
+                                                         std::unique_ptr<TransportFactory> transports) {
   std::unique_ptr<AgentServer> s(new AgentServer(std::move(config)));
   const AgentConfig& c = s->config_;
 
@@ -131,9 +132,15 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   po.auth_token = c.auth_token;
   po.metrics = s->metrics_.get();
   po.cache_buffers = s->session_buffers_.get();
-  // Caches leave and arrive through host memory (ExportCache stages a device cache to the host),
-  // and no device transport is wired into the pulls yet: no GPU, no nccl, no cuda-ipc.
-  po.endpoint.host_id = transport::local_host_id();
+  // grpc pulls arrive in host memory (ExportCache stages a device cache to the host); raw pulls
+  // (nccl, cuda-ipc) land where the factory says: device memory on a GPU.
+  s->transports_ = transports ? std::move(transports)
+                              : make_agent_transport_factory(device, on_gpu ? static_cast<const BufferType&>(
+                                                                                  *s->device_buffers_)
+                                                                            : *s->session_buffers_);
+  s->transfers_ = std::make_unique<TransferSessions>(*s->transports_);
+  po.endpoint = s->transports_->endpoint();
+  po.transports = s->transports_.get();
   s->peers_ = std::make_unique<PeerClient>(std::move(po));
 
   if (!c.fuser_dir.empty()) {
@@ -165,6 +172,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config) {
   d.auth = s->auth_.get();
   d.self = s->self_.get();
   d.import_limits = limits;
+  d.transfers = s->transfers_.get();
   d.stager = s->stager_.get();
   // Imports decode into host memory; on a GPU into the pinned pool, then they are uploaded.
   d.import_buffers = on_gpu ? static_cast<const BufferType*>(s->session_buffers_.get()) : &cpu_device().buffer_type();
@@ -227,6 +235,7 @@ void AgentServer::shutdown(std::chrono::milliseconds grace) {
   }
   if (engine_) engine_->stop();
   if (peers_) peers_->stop();
+  transfers_.reset();  // ends the sessions still open (their receivers see UNAVAILABLE)
   {
     std::lock_guard<std::mutex> lock(sweep_mu_);
     sweep_stop_ = true;

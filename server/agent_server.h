@@ -56,13 +56,18 @@ class MetricsEndpoint;
 class PeerClient;
 class ContextFuser;
 class SelfAddresses;
+class TransferSessions;
+class TransportFactory;
 
 class AgentServer {
  public:
   // Loads the model and builds every part; nothing listens yet. NOT_FOUND / INVALID_ARGUMENT from
   // the model loader; INVALID_ARGUMENT for a --ctx-size the model cannot use; the registry's
   // UNAVAILABLE / NOT_FOUND for a --device that this build or machine does not have.
-  static Result<std::unique_ptr<AgentServer>> create(AgentConfig config);
+  // `transports`: where raw cache transfers get their endpoints; null = the agent's own
+  // (make_agent_transport_factory). Tests pass one over host fakes.
+  static Result<std::unique_ptr<AgentServer>> create(AgentConfig config,
+                                                     std::unique_ptr<TransportFactory> transports = nullptr);
   ~AgentServer();
   AgentServer(const AgentServer&) = delete;
   AgentServer& operator=(const AgentServer&) = delete;
@@ -95,6 +100,8 @@ class AgentServer {
   std::unique_ptr<BufferPool> session_buffers_;  // host (pinned on a GPU): pulls, staging; CPU sessions
   std::unique_ptr<BufferPool> device_buffers_;   // GPU sessions; null on the CPU
   std::unique_ptr<CacheStager> stager_;
+  std::unique_ptr<TransportFactory> transports_;  // borrowed by peers_ and transfers_
+  std::unique_ptr<TransferSessions> transfers_;   // raw transfers this agent shares
   std::unique_ptr<EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
   std::unique_ptr<Backend> fuser_backend_;          // the embedded fuser's (--fuser), or null

@@ -12,6 +12,7 @@
 #include "proto/wire_convert.h"
 #include "server/logging.h"
 #include "server/request_convert.h"
+#include "server/service_call.h"
 #include "fuser/align.h"
 
 namespace kvb::server {
@@ -22,51 +23,6 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kVersion = "0.1.0";
 constexpr int kMaxTokenizeTexts = 1 << 16;
 
-// ============================== per-call bookkeeping ==============================
-
-// Request id, peer, start time; logs one line and records metrics when the call ends.
-class CallLog {
- public:
-  CallLog(const ServiceDeps& d, std::string_view method, grpc::CallbackServerContext* ctx)
-      : d_(d), method_(method), id_(new_request_id()), peer_(ctx->peer()) {
-    ctx->AddInitialMetadata("x-request-id", id_);
-  }
-  const std::string& id() const { return id_; }
-  Clock::time_point start() const { return start_; }
-
-  void done(const Status& st) {
-    const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
-    d_.metrics->record_request(method_, st.code(), secs);
-    const auto level = st.ok() || st.code() == StatusCode::kCancelled ? spdlog::level::info : spdlog::level::warn;
-    log_event(level, "request",
-              {{"request_id", id_},
-               {"method", method_},
-               {"peer", peer_},
-               {"code", status_code_name(st.code())},
-               {"duration_ms", secs * 1e3},
-               {"error", st.message()}});
-  }
-
- private:
-  const ServiceDeps& d_;
-  std::string_view method_;
-  std::string id_;
-  std::string peer_;
-  Clock::time_point start_ = Clock::now();
-};
-
-// Auth, size limit and byte accounting shared by every handler that has its request at hand.
-Status admit(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const google::protobuf::Message& req) {
-  const uint64_t n = req.ByteSizeLong();
-  d.metrics->add_bytes_received(n);
-  KVB_RETURN_IF_ERROR(d.auth->check(*ctx));
-  if (n > d.config->max_message_bytes) {
-    return invalid_argument(
-        fmt::format("request of {} bytes exceeds --max-message-bytes {}", n, d.config->max_message_bytes));
-  }
-  return Status::Ok();
-}
-
 RequestLimits request_limits(const ServiceDeps& d) {
   RequestLimits lim;
   lim.tokenizer = d.model->tokenizer.get();
@@ -76,26 +32,6 @@ RequestLimits request_limits(const ServiceDeps& d) {
   lim.is_self = [self](std::string_view a) { return self->contains(a); };
   return lim;
 }
-
-// A unary reactor that finishes once, logs, and deletes itself when gRPC is done with it.
-class UnaryCall : public grpc::ServerUnaryReactor {
- public:
-  UnaryCall(const ServiceDeps& d, std::string_view method, grpc::CallbackServerContext* ctx)
-      : log_(d, method, ctx) {}
-  // Exactly once per call, from any thread.
-  void complete(Status st) {
-    status_ = std::move(st);
-    Finish(to_grpc_status(status_));
-  }
-  void OnDone() override {
-    log_.done(status_);
-    delete this;
-  }
-
- protected:
-  CallLog log_;
-  Status status_;
-};
 
 // ============================== context resolution ==============================
 
@@ -651,12 +587,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
     resp->add_wire_dtypes(t);
   }
   resp->add_transports("grpc");
-  const transport::EndpointInfo& self = d_.peers->endpoint();
-  pb::TransportInfo* ti = resp->mutable_transport_info();
-  ti->set_host_id(self.host_id);
-  ti->set_gpu_uuid(self.gpu_uuid);
-  ti->set_nccl(self.nccl);
-  ti->set_cuda_ipc(self.cuda_ipc);
+  if (d_.peers->endpoint().nccl) resp->add_transports("nccl");
+  if (d_.peers->endpoint().cuda_ipc) resp->add_transports("cuda-ipc");
+  to_proto(d_.peers->endpoint(), resp->mutable_transport_info());
   if (d_.fuser) resp->set_fuser(d_.fuser->embedded_description());
   if (auto chat = ChatTemplate::from_source(m.tokenizer->vocab().chat_template); chat.ok()) {
     resp->set_chat_template(std::string(chat->name()));

@@ -11,6 +11,8 @@
 // (ImportCache: CacheStreamReader; nothing is stored on any error), or resolves the context caches
 // (store reads; pulls from other agents on the PeerClient's workers) and submits a task to the
 // EngineLoop (Generate, Prefill), whose results stream back through a per-call queue.
+// OpenTransfer / TransferStream / CloseTransfer (transfer_service.cpp) serve raw pulls of held
+// caches over NCCL or CUDA IPC through TransferSessions (transport/README.md).
 // Nothing throws into gRPC; a bad request never reaches the engine. A cancelled client cancels
 // its CancelToken: queued or running generations stop at their next step, pulls are interrupted.
 // Each call gets a request id (response metadata "x-request-id"), one log line when it ends
@@ -39,6 +41,7 @@
 #include "server/metrics.h"
 #include "server/peer_client.h"
 #include "server/request_convert.h"
+#include "server/transfer_sessions.h"
 
 namespace kvb::server {
 
@@ -72,6 +75,8 @@ struct ServiceDeps {
   // Stages device caches to host memory for ExportCache and uploads imports (an identity on the CPU).
   CacheStager* stager = nullptr;
   const BufferType* import_buffers = nullptr;  // host memory ImportCache decodes into
+  // Raw transfers this agent shares (OpenTransfer / TransferStream / CloseTransfer).
+  TransferSessions* transfers = nullptr;
 };
 
 // ExportCache is served raw (byte buffers, see ExportCall) so that payloads go out without a copy;
@@ -103,6 +108,13 @@ class AgentServiceImpl final : public AgentServiceBase {
                                      pb::TokenizeResponse* resp) override;
   grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx, const pb::DetokenizeRequest* req,
                                        pb::DetokenizeResponse* resp) override;
+  // Raw cache transfers, the sharer's side (transfer_service.cpp).
+  grpc::ServerUnaryReactor* OpenTransfer(grpc::CallbackServerContext* ctx, const pb::OpenTransferRequest* req,
+                                         pb::OpenTransferResponse* resp) override;
+  grpc::ServerBidiReactor<pb::TransferFrame, pb::TransferFrame>* TransferStream(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerUnaryReactor* CloseTransfer(grpc::CallbackServerContext* ctx, const pb::CloseTransferRequest* req,
+                                          pb::CloseTransferResponse* resp) override;
 
  private:
   ServiceDeps d_;

@@ -24,10 +24,6 @@ namespace {
 // agent.proto's AgentService.ExportCache, called raw (byte buffers) rather than through the stub.
 constexpr const char* kExportCacheMethod = "/kvbridge.v1.AgentService/ExportCache";
 
-transport::EndpointInfo endpoint_from_proto(const kvbridge::v1::TransportInfo& t) {
-  return {t.host_id(), t.gpu_uuid(), t.nccl(), t.cuda_ipc()};
-}
-
 }  // namespace
 
 PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
@@ -163,10 +159,15 @@ Result<PullTransport> PeerClient::choose_transport(const std::string& agent, con
   }
   KVB_ASSIGN_OR_RETURN(const transport::EndpointInfo sharer, peer_endpoint(agent, cancel));
   KVB_ASSIGN_OR_RETURN(out.selection, transport::select_transport(po.transport, sharer, opt_.endpoint));
-  // This agent advertises no device transport, so selection cannot pick one (select.cpp checks
-  // both ends' flags); the day it does, the OpenTransfer flow of transport/README.md runs here.
-  if (out.selection.kind != transport::TransportKind::kGrpc) {
-    return internal_error(fmt::format("transport {} selected, but this agent moves caches over grpc only",
+  if (out.selection.kind == transport::TransportKind::kGrpc) return out;
+  if (po.on_data || po.identity != nullptr || po.layers) {
+    // The fuser reads a pull layer by layer as the stream delivers it (CacheStreamReader).
+    out.selection.kind = transport::TransportKind::kGrpc;
+    out.selection.fell_back = po.transport != transport::TransportChoice::kAuto;
+    out.selection.reason = "a pull for the fuser is read layer by layer from the grpc stream";
+  } else if (opt_.transports == nullptr) {
+    // select_transport checks both ends' flags, and this agent advertised none without a factory.
+    return internal_error(fmt::format("transport {} selected, but this agent has no raw transports",
                                       transport::transport_name(out.selection.kind)));
   }
   return out;
@@ -179,11 +180,36 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
   auto chosen = choose_transport(agent, po, cancel);
   if (!chosen.ok()) return chosen.status().with_context(where());
+  const transport::TransportKind kind = chosen->selection.kind;
+  if (kind != transport::TransportKind::kGrpc) {
+    auto raw = pull_raw(agent, cache_id, kind, po, cancel);
+    if (raw.ok()) {
+      raw->transport = std::move(chosen).value();
+      return raw;
+    }
+    const StatusCode code = raw.status().code();
+    if (cancel.cancelled() || code == StatusCode::kCancelled || code == StatusCode::kNotFound ||
+        code == StatusCode::kPermissionDenied) {
+      return raw.status().with_context(where());
+    }
+    chosen->selection.kind = transport::TransportKind::kGrpc;
+    chosen->selection.fell_back = true;
+    chosen->selection.reason = fmt::format("{} failed ({}: {}); pulled over grpc instead",
+                                           transport::transport_name(kind), status_code_name(code),
+                                           raw.status().message());
+  }
   if (chosen->selection.fell_back) {
     log_event(spdlog::level::info, "transport fell back to grpc",
               {{"cache", cache_id}, {"peer", agent}, {"reason", chosen->selection.reason}});
   }
+  auto out = pull_grpc(agent, cache_id, po, cancel);
+  if (!out.ok()) return out.status().with_context(where());
+  out->transport = std::move(chosen).value();
+  return out;
+}
 
+Result<PulledCache> PeerClient::pull_grpc(const std::string& agent, const std::string& cache_id, const PullOptions& po,
+                                          CancelToken& cancel) {
   const std::shared_ptr<grpc::Channel> ch = channel(agent);
   grpc::ClientContext ctx;
   prepare(ctx);
@@ -230,15 +256,13 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
     }
   }
   const grpc::Status gs = stream->Finish();
-  if (!decode_error.ok()) return decode_error.with_context(where());
-  if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
-  if (!gs.ok()) return peer_error(gs, where());
-  auto cache = reader.finish();
-  if (!cache.ok()) return cache.status().with_context(where());
+  if (!decode_error.ok()) return decode_error;
+  if (cancel.cancelled()) return cancelled("the request was cancelled");
+  if (!gs.ok()) return peer_error(gs, "ExportCache");
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, reader.finish());
   PulledCache out;
-  out.cache = std::move(cache).value();
+  out.cache = std::move(cache);
   out.wire_bytes = wire_bytes;
-  out.transport = std::move(chosen).value();
   return out;
 }
 

@@ -19,10 +19,16 @@
 //
 // Transport: the request's choice (PullOptions::transport) is resolved against the sharer's
 // TransportInfo (its GetInfo, cached per address for kPeerInfoTtl) by transport::select_transport,
-// with this agent's own EndpointInfo as the receiver. The pull then runs over what was selected;
-// this agent moves caches over grpc (ExportCache) only, and says so in its own EndpointInfo (no
-// nccl, no cuda-ipc), so today every selection is grpc, an explicit nccl or cuda-ipc choice
-// falling back with the reason, which PulledCache::transport carries to the request's summary.
+// with this agent's own EndpointInfo (its TransportFactory's) as the receiver. grpc is the
+// ExportCache stream above. nccl and cuda-ipc are raw pulls (raw_pull.cpp, transport/README.md):
+// OpenTransfer (the sharer pins the cache and answers with its endpoint's metadata and the
+// cache's header, checked as a stream's header would be), a TransferStream for control messages,
+// one recv per slice into a cache allocated from the factory's memory (device memory on a GPU),
+// CloseTransfer. The cache moves as it is (f32, exact): PullOptions::dtype and compression apply
+// to grpc only. A raw pull that fails for any reason but a cancel, an unknown cache or a refused
+// token is retried over grpc, and the summary says so (fell_back, with the raw error as reason).
+// Pulls for a fuser (layers, another model's identity, on_data) read the stream layer by layer
+// and always use grpc. PulledCache::transport carries what happened to the request's summary.
 // A sharer whose GetInfo is UNIMPLEMENTED counts as one without TransportInfo (grpc); any other
 // GetInfo error fails the pull (peer_error's codes, as an ExportCache error would).
 //
@@ -57,6 +63,7 @@
 #include "server/cancel_token.h"
 #include "server/metrics.h"
 #include "server/request_convert.h"
+#include "server/transfer_factory.h"
 #include "transport/select.h"
 
 namespace kvb::server {
@@ -75,8 +82,14 @@ struct PeerClientOptions {
   // Host memory for pulled caches (borrowed, may be null: cpu_device().buffer_type()), e.g. a
   // BufferPool shared with the engine's sessions.
   const BufferType* cache_buffers = nullptr;
-  // This agent as the receiver of a pull (GetInfo's transport_info says the same).
+  // This agent as the receiver of a pull (GetInfo's transport_info says the same): the
+  // factory's endpoint() when there is one.
   transport::EndpointInfo endpoint;
+  // Raw-pull endpoints (borrowed, may be null: grpc only; then `endpoint` must offer neither nccl
+  // nor cuda-ipc).
+  TransportFactory* transports = nullptr;
+  // Per-transfer deadline of a raw pull (OpenTransferRequest.timeout_ms).
+  std::chrono::milliseconds transfer_timeout{std::chrono::seconds(30)};
 };
 
 // How one pull travelled: the request's choice and what select_transport made of it.
@@ -139,6 +152,15 @@ class PeerClient {
   // is not plain grpc and no fresh TransportInfo of that peer is cached).
   Result<PullTransport> choose_transport(const std::string& agent, const PullOptions& opt, CancelToken& cancel);
   Result<transport::EndpointInfo> peer_endpoint(const std::string& agent, CancelToken& cancel);
+  // The ExportCache stream.
+  Result<PulledCache> pull_grpc(const std::string& agent, const std::string& cache_id, const PullOptions& opt,
+                                CancelToken& cancel);
+  // OpenTransfer → TransferStream → one recv per slice → CloseTransfer (raw_pull.cpp).
+  Result<PulledCache> pull_raw(const std::string& agent, const std::string& cache_id, transport::TransportKind kind,
+                               const PullOptions& opt, CancelToken& cancel);
+  Result<PulledCache> receive_slices(transport::KvTransport& endpoint, transport::TransportKind kind,
+                                     const kvbridge::v1::OpenTransferResponse& resp, const PullOptions& opt,
+                                     CancelToken& cancel);
 
   const PeerClientOptions opt_;
   BearerAuth auth_;

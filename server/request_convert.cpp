@@ -273,4 +273,15 @@ pb::StopReason to_proto(FinishReason r) {
   return pb::STOP_REASON_UNSPECIFIED;
 }
 
+transport::EndpointInfo endpoint_from_proto(const pb::TransportInfo& t) {
+  return {t.host_id(), t.gpu_uuid(), t.nccl(), t.cuda_ipc()};
+}
+
+void to_proto(const transport::EndpointInfo& e, pb::TransportInfo* out) {
+  out->set_host_id(e.host_id);
+  out->set_gpu_uuid(e.gpu_uuid);
+  out->set_nccl(e.nccl);
+  out->set_cuda_ipc(e.cuda_ipc);
+}
+
 }  // namespace kvb::server

@@ -114,4 +114,8 @@ void to_proto(const CacheInfo& c, pb::CacheInfo* out);
 void to_proto(const CacheStoreStats& s, pb::StoreStats* out);
 pb::StopReason to_proto(FinishReason r);
 
+// ---- transports (both directions) ----
+transport::EndpointInfo endpoint_from_proto(const pb::TransportInfo& t);
+void to_proto(const transport::EndpointInfo& e, pb::TransportInfo* out);
+
 }  // namespace kvb::server

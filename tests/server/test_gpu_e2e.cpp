@@ -285,3 +285,52 @@ TEST_CASE("caches pass between a GPU agent and a CPU agent token for token", "[g
     CHECK(passed.ids == text_gpu.ids);
   }
 }
+
+// Raw pulls between GPU agents (transport/README.md): CUDA IPC between two agent processes on one
+// GPU, NCCL between agents on two GPUs where the machine has them.
+TEST_CASE("GPU agents pass caches over cuda-ipc and nccl token for token", "[gpu][e2e][transfer]") {
+  gpu_or_skip();
+  auto a = start_agent("gpu-sharer", "cuda:0");
+  auto b = start_agent("gpu-receiver", "cuda:0");
+  auto ca = connect_to(*a);
+  auto cb = connect_to(*b);
+  const v1::AgentInfo info = must(ca->get_info());
+  CHECK(info.transport_info().cuda_ipc());
+  CHECK(info.transport_info().gpu_uuid().rfind("GPU-", 0) == 0);
+
+  const std::vector<int32_t> ctx = encode(kStory, /*bos=*/true);
+  const std::vector<int32_t> q = encode(kQuestion, /*bos=*/false);
+  const Output text = run(*cb, greedy(concat(ctx, q)));
+  const v1::PrefillResponse p = prefill(*ca, ctx);
+  const v1::CacheRef ref = client::cache_ref(a->address(), p.cache_id());
+
+  for (const char* asked : {"cuda-ipc", "auto"}) {
+    INFO("transport " << asked);
+    v1::GenerateRequest r = greedy(q, {ref});
+    r.mutable_pull()->set_transport(asked);
+    const Output passed = run(*cb, r);
+    CHECK(passed.ids == text.ids);
+    REQUIRE(passed.summary.context_transports_size() == 1);
+    INFO("reason: " << passed.summary.context_transports(0).reason());
+    CHECK(passed.summary.context_transports(0).used() == "cuda-ipc");
+  }
+  {  // NCCL refuses one GPU: grpc, and the reason says so.
+    v1::GenerateRequest r = greedy(q, {ref});
+    r.mutable_pull()->set_transport("nccl");
+    const Output passed = run(*cb, r);
+    CHECK(passed.ids == text.ids);
+    CHECK(passed.summary.context_transports(0).used() == "grpc");
+  }
+
+  if (!find_device("cuda:1").ok() || !info.transport_info().nccl()) {
+    WARN("one GPU (or no NCCL): the NCCL pull between two GPUs did not run");
+    return;
+  }
+  auto c = start_agent("gpu1-receiver", "cuda:1");
+  auto cc = connect_to(*c);
+  v1::GenerateRequest r = greedy(q, {ref});
+  r.mutable_pull()->set_transport("nccl");
+  const Output passed = run(*cc, r);
+  CHECK(passed.ids == run(*cc, greedy(concat(ctx, q))).ids);
+  CHECK(passed.summary.context_transports(0).used() == "nccl");
+}
