@@ -136,12 +136,11 @@ Result<OpenedSession> TransferSessions::open(SharerSessionSpec spec) {
 
   OpenedSession out{s->id, std::move(metadata), s->plan};
   s->spec = std::move(spec);
+  // The worker starts under mu_, so that whoever finds the session in the table can join it.
+  std::lock_guard<std::mutex> lock(mu_);
   Session& ref = *s;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    sessions_.emplace(ref.id, std::move(s));
-  }
   ref.worker = std::thread([this, &ref] { run(ref); });
+  sessions_.emplace(ref.id, std::move(s));
   return out;
 }
 
