@@ -258,6 +258,37 @@ std::string first_difference(const ModelIdentity& expected, const ModelIdentity&
   return {};
 }
 
+KvWireHeader cache_header(const KvCache& cache, const ModelIdentity& id, WireDType dtype,
+                          WireCompression compression, const std::optional<KvLayerSet>& layers, uint32_t n_chunks) {
+  const KvLayout& lay = cache.layout();
+  KvWireHeader h;
+  h.format_version = kKvWireVersion;
+  h.model = id;
+  h.n_layer = uint32_t(lay.n_layer);
+  h.n_head_kv = uint32_t(lay.n_head_kv);
+  h.head_dim = uint32_t(lay.head_dim);
+  h.dtype = dtype;
+  h.compression = compression;
+  h.tokens.assign(cache.tokens().begin(), cache.tokens().end());
+  h.pos0 = cache.pos0();
+  h.layers = layers;
+  h.total_bytes = wire_payload_bytes(dtype, h.n_head_kv, h.head_dim, uint32_t(cache.n_tokens())) * h.n_slices();
+  h.n_chunks = n_chunks;
+  return h;
+}
+
+KvLayout received_layout(const KvWireHeader& header) {
+  return KvLayout{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
+}
+
+int32_t received_cells(const KvWireHeader& header, const KvWireLimits& limits, int32_t n_ctx_min, int32_t n_ctx_extra) {
+  const uint64_t n_tokens = header.tokens.size();
+  const uint64_t cell_bytes = uint64_t(header.n_head_kv) * header.head_dim * 4 * 2 * header.n_layer;
+  const uint64_t max_cells = std::min<uint64_t>({limits.max_tokens, limits.max_bytes / cell_bytes, INT32_MAX});
+  const uint64_t with_extra = std::min<uint64_t>(n_tokens + uint64_t(std::max(n_ctx_extra, 0)), max_cells);
+  return std::max({int32_t(n_tokens), int32_t(with_extra), n_ctx_min, int32_t(1)});
+}
+
 uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_dim, uint32_t count) {
   const uint64_t elems = uint64_t(n_head_kv) * head_dim;  // < 2^64: two u32 factors
   switch (dtype) {
@@ -306,19 +337,7 @@ Result<std::unique_ptr<KvWireEncoder>> KvWireEncoder::create(const KvCache& cach
     return invalid_argument(fmt::format("kv wire encode: {} chunks; use larger chunks", n_chunks));
   }
 
-  KvWireHeader& h = e->header_;
-  h.format_version = kKvWireVersion;
-  h.model = id;
-  h.n_layer = id.n_layer;
-  h.n_head_kv = id.n_head_kv;
-  h.head_dim = id.head_dim;
-  h.dtype = dtype;
-  h.compression = compression;
-  h.tokens.assign(cache.tokens().begin(), cache.tokens().end());
-  h.pos0 = cache.pos0();
-  h.total_bytes = wire_payload_bytes(dtype, id.n_head_kv, id.head_dim, n_tokens) * n_slices;
-  h.n_chunks = uint32_t(n_chunks);
-  h.layers = layers;
+  e->header_ = cache_header(cache, id, dtype, compression, layers, uint32_t(n_chunks));
   e->chunk_tokens_ = chunk_tokens;
   e->zero_copy_ = dtype == WireDType::kF32 && compression == WireCompression::kNone && lay.dtype == DType::kF32;
   e->checksums_.reserve(size_t(n_chunks));
@@ -532,12 +551,8 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create(const KvWireHeader&
 
   std::unique_ptr<KvWireDecoder> d(new KvWireDecoder());
   // Free cells for the receiver's own tokens, within the same limits as the received ones.
-  const uint64_t cell_bytes = uint64_t(header.n_head_kv) * header.head_dim * 4 * 2 * header.n_layer;
-  const uint64_t max_cells = std::min<uint64_t>({limits.max_tokens, limits.max_bytes / cell_bytes, INT32_MAX});
-  const uint64_t with_extra = std::min<uint64_t>(n_tokens + uint64_t(std::max(n_ctx_extra, 0)), max_cells);
-  const int32_t n_ctx = std::max({int32_t(n_tokens), int32_t(with_extra), n_ctx_min, int32_t(1)});
-  const KvLayout layout{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
-  KVB_ASSIGN_OR_RETURN(d->cache_, KvCache::create(buffer_type, layout, n_ctx));
+  KVB_ASSIGN_OR_RETURN(d->cache_, KvCache::create(buffer_type, received_layout(header),
+                                                  received_cells(header, limits, n_ctx_min, n_ctx_extra)));
   KVB_RETURN_IF_ERROR(d->cache_->set_pos0(header.pos0));
   KVB_RETURN_IF_ERROR(d->init_bookkeeping(header));
   // The tokens are known from the header: commit them now so that cache() describes the sequence
@@ -564,8 +579,7 @@ Result<std::unique_ptr<KvWireDecoder>> KvWireDecoder::create_into(const KvWireHe
   limits.max_tokens = UINT32_MAX;
   limits.max_bytes = UINT64_MAX;  // nothing is allocated: the target exists
   KVB_RETURN_IF_ERROR(validate(header, expected, limits));
-  const KvLayout want{int32_t(header.n_layer), int32_t(header.n_head_kv), int32_t(header.head_dim), DType::kF32};
-  if (!target.is_host() || target.layout() != want) {
+  if (!target.is_host() || target.layout() != received_layout(header)) {
     return invalid_argument("kv wire decode: the target cache is not a host f32 cache of the stream's layout");
   }
   if (!std::equal(target.tokens().begin(), target.tokens().end(), header.tokens.begin(), header.tokens.end()) ||

@@ -122,6 +122,12 @@ struct KvWireTrailer {
 // Raw payload bytes of `count` cells of one layer's K or V in `dtype`.
 uint64_t wire_payload_bytes(WireDType dtype, uint32_t n_head_kv, uint32_t head_dim, uint32_t count);
 
+// The header announcing all n_tokens() cells of `cache` (identity `id`, tokens, pos0, `layers`)
+// in `dtype` / `compression`, cut into `n_chunks` chunks; total_bytes as the payloads add up.
+// Checks nothing: the encoder validates before, a raw transfer announces its slices with it.
+KvWireHeader cache_header(const KvCache& cache, const ModelIdentity& id, WireDType dtype,
+                          WireCompression compression, const std::optional<KvLayerSet>& layers, uint32_t n_chunks);
+
 // Serializes a host cache (f32 or f16). The cache must stay unchanged while the encoder lives (it
 // is read lazily, chunk by chunk); the encoder borrows it. Chunks go layer by layer, K then V,
 // token slices of chunk_tokens cells (0: as many cells as fit ~1 MiB of raw payload; values above
@@ -181,6 +187,12 @@ struct KvWireLimits {
   // This bounds what the receiver allocates; it is >= the raw payload bytes of any wire dtype.
   uint64_t max_bytes = uint64_t(1) << 34;
 };
+
+// The cache a received header fills: f32, the header's layout ...
+KvLayout received_layout(const KvWireHeader& header);
+// ... with this many cells: its tokens, plus up to n_ctx_extra free ones within `limits` (best
+// effort: what max_tokens and max_bytes leave), and at least max(n_ctx_min, 1).
+int32_t received_cells(const KvWireHeader& header, const KvWireLimits& limits, int32_t n_ctx_min, int32_t n_ctx_extra);
 
 // Rebuilds a cache from a header, chunks and a trailer. Chunks may arrive in any order (each cell
 // of each layer's K and V exactly once); the digest is checked over the order received. An add()

@@ -163,17 +163,16 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
   }
   if (h.layers != po.layers) return invalid_argument("the sharer announced other layers than asked for");
   const auto n = uint32_t(h.tokens.size());
-  const KvLayout layout{int32_t(h.n_layer), int32_t(h.n_head_kv), int32_t(h.head_dim), DType::kF32};
+  const KvLayout layout = received_layout(h);
   KVB_ASSIGN_OR_RETURN(std::vector<transport::KvSlice> plan,
                        transport::plan_kv_slices(layout, n, h.layers, resp.chunk_tokens()));
   if (plan.size() != h.n_chunks) {
     return invalid_argument(fmt::format("the sharer announced {} slices, its chunking makes {}", h.n_chunks, plan.size()));
   }
   // Free cells after the received ones, as a decoded pull gets them (within the limits).
-  const uint64_t room = std::min<uint64_t>(opt_.limits.max_tokens, opt_.limits.max_bytes / (layout.cell_bytes() * 2 * layout.n_layer));
-  const int32_t extra = int32_t(std::clamp<int64_t>(int64_t(room) - n, 0, std::max(0, po.reserve_cells)));
   KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                       KvCache::create(opt_.transports->receive_buffers(), layout, int32_t(n) + extra));
+                       KvCache::create(opt_.transports->receive_buffers(), layout,
+                                       received_cells(h, opt_.limits, /*n_ctx_min=*/0, po.reserve_cells)));
   KVB_RETURN_IF_ERROR(cache->set_pos0(h.pos0));
   KVB_ASSIGN_OR_RETURN(const KvPlan cells, cache->plan_append(int32_t(n)));
 

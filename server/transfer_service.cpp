@@ -23,24 +23,6 @@ constexpr auto kDefaultTransferTimeout = std::chrono::seconds(30);
 
 Status no_transfers() { return unimplemented("this agent serves no raw cache transfers"); }
 
-// The header a raw pull announces: the cache as it is (its dtype, no compression), no stream.
-KvWireHeader raw_header(const KvCache& cache, const ModelIdentity& id, const std::optional<KvLayerSet>& layers,
-                        const OpenedSession& opened) {
-  KvWireHeader h;
-  h.model = id;
-  const KvLayout& lay = cache.layout();
-  h.n_layer = uint32_t(lay.n_layer);
-  h.n_head_kv = uint32_t(lay.n_head_kv);
-  h.head_dim = uint32_t(lay.head_dim);
-  h.dtype = lay.dtype == DType::kF16 ? WireDType::kF16 : WireDType::kF32;
-  h.tokens.assign(cache.tokens().begin(), cache.tokens().end());
-  h.pos0 = cache.pos0();
-  h.layers = layers;
-  for (const transport::KvSlice& s : opened.plan) h.total_bytes += uint64_t(s.token_count) * lay.cell_bytes();
-  h.n_chunks = uint32_t(opened.plan.size());
-  return h;
-}
-
 Status open_transfer(const ServiceDeps& d, const pb::OpenTransferRequest& req, pb::OpenTransferResponse* resp,
                      const std::string& peer) {
   KVB_RETURN_IF_ERROR(check_cache_id(req.cache_id(), "cache_id"));
@@ -87,7 +69,12 @@ Status open_transfer(const ServiceDeps& d, const pb::OpenTransferRequest& req, p
   resp->set_session_lo(opened.id.lo);
   resp->set_transport(std::string(transport::transport_name(kind)));
   resp->set_sharer_metadata(opened.metadata);
-  wire::to_proto(raw_header(*entry.cache, *d.identity, layers, opened), resp->mutable_header());
+  // The header a raw pull announces: the cache as it is (its dtype, no compression), one chunk
+  // per posted slice.
+  const WireDType dtype = entry.cache->layout().dtype == DType::kF16 ? WireDType::kF16 : WireDType::kF32;
+  wire::to_proto(cache_header(*entry.cache, *d.identity, dtype, WireCompression::kNone, layers,
+                              uint32_t(opened.plan.size())),
+                 resp->mutable_header());
   resp->set_chunk_tokens(req.chunk_tokens());
   resp->set_timeout_ms(uint32_t(timeout.count()));
   log_event(spdlog::level::info, "cache transfer opened",
