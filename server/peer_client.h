@@ -89,7 +89,7 @@ struct PeerClientOptions {
   // nor cuda-ipc).
   TransportFactory* transports = nullptr;
   // Per-transfer deadline of a raw pull (OpenTransferRequest.timeout_ms).
-  std::chrono::milliseconds transfer_timeout{std::chrono::seconds(30)};
+  std::chrono::milliseconds transfer_timeout = kDefaultTransferTimeout;
 };
 
 // How one pull travelled: the request's choice and what select_transport made of it.

@@ -179,7 +179,7 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
   KVB_ASSIGN_OR_RETURN(transport::MemoryHandle mem, endpoint.register_memory(opt_.transports->region(kind, *cache)));
   KVB_RETURN_IF_ERROR(endpoint.connect(resp.sharer_metadata()).with_context("the sharer's endpoint"));
   transport::PostOptions opt;
-  opt.deadline = Clock::now() + std::chrono::milliseconds(resp.timeout_ms() > 0 ? resp.timeout_ms() : 30000);
+  opt.deadline = Clock::now() + (resp.timeout_ms() > 0 ? std::chrono::milliseconds(resp.timeout_ms()) : kDefaultTransferTimeout);
   std::vector<transport::Transfer> recvs;
   recvs.reserve(plan.size());
   uint64_t bytes = 0;

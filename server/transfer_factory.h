@@ -10,6 +10,7 @@
 // Threading: every method may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <memory>
 
 #include "engine/kv_cache.h"
@@ -23,6 +24,9 @@ class Device;
 }
 
 namespace kvb::server {
+
+// The per-transfer deadline of a raw pull when neither side asks for another, on both sides.
+inline constexpr std::chrono::milliseconds kDefaultTransferTimeout{std::chrono::seconds(30)};
 
 class TransportFactory {
  public:

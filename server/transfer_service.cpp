@@ -17,9 +17,8 @@ namespace {
 
 using transport::Clock;
 
-// The longest per-transfer deadline a receiver may ask for, and the default.
+// The longest per-transfer deadline a receiver may ask for.
 constexpr auto kMaxTransferTimeout = std::chrono::minutes(10);
-constexpr auto kDefaultTransferTimeout = std::chrono::seconds(30);
 
 Status no_transfers() { return unimplemented("this agent serves no raw cache transfers"); }
 

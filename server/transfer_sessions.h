@@ -45,7 +45,7 @@ struct SharerSessionSpec {
   transport::TransportKind kind = transport::TransportKind::kNccl;
   std::optional<KvLayerSet> layers;      // absent: every layer
   uint32_t chunk_tokens = 0;             // plan_kv_slices' chunk (0: one slice per layer and K|V)
-  std::chrono::milliseconds timeout{std::chrono::seconds(30)};  // the sends' deadline, and the hold
+  std::chrono::milliseconds timeout = kDefaultTransferTimeout;  // the sends' deadline, and the hold
   std::string receiver_metadata;         // the receiver endpoint's metadata()
   std::string peer;                      // the receiver's gRPC peer, for logs
 };
