@@ -62,7 +62,11 @@ void PullFlags::apply(v1::PullOptions* out) const {
 
 void add_pull_flags(CLI::App* cmd, PullFlags& f, const std::string& what) {
   add_wire_flags(cmd, f.wire, what);
-  cmd->add_option("--transport", f.transport,
+  add_transport_flag(cmd, f.transport, what);
+}
+
+void add_transport_flag(CLI::App* cmd, std::string& transport, const std::string& what) {
+  cmd->add_option("--transport", transport,
                   "How the agent pulls " + what + ": auto picks the fastest both agents support, falling back to "
                   "grpc; an explicit choice the pair cannot use falls back to grpc with the reason")
       ->check(CLI::IsMember({"auto", "grpc", "nccl", "cuda-ipc"}))

@@ -43,6 +43,8 @@ struct PullFlags {
   void apply(client::v1::PullOptions* out) const;
 };
 void add_pull_flags(CLI::App* cmd, PullFlags& flags, const std::string& what);
+// --transport alone (default "auto").
+void add_transport_flag(CLI::App* cmd, std::string& transport, const std::string& what);
 
 // Sampling and stop flags of a remote Generate: -n, --temp, --top-k, --top-p, --seed, --stop,
 // --ignore-eos.

@@ -13,7 +13,7 @@ namespace kvb::cli {
 
 void register_fuse(CLI::App& app) {
   struct Args {
-    std::string sharer, receiver, fuser, context_file, prompt;
+    std::string sharer, receiver, fuser, context_file, prompt, transport = "auto";
     bool embedded = false;
     bool keep_cache = false;
     SamplingFlags sampling;
@@ -34,6 +34,7 @@ void register_fuse(CLI::App& app) {
   c->add_flag("--keep-cache", a->keep_cache, "Keep the receiver's fused context + prompt + output as a cache");
   add_sampling_flags(c, a->sampling);
   add_wire_flags(c, a->wire, "the slices exchanged with the fuser");
+  add_transport_flag(c, a->transport, "the sharer's cache");
   add_remote_flags(c, a->remote);
   c->callback([a] {
     if (a->fuser.empty() && !a->embedded) exit_on_error(invalid_argument("fuse: give --fuser ADDR or --embedded"));
@@ -58,15 +59,16 @@ void register_fuse(CLI::App& app) {
       req.mutable_fuser()->set_address(a->fuser);
     }
     req.mutable_fuser()->set_dtype(a->wire.dtype());
+    req.mutable_pull()->set_transport(a->transport);
     a->sampling.apply(req);
     req.set_keep_cache(a->keep_cache);
     std::fputs(a->prompt.c_str(), stdout);
     const client::v1::GenerateSummary s = stream_generate(*receiver, req);
     const client::v1::FuseStats& fs = s.fuse();
     std::fprintf(stderr,
-                 "fused_tokens=%u slices_fused=%u aligned=%s sharer_bytes=%llu fuser_bytes_sent=%llu "
-                 "fuser_bytes_received=%llu fuse_ms=%.2f\n",
-                 fs.fused_tokens(), fs.slices_fused(), fs.aligned() ? "yes" : "no",
+                 "fused_tokens=%u slices_fused=%u slices_fused_early=%u aligned=%s sharer_bytes=%llu "
+                 "fuser_bytes_sent=%llu fuser_bytes_received=%llu fuse_ms=%.2f\n",
+                 fs.fused_tokens(), fs.slices_fused(), fs.slices_fused_early(), fs.aligned() ? "yes" : "no",
                  static_cast<unsigned long long>(fs.sharer_bytes()),
                  static_cast<unsigned long long>(fs.fuser_bytes_sent()),
                  static_cast<unsigned long long>(fs.fuser_bytes_received()), fs.fuse_ms());

@@ -71,7 +71,8 @@ bool Fuser::gate(int32_t receiver_layer, bool is_v) const {
   return gate_logits_[size_t(receiver_layer) * 2 + (is_v ? 1 : 0)] > 0.0f;
 }
 
-Status Fuser::fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver) {
+Status Fuser::fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver,
+                   SharerMemory sharer_memory) {
   if (receiver_layer < 0 || receiver_layer >= cfg_.receiver.n_layer) {
     return invalid_argument(
         fmt::format("fuser: receiver layer {} is outside [0, {})", receiver_layer, cfg_.receiver.n_layer));
@@ -86,7 +87,7 @@ Status Fuser::fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, cons
   const ProjectorBranch* branch = branches_[size_t(receiver_layer) * 2 + (is_v ? 1 : 0)].get();
   if (branch == nullptr || n == 0) return Status::Ok();  // gate off: nothing to do
   const std::lock_guard<std::mutex> lock(mu_);
-  return branch->fuse(backend_, *scratch_, sharer, receiver);
+  return branch->fuse(backend_, *scratch_, sharer, receiver, sharer_memory == SharerMemory::kDevice);
 }
 
 uint64_t Fuser::weight_bytes() const {

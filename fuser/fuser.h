@@ -24,6 +24,12 @@
 
 namespace kvb::fuser {
 
+// Where the sharer rows given to Fuser::fuse live.
+enum class SharerMemory {
+  kHost,    // host memory (staged to the device chunk by chunk on a GPU backend)
+  kDevice,  // the memory of the Fuser's backend device
+};
+
 class Fuser {
  public:
   // Loads dir/config.json and the weights it names; validates every tensor's presence, shape and dtype
@@ -39,10 +45,14 @@ class Fuser {
   bool gate(int32_t receiver_layer, bool is_v) const;
 
   // Fuses one branch in place. receiver: [n_tokens][receiver.n_head_kv * receiver.head_dim] f32 host
-  // (or [n_tokens][n_head_kv][head_dim]), sharer: [n_tokens][sharer kv_dim] f32 host (or 3-D likewise).
-  // When gate(t, is_v) is off, returns OK without touching anything. INVALID_ARGUMENT for a layer out of
-  // range, wrong shapes/dtypes, or overlapping tensors. Synchronous; thread-safe (serialized).
-  Status fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver);
+  // (or [n_tokens][n_head_kv][head_dim]), sharer: [n_tokens][sharer kv_dim] f32 (or 3-D likewise), in
+  // host memory or, with SharerMemory::kDevice, in the memory of the backend's device (read in place,
+  // never copied: a cache that landed on the agent's GPU over NCCL or CUDA IPC). On a host backend
+  // both are the same memory. When gate(t, is_v) is off, returns OK without touching anything.
+  // INVALID_ARGUMENT for a layer out of range, wrong shapes/dtypes, or overlapping tensors.
+  // Synchronous; thread-safe (serialized).
+  Status fuse(int32_t receiver_layer, bool is_v, const Tensor& sharer, const Tensor& receiver,
+              SharerMemory sharer_memory = SharerMemory::kHost);
 
   // Device bytes of the uploaded weights (gated-on branches only; the scratch activations, a few MiB,
   // are not counted).

@@ -255,21 +255,24 @@ Status ProjectorBranch::forward(Backend& be, ProjectorScratch& s, const Tensor& 
   return be.gate_add(xt, logits, proj, xt);
 }
 
-Status ProjectorBranch::fuse(Backend& be, ProjectorScratch& s, const Tensor& sharer, const Tensor& receiver) const {
+Status ProjectorBranch::fuse(Backend& be, ProjectorScratch& s, const Tensor& sharer, const Tensor& receiver,
+                             bool sharer_on_device) const {
   const int64_t n = receiver.shape[0];
   const bool host = be.device().buffer_type().is_host();
-  auto* xs_host = static_cast<char*>(sharer.data);
+  // The sharer is read where it is unless it must be staged (host rows, device backend): forward()
+  // only reads xs.
+  const bool stage_sharer = !host && !sharer_on_device;
+  auto* xs_base = static_cast<char*>(sharer.data);
   auto* xt_host = static_cast<char*>(receiver.data);
   const size_t xs_row = size_t(in_s_) * sizeof(float), xt_row = size_t(out_) * sizeof(float);
   for (int64_t r0 = 0; r0 < n; r0 += kFuseChunkRows) {
     const int64_t m = std::min(kFuseChunkRows, n - r0);
-    void* xs = xs_host + size_t(r0) * xs_row;
+    void* xs = xs_base + size_t(r0) * xs_row;
     void* xt = xt_host + size_t(r0) * xt_row;
-    if (!host) {  // stage the chunk in device memory
-      KVB_RETURN_IF_ERROR(be.copy_from_host(s.xs_, xs, size_t(m) * xs_row));
-      KVB_RETURN_IF_ERROR(be.copy_from_host(s.xt_, xt, size_t(m) * xt_row));
-    }
-    KVB_RETURN_IF_ERROR(forward(be, s, rows_f32(host ? xs : s.xs_, m, in_s_), rows_f32(host ? xt : s.xt_, m, out_)));
+    if (stage_sharer) KVB_RETURN_IF_ERROR(be.copy_from_host(s.xs_, xs, size_t(m) * xs_row));
+    if (!host) KVB_RETURN_IF_ERROR(be.copy_from_host(s.xt_, xt, size_t(m) * xt_row));  // written back below
+    KVB_RETURN_IF_ERROR(
+        forward(be, s, rows_f32(stage_sharer ? s.xs_ : xs, m, in_s_), rows_f32(host ? xt : s.xt_, m, out_)));
     if (!host) KVB_RETURN_IF_ERROR(be.copy_to_host(xt, s.xt_, size_t(m) * xt_row));
   }
   return be.synchronize();

@@ -112,10 +112,12 @@ class ProjectorBranch {
   size_t weight_bytes() const;
 
   // Runs the branch on n tokens and adds the gated projection into `receiver` in place, whatever
-  // the gate (the caller checks gate_on()). sharer: f32 host [n][in_s]; receiver: f32 host [n][out]
-  // (2-D, contiguous; callers validate). Tokens go through in chunks of kFuseChunkRows. Synchronous:
+  // the gate (the caller checks gate_on()). sharer: f32 [n][in_s] in host memory, or in the
+  // backend's device memory when sharer_on_device; receiver: f32 host [n][out] (both 2-D,
+  // contiguous; callers validate). Tokens go through in chunks of kFuseChunkRows. Synchronous:
   // the receiver holds the result on return. `backend` must be the one the branch was uploaded to.
-  Status fuse(Backend& backend, ProjectorScratch& scratch, const Tensor& sharer, const Tensor& receiver) const;
+  Status fuse(Backend& backend, ProjectorScratch& scratch, const Tensor& sharer, const Tensor& receiver,
+              bool sharer_on_device) const;
 
  private:
   struct Block {

@@ -58,6 +58,7 @@ void add_report(std::optional<FuseReport>& sum, const FuseReport& r) {
   sum->fuser_bytes_received += r.fuser_bytes_received;
   sum->fuse_ms += r.fuse_ms;
   sum->aligned = sum->aligned || r.aligned;
+  sum->slices_fused_early += r.slices_fused_early;
 }
 
 void to_proto(const FuseReport& r, pb::FuseStats* out) {
@@ -68,6 +69,19 @@ void to_proto(const FuseReport& r, pb::FuseStats* out) {
   out->set_fuser_bytes_received(r.fuser_bytes_received);
   out->set_fuse_ms(r.fuse_ms);
   out->set_aligned(r.aligned);
+  out->set_slices_fused_early(r.slices_fused_early);
+}
+
+// How the cache of one context pulled from `ref`'s agent travelled (GenerateSummary).
+pb::ContextTransport context_transport(const ServiceDeps& d, const ContextRef& ref, const PullTransport& how) {
+  pb::ContextTransport t;
+  t.set_agent(ref.agent);
+  t.set_cache_id(ref.cache_id);
+  t.set_requested(std::string(transport::transport_name(how.requested)));
+  t.set_used(std::string(transport::transport_name(how.selection.kind)));
+  t.set_reason(how.selection.reason);
+  d.metrics->record_pull(t.requested(), t.used());
+  return t;
 }
 
 Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, const CancelTokenPtr& cancel_ptr) {
@@ -78,10 +92,11 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
     if (!ref.is_local() && spec.fuser) {
       // Receiver mode: this ref may hold another model's cache; the fuser makes it ours.
       if (d.fuser == nullptr) return failed_precondition("this agent cannot fuse caches");
-      auto f = d.fuser->fuse(ref.agent, ref.cache_id, *spec.fuser, spec.pull.reserve_cells, cancel_ptr);
+      auto f = d.fuser->fuse(ref.agent, ref.cache_id, *spec.fuser, spec.pull, cancel_ptr);
       if (!f.ok()) return f.status().with_context(fmt::format("context[{}]", i));
       add_report(out.fuse, f->report);
       out.bytes_pulled += f->report.sharer_bytes;
+      out.transports.push_back(context_transport(d, ref, f->report.transport));
       if (spec.context.size() == 1) {
         out.owned = std::move(f->cache);
       } else {
@@ -95,13 +110,7 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
       auto p = d.peers->pull(ref.agent, ref.cache_id, spec.pull, cancel);
       if (!p.ok()) return p.status().with_context(fmt::format("context[{}]", i));
       out.bytes_pulled += p->wire_bytes;
-      pb::ContextTransport& t = out.transports.emplace_back();
-      t.set_agent(ref.agent);
-      t.set_cache_id(ref.cache_id);
-      t.set_requested(std::string(transport::transport_name(p->transport.requested)));
-      t.set_used(std::string(transport::transport_name(p->transport.selection.kind)));
-      t.set_reason(p->transport.selection.reason);
-      d.metrics->record_pull(t.requested(), t.used());
+      out.transports.push_back(context_transport(d, ref, p->transport));
       if (spec.context.size() == 1) {
         out.owned = std::move(p->cache);  // the engine may run the session in it
       } else {

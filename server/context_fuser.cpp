@@ -197,6 +197,16 @@ Status fuse_remote(PeerClient& peers, const std::string& address, const FuserSpe
   return Status::Ok();
 }
 
+// Whether every slice of `layers` has landed.
+bool all_complete(const PullProgress& p, const KvLayerSet& layers) {
+  for (const bool is_v : {false, true}) {
+    for (const uint32_t l : is_v ? layers.v : layers.k) {
+      if (!p.complete(l, is_v)) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 ContextFuser::ContextFuser(const Model& model, const ModelIdentity& identity, EngineLoop& engine, PeerClient& peers,
@@ -206,7 +216,7 @@ ContextFuser::ContextFuser(const Model& model, const ModelIdentity& identity, En
 std::string ContextFuser::embedded_description() const { return embedded_ ? describe(*embedded_).name : ""; }
 
 Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
-                                        int32_t reserve_cells, const CancelTokenPtr& cancel_ptr) {
+                                        const PullOptions& request_pull, const CancelTokenPtr& cancel_ptr) {
   CancelToken& cancel = *cancel_ptr;
   const auto t0 = Clock::now();
   FusedContext result;
@@ -237,10 +247,12 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   if (sharer_id == identity_) {  // the same model: an ordinary pull, nothing to fuse
     PullOptions po;
     po.dtype = spec.dtype;
-    po.reserve_cells = reserve_cells;
+    po.transport = request_pull.transport;
+    po.reserve_cells = request_pull.reserve_cells;
     KVB_ASSIGN_OR_RETURN(PulledCache p, peers_.pull(sharer, cache_id, po, cancel));
     result.cache = std::move(p.cache);
     report.sharer_bytes = p.wire_bytes;
+    report.transport = p.transport;
     report.fuse_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     return result;
   }
@@ -269,7 +281,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   in.cancel = cancel_ptr;
   PrefillOptions popt;
   popt.hand_back = true;
-  popt.reserve_cells = reserve_cells;
+  popt.reserve_cells = request_pull.reserve_cells;
   auto promise = std::make_shared<std::promise<Result<PrefillOutcome>>>();
   auto future = promise->get_future();
   engine_.submit_prefill(std::move(in), popt, [promise](Result<PrefillOutcome> r) { promise->set_value(std::move(r)); });
@@ -344,35 +356,48 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   if (desc.plan.receiver.size() > 0) {
     KvCache& receiver = *result.cache;
     std::vector<uint8_t> fused(size_t(identity_.n_layer) * 2, 0);
-    auto fuse_ready = [&](const wire::CacheStreamReader& r) -> Status {
+    // Called as sharer slices land (every grpc message, every completed raw slice); fuses each
+    // receiver slice whose sharer slice is complete, once: after a raw pull fell back to grpc the
+    // same slices complete again.
+    auto fuse_ready = [&](const PullProgress& r) -> Status {
       const KvCache* s = r.partial();
       if (s == nullptr) return Status::Ok();  // the header is not in yet
       if (s->n_tokens() != receiver.n_tokens()) {
         return internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
                                           s->n_tokens(), receiver.n_tokens()));
       }
+      const fuser::SharerMemory where = s->is_host() ? fuser::SharerMemory::kHost : fuser::SharerMemory::kDevice;
+      const bool pull_done = all_complete(r, desc.plan.sharer);
       for (const bool is_v : {false, true}) {
         for (const uint32_t t : is_v ? desc.plan.receiver.v : desc.plan.receiver.k) {
           uint8_t& done = fused[size_t(t) * 2 + (is_v ? 1 : 0)];
           const uint32_t src = uint32_t(desc.layer_map[t]);
           if (done || !r.complete(src, is_v)) continue;
-          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, s->used_rows(int32_t(src), is_v), receiver.used_rows(int32_t(t), is_v)));
+          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, s->used_rows(int32_t(src), is_v),
+                                              receiver.used_rows(int32_t(t), is_v), where));
           done = 1;
           ++report.slices_fused;
+          if (!pull_done) ++report.slices_fused_early;
         }
       }
       return Status::Ok();
     };
     PullOptions po;
     po.dtype = spec.dtype;
+    po.transport = request_pull.transport;
     po.layers = desc.plan.sharer;
     po.identity = &sharer_id;
-    if (spec.embedded) po.on_data = fuse_ready;
+    if (spec.embedded) {
+      po.on_data = fuse_ready;
+    } else {
+      po.host_cache = true;  // fuse_remote serializes its slices from host memory
+    }
     auto pulled = peers_.pull(sharer, sharer_cache, po, cancel);
     if (!pulled.ok()) {
       st = pulled.status();
     } else {
       report.sharer_bytes = pulled->wire_bytes;
+      report.transport = pulled->transport;
       if (pulled->cache->n_tokens() != receiver.n_tokens()) {
         st = internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
                                         pulled->cache->n_tokens(), receiver.n_tokens()));

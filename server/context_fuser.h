@@ -12,10 +12,13 @@
 //      when they differ from the cache's own tokens the sharer prefills them into a temporary
 //      cache (dropped afterwards);
 //   4. this agent prefills R on its engine thread into a cache it owns (EngineLoop hand_back);
-//   5. the sharer slices the fuser needs are pulled (ExportCache with a LayerSet: gated-off
-//      layers never travel);
-//   6. fusion: in process (Fuser::fuse per gated-on slice) or over a Fuse stream (the sharer's and
-//      the receiver's slices out, the fused receiver slices back into the cache, layer by layer).
+//   5. the sharer slices the fuser needs are pulled (a LayerSet: gated-off layers never travel),
+//      over the transport the request chose (PeerClient::pull: grpc, or nccl / cuda-ipc into the
+//      agent's device memory; for a remote fuser the cache is read in host memory, so grpc);
+//   6. fusion: in process (Fuser::fuse per gated-on slice, each as soon as its sharer slice has
+//      landed, while the pull goes on; read in place when it landed on the GPU) or over a Fuse
+//      stream (the sharer's and the receiver's slices out, the fused receiver slices back into the
+//      cache, layer by layer).
 // The result is a context cache like any pulled one (positions from 0, free cells reserved).
 //
 // Errors: the peers' codes (PeerClient::peer_error: a dead sharer or fuser → UNAVAILABLE),
@@ -45,6 +48,9 @@ struct FuseReport {
   uint64_t fuser_bytes_sent = 0, fuser_bytes_received = 0;  // remote fuser only
   double fuse_ms = 0;          // the whole receiver-mode resolution
   bool aligned = false;        // the vocabularies differ
+  // Of slices_fused: fused by the embedded fuser while later sharer slices were still landing.
+  uint32_t slices_fused_early = 0;
+  PullTransport transport;     // how the sharer's cache travelled
 };
 
 struct FusedContext {
@@ -58,9 +64,10 @@ class ContextFuser {
   ContextFuser(const Model& model, const ModelIdentity& identity, EngineLoop& engine, PeerClient& peers,
                fuser::Fuser* embedded);
 
-  // `reserve_cells`: free cells to leave after the context (the request's input and output).
+  // `request_pull`: the request's pull options, of which the transport choice and reserve_cells
+  // (free cells to leave after the context: the request's input and output) apply.
   Result<FusedContext> fuse(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
-                            int32_t reserve_cells, const CancelTokenPtr& cancel_ptr);
+                            const PullOptions& request_pull, const CancelTokenPtr& cancel_ptr);
 
   // AgentInfo.fuser: "sharer -> receiver" of the embedded fuser, or empty.
   std::string embedded_description() const;

@@ -24,6 +24,17 @@ namespace {
 // agent.proto's AgentService.ExportCache, called raw (byte buffers) rather than through the stub.
 constexpr const char* kExportCacheMethod = "/kvbridge.v1.AgentService/ExportCache";
 
+// A grpc pull's progress: the stream decoder's.
+class StreamProgress final : public PullProgress {
+ public:
+  explicit StreamProgress(const wire::CacheStreamReader& r) : r_(r) {}
+  const KvCache* partial() const override { return r_.partial(); }
+  bool complete(uint32_t layer, bool is_v) const override { return r_.complete(layer, is_v); }
+
+ private:
+  const wire::CacheStreamReader& r_;
+};
+
 }  // namespace
 
 PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
@@ -160,11 +171,11 @@ Result<PullTransport> PeerClient::choose_transport(const std::string& agent, con
   KVB_ASSIGN_OR_RETURN(const transport::EndpointInfo sharer, peer_endpoint(agent, cancel));
   KVB_ASSIGN_OR_RETURN(out.selection, transport::select_transport(po.transport, sharer, opt_.endpoint));
   if (out.selection.kind == transport::TransportKind::kGrpc) return out;
-  if (po.on_data || po.identity != nullptr || po.layers) {
-    // The fuser reads a pull layer by layer as the stream delivers it (CacheStreamReader).
+  if (po.host_cache && opt_.transports != nullptr && !opt_.transports->receive_buffers().is_host()) {
     out.selection.kind = transport::TransportKind::kGrpc;
     out.selection.fell_back = po.transport != transport::TransportChoice::kAuto;
-    out.selection.reason = "a pull for the fuser is read layer by layer from the grpc stream";
+    out.selection.reason = "this cache is read in host memory (sent on to a remote fuser), and raw transports "
+                           "land caches in device memory";
   } else if (opt_.transports == nullptr) {
     // select_transport checks both ends' flags, and this agent advertised none without a factory.
     return internal_error(fmt::format("transport {} selected, but this agent has no raw transports",
@@ -182,13 +193,24 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   if (!chosen.ok()) return chosen.status().with_context(where());
   const transport::TransportKind kind = chosen->selection.kind;
   if (kind != transport::TransportKind::kGrpc) {
-    auto raw = pull_raw(agent, cache_id, kind, po, cancel);
+    // The consumer's own failure is final; a transport's is retried over grpc (where on_data sees
+    // the slices it already had complete again).
+    bool consumer_failed = false;
+    PullOptions raw_po = po;
+    if (po.on_data) {
+      raw_po.on_data = [&](const PullProgress& p) {
+        Status st = po.on_data(p);
+        consumer_failed = !st.ok();
+        return st;
+      };
+    }
+    auto raw = pull_raw(agent, cache_id, kind, raw_po, cancel);
     if (raw.ok()) {
       raw->transport = std::move(chosen).value();
       return raw;
     }
     const StatusCode code = raw.status().code();
-    if (cancel.cancelled() || code == StatusCode::kCancelled || code == StatusCode::kNotFound ||
+    if (consumer_failed || cancel.cancelled() || code == StatusCode::kCancelled || code == StatusCode::kNotFound ||
         code == StatusCode::kPermissionDenied) {
       return raw.status().with_context(where());
     }
@@ -244,7 +266,7 @@ Result<PulledCache> PeerClient::pull_grpc(const std::string& agent, const std::s
     if (msg.Dump(&slices).ok()) {
       for (const grpc::Slice& sl : slices) pieces.emplace_back(reinterpret_cast<const char*>(sl.begin()), sl.size());
       decode_error = reader.add_serialized(pieces);
-      if (decode_error.ok() && po.on_data) decode_error = po.on_data(reader);
+      if (decode_error.ok() && po.on_data) decode_error = po.on_data(StreamProgress(reader));
     } else {
       decode_error = invalid_argument("a message could not be read");
     }

@@ -27,8 +27,12 @@
 // CloseTransfer. The cache moves as it is (f32, exact): PullOptions::dtype and compression apply
 // to grpc only. A raw pull that fails for any reason but a cancel, an unknown cache or a refused
 // token is retried over grpc, and the summary says so (fell_back, with the raw error as reason).
-// Pulls for a fuser (layers, another model's identity, on_data) read the stream layer by layer
-// and always use grpc. PulledCache::transport carries what happened to the request's summary.
+// Pulls for a fuser (layers, another model's identity, on_data) use the same transports; on_data
+// sees each (layer, K/V) slice as it completes (a stream message, a raw slice's last run). A pull
+// with host_cache stays on grpc where raw pulls land in device memory. on_data's own error ends
+// the pull (never retried); after a transport's failure the grpc retry reports the same slices
+// complete again, so consumers must be idempotent per slice. PulledCache::transport carries what
+// happened to the request's summary.
 // A sharer whose GetInfo is UNIMPLEMENTED counts as one without TransportInfo (grpc); any other
 // GetInfo error fails the pull (peer_error's codes, as an ExportCache error would).
 //

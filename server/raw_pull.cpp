@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 
 #include <condition_variable>
+#include <span>
 #include <thread>
+#include <vector>
 
 #include "engine/kv_wire.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
@@ -102,6 +104,38 @@ class ControlStream {
   std::thread writer_, reader_;
 };
 
+// A raw pull's progress: which (layer, K/V) slices have all their runs in.
+class SliceProgress final : public PullProgress {
+ public:
+  SliceProgress(const KvCache& cache, std::span<const transport::KvSlice> plan)
+      : cache_(cache),
+        n_layer_(uint32_t(cache.layout().n_layer)),
+        runs_left_(size_t(n_layer_) * 2, 0),
+        carried_(size_t(n_layer_) * 2, 0) {
+    for (const transport::KvSlice& s : plan) {
+      ++runs_left_[index(s.layer, s.is_v)];
+      carried_[index(s.layer, s.is_v)] = 1;
+    }
+  }
+
+  // Counts one landed run; true when it completed its (layer, K/V) slice.
+  bool landed(const transport::KvSlice& s) { return --runs_left_[index(s.layer, s.is_v)] == 0; }
+
+  const KvCache* partial() const override { return &cache_; }
+  // Complete once every run landed; never for a slice the pull does not carry.
+  bool complete(uint32_t layer, bool is_v) const override {
+    return layer < n_layer_ && carried_[index(layer, is_v)] != 0 && runs_left_[index(layer, is_v)] == 0;
+  }
+
+ private:
+  size_t index(uint32_t layer, bool is_v) const { return size_t(layer) * 2 + (is_v ? 1 : 0); }
+
+  const KvCache& cache_;
+  uint32_t n_layer_;
+  std::vector<uint32_t> runs_left_;  // [layer][K, V]
+  std::vector<uint8_t> carried_;     // [layer][K, V]: the pull carries that slice
+};
+
 }  // namespace
 
 Result<PulledCache> PeerClient::pull_raw(const std::string& agent, const std::string& cache_id,
@@ -114,6 +148,7 @@ Result<PulledCache> PeerClient::pull_raw(const std::string& agent, const std::st
   pb::OpenTransferRequest req;
   req.set_cache_id(cache_id);
   req.set_transport(std::string(transport::transport_name(kind)));
+  if (po.layers) wire::to_proto(*po.layers, req.mutable_layers());
   to_proto(opt_.endpoint, req.mutable_receiver());
   KVB_ASSIGN_OR_RETURN(*req.mutable_receiver_metadata(), endpoint->metadata());
   req.set_timeout_ms(uint32_t(opt_.transfer_timeout.count()));
@@ -156,7 +191,7 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
                                            transport::transport_name(kind)));
   }
   KVB_ASSIGN_OR_RETURN(const KvWireHeader h, wire::from_proto(resp.header()));
-  KVB_RETURN_IF_ERROR(KvWireDecoder::validate(h, opt_.identity, opt_.limits));
+  KVB_RETURN_IF_ERROR(KvWireDecoder::validate(h, po.identity ? *po.identity : opt_.identity, opt_.limits));
   if (h.dtype != WireDType::kF32 || h.compression != WireCompression::kNone) {
     return failed_precondition(fmt::format("the sharer's cache is {}: raw transfers move f32 caches as they are",
                                            wire_dtype_name(h.dtype)));
@@ -174,7 +209,12 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
                        KvCache::create(opt_.transports->receive_buffers(), layout,
                                        received_cells(h, opt_.limits, /*n_ctx_min=*/0, po.reserve_cells)));
   KVB_RETURN_IF_ERROR(cache->set_pos0(h.pos0));
-  KVB_ASSIGN_OR_RETURN(const KvPlan cells, cache->plan_append(int32_t(n)));
+  {
+    // The tokens are committed before their cells land: nobody but this pull (and on_data, which
+    // reads complete slices only) sees the cache before it is returned, and a failure drops it.
+    KVB_ASSIGN_OR_RETURN(const KvPlan cells, cache->plan_append(int32_t(n)));
+    cache->commit_append(cells, h.tokens);
+  }
 
   KVB_ASSIGN_OR_RETURN(transport::MemoryHandle mem, endpoint.register_memory(opt_.transports->region(kind, *cache)));
   KVB_RETURN_IF_ERROR(endpoint.connect(resp.sharer_metadata()).with_context("the sharer's endpoint"));
@@ -189,6 +229,7 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
     recvs.push_back(std::move(x));
     bytes += r.bytes;
   }
+  SliceProgress progress(*cache, plan);
   for (size_t next = 0; next < recvs.size();) {
     if (cancel.cancelled()) {
       endpoint.abort(cancelled("the request was cancelled"));
@@ -196,11 +237,18 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
     }
     const transport::PollResult r = recvs[next].wait(Clock::now() + kPollStep);
     if (r.error()) return r.status.with_context(fmt::format("receiving slice {} of {}", next + 1, recvs.size()));
-    if (r.done()) ++next;
+    if (!r.done()) continue;
+    // A (layer, K/V) slice is whole once its last run has landed: the consumer may start on it
+    // while the transport goes on with the next ones.
+    if (progress.landed(plan[next++]) && po.on_data) {
+      if (Status st = po.on_data(progress); !st.ok()) {
+        endpoint.abort(st);
+        return st;
+      }
+    }
   }
   recvs.clear();
   mem.reset();
-  cache->commit_append(cells, h.tokens);
   PulledCache out;
   out.cache = std::move(cache);
   out.wire_bytes = bytes;

@@ -49,6 +49,19 @@ struct ContextRef {
   bool is_local() const { return agent.empty(); }
 };
 
+// What a pull has landed so far, as PullOptions::on_data sees it, whatever the transport: the
+// cache being filled (null until the header is in; its tokens are set, but a slice's rows hold
+// data only once complete() says so) and which (layer, K/V) slices are complete. On a GPU agent a
+// raw pull's cache is in device memory (KvCache::is_host() says which). Valid during the call only.
+class PullProgress {
+ public:
+  virtual const KvCache* partial() const = 0;
+  virtual bool complete(uint32_t layer, bool is_v) const = 0;
+
+ protected:
+  ~PullProgress() = default;
+};
+
 struct PullOptions {
   WireDType dtype = WireDType::kF32;
   WireCompression compression = WireCompression::kNone;
@@ -63,9 +76,13 @@ struct PullOptions {
   std::optional<KvLayerSet> layers;
   // The model the pulled cache must come from (borrowed); null = this agent's.
   const ModelIdentity* identity = nullptr;
-  // Called on the pulling thread after every accepted message (slices may be read as they
-  // complete: CacheStreamReader::complete / partial); a non-OK Status aborts the pull with it.
-  std::function<Status(const wire::CacheStreamReader&)> on_data;
+  // Called on the pulling thread as data lands: after every accepted message of the grpc stream,
+  // after every completed slice of a raw pull. A slice may be read once complete; a non-OK Status
+  // aborts the pull with it. The transport keeps landing later slices meanwhile.
+  std::function<Status(const PullProgress&)> on_data;
+  // The cache must be in host memory (it is read by the CPU, e.g. sent on to a remote fuser): raw
+  // transports, which land caches in device memory on a GPU, are then not used.
+  bool host_cache = false;
 };
 
 // Receiver mode (agent.proto FuserRef): which fuser projects a context cache from another model.

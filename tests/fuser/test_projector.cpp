@@ -2,6 +2,8 @@
 // errors.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "engine/safetensors.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/registry.h"
 #include "support/test_support.h"
 
 namespace kvb::fuser {
@@ -139,6 +142,60 @@ TEST_CASE("fuser fuse matches the scalar reference", "[fuser]") {
   }
 }
 
+TEST_CASE("fuser on a GPU, sharer rows in host or device memory, matches the CPU", "[gpu][fuser]") {
+  const Result<const Device*> gpu = find_device("cuda:0");
+  if (!gpu.ok()) {
+    std::printf("no CUDA device: %s; skipping\n", gpu.status().to_string().c_str());
+    std::fflush(stdout);
+    std::exit(77);
+  }
+  const FuserConfig cfg = make_config(Case{"gpu", {"s", 3, 2, 16}, {"r", 4, 4, 8}, 64, 96, 3, DType::kF32});
+  const std::string dir = fuser_dir("gpu");
+  REQUIRE(write_synthetic_fuser(dir, cfg, 99, GatePattern::kAlternate).ok());
+  std::unique_ptr<Backend> cpu_be = cpu_backend(2);
+  Result<std::unique_ptr<Backend>> gpu_be = gpu.value()->create_backend();
+  REQUIRE(gpu_be.ok());
+  Result<std::unique_ptr<Fuser>> on_cpu = Fuser::load(dir, *cpu_be);
+  Result<std::unique_ptr<Fuser>> on_gpu = Fuser::load(dir, *gpu_be.value());
+  REQUIRE(on_cpu.ok());
+  REQUIRE(on_gpu.ok());
+
+  const int64_t in_s = cfg.sharer.kv_dim(), out = cfg.receiver.kv_dim();
+  for (int64_t n : {int64_t(1), int64_t(300)}) {  // 300 crosses a chunk boundary
+    for (int32_t t = 0; t < cfg.receiver.n_layer; ++t) {
+      for (bool is_v : {false, true}) {
+        CAPTURE(n, t, is_v);
+        std::vector<float> sharer = random_floats(size_t(n * in_s), uint32_t(11 * t + is_v));
+        const std::vector<float> orig = random_floats(size_t(n * out), uint32_t(200 + 11 * t + is_v));
+        std::vector<float> want = orig, from_host = orig, from_device = orig;
+        REQUIRE(on_cpu.value()->fuse(t, is_v, rows(sharer, n, in_s), rows(want, n, out)).ok());
+        REQUIRE(on_gpu.value()->fuse(t, is_v, rows(sharer, n, in_s), rows(from_host, n, out)).ok());
+        // The same rows in device memory (a cache that landed there over NCCL or CUDA IPC), read in place.
+        Result<std::unique_ptr<Buffer>> dev = gpu.value()->buffer_type().alloc(sharer.size() * sizeof(float));
+        REQUIRE(dev.ok());
+        REQUIRE(dev.value()->set(0, sharer.data(), sharer.size() * sizeof(float)).ok());
+        REQUIRE(on_gpu.value()
+                    ->fuse(t, is_v, Tensor::make(DType::kF32, dev.value()->data(), {n, in_s}), rows(from_device, n, out),
+                           SharerMemory::kDevice)
+                    .ok());
+        CHECK(std::memcmp(from_device.data(), from_host.data(), from_host.size() * sizeof(float)) == 0);
+        if (!on_gpu.value()->gate(t, is_v)) {
+          CHECK(from_host == orig);
+          continue;
+        }
+        std::vector<double> want_d(want.begin(), want.end()), delta_want(want.size());
+        std::vector<float> delta_got(want.size());
+        for (size_t i = 0; i < want.size(); ++i) {
+          delta_want[i] = double(want[i]) - double(orig[i]);
+          delta_got[i] = from_host[i] - orig[i];
+        }
+        CHECK(rel_error(from_host, want_d) <= 1e-3);
+        CHECK(rel_error(delta_got, delta_want) <= 1e-2);
+      }
+    }
+  }
+}
+
 TEST_CASE("fuser fuse accepts [n][H][D] views and is thread-safe", "[fuser]") {
   const FuserConfig cfg = make_config(Case{"", {"s", 2, 2, 16}, {"r", 2, 4, 8}, 64, 64, 3, DType::kF32});
   const std::string dir = fuser_dir("threads");
@@ -157,6 +214,10 @@ TEST_CASE("fuser fuse accepts [n][H][D] views and is thread-safe", "[fuser]") {
                      Tensor::make(DType::kF32, three_d.data(), {n, 4, 8}))
               .ok());
   CHECK(three_d == expect);
+  // On the CPU, device memory is host memory: SharerMemory::kDevice reads the same rows.
+  std::vector<float> device_rows = orig;
+  REQUIRE(f.value()->fuse(1, true, rows(sharer, n, 32), rows(device_rows, n, 32), SharerMemory::kDevice).ok());
+  CHECK(device_rows == expect);
 
   std::vector<std::vector<float>> outs(4, orig);
   std::vector<std::thread> threads;

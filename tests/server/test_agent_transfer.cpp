@@ -14,6 +14,9 @@
 #include <thread>
 
 #include "client/agent_client.h"
+#include "engine/kv_wire.h"
+#include "engine/model.h"
+#include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
 #include "server/agent_server.h"
 #include "server/transfer_factory.h"
@@ -94,10 +97,20 @@ struct Agent {
   const std::string& address() const { return server->bound_address(); }
 };
 
-Agent start_agent(const std::string& name, const std::string& uuid) {
+struct ModelFiles {
+  const char* model;
+  const char* tokenizer;
+};
+constexpr ModelFiles kStories{"stories260K/stories260K.bin", "stories260K/tok512.bin"};
+constexpr ModelFiles kAidreams{"aidreams260K/aidreams260K.bin", "aidreams260K/tok512.bin"};
+
+// `fuser_dir`: an embedded fuser (kvbridge-agent --fuser).
+Agent start_agent(const std::string& name, const std::string& uuid, const ModelFiles& files = kStories,
+                  const std::string& fuser_dir = "") {
   server::AgentConfig c;
-  c.model_path = test::model_path("stories260K/stories260K.bin");
-  c.tokenizer_path = test::model_path("stories260K/tok512.bin");
+  c.model_path = test::model_path(files.model);
+  c.tokenizer_path = test::model_path(files.tokenizer);
+  c.fuser_dir = fuser_dir;
   c.listen = {"127.0.0.1", 0};
   c.name = name;
   c.threads = 1;
@@ -380,5 +393,124 @@ TEST_CASE("agents pull caches over the raw transports, with the same tokens as t
     c.transports->device.chunk_delay = std::chrono::microseconds(0);
     CHECK(got.ids == text.ids);
     CHECK(got.summary.context_transports(0).used() == "cuda-ipc");
+  }
+}
+
+// ============================== receiver mode ==============================
+
+// A synthetic fuser from stories260K to aidreams260K, gates alternating as in test_fuse_e2e (receiver
+// layer t % 4 = 0 both on, 1 K only, 2 V only, 3 both off): aidreams260K's 4 layers fuse K0 V0 K1 V2,
+// from 4 sharer slices.
+ModelIdentity identity_of(const ModelFiles& f) {
+  return model_identity(*must(load_model(test::model_path(f.model), LoadOptions{test::model_path(f.tokenizer)})));
+}
+
+const std::string& fuser_dir() {
+  static const std::string dir = [] {
+    fuser::FuserConfig cfg;
+    cfg.sharer = fuser::model_side("stories260K", identity_of(kStories));
+    cfg.receiver = fuser::model_side("aidreams260K", identity_of(kAidreams));
+    cfg.hidden_dim = 64;
+    cfg.intermediate_dim = 96;
+    cfg.num_layers = 3;
+    cfg.align_enabled = true;
+    const std::string d = test::temp_dir() + "/fuser";
+    REQUIRE(fuser::write_synthetic_fuser(d, cfg, 7, fuser::GatePattern::kAlternate).ok());
+    return d;
+  }();
+  return dir;
+}
+
+std::vector<std::string> export_stream(AgentClient& agent, const std::string& cache_id) {
+  std::vector<std::string> out;
+  for (const v1::CacheChunk& m : must(agent.export_cache_messages(cache_id, client::ExportOptions{}))) {
+    out.push_back(m.SerializeAsString());
+  }
+  return out;
+}
+
+TEST_CASE("receiver mode over nccl and cuda-ipc: each slice is fused as it lands; the cache is grpc's",
+          "[transfer][fuse]") {
+  // The sharer on "GPU a"; receivers with another model and an embedded fuser on "GPU b" (nccl from
+  // the sharer) and on "GPU a" (cuda-ipc).
+  Agent s = start_agent("sharer", "GPU-fake-a");
+  Agent r = start_agent("receiver-b", "GPU-fake-b", kAidreams, fuser_dir());
+  Agent r2 = start_agent("receiver-a", "GPU-fake-a", kAidreams, fuser_dir());
+  // Slices land one after another, a few ms apart.
+  for (Agent* a : {&s, &r, &r2}) a->transports->device.chunk_delay = std::chrono::milliseconds(1);
+
+  v1::PrefillRequest sp;
+  sp.set_text("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.");
+  const v1::PrefillResponse shared = must(s.client->prefill(sp));
+  v1::CacheRef ref;
+  ref.set_agent(s.address());
+  ref.set_cache_id(shared.cache_id());
+
+  const auto fused_prefill = [&](Agent& receiver, const std::string& transport) {
+    v1::PrefillRequest p;
+    *p.add_context() = ref;
+    p.set_text(" Then the dog");
+    p.mutable_pull()->set_transport(transport);
+    p.mutable_fuser()->set_embedded(true);
+    const v1::PrefillResponse made = must(receiver.client->prefill(p));
+    REQUIRE(made.context_transports_size() == 1);
+    CHECK(made.context_transports(0).requested() == transport);
+    CHECK(made.context_transports(0).agent() == s.address());
+    CHECK(made.fuse().slices_fused() == 4);
+    CHECK(made.fuse().aligned());
+    return made;
+  };
+
+  // The reference: the sharer's slices over the grpc stream (test_fuse_e2e checks that path against
+  // the fuser library computed in process).
+  const v1::PrefillResponse by_grpc = fused_prefill(r, "grpc");
+  CHECK(by_grpc.context_transports(0).used() == "grpc");
+  const std::vector<std::string> want = export_stream(*r.client, by_grpc.cache_id());
+  // Raw slices are the sharer cache's own f32 rows: 4 slices of n_tokens x kv heads x head_dim.
+  const ModelIdentity sid = identity_of(kStories);
+  const uint64_t raw_bytes = uint64_t(by_grpc.fuse().fused_tokens()) * 4 * uint64_t(sid.n_head_kv * sid.head_dim) * 4;
+
+  SECTION("nccl and cuda-ipc (and auto, which picks them) give grpc's cache byte for byte") {
+    struct Case {
+      Agent* receiver;
+      const char* asked;
+      const char* used;
+    };
+    for (const Case& k : {Case{&r, "nccl", "nccl"}, Case{&r, "auto", "nccl"}, Case{&r2, "cuda-ipc", "cuda-ipc"},
+                          Case{&r2, "auto", "cuda-ipc"}}) {
+      INFO("transport " << k.asked << " → " << k.used);
+      const v1::PrefillResponse made = fused_prefill(*k.receiver, k.asked);
+      INFO("reason: " << made.context_transports(0).reason());
+      CHECK(made.context_transports(0).used() == k.used);
+      CHECK(made.fuse().sharer_bytes() == raw_bytes);
+      CHECK(made.fuse().fused_tokens() == by_grpc.fuse().fused_tokens());
+      // The fuser started before the pull was over: every slice but those the last sharer slice
+      // completes was fused while later ones were still landing.
+      CHECK(made.fuse().slices_fused_early() >= 1);
+      CHECK(made.fuse().slices_fused_early() < made.fuse().slices_fused());
+      CHECK(export_stream(*k.receiver->client, made.cache_id()) == want);
+    }
+  }
+
+  SECTION("an NCCL communicator that dies mid-pull: the rest comes over grpc, nothing is fused twice") {
+    // Two of the four slices land (and are fused), then the communicator fails on both sides.
+    for (Agent* a : {&s, &r}) a->transports->device.fail_after_pairs = 2;
+    const v1::PrefillResponse made = fused_prefill(r, "nccl");
+    for (Agent* a : {&s, &r}) a->transports->device.fail_after_pairs = 0;
+    const v1::ContextTransport& t = made.context_transports(0);
+    CHECK(t.used() == "grpc");
+    CHECK_THAT(t.reason(), Catch::Matchers::Contains("nccl failed (UNAVAILABLE: "));
+    CHECK(made.fuse().slices_fused_early() >= 1);  // over nccl, before it died
+    CHECK(export_stream(*r.client, made.cache_id()) == want);
+  }
+
+  SECTION("a receiver that cannot open its endpoint pulls over grpc and fuses the same") {
+    r.transports->refuse = true;
+    const v1::PrefillResponse made = fused_prefill(r, "nccl");
+    r.transports->refuse = false;
+    CHECK(made.context_transports(0).used() == "grpc");
+    CHECK_THAT(made.context_transports(0).reason(),
+               Catch::Matchers::Contains("nccl failed (UNAVAILABLE: injected: the device is gone)"));
+    CHECK(export_stream(*r.client, made.cache_id()) == want);
   }
 }

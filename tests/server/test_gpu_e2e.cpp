@@ -18,7 +18,9 @@
 
 #include "client/agent_client.h"
 #include "client/agent_process.h"
+#include "engine/kv_wire.h"
 #include "engine/model.h"
+#include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
 #include "support/test_support.h"
 
@@ -104,11 +106,18 @@ std::vector<std::string> agent_args(const std::string& device) {
 
 // ---- agents ----
 
-std::unique_ptr<AgentProcess> start_agent(const std::string& name, const std::string& device) {
+// stories260K unless `model` names other files; `extra`: more flags (e.g. --fuser DIR).
+struct ModelFiles {
+  std::string model, tokenizer;
+};
+std::unique_ptr<AgentProcess> start_agent(const std::string& name, const std::string& device,
+                                          const ModelFiles& model = {model_file(), tokenizer_file()},
+                                          const std::vector<std::string>& extra = {}) {
   client::AgentProcessOptions o;
   o.binary = KVB_AGENT_BIN;
-  o.args = {"--model", model_file(), "--tokenizer", tokenizer_file(), "--name", name, "--threads", "1",
+  o.args = {"--model", model.model, "--tokenizer", model.tokenizer, "--name", name, "--threads", "1",
             "--device", device};
+  o.args.insert(o.args.end(), extra.begin(), extra.end());
   o.log_path = test::temp_dir() + "/" + name + ".log";
   return must(AgentProcess::start(o));
 }
@@ -333,4 +342,55 @@ TEST_CASE("GPU agents pass caches over cuda-ipc and nccl token for token", "[gpu
   const Output passed = run(*cc, r);
   CHECK(passed.ids == run(*cc, greedy(concat(ctx, q))).ids);
   CHECK(passed.summary.context_transports(0).used() == "nccl");
+}
+
+// Receiver mode on GPUs: the sharer's slices land in the receiver's device memory over cuda-ipc
+// and the embedded fuser reads them there (fuser::SharerMemory::kDevice), each as it lands. The
+// fused cache must be the one the grpc path gives (host slices staged to the same GPU kernels).
+TEST_CASE("a GPU receiver fuses a cache pulled over cuda-ipc as the grpc path does", "[gpu][e2e][transfer][fuse]") {
+  gpu_or_skip();
+  const ModelFiles aidreams{test::model_path("aidreams260K/aidreams260K.bin"),
+                            test::model_path("aidreams260K/tok512.bin")};
+  const auto identity = [](const ModelFiles& f) {
+    return model_identity(*must(load_model(f.model, LoadOptions{f.tokenizer})));
+  };
+  fuser::FuserConfig cfg;
+  cfg.sharer = fuser::model_side("stories260K", identity({model_file(), tokenizer_file()}));
+  cfg.receiver = fuser::model_side("aidreams260K", identity(aidreams));
+  cfg.hidden_dim = 64;
+  cfg.intermediate_dim = 96;
+  cfg.num_layers = 3;
+  cfg.align_enabled = true;
+  const std::string dir = test::temp_dir() + "/gpu-fuser";
+  REQUIRE(fuser::write_synthetic_fuser(dir, cfg, 7, fuser::GatePattern::kAlternate).ok());
+
+  auto a = start_agent("gpu-fuse-sharer", "cuda:0");
+  auto b = start_agent("gpu-fuse-receiver", "cuda:0", aidreams, {"--fuser", dir});
+  auto ca = connect_to(*a);
+  auto cb = connect_to(*b);
+  v1::PrefillRequest sp;
+  sp.set_text(kStory);
+  const v1::PrefillResponse shared = must(ca->prefill(sp));
+
+  std::vector<v1::CacheChunk> want;
+  for (const char* transport : {"grpc", "cuda-ipc"}) {
+    INFO("transport " << transport);
+    v1::PrefillRequest p;
+    *p.add_context() = client::cache_ref(a->address(), shared.cache_id());
+    p.set_text(kQuestion);
+    p.mutable_pull()->set_transport(transport);
+    p.mutable_fuser()->set_embedded(true);
+    const v1::PrefillResponse made = must(cb->prefill(p));
+    REQUIRE(made.context_transports_size() == 1);
+    INFO("reason: " << made.context_transports(0).reason());
+    CHECK(made.context_transports(0).used() == transport);
+    CHECK(made.fuse().slices_fused() == 4);  // gates alternate over aidreams260K's 4 layers
+    const std::vector<v1::CacheChunk> got = export_f32(*cb, made.cache_id());
+    if (want.empty()) {
+      want = got;
+    } else {
+      CHECK(made.fuse().slices_fused_early() >= 1);
+      CHECK(same_stream(got, want));
+    }
+  }
 }

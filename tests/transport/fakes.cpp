@@ -226,6 +226,9 @@ class FakeComm {
       if (aborted_[0] || aborted_[1]) continue;  // abort() clears the queue
       q_[0].pop_front();
       q_[1].pop_front();
+      if (opt_.fail_after_pairs > 0 && ++completed_ == opt_.fail_after_pairs) {
+        aborted_[0] = aborted_[1] = true;  // the rest stays queued: never done, as on a dead communicator
+      }
     }
   }
 
@@ -237,6 +240,7 @@ class FakeComm {
   bool aborted_[2] = {false, false};
   std::chrono::steady_clock::time_point ready_at_;
   int copying_ = 0;
+  int completed_ = 0;  // send/recv pairs
   bool stop_ = false;
   std::thread worker_;
 };

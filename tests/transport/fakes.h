@@ -29,6 +29,10 @@ struct FakeDeviceOptions {
   // "enqueuing" for this many comm_state() polls.
   std::chrono::microseconds init_delay{0};
   int enqueue_polls = 1;
+  // NCCL only: the communicator fails once this many send/recv pairs have completed, as one whose
+  // peer died does (both ranks' comm_state() reports an error; nothing more is copied). 0 = never.
+  // The options of the rank that joins first apply.
+  int fail_after_pairs = 0;
 };
 
 // Counters the tests read (shared by both ends of a pair).
