@@ -24,6 +24,8 @@
 //   decode bound    copy bandwidth / weight bytes read per token (every layer matrix and the
 //                   classifier once; the embedding lookup reads one row);
 //   prefill MFU     prefill FLOPs (2 · matrix parameters per token, attention excluded) / GEMM peak.
+// CUDA graphs: batch 1 decode with each step as one CUDA graph (the default, the table above)
+// against a runner with RunnerOptions::graphs off, and how many steps ran as graphs.
 // Transfers: a cache of the llama3-8b shape (32 layers × K,V × --transfer-tokens × 8 × 128, f32:
 // 256 MiB at 1024 tokens) moved in one transfer per (layer, K|V) slice by each transport
 // (transport/kv_transport.h: register → metadata → connect → post → wait), against one raw
@@ -449,6 +451,12 @@ int main(int argc, char** argv) {
   fmt::print("\n| model | weights | batch | prefill {} tok/s | prefill MFU | decode tok/s | decode bound tok/s | decode / bound |\n",
              n_prefill);
   fmt::print("|---|---|---|---|---|---|---|---|\n");
+  struct GraphRow {
+    std::string spec;
+    double with_graphs = 0, op_by_op = 0;
+    GraphStats stats;
+  };
+  std::vector<GraphRow> graph_rows;
   for (const std::string& name : models) {
     const std::string spec = n_layers > 0 ? fmt::format("{}:n_layer={}", name, n_layers) : name;
     const auto t0 = clock_type::now();
@@ -457,6 +465,7 @@ int main(int argc, char** argv) {
     const double synth_s = seconds_since(t0);
     auto runner = ModelRunner::create(**model, **backend, RunnerOptions{.n_batch = 512});
     check(runner.status(), "uploading " + spec);
+    GraphRow g{spec};
     fmt::print(stderr, "{}: {:.2f} GB of {} weights, synthesized in {:.0f} s\n", spec,
                double((*model)->weight_bytes()) / 1e9, dtype_name(dtype), synth_s);
     const double bound = bw * 1e9 / decode_bytes_per_token(**model);
@@ -466,7 +475,22 @@ int main(int argc, char** argv) {
       fmt::print("| {} | {} | {}{} | {:.0f} | {:.0f}% | {:.1f} | {:.1f} | {:.2f} |\n", spec, dtype_name(dtype), batch,
                  batch > 1 ? " (interleaved)" : "", r.prefill_tps, 100 * mfu, r.decode_tps, bound,
                  r.decode_tps / bound);
+      if (batch == 1) g.with_graphs = r.decode_tps;
     }
+    g.stats = (*runner)->graph_stats();
+    runner->reset();  // its weights go before the op-by-op runner uploads them again
+    auto plain = ModelRunner::create(**model, **backend, RunnerOptions{.n_batch = 512, .graphs = false});
+    check(plain.status(), "uploading " + spec + " again");
+    g.op_by_op = measure(**plain, **model, 1, n_prefill, n_decode).decode_tps;
+    graph_rows.push_back(std::move(g));
+  }
+  // Decode steps as CUDA graphs (the default) against the same steps launched op by op.
+  fmt::print("\n| model | decode tok/s, CUDA graphs | decode tok/s, op by op | graphs / op by op | steps as graphs |\n");
+  fmt::print("|---|---|---|---|---|\n");
+  for (const GraphRow& g : graph_rows) {
+    fmt::print("| {} | {:.1f} | {:.1f} | {:.2f} | {} of {}{} |\n", g.spec, g.with_graphs, g.op_by_op,
+               g.with_graphs / g.op_by_op, g.stats.graph_steps, g.stats.graph_steps + g.stats.fallbacks,
+               g.stats.disabled ? " (then off: " + g.stats.last_error + ")" : "");
   }
   if (transfers) bench_transfers(dev, transfer_tokens);
   return 0;

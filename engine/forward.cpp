@@ -188,23 +188,16 @@ Status ModelRunner::forward(KvCache& cache, std::span<const int32_t> tokens, std
   return Status::Ok();
 }
 
-// TODO(#5): CUDA graphs for decode (n = 1). On a GPU a decode step is ~10 launches per layer plus
-// the logits copy, and for small models launch overhead, not bandwidth, bounds it. Capturing the
-// step in a graph is not yet safe, for these reasons (each needs its own change first):
-//  - the tokens/positions uploads and the logits download below use pageable host memory, which
-//    stream capture forbids: they need pinned staging (kvb::host_staging_buffer_type);
-//  - every step has another shape: attention's n_kv grows by one (and with it the split-K grid and
-//    the scratch it uses, kernels/cuda/attention.cu), and the K/V projections write another cell;
-//    a replayable graph needs n_kv and the cell offset read from device memory, or its kernel
-//    nodes updated per step (cudaGraphExecKernelNodeSetParams);
-//  - cuda::Scratch::get may grow, which synchronizes the stream and frees memory (both illegal
-//    during capture): a backend hook that reserves the decode step's scratch up front
-//    (e.g. Backend::reserve_scratch(bytes)) must run before the first capture;
-//  - cuBLAS must be given a fixed workspace (cublasSetWorkspace) so it never allocates in capture;
-//  - the engine interleaves sessions on one runner: one graph per cache, or the cache pointers as
-//    device-side parameters.
-// Until then every op is launched one by one; the CUDA backend enqueues them without waiting and
-// the step synchronizes once, on its logits.
+// One ubatch: the token and position uploads, the ops (enqueue_ubatch), then the logits.
+//
+// A decode step (one token) runs as one op graph where the backend records them (CUDA graphs):
+// a small model's step is ~10 short kernels per layer, and launching them one by one, not memory
+// bandwidth, bounds it. The uploads and the logits download stay outside the recording (host
+// copies cannot be recorded). Each step is recorded anew, with its own n_kv, cells and scratch,
+// and the backend updates its one graph instance in place, so nothing in the ops has to read its
+// shape from device memory and sessions may interleave freely. A recording that fails (scratch
+// that has to grow) runs the step op by op instead; after kMaxGraphFailuresInRow failures in a row
+// the runner stops trying.
 Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits_out,
                                    bool all_logits) {
   const ModelConfig& c = model_.config;
@@ -212,6 +205,59 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
   Backend& b = backend_;
   const int64_t n = int64_t(tokens.size());
   KVB_ASSIGN_OR_RETURN(const KvPlan plan, cache.plan_append(int32_t(n)));
+  // Logit rows returned: every row, the last one, or none (an inner ubatch).
+  const int64_t logit_rows = logits_out == nullptr ? 0 : all_logits ? n : 1;
+  if (im.n_logit_rows < logit_rows) {
+    KVB_ASSIGN_OR_RETURN(auto buf, b.device().buffer_type().alloc(size_t(logit_rows * c.n_vocab) * 4));
+    im.logits = Tensor::make(DType::kF32, buf->data(), {logit_rows, c.n_vocab});
+    im.n_logit_rows = int32_t(logit_rows);
+    im.buffers.push_back(std::move(buf));
+  }
+  std::vector<int32_t> positions(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = plan.first_pos + int32_t(i);
+  {
+    OpTimer timer(b, opt_.profile ? &profile_.other_s : nullptr);
+    KVB_RETURN_IF_ERROR(b.copy_from_host(im.tokens.data, tokens.data(), size_t(n) * 4));
+    KVB_RETURN_IF_ERROR(b.copy_from_host(im.pos.data, positions.data(), size_t(n) * 4));
+  }
+  if (!graph_step(cache, plan, n, logit_rows)) KVB_RETURN_IF_ERROR(enqueue_ubatch(cache, plan, n, logit_rows));
+  cache.commit_append(plan, tokens);
+  if (logit_rows == 0) return Status::Ok();
+  KVB_RETURN_IF_ERROR(b.copy_to_host(logits_out, im.logits.data, size_t(logit_rows * c.n_vocab) * 4));
+  return b.synchronize();
+}
+
+bool ModelRunner::graph_step(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows) {
+  // One token with its logits: the step ends with a synchronize, so the graph instance the next
+  // step updates is never still running.
+  if (n != 1 || logit_rows != 1 || !opt_.graphs || opt_.profile || graphs_.disabled) return false;
+  Backend& b = backend_;
+  if (Status st = b.begin_graph(); !st.ok()) {
+    graphs_.disabled = true;  // UNIMPLEMENTED: this backend has none
+    if (st.code() != StatusCode::kUnimplemented) graphs_.last_error = st.to_string();
+    return false;
+  }
+  const Status body = enqueue_ubatch(cache, plan, n, logit_rows);
+  const Status end = b.end_graph(/*run=*/body.ok());
+  if (body.ok() && end.ok()) {
+    ++graphs_.graph_steps;
+    graphs_.failed_in_row = 0;
+    return true;
+  }
+  ++graphs_.fallbacks;
+  graphs_.last_error = (body.ok() ? end : body).to_string();
+  if (++graphs_.failed_in_row >= kMaxGraphFailuresInRow) graphs_.disabled = true;
+  return false;
+}
+
+// The ops of one ubatch whose tokens and positions are uploaded (rows [0, n) of im.tokens and
+// im.pos): embedding, the layers (writing the plan's cells), and for the last logit_rows rows the
+// final norm and classifier into im.logits. Enqueues only: no host copy, no synchronize (so that
+// graph_step can record it).
+Status ModelRunner::enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows) {
+  const ModelConfig& c = model_.config;
+  Impl& im = *impl_;
+  Backend& b = backend_;
   const bool f32_cache = cache.layout().dtype == DType::kF32;
   double* t_mm = opt_.profile ? &profile_.matmul_s : nullptr;
   double* t_att = opt_.profile ? &profile_.attention_s : nullptr;
@@ -221,13 +267,8 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
   const Tensor x = im.x.slice_rows(0, n), xb = im.xb.slice_rows(0, n), q = im.q.slice_rows(0, n);
   const Tensor att = im.att.slice_rows(0, n), hb = im.hb.slice_rows(0, n), hb2 = im.hb2.slice_rows(0, n);
   const Tensor tok = im.tokens.slice_rows(0, n), pos = im.pos.slice_rows(0, n);
-
-  std::vector<int32_t> positions(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = plan.first_pos + int32_t(i);
   {
     OpTimer timer(b, t_other);
-    KVB_RETURN_IF_ERROR(b.copy_from_host(tok.data, tokens.data(), size_t(n) * 4));
-    KVB_RETURN_IF_ERROR(b.copy_from_host(pos.data, positions.data(), size_t(n) * 4));
     // Token embedding: x = tok_embd[tokens].
     KVB_RETURN_IF_ERROR(b.embedding(im.tok_embd, tok, x));
   }
@@ -239,7 +280,7 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
     // layer but the last needs all rows. In the last one, a row's output feeds nothing but its own
     // logits, so only the rows whose logits are returned go on (none for an inner ubatch).
     const bool last_layer = l + 1 == c.n_layer;
-    const int64_t r0 = !last_layer || all_logits ? 0 : logits_out != nullptr ? n - 1 : n;
+    const int64_t r0 = last_layer ? n - logit_rows : 0;
     const int64_t nr = n - r0;
     auto rows = [r0, nr](const Tensor& t) { return t.slice_rows(r0, nr); };
     auto heads = [](const Tensor& t, int32_t n_heads, int32_t hd) {
@@ -332,28 +373,18 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
       KVB_RETURN_IF_ERROR(b.matmul(rows(hb), *lw.w_down, rows(x), /*accumulate=*/true));
     }
   }
-  cache.commit_append(plan, tokens);
-  if (logits_out == nullptr) return Status::Ok();
+  if (logit_rows == 0) return Status::Ok();
 
-  // Final norm and classifier, for every row or only the last.
-  const int64_t first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
-  if (im.n_logit_rows < rows) {
-    KVB_ASSIGN_OR_RETURN(auto buf, b.device().buffer_type().alloc(size_t(rows * c.n_vocab) * 4));
-    im.logits = Tensor::make(DType::kF32, buf->data(), {rows, c.n_vocab});
-    im.n_logit_rows = int32_t(rows);
-    im.buffers.push_back(std::move(buf));
-  }
-  const Tensor logits = im.logits.slice_rows(0, rows);
+  // Final norm and classifier, for the returned rows.
+  const int64_t first = n - logit_rows;
+  const Tensor logits = im.logits.slice_rows(0, logit_rows);
   {
     OpTimer timer(b, t_other);
-    KVB_RETURN_IF_ERROR(b.rms_norm(x.slice_rows(first, rows), im.output_norm, c.norm_eps, xb.slice_rows(0, rows)));
+    KVB_RETURN_IF_ERROR(
+        b.rms_norm(x.slice_rows(first, logit_rows), im.output_norm, c.norm_eps, xb.slice_rows(0, logit_rows)));
   }
-  {
-    OpTimer timer(b, t_mm);
-    KVB_RETURN_IF_ERROR(b.matmul(xb.slice_rows(0, rows), *im.output, logits));
-  }
-  KVB_RETURN_IF_ERROR(b.copy_to_host(logits_out, logits.data, logits.nbytes()));
-  return b.synchronize();
+  OpTimer timer(b, t_mm);
+  return b.matmul(xb.slice_rows(0, logit_rows), *im.output, logits);
 }
 
 }  // namespace kvb

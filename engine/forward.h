@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/kv_cache.h"
@@ -23,7 +24,19 @@ namespace kvb {
 
 struct RunnerOptions {
   int32_t n_batch = 512;  // tokens per ubatch; longer inputs are split
-  bool profile = false;   // time ops by kind (synchronizes after each op)
+  bool profile = false;   // time ops by kind (synchronizes after each op; no graphs then)
+  // Run each decode step (one token) as one op graph where the backend records them (CUDA graphs;
+  // Backend::begin_graph). Results are bit-identical either way.
+  bool graphs = true;
+};
+
+// How decode steps ran (RunnerOptions::graphs).
+struct GraphStats {
+  uint64_t graph_steps = 0;  // steps run as one recorded graph
+  uint64_t fallbacks = 0;    // recordings that failed; the step ran op by op
+  int failed_in_row = 0;
+  bool disabled = false;     // the backend has no graphs, or recordings kept failing
+  std::string last_error;    // why the last recording failed
 };
 
 // Seconds spent per op kind since the last reset (only when RunnerOptions::profile).
@@ -58,16 +71,23 @@ class ModelRunner {
 
   const OpProfile& profile() const { return profile_; }
   void reset_profile() { profile_ = {}; }
+  const GraphStats& graph_stats() const { return graphs_; }
 
  private:
   struct Impl;
+  // Consecutive failed recordings after which graph_step stops trying.
+  static constexpr int kMaxGraphFailuresInRow = 3;
+
   ModelRunner(const Model& model, Backend& backend, const RunnerOptions& opt);
   Status forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits, bool all_logits);
+  bool graph_step(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows);
+  Status enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows);
 
   const Model& model_;
   Backend& backend_;
   RunnerOptions opt_;
   OpProfile profile_;
+  GraphStats graphs_;
   std::unique_ptr<Impl> impl_;
 };
 

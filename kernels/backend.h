@@ -123,6 +123,18 @@ class Backend {
   virtual Status copy(void* dst, const void* src, size_t n) = 0;
   virtual Status synchronize() = 0;
 
+  // ---- op graphs (optional) ----
+  // Between begin_graph() and end_graph(), ops and device-to-device copies are recorded instead of
+  // run; the recording then runs as one unit (CUDA: a graph, one launch instead of one per op).
+  // Nothing in between may need the host: no host copies, no synchronize(). Backends without
+  // graphs answer UNIMPLEMENTED and record nothing; the caller runs the ops directly.
+  virtual Status begin_graph() { return unimplemented("this backend has no op graphs"); }
+  // Ends the recording begun by a successful begin_graph(). With `run`, enqueues it on the stream
+  // like any op (its results are visible after synchronize()); without, discards it. An error (an
+  // op could not be recorded, e.g. working memory that had to grow; or the launch failed) means
+  // nothing of it ran: the caller runs the ops directly instead.
+  virtual Status end_graph(bool /*run*/) { return failed_precondition("end_graph without begin_graph"); }
+
   // ---- ops ----
   // For each out: y[n][n_out] (+)= x[n][n_in] · wᵀ. All weights share x and are run in one dispatch
   // (e.g. Q, K and V projections). x is f32 [n][n_in].

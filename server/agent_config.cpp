@@ -36,9 +36,11 @@ Status read_whole_file(const std::string& flag, const std::string& path, std::st
 struct RawArgs {
   std::string listen, max_cache_bytes, max_request_cache_bytes, max_message_bytes, metrics_listen;
   std::string log_format = "text";
+  bool no_cuda_graphs = false;
 };
 
 Status convert(const RawArgs& raw, AgentConfig& c) {
+  c.cuda_graphs = !raw.no_cuda_graphs;
   KVB_ASSIGN_OR_RETURN(c.listen, parse_host_port(raw.listen, /*allow_port_zero=*/true));
   if (!raw.max_cache_bytes.empty()) {
     KVB_ASSIGN_OR_RETURN(c.max_cache_bytes, parse_byte_size(raw.max_cache_bytes));
@@ -198,6 +200,8 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.add_option("--device", c.device,
                  "Where the model (and an embedded --fuser) runs: cpu, cuda (= cuda:0) or cuda:N (default cpu)");
   app.add_option("--threads", c.threads, "CPU threads (default: all cores)");
+  app.add_flag("--no-cuda-graphs", raw.no_cuda_graphs,
+               "On a GPU, launch each decode step's kernels one by one instead of as one CUDA graph");
   app.add_option("--ctx-size", c.ctx_size, "Context cells per session (default: the model's context)");
   app.add_option("--max-new-tokens", c.max_new_tokens, "Cap on tokens generated per request (default 1024)");
   app.add_option("--max-request-cache-bytes", raw.max_request_cache_bytes,

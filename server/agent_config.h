@@ -78,6 +78,7 @@ struct AgentConfig {
   uint32_t cache_ttl_s = 3600;          // --cache-ttl: idle TTL of stored caches; 0 = never expire
   std::string device = "cpu";           // --device cpu|cuda|cuda:N: where the engine and --fuser run
   int32_t threads = 0;                  // --threads: CPU backend threads; 0 = all cores
+  bool cuda_graphs = true;              // --no-cuda-graphs clears it: decode steps op by op
   int32_t ctx_size = 0;                 // --ctx-size: cells per session; 0 = the model's context
   int32_t max_new_tokens = 1024;        // --max-new-tokens: cap on GenerateRequest.max_tokens
   uint64_t max_request_cache_bytes = 0; // --max-request-cache-bytes; 0 = max_cache_bytes

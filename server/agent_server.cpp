@@ -105,6 +105,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   EngineOptions eo;
   eo.device = &device;
   eo.n_threads = c.threads;
+  eo.graphs = c.cuda_graphs;
   eo.session_buffers = on_gpu ? s->device_buffers_.get() : s->session_buffers_.get();
   eo.host_buffers = s->session_buffers_.get();
   eo.ctx_size = c.ctx_size;

@@ -54,7 +54,9 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
   if (!backend.ok()) return backend.status().with_context(fmt::format("starting the engine on {}", device.name()));
   e->backend_ = std::move(backend).value();
   if (opt.n_threads > 0) e->backend_->set_n_threads(opt.n_threads);
-  KVB_ASSIGN_OR_RETURN(e->runner_, ModelRunner::create(model, *e->backend_));
+  RunnerOptions ro;
+  ro.graphs = opt.graphs;
+  KVB_ASSIGN_OR_RETURN(e->runner_, ModelRunner::create(model, *e->backend_, ro));
   e->thread_ = std::thread([p = e.get()] { p->run(); });
   return e;
 }

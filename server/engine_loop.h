@@ -18,7 +18,7 @@
 // EngineOptions::device (the CPU by default). On a GPU, context caches that arrive in host memory
 // (pulls, fused contexts) are uploaded into the session's device cache as they are appended, and
 // hand_back prefills are staged back to host memory. Decode runs one forward per token per
-// session; see the TODO(#5) on CUDA graphs in engine/forward.cpp.
+// session, each step one CUDA graph (EngineOptions::graphs; ModelRunner::forward_ubatch).
 //
 // Ownership: the loop owns the Backend, the ModelRunner and every session's KvCache; it borrows the
 // Model, the CacheStore, EngineOptions::device, session_buffers and host_buffers (all must outlive
@@ -58,6 +58,7 @@ struct EngineOptions {
   const Device* device = nullptr;
   int32_t n_threads = 0;                // CPU backend threads; 0 = all cores
   int32_t ctx_size = 0;                 // max cells per session; 0 = the model's n_ctx_train
+  bool graphs = true;                   // decode steps as op graphs where the backend has them
   uint64_t max_request_cache_bytes = 0; // largest cache a Prefill / keep_cache may store; 0 = none
   uint64_t fingerprint = 0;             // ModelIdentity::fingerprint, stamped on stored caches
   // Memory for session caches (borrowed; null: the backend's device memory), e.g. a BufferPool

@@ -29,9 +29,9 @@ Status status_from_cublas(cublasStatus_t e, const char* what, const char* file, 
   return internal_error(std::move(msg));
 }
 
-Result<StreamPtr> make_stream() {
+Result<StreamPtr> make_stream(unsigned flags) {
   cudaStream_t s = nullptr;
-  KVB_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
+  KVB_CUDA_CHECK(cudaStreamCreateWithFlags(&s, flags));
   return StreamPtr(s);
 }
 

@@ -71,9 +71,18 @@ using EventPtr = std::unique_ptr<CUevent_st, EventDeleter>;
 using CublasPtr = std::unique_ptr<cublasContext, CublasDeleter>;
 using DevicePtr = std::unique_ptr<void, DeviceFree>;   // cudaMalloc'd device memory
 using PinnedPtr = std::unique_ptr<void, PinnedFree>;   // cudaHostAlloc'd page-locked host memory
+struct GraphDeleter {
+  void operator()(cudaGraph_t g) const noexcept { cudaGraphDestroy(g); }
+};
+struct GraphExecDeleter {
+  void operator()(cudaGraphExec_t g) const noexcept { cudaGraphExecDestroy(g); }
+};
+using GraphPtr = std::unique_ptr<CUgraph_st, GraphDeleter>;              // a recorded (captured) graph
+using GraphExecPtr = std::unique_ptr<CUgraphExec_st, GraphExecDeleter>;  // its launchable instance
 
 // Each allocates on the current device. RESOURCE_EXHAUSTED when out of memory.
-Result<StreamPtr> make_stream();  // a blocking stream: legacy-stream cudaMemcpy (Buffer::get) waits for it
+// Default flags: a blocking stream (legacy-stream cudaMemcpy, e.g. Buffer::get, waits for it).
+Result<StreamPtr> make_stream(unsigned flags = cudaStreamDefault);
 Result<EventPtr> make_event();    // timing disabled
 Result<CublasPtr> make_cublas(cudaStream_t stream);
 Result<DevicePtr> device_alloc(size_t bytes);                     // bytes may be 0 (null pointer)

@@ -144,6 +144,8 @@ class CudaBackend final : public Backend {
     KVB_RETURN_IF_ERROR(guard.status());
     KVB_ASSIGN_OR_RETURN(stream_, make_stream());
     KVB_ASSIGN_OR_RETURN(cublas_, make_cublas(stream_.get()));
+    KVB_ASSIGN_OR_RETURN(cublas_workspace_, device_alloc(kCublasWorkspaceBytes));
+    KVB_RETURN_IF_ERROR(bind_cublas(stream_.get()));
     KVB_ASSIGN_OR_RETURN(error_host_, pinned_alloc(sizeof(DeviceErrorReport), cudaHostAllocMapped));
     std::memset(error_host_.get(), 0, sizeof(DeviceErrorReport));
     void* error_dev = nullptr;
@@ -161,9 +163,13 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     // Queued work may still use the scratch, and every handle belongs to this device.
     DeviceGuard guard(dev_.ordinal());
+    if (capturing_) (void)end_graph(false);
     if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_.get());
+    exec_.reset();
+    capture_stream_.reset();
     scratch_ = Scratch();
     cublas_.reset();
+    cublas_workspace_.reset();
     error_host_.reset();
     stream_.reset();
     (void)cudaGetLastError();
@@ -197,6 +203,58 @@ class CudaBackend final : public Backend {
     const auto row = int64_t((code >> 32) & 0x7fffffffu);
     const auto id = int32_t(uint32_t(code & 0xffffffffu));
     return invalid_argument(fmt::format("embedding: token id {} at {} is outside [0, {})", id, row, limit));
+  }
+
+  // Graphs are recorded on a private non-blocking stream (a blocking one would make every
+  // legacy-stream call of another thread on this device, e.g. Buffer::get, break the recording)
+  // and launched on the backend's stream. One instance is kept and updated in place from each new
+  // recording while the topology allows (cudaGraphExecUpdate), else instantiated anew.
+  Status begin_graph() override {
+    DeviceGuard guard(ctx_.device);
+    KVB_RETURN_IF_ERROR(guard.status());
+    if (capturing_) return failed_precondition("cuda begin_graph: a recording is already open");
+    if (capture_stream_ == nullptr) {
+      KVB_ASSIGN_OR_RETURN(capture_stream_, make_stream(cudaStreamNonBlocking));
+    }
+    KVB_RETURN_IF_ERROR(bind_cublas(capture_stream_.get()));
+    const cudaError_t e = cudaStreamBeginCapture(capture_stream_.get(), cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      KVB_RETURN_IF_ERROR(bind_cublas(stream_.get()));
+      return status_from_cuda(e, "cudaStreamBeginCapture", __FILE__, __LINE__);
+    }
+    ctx_.stream = capture_stream_.get();
+    capturing_ = true;
+    return Status::Ok();
+  }
+
+  Status end_graph(bool run) override {
+    DeviceGuard guard(ctx_.device);
+    KVB_RETURN_IF_ERROR(guard.status());
+    if (!capturing_) return failed_precondition("cuda end_graph: no recording is open");
+    cudaGraph_t raw = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(capture_stream_.get(), &raw);
+    const GraphPtr graph(raw);
+    capturing_ = false;
+    ctx_.stream = stream_.get();
+    (void)cudaGetLastError();  // what invalidated a recording is not sticky: clear it
+    KVB_RETURN_IF_ERROR(bind_cublas(stream_.get()));
+    if (ended != cudaSuccess) return status_from_cuda(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
+    if (!run) return Status::Ok();
+    if (exec_ != nullptr) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(exec_.get(), graph.get(), &info) != cudaSuccess) {
+        (void)cudaGetLastError();  // another topology: instantiate below
+        exec_.reset();
+      }
+    }
+    if (exec_ == nullptr) {
+      cudaGraphExec_t ex = nullptr;
+      KVB_CUDA_CHECK(cudaGraphInstantiate(&ex, graph.get(), 0));
+      exec_.reset(ex);
+    }
+    KVB_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream_.get()));
+    return Status::Ok();
   }
 
   Status matmul(const Tensor& x, std::span<const MatmulOut> outs) override {
@@ -234,6 +292,15 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // cuBLAS on `stream`, with the backend's own workspace, so that it never allocates (which a
+  // graph recording cannot contain). cublasSetStream resets the workspace to cuBLAS's default
+  // pool, so both are set together, every time.
+  Status bind_cublas(cudaStream_t stream) {
+    KVB_CUBLAS_CHECK(cublasSetStream(cublas_.get(), stream));
+    KVB_CUBLAS_CHECK(cublasSetWorkspace(cublas_.get(), cublas_workspace_.get(), kCublasWorkspaceBytes));
+    return Status::Ok();
+  }
+
   template <class F>
   Status run(F&& op) {
     DeviceGuard guard(ctx_.device);
@@ -250,12 +317,19 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
+  // cuBLAS's recommendation for Hopper (the largest of any architecture).
+  static constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
+
   const CudaDevice& dev_;
   StreamPtr stream_;
   CublasPtr cublas_;
+  DevicePtr cublas_workspace_;
   PinnedPtr error_host_;  // DeviceErrorReport, mapped into the device's address space
   Scratch scratch_;
-  OpContext ctx_;
+  OpContext ctx_;  // ctx_.stream is capture_stream_ while a graph is recorded
+  StreamPtr capture_stream_;  // created on the first begin_graph()
+  GraphExecPtr exec_;         // the last launched graph's instance
+  bool capturing_ = false;
 };
 
 Result<std::unique_ptr<Backend>> CudaDevice::create_backend() const {

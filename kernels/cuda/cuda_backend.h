@@ -24,6 +24,11 @@
 //                    kernels/cuda/matmul.cu), so Weight::dtype() reports F16 for it.
 //                  - embedding checks token ids on the device: a bad id zeroes its row and makes the
 //                    next synchronize() return INVALID_ARGUMENT naming it.
+//                  - begin_graph()/end_graph() record ops as a CUDA graph (on a private
+//                    non-blocking stream, thread-local capture mode) and launch it on the stream;
+//                    an op that would grow the scratch fails the recording (UNAVAILABLE) and the
+//                    caller runs the ops directly. cuBLAS has a fixed 32 MiB workspace, so it
+//                    never allocates inside a recording.
 //                  - set_n_threads is ignored; n_threads() is 1.
 //                  Not thread-safe (one thread drives a backend); two backends may run
 //                  concurrently on one device, each on its own stream.

@@ -21,7 +21,8 @@ namespace kvb::cuda {
 // Reusable device working memory (converted activations, attention partials, top-k candidates),
 // grown on demand and kept between ops. Ops on one stream run in order, so consecutive ops may
 // reuse the same bytes. Growing waits for the stream (queued kernels may still read the old block)
-// before freeing it: that happens only while sizes reach their maximum, in the first batches.
+// before freeing it: that happens only while sizes reach their maximum, in the first batches. On a
+// stream that is recording a graph it cannot grow: get() is UNAVAILABLE then.
 class Scratch {
  public:
   // A block of at least `bytes` (256-byte aligned), valid until the next get().

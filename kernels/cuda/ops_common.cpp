@@ -10,6 +10,13 @@ namespace kvb::cuda {
 
 Result<void*> Scratch::get(size_t bytes, cudaStream_t stream) {
   if (bytes <= size_ && mem_ != nullptr) return mem_.get();
+  // Growing waits and allocates, which a graph recording cannot contain: the recording fails and
+  // its caller runs the ops directly, which grows the scratch for the recordings that follow.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  KVB_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) {
+    return unavailable(cat("cuda scratch: needs ", bytes, " bytes (has ", size_, "); it cannot grow in a graph"));
+  }
   // The old block may still be read or written by queued kernels.
   KVB_CUDA_CHECK(cudaStreamSynchronize(stream));
   mem_.reset();

@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -250,4 +251,44 @@ TEST_CASE("CUDA: caches copy between host and device memory exactly", "[gpu][kv]
   // The other way is refused: a host cache computes on the CPU.
   CHECK((*cpu_session)->append_shifted(*cpu_backend, **dev, model->config.rope).code() ==
         StatusCode::kInvalidArgument);
+}
+
+// Decode steps as CUDA graphs (RunnerOptions::graphs, on by default) against the same steps
+// launched op by op: the same kernels on the same inputs, so the logits are equal bit for bit.
+// (The engine's side of the contract runs on the CPU too: test_graphs.cpp.)
+TEST_CASE("CUDA: decode steps as CUDA graphs give op-by-op's logits bit for bit", "[gpu][model][graphs]") {
+  const Device& gpu = gpu_device();
+  auto model = stories();
+  const std::vector<int32_t> prompt = model->tokenizer->encode("Once upon a time, there was a little dog named Max.");
+  for (const DType dtype : {DType::kF32, DType::kF16}) {
+    INFO("cache " << dtype_name(dtype));
+    std::vector<std::vector<float>> per_mode[2];
+    GraphStats stats[2];
+    for (const bool graphs : {false, true}) {
+      auto backend = make_backend(gpu);
+      auto runner = ModelRunner::create(*model, *backend, RunnerOptions{.n_batch = 16, .graphs = graphs});
+      REQUIRE(runner.ok());
+      auto cache = (*runner)->new_cache(256, dtype);
+      REQUIRE(cache.ok());
+      std::vector<float> logits(size_t(model->config.n_vocab));
+      REQUIRE((*runner)->forward(**cache, prompt, logits).ok());
+      for (int step = 0; step < 64; ++step) {  // n_kv crosses attention's split-K steps
+        const auto next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        const Status st = (*runner)->forward(**cache, std::span(&next, 1), logits);
+        INFO(st.to_string());
+        REQUIRE(st.ok());
+        per_mode[graphs].push_back(logits);
+      }
+      stats[graphs] = (*runner)->graph_stats();
+    }
+    INFO("last recording error: " << stats[1].last_error);
+    CHECK(stats[0].graph_steps == 0);
+    CHECK_FALSE(stats[1].disabled);
+    CHECK(stats[1].graph_steps + stats[1].fallbacks == 64);
+    CHECK(stats[1].graph_steps >= 60);  // a fallback only where the scratch had to grow
+    for (size_t i = 0; i < per_mode[0].size(); ++i) {
+      INFO("step " << i);
+      CHECK(std::memcmp(per_mode[0][i].data(), per_mode[1][i].data(), per_mode[0][i].size() * sizeof(float)) == 0);
+    }
+  }
 }

@@ -20,6 +20,7 @@
 #include "kernels/registry.h"
 #include "server/agent_server.h"
 #include "server/transfer_factory.h"
+#include "support/pair_fuser.h"
 #include "support/test_support.h"
 #include "transport/fakes.h"
 #include "transport/kv_slices.h"
@@ -407,13 +408,7 @@ ModelIdentity identity_of(const ModelFiles& f) {
 
 const std::string& fuser_dir() {
   static const std::string dir = [] {
-    fuser::FuserConfig cfg;
-    cfg.sharer = fuser::model_side("stories260K", identity_of(kStories));
-    cfg.receiver = fuser::model_side("aidreams260K", identity_of(kAidreams));
-    cfg.hidden_dim = 64;
-    cfg.intermediate_dim = 96;
-    cfg.num_layers = 3;
-    cfg.align_enabled = true;
+    const fuser::FuserConfig cfg = test::pair_fuser_config(identity_of(kStories), identity_of(kAidreams));
     const std::string d = test::temp_dir() + "/fuser";
     REQUIRE(fuser::write_synthetic_fuser(d, cfg, 7, fuser::GatePattern::kAlternate).ok());
     return d;

@@ -31,6 +31,7 @@
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
 #include "proto/wire_convert.h"
+#include "support/pair_fuser.h"
 #include "support/test_support.h"
 
 using namespace kvb;
@@ -75,13 +76,7 @@ World& world() {
         must(load_model(test::model_path(kReceiver.model), LoadOptions{test::model_path(kReceiver.tokenizer)}));
     r.sharer_id = model_identity(*r.sharer);
     r.receiver_id = model_identity(*r.receiver);
-    fuser::FuserConfig cfg;
-    cfg.sharer = fuser::model_side("stories260K", r.sharer_id);
-    cfg.receiver = fuser::model_side("aidreams260K", r.receiver_id);
-    cfg.hidden_dim = 64;
-    cfg.intermediate_dim = 96;
-    cfg.num_layers = 3;
-    cfg.align_enabled = true;
+    fuser::FuserConfig cfg = test::pair_fuser_config(r.sharer_id, r.receiver_id);
     r.fuser_dir = test::temp_dir() + "/fuser";
     REQUIRE(fuser::write_synthetic_fuser(r.fuser_dir, cfg, 7, fuser::GatePattern::kAlternate).ok());
     std::swap(cfg.sharer, cfg.receiver);

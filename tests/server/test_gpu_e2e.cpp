@@ -22,6 +22,7 @@
 #include "engine/model.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
+#include "support/pair_fuser.h"
 #include "support/test_support.h"
 
 using namespace kvb;
@@ -354,13 +355,8 @@ TEST_CASE("a GPU receiver fuses a cache pulled over cuda-ipc as the grpc path do
   const auto identity = [](const ModelFiles& f) {
     return model_identity(*must(load_model(f.model, LoadOptions{f.tokenizer})));
   };
-  fuser::FuserConfig cfg;
-  cfg.sharer = fuser::model_side("stories260K", identity({model_file(), tokenizer_file()}));
-  cfg.receiver = fuser::model_side("aidreams260K", identity(aidreams));
-  cfg.hidden_dim = 64;
-  cfg.intermediate_dim = 96;
-  cfg.num_layers = 3;
-  cfg.align_enabled = true;
+  const fuser::FuserConfig cfg =
+      test::pair_fuser_config(identity({model_file(), tokenizer_file()}), identity(aidreams));
   const std::string dir = test::temp_dir() + "/gpu-fuser";
   REQUIRE(fuser::write_synthetic_fuser(dir, cfg, 7, fuser::GatePattern::kAlternate).ok());
 

@@ -34,7 +34,7 @@ TEST_CASE("agent flags parse into a validated config", "[server][config]") {
   auto p = parse({"--model", "m.gguf", "--listen", "127.0.0.1:0", "--max-cache-bytes", "2G", "--cache-ttl", "60",
                   "--threads", "2", "--ctx-size", "256", "--max-new-tokens", "64", "--max-request-cache-bytes",
                   "512MiB", "--max-message-bytes", "8M", "--metrics-listen", "[::1]:9100", "--log-format", "json",
-                  "--name", "agent-a"});
+                  "--name", "agent-a", "--no-cuda-graphs"});
   REQUIRE(p.config);
   const AgentConfig& c = *p.config;
   CHECK(c.model_path == "m.gguf");
@@ -52,12 +52,14 @@ TEST_CASE("agent flags parse into a validated config", "[server][config]") {
   CHECK(c.metrics_listen->port == 9100);
   CHECK(c.log_format == LogFormat::kJson);
   CHECK(c.name == "agent-a");
+  CHECK_FALSE(c.cuda_graphs);
 
   auto d = parse({"--model", "m", "--listen", "0.0.0.0:7001"});
   REQUIRE(d.config);
   CHECK(d.config->request_cache_limit() == d.config->max_cache_bytes);
   CHECK(d.config->max_message_bytes == 64 * kMiB);
   CHECK(d.config->log_format == LogFormat::kText);
+  CHECK(d.config->cuda_graphs);
 }
 
 TEST_CASE("bad agent flags are refused at startup with a message", "[server][config]") {
