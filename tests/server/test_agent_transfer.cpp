@@ -11,7 +11,9 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <thread>
+#include <vector>
 
 #include "client/agent_client.h"
 #include "engine/kv_wire.h"
@@ -19,6 +21,7 @@
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
 #include "server/agent_server.h"
+#include "server/peer_client.h"
 #include "server/transfer_factory.h"
 #include "support/pair_fuser.h"
 #include "support/test_support.h"
@@ -69,7 +72,7 @@ class FakeTransports final : public server::TransportFactory {
     return transport::make_ipc_transport(role, test::make_host_ipc_ops(device, stats), std::move(control), o);
   }
 
-  const BufferType& receive_buffers() const override { return cpu_device().buffer_type(); }
+  const BufferType& receive_buffers() const override { return receive ? *receive : cpu_device().buffer_type(); }
 
   // The fake NCCL takes host memory described as device memory (as the transport suite does).
   transport::KvRegion region(TransportKind kind, const KvCache& cache) const override {
@@ -83,6 +86,7 @@ class FakeTransports final : public server::TransportFactory {
 
   std::atomic<bool> refuse{false};
   std::atomic<int> created{0};
+  const BufferType* receive = nullptr;  // where received caches go; null: host memory
   test::FakeDeviceOptions device;
   std::shared_ptr<test::FakeDeviceStats> stats = std::make_shared<test::FakeDeviceStats>();
 
@@ -104,6 +108,10 @@ struct ModelFiles {
 };
 constexpr ModelFiles kStories{"stories260K/stories260K.bin", "stories260K/tok512.bin"};
 constexpr ModelFiles kAidreams{"aidreams260K/aidreams260K.bin", "aidreams260K/tok512.bin"};
+
+ModelIdentity identity_of(const ModelFiles& f) {
+  return model_identity(*must(load_model(test::model_path(f.model), LoadOptions{test::model_path(f.tokenizer)})));
+}
 
 // `fuser_dir`: an embedded fuser (kvbridge-agent --fuser).
 Agent start_agent(const std::string& name, const std::string& uuid, const ModelFiles& files = kStories,
@@ -397,15 +405,90 @@ TEST_CASE("agents pull caches over the raw transports, with the same tokens as t
   }
 }
 
+// Host memory that calls itself device memory: where a GPU agent's raw pulls land.
+class FakeDeviceBuffers final : public BufferType {
+ public:
+  std::string name() const override { return "fake-device"; }
+  size_t alignment() const override { return 64; }
+  bool is_host() const override { return false; }
+  Result<std::unique_ptr<Buffer>> alloc(size_t bytes) const override {
+    return std::unique_ptr<Buffer>(new Block(bytes));
+  }
+
+ private:
+  class Block final : public Buffer {
+   public:
+    explicit Block(size_t n) : bytes_(n) {}
+    void* data() override { return bytes_.data(); }
+    size_t size() const override { return bytes_.size(); }
+    bool is_host() const override { return false; }
+    Status set(size_t offset, const void* src, size_t n) override {
+      if (offset + n > bytes_.size()) return out_of_range("fake-device: set past the end");
+      std::memcpy(bytes_.data() + offset, src, n);
+      return Status::Ok();
+    }
+    Status get(size_t offset, void* dst, size_t n) const override {
+      if (offset + n > bytes_.size()) return out_of_range("fake-device: get past the end");
+      std::memcpy(dst, bytes_.data() + offset, n);
+      return Status::Ok();
+    }
+
+   private:
+    std::vector<char> bytes_;
+  };
+};
+
+TEST_CASE("a pull read in host memory stays on grpc where raw pulls land in device memory", "[transfer]") {
+  Agent a = start_agent("a", "GPU-fake-a");
+  v1::PrefillRequest pr;
+  pr.set_text("Once upon a time, there was a little girl named Lily.");
+  const v1::PrefillResponse cache = must(a.client->prefill(pr));
+
+  // A receiver on another "GPU" whose raw pulls land in (fake) device memory.
+  FakeTransports self("GPU-fake-b");
+  FakeDeviceBuffers device_memory;
+  self.receive = &device_memory;
+  server::PeerClientOptions o;
+  o.identity = identity_of(kStories);
+  o.endpoint = self.endpoint();
+  o.transports = &self;
+  server::PeerClient peers(o);
+  server::CancelToken cancel;
+  const auto pull = [&](transport::TransportChoice choice, bool host_cache) {
+    server::PullOptions po;
+    po.transport = choice;
+    po.host_cache = host_cache;
+    return must(peers.pull(a.address(), cache.cache_id(), po, cancel));
+  };
+
+  const server::PulledCache raw = pull(transport::TransportChoice::kNccl, false);
+  CHECK(raw.transport.selection.kind == TransportKind::kNccl);
+  CHECK_FALSE(raw.cache->is_host());
+  CHECK(raw.cache->n_tokens() == int32_t(cache.n_tokens()));
+
+  const server::PulledCache host = pull(transport::TransportChoice::kNccl, true);
+  CHECK(host.transport.selection.kind == TransportKind::kGrpc);
+  CHECK(host.transport.selection.fell_back);  // nccl was asked for
+  CHECK_THAT(host.transport.selection.reason, Catch::Matchers::Contains("host memory"));
+  CHECK(host.cache->is_host());
+  CHECK(host.cache->n_tokens() == int32_t(cache.n_tokens()));
+  const server::PulledCache automatic = pull(transport::TransportChoice::kAuto, true);
+  CHECK(automatic.transport.selection.kind == TransportKind::kGrpc);
+  CHECK_FALSE(automatic.transport.selection.fell_back);  // auto just picked what works
+
+  // Raw pulls that land in host memory (a receiver whose transports are host memory) need not
+  // avoid them.
+  self.receive = nullptr;
+  const server::PulledCache host_raw = pull(transport::TransportChoice::kNccl, true);
+  CHECK(host_raw.transport.selection.kind == TransportKind::kNccl);
+  CHECK(host_raw.cache->is_host());
+}
+
 // ============================== receiver mode ==============================
 
 // A synthetic fuser from stories260K to aidreams260K, gates alternating as in test_fuse_e2e (receiver
 // layer t % 4 = 0 both on, 1 K only, 2 V only, 3 both off): aidreams260K's 4 layers fuse K0 V0 K1 V2,
 // from 4 sharer slices.
-ModelIdentity identity_of(const ModelFiles& f) {
-  return model_identity(*must(load_model(test::model_path(f.model), LoadOptions{test::model_path(f.tokenizer)})));
-}
-
 const std::string& fuser_dir() {
   static const std::string dir = [] {
     const fuser::FuserConfig cfg = test::pair_fuser_config(identity_of(kStories), identity_of(kAidreams));
