@@ -241,12 +241,12 @@ bool ModelRunner::graph_step(KvCache& cache, const KvPlan& plan, int64_t n, int6
   const Status end = b.end_graph(/*run=*/body.ok());
   if (body.ok() && end.ok()) {
     ++graphs_.graph_steps;
-    graphs_.failed_in_row = 0;
+    graph_failures_in_row_ = 0;
     return true;
   }
   ++graphs_.fallbacks;
   graphs_.last_error = (body.ok() ? end : body).to_string();
-  if (++graphs_.failed_in_row >= kMaxGraphFailuresInRow) graphs_.disabled = true;
+  if (++graph_failures_in_row_ >= kMaxGraphFailuresInRow) graphs_.disabled = true;
   return false;
 }
 

@@ -34,7 +34,6 @@ struct RunnerOptions {
 struct GraphStats {
   uint64_t graph_steps = 0;  // steps run as one recorded graph
   uint64_t fallbacks = 0;    // recordings that failed; the step ran op by op
-  int failed_in_row = 0;
   bool disabled = false;     // the backend has no graphs, or recordings kept failing
   std::string last_error;    // why the last recording failed
 };
@@ -88,6 +87,7 @@ class ModelRunner {
   RunnerOptions opt_;
   OpProfile profile_;
   GraphStats graphs_;
+  int graph_failures_in_row_ = 0;  // recordings failed since the last one that ran
   std::unique_ptr<Impl> impl_;
 };
 
