@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "proto/wire_convert.h"
+#include "rpc/channel.h"
 
 namespace kvb::client {
 
@@ -37,20 +38,24 @@ Result<std::string> read_token(const ClientOptions& o) {
   return t.substr(b, e - b);
 }
 
-Result<std::shared_ptr<grpc::ChannelCredentials>> make_credentials(const ClientOptions& o) {
-  if (!o.tls_enabled()) return grpc::InsecureChannelCredentials();
+// The channel settings `o` asks for, with the PEM files read.
+Result<rpc::ChannelConfig> channel_config(const ClientOptions& o) {
+  rpc::ChannelConfig c;
+  c.max_message_bytes = o.max_message_bytes;
+  c.server_name = o.tls_server_name;
+  c.tls = o.tls_enabled();
+  if (!c.tls) return c;
   if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
     return invalid_argument("mutual TLS needs both a client certificate and its key");
   }
-  grpc::SslCredentialsOptions ssl;
   if (!o.tls_ca_file.empty()) {
-    KVB_ASSIGN_OR_RETURN(ssl.pem_root_certs, read_text_file("TLS CA file", o.tls_ca_file));
+    KVB_ASSIGN_OR_RETURN(c.root_pem, read_text_file("TLS CA file", o.tls_ca_file));
   }
   if (!o.tls_cert_file.empty()) {
-    KVB_ASSIGN_OR_RETURN(ssl.pem_cert_chain, read_text_file("TLS certificate file", o.tls_cert_file));
-    KVB_ASSIGN_OR_RETURN(ssl.pem_private_key, read_text_file("TLS key file", o.tls_key_file));
+    KVB_ASSIGN_OR_RETURN(c.cert_pem, read_text_file("TLS certificate file", o.tls_cert_file));
+    KVB_ASSIGN_OR_RETURN(c.key_pem, read_text_file("TLS key file", o.tls_key_file));
   }
-  return grpc::SslCredentials(ssl);
+  return c;
 }
 
 // Waits until the channel is READY; fails at the first TRANSIENT_FAILURE (refused connection,
@@ -118,13 +123,8 @@ Result<ClientChannel> open_channel(const std::string& addr, const ClientOptions&
     return invalid_argument(fmt::format("max message bytes {} outside [1, 2^31)", options.max_message_bytes));
   }
   KVB_ASSIGN_OR_RETURN(const std::string token, read_token(options));
-  KVB_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds, make_credentials(options));
-
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(int(options.max_message_bytes));
-  args.SetMaxSendMessageSize(int(options.max_message_bytes));
-  if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
-  std::shared_ptr<grpc::Channel> ch = grpc::CreateCustomChannel(addr, creds, args);
+  KVB_ASSIGN_OR_RETURN(const rpc::ChannelConfig config, channel_config(options));
+  std::shared_ptr<grpc::Channel> ch = rpc::make_channel(addr, config);
   if (options.connect_timeout.count() > 0) KVB_RETURN_IF_ERROR(wait_ready(*ch, addr, options.connect_timeout));
   return ClientChannel{std::move(ch), token.empty() ? std::string() : "Bearer " + token, options.deadline};
 }

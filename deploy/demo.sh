@@ -25,11 +25,11 @@ models=${KVBRIDGE_MODELS:-$root/../shared/models}
 build=${KVBRIDGE_BUILD:-}
 if [[ -z $build ]]; then
   for d in "$root/build" "$root"/build-*; do
-    if [[ -x $d/server/kvbridge-agent && -x $d/client/kvbridge && -x $d/fuser/kvbridge-fuser ]]; then build=$d; break; fi
+    if [[ -x $d/agent/kvbridge-agent && -x $d/client/kvbridge && -x $d/fuser/service/kvbridge-fuser ]]; then build=$d; break; fi
   done
 fi
-agent_bin=$build/server/kvbridge-agent
-fuser_bin=$build/fuser/kvbridge-fuser
+agent_bin=$build/agent/kvbridge-agent
+fuser_bin=$build/fuser/service/kvbridge-fuser
 cli=$build/client/kvbridge
 model=$models/stories260K/stories260K.bin
 tokenizer=$models/stories260K/tok512.bin

@@ -1,5 +1,5 @@
 # Shared shell helpers for scripts that run kvbridge servers on loopback (deploy/demo.sh,
-# tests/server/families_e2e.sh). Source it after setting `work` (a scratch directory) and
+# tests/agent/families_e2e.sh). Source it after setting `work` (a scratch directory) and
 # `pids=()`; call `trap cleanup EXIT`.
 
 # Stops every server started by `start` and removes $work.

@@ -11,8 +11,8 @@
 #include "client/agent_process.h"
 #include "client/fuser_client.h"
 #include "fuse_fixture.h"
-#include "fuser/fuser_server.h"
-#include "fuser/fuser_service.h"
+#include "fuser/service/fuser_server.h"
+#include "fuser/service/fuser_service.h"
 #include "proto/wire_convert.h"
 #include "support/test_support.h"
 
@@ -107,7 +107,7 @@ TEST_CASE("kvbridge-fuser flags parse into a validated config", "[fuser]") {
   CHECK(c.max_message_bytes == (uint64_t(8) << 20));
   CHECK(c.max_stream_bytes == (uint64_t(256) << 20));
   CHECK(c.metrics_listen->port == 9100);
-  CHECK(c.log_format == server::LogFormat::kJson);
+  CHECK(c.log_format == rpc::LogFormat::kJson);
   CHECK(c.auth_token_file == "/t");
 
   CHECK(parse({"--help"}).exit_code == 0);

@@ -1,0 +1,83 @@
+// ContextFuser: receiver mode — a context cache held by an agent that runs a different model,
+// projected into this agent's cache space by a C2C fuser (agent.proto FuserRef, fuser.proto).
+//
+// For one CacheRef {sharer agent, cache id} and a fuser (remote FuserService or the embedded one):
+//   1. the fuser's description (GetInfo, or the embedded Fuser): its receiver side must be this
+//      model and its sharer side the sharer's model (FAILED_PRECONDITION naming the mismatch);
+//      when the sharer runs this very model, the cache is simply pulled, nothing is fused;
+//   2. the cache's text (sharer Detokenize) → this agent's tokens R (BOS when the sharer's cache
+//      starts with its BOS);
+//   3. sharer tokens aligned one per receiver position (fuser/align.h, the sharer's tokenizer
+//      reached through its Tokenize/Detokenize RPCs), or R itself when both tokenizers are equal;
+//      when they differ from the cache's own tokens the sharer prefills them into a temporary
+//      cache (dropped afterwards);
+//   4. this agent prefills R on its engine thread into a cache it owns (EngineLoop hand_back);
+//   5. the sharer slices the fuser needs are pulled (a LayerSet: gated-off layers never travel),
+//      over the transport the request chose (PeerClient::pull: grpc, or nccl / cuda-ipc into the
+//      agent's device memory; for a remote fuser the cache is read in host memory, so grpc);
+//   6. fusion: in process (Fuser::fuse per gated-on slice, each as soon as its sharer slice has
+//      landed, while the pull goes on; read in place when it landed on the GPU) or over a Fuse
+//      stream (the sharer's and the receiver's slices out, the fused receiver slices back into the
+//      cache, layer by layer).
+// The result is a context cache like any pulled one (positions from 0, free cells reserved).
+//
+// Errors: the peers' codes (PeerClient::peer_error: a dead sharer or fuser → UNAVAILABLE),
+// FAILED_PRECONDITION for a fuser of another pair or a missing embedded fuser, RESOURCE_EXHAUSTED
+// when the context does not fit. Threading: fuse() is blocking and thread-safe; run it on the
+// PeerClient's workers. Borrows everything it is given (all must outlive it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/kv_wire.h"
+#include "engine/model.h"
+#include "fuser/fuser.h"
+#include "runtime/cancel_token.h"
+#include "runtime/engine_loop.h"
+#include "agent/transfer/peer_client.h"
+#include "agent/request_convert.h"
+
+namespace kvb::agent {
+
+struct FuseReport {
+  uint32_t fused_tokens = 0;   // context positions fused (0: the sharer runs this model; nothing fused)
+  uint32_t slices_fused = 0;   // (layer, K/V) slices the fuser changed
+  uint64_t sharer_bytes = 0;   // wire bytes pulled from the sharer
+  uint64_t fuser_bytes_sent = 0, fuser_bytes_received = 0;  // remote fuser only
+  double fuse_ms = 0;          // the whole receiver-mode resolution
+  bool aligned = false;        // the vocabularies differ
+  // Of slices_fused: fused by the embedded fuser while later sharer slices were still landing.
+  uint32_t slices_fused_early = 0;
+  PullTransport transport;     // how the sharer's cache travelled
+};
+
+struct FusedContext {
+  std::unique_ptr<KvCache> cache;  // this model's cache over the context, fused
+  FuseReport report;
+};
+
+class ContextFuser {
+ public:
+  // `embedded` may be null (no --fuser).
+  ContextFuser(const Model& model, const ModelIdentity& identity, runtime::EngineLoop& engine, PeerClient& peers,
+               fuser::Fuser* embedded);
+
+  // `request_pull`: the request's pull options, of which the transport choice and reserve_cells
+  // (free cells to leave after the context: the request's input and output) apply.
+  Result<FusedContext> fuse(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
+                            const PullOptions& request_pull, const runtime::CancelTokenPtr& cancel_ptr);
+
+  // AgentInfo.fuser: "sharer -> receiver" of the embedded fuser, or empty.
+  std::string embedded_description() const;
+
+ private:
+  const Model& model_;
+  const ModelIdentity& identity_;
+  runtime::EngineLoop& engine_;
+  PeerClient& peers_;
+  fuser::Fuser* embedded_;
+};
+
+}  // namespace kvb::agent

@@ -1,0 +1,208 @@
+// EngineLoop: the one thread that owns the model's runner and does all work on the model.
+//
+// Handlers (agent_service.cpp) validate and convert requests, resolve their context caches
+// (store lookups, peer pulls) and then submit a task here. The loop repeats:
+//   1. take every task queued so far, in arrival order: a Prefill runs to completion (context
+//      concatenation + input forward + store insert); a Generate builds its session (a fresh
+//      KvCache sized for context + input + max_tokens, the context caches appended in order with
+//      KvCache::append_shifted, the input forwarded) and joins the active set. A context that is
+//      one cache the request owns outright (SessionInput::owned_context, a fresh pull) becomes the
+//      session's cache itself when it has the room, instead of being copied;
+//   2. one turn: each active Generate session, round-robin, samples one token, streams it and
+//      feeds it back (one decode step), or finishes.
+// So concurrent Generates interleave token by token, and queued prefills run between turns.
+// The loop never touches the network: results go to per-request sinks/callbacks that only queue
+// data for their gRPC reactor.
+//
+// Device: the runner, the session caches and the caches the loop stores live on
+// EngineOptions::device (the CPU by default). On a GPU, context caches that arrive in host memory
+// (pulls, fused contexts) are uploaded into the session's device cache as they are appended, and
+// hand_back prefills are staged back to host memory. Decode runs one forward per token per
+// session, each step one CUDA graph (EngineOptions::graphs; ModelRunner::forward_ubatch).
+//
+// Ownership: the loop owns the Backend, the ModelRunner and every session's KvCache; it borrows the
+// Model, the CacheStore, EngineOptions::device, session_buffers and host_buffers (all must outlive
+// it). Shared context
+// caches (the store's entries) are read-only pointers the loop never writes into; an owned context
+// is the loop's to use as it likes.
+// Threading: submit_*() and stop() are thread-safe; sinks and callbacks are called on the engine
+// thread (or on the caller's thread, with UNAVAILABLE, after stop()), exactly once per task for
+// the final result, and must not block.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "kernels/status.h"
+#include "runtime/cache_store.h"
+#include "runtime/cancel_token.h"
+
+namespace kvb::runtime {
+
+struct EngineOptions {
+  // The device the model runs on (borrowed; registry devices live for the process). Null: the CPU.
+  const Device* device = nullptr;
+  int32_t n_threads = 0;                // CPU backend threads; 0 = all cores
+  int32_t ctx_size = 0;                 // max cells per session; 0 = the model's n_ctx_train
+  bool graphs = true;                   // decode steps as op graphs where the backend has them
+  uint64_t max_request_cache_bytes = 0; // largest cache a Prefill / keep_cache may store; 0 = none
+  uint64_t fingerprint = 0;             // ModelIdentity::fingerprint, stamped on stored caches
+  // Memory for session caches (borrowed; null: the backend's device memory), e.g. a BufferPool
+  // over it. It must be memory the backend computes on (host memory for the CPU backend, device
+  // memory for a GPU).
+  const BufferType* session_buffers = nullptr;
+  // Host memory for the caches a hand_back Prefill returns when the engine runs on a GPU
+  // (borrowed; null: host_staging_buffer_type(device), i.e. pinned memory). Unused on the CPU.
+  const BufferType* host_buffers = nullptr;
+};
+
+// The part of a Generate or Prefill that is the same for both, already validated.
+struct SessionInput {
+  // Placed first, in order; caches of this model's layout (checked again here) in host memory or,
+  // when the engine runs on a GPU, in its device memory (the store's caches). Host caches join a
+  // GPU session by an upload (KvCache::append_shifted).
+  std::vector<std::shared_ptr<const KvCache>> context;
+  // Alternatively (`context` then empty): the whole context as one cache that this request owns,
+  // such as a fresh pull. When its cells start at position 0 and it has room for the session
+  // (free cells for input + max_tokens, or input for a Prefill: see KvWireDecoder's n_ctx_extra),
+  // the session runs in it, with no copy; otherwise it is appended like a shared context.
+  std::unique_ptr<KvCache> owned_context;
+  std::vector<int32_t> tokens;  // input ids, each in [0, n_vocab); BOS already added when asked
+  std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
+  CancelTokenPtr cancel;        // never null
+};
+
+enum class FinishReason { kEos, kMaxTokens, kStopString, kContextFull };
+
+struct GenerateOptions {
+  SamplingParams sampling;         // validated
+  int32_t max_tokens = 128;        // >= 1, already capped by --max-new-tokens
+  std::vector<std::string> stop;   // non-empty strings; stop once the generated text contains one
+  bool ignore_eos = false;
+  bool keep_cache = false;         // store context + input + generated tokens as a new cache
+  uint32_t cache_ttl_s = 0;        // for keep_cache; 0 = the store's default
+};
+
+struct GenerateOutcome {
+  FinishReason reason = FinishReason::kMaxTokens;
+  int32_t n_context = 0;    // cells that came from context caches
+  int32_t n_prompt = 0;     // input tokens forwarded here
+  int32_t n_generated = 0;  // tokens streamed (an EOS that stopped generation is not counted)
+  double ttft_ms = 0;       // arrival → first sampled token (pulls and queueing included)
+  double decode_ms = 0;     // first sampled token → done
+  std::string text;         // concatenation of every streamed token's text (a stop string included)
+  std::optional<CacheInfo> kept;  // with keep_cache
+};
+
+// Receives one Generate's stream. Called on the engine thread; must not block.
+class GenerateSink {
+ public:
+  virtual ~GenerateSink() = default;
+  // One sampled token and the bytes it adds to the text (may be a partial UTF-8 sequence).
+  virtual void on_token(int32_t id, std::string_view text) = 0;
+  // Exactly once, after the last on_token. Errors: RESOURCE_EXHAUSTED (input does not fit the
+  // context, or the kept cache does not fit), CANCELLED, UNAVAILABLE (shutdown), and the
+  // forward pass's own errors.
+  virtual void on_done(Result<GenerateOutcome> outcome) = 0;
+};
+
+struct PrefillOptions {
+  uint32_t ttl_s = 0;  // 0 = the store's default
+  bool pin = false;
+  // Hand the cache back (PrefillOutcome::owned) instead of storing it, with this many free cells
+  // after its own (a receiver fusing its context, then running a session in it). The cache handed
+  // back is always host memory: on a GPU engine it is a staged copy (EngineOptions::host_buffers)
+  // with no free cells — it is uploaded into a device session cache when it comes back as context.
+  bool hand_back = false;
+  int32_t reserve_cells = 0;
+};
+
+struct PrefillOutcome {
+  CacheInfo cache;        // the stored cache (not with hand_back)
+  double prefill_ms = 0;  // engine time: concatenation + forward + store insert
+  std::unique_ptr<KvCache> owned;  // with hand_back
+};
+using PrefillCallback = std::function<void(Result<PrefillOutcome>)>;
+
+class EngineLoop {
+ public:
+  // Creates the backend and the runner (uploads the weights) and starts the thread.
+  static Result<std::unique_ptr<EngineLoop>> create(const Model& model, CacheStore& store, const EngineOptions& opt);
+  ~EngineLoop();  // stop()
+  EngineLoop(const EngineLoop&) = delete;
+  EngineLoop& operator=(const EngineLoop&) = delete;
+
+  void submit_generate(SessionInput in, GenerateOptions opt, std::shared_ptr<GenerateSink> sink);
+  void submit_prefill(SessionInput in, PrefillOptions opt, PrefillCallback done);
+
+  // Answers every queued and active task with UNAVAILABLE and joins the thread. Later submissions
+  // are answered UNAVAILABLE at once. Idempotent.
+  void stop();
+
+  int32_t ctx_size() const { return ctx_size_; }
+  // "<device name>: <description>", e.g. "cpu: CPU x86_64 avx2 (4 threads)" or
+  // "cuda:0: NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" (AgentInfo.backend).
+  std::string backend_description() const;
+  // The device the engine runs on.
+  const Device& device() const { return backend_->device(); }
+  // The cache layout of this engine's sessions (what context caches must have).
+  KvLayout kv_layout() const;
+
+ private:
+  struct Session;
+  struct Task {
+    SessionInput in;
+    bool is_generate = false;
+    GenerateOptions gen;
+    std::shared_ptr<GenerateSink> sink;
+    PrefillOptions prefill;
+    PrefillCallback prefill_done;
+  };
+
+  EngineLoop(const Model& model, CacheStore& store, const EngineOptions& opt);
+  void run();
+  void run_task(Task& t);
+  // A cache of at least `cells` cells holding the concatenated context (and nothing else): the
+  // owned context itself when it fits (moved out of `in`), else a new one.
+  Result<std::unique_ptr<KvCache>> assemble_context(SessionInput& in, int32_t cells);
+  Result<std::unique_ptr<KvCache>> new_session_cache(int32_t cells) const;
+  Result<PrefillOutcome> run_prefill(Task& t);
+  Result<std::unique_ptr<Session>> start_session(Task& t);
+  // One decode turn; false when the session finished (its sink got on_done).
+  bool step(Session& s);
+  void finish(Session& s, FinishReason reason);
+  Result<CacheInfo> keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin);
+  static void fail(Task& t, const Status& st);
+  // Queues a task for the loop, or fails it with UNAVAILABLE once stop() has begun.
+  void enqueue(Task t);
+
+  const Model& model_;
+  CacheStore& store_;
+  EngineOptions opt_;
+  int32_t ctx_size_ = 0;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<ModelRunner> runner_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;  // guarded by mu_
+  bool stopping_ = false;   // guarded by mu_
+  std::thread thread_;
+  std::list<std::unique_ptr<Session>> sessions_;  // engine thread only
+};
+
+}  // namespace kvb::runtime
