@@ -145,6 +145,8 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   po.endpoint = s->transports_->endpoint();
   po.transports = s->transports_.get();
   s->peers_ = std::make_unique<PeerClient>(std::move(po));
+  s->sharer_ = std::make_unique<CacheSharer>(*s->store_, *s->stager_, *s->identity_, s->transports_->endpoint(),
+                                             s->transfers_.get(), c.max_message_bytes);
 
   if (!c.fuser_dir.empty()) {
     KVB_ASSIGN_OR_RETURN(s->fuser_backend_, device.create_backend());
@@ -175,7 +177,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   d.auth = s->auth_.get();
   d.self = s->self_.get();
   d.import_limits = limits;
-  d.transfers = s->transfers_.get();
+  d.sharer = s->sharer_.get();
   d.stager = s->stager_.get();
   // Imports decode into host memory; on a GPU into the pinned pool, then they are uploaded.
   d.import_buffers = on_gpu ? static_cast<const BufferType*>(s->session_buffers_.get()) : &cpu_device().buffer_type();

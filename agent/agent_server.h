@@ -59,6 +59,7 @@ class Metrics;
 class PeerClient;
 class ContextFuser;
 class SelfAddresses;
+class CacheSharer;
 class TransferSessions;
 class TransportFactory;
 
@@ -105,6 +106,7 @@ class AgentServer {
   std::unique_ptr<runtime::CacheStager> stager_;
   std::unique_ptr<TransportFactory> transports_;  // borrowed by peers_ and transfers_
   std::unique_ptr<TransferSessions> transfers_;   // raw transfers this agent shares
+  std::unique_ptr<CacheSharer> sharer_;           // borrows store_, stager_, transfers_
   std::unique_ptr<runtime::EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
   std::unique_ptr<Backend> fuser_backend_;          // the embedded fuser's (--fuser), or null

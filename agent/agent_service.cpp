@@ -12,7 +12,7 @@
 #include "proto/wire_convert.h"
 #include "rpc/logging.h"
 #include "agent/request_convert.h"
-#include "agent/service_call.h"
+#include "rpc/call.h"
 #include "agent/transfer/transfer_convert.h"
 #include "fuser/align.h"
 
@@ -241,8 +241,8 @@ class GenerateStream final : public runtime::GenerateSink {
 class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
  public:
   GenerateCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::GenerateRequest& req)
-      : d_(d), log_(d, "Generate", ctx), stream_(std::make_shared<GenerateStream>(this, d)) {
-    const Status admitted = admit(d, ctx, req);
+      : d_(d), log_(*d.metrics, "Generate", *ctx), stream_(std::make_shared<GenerateStream>(this, d)) {
+    const Status admitted = rpc::admit(d.call_policy(), *ctx, req);
     if (!admitted.ok()) {
       stream_->fail(admitted);
       return;
@@ -279,18 +279,18 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
 
  private:
   const ServiceDeps& d_;
-  CallLog log_;
+  rpc::CallLog log_;
   std::shared_ptr<GenerateStream> stream_;
 };
 
 // ============================== Prefill ==============================
 
-class PrefillCall final : public UnaryCall {
+class PrefillCall final : public rpc::UnaryCall {
  public:
   PrefillCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::PrefillRequest& req,
               pb::PrefillResponse* resp)
-      : UnaryCall(d, "Prefill", ctx), cancel_(std::make_shared<runtime::CancelToken>()) {
-    const Status admitted = admit(d, ctx, req);
+      : rpc::UnaryCall(*d.metrics, "Prefill", ctx), cancel_(std::make_shared<runtime::CancelToken>()) {
+    const Status admitted = rpc::admit(d.call_policy(), *ctx, req);
     if (!admitted.ok()) {
       complete(admitted);
       return;
@@ -332,153 +332,12 @@ class PrefillCall final : public UnaryCall {
   runtime::CancelTokenPtr cancel_;
 };
 
-// ============================== ExportCache ==============================
-
-// Served raw (AgentServiceImpl): the messages are written as byte buffers whose payload slices are
-// the cache's own memory (f32, no compression) or the encoder's output, never copied into a
-// protobuf message and serialized again. A slice keeps what it points into alive (the cache, or
-// the payload string) until the transport is done with it, which may be after this call ended.
-class ExportCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
- public:
-  ExportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw)
-      : d_(d), log_(d, "ExportCache", ctx) {
-    const Status st = start(ctx, raw);
-    if (st.ok()) {
-      advance(std::unique_lock<std::mutex>(mu_));
-    } else {
-      status_ = st;
-      Finish(to_grpc_status(status_));
-    }
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {
-      if (finish_locked(cancelled("the client went away"))) {
-        lock.unlock();
-        Finish(to_grpc_status(status_));
-      }
-      return;
-    }
-    advance(std::move(lock));
-  }
-  void OnDone() override {
-    log_.done(status_);
-    delete this;
-  }
-
- private:
-  Status start(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer& raw) {
-    pb::ExportCacheRequest req;
-    grpc::ByteBuffer copy(raw);  // Deserialize consumes its buffer; this copy shares the slices
-    if (!grpc::SerializationTraits<pb::ExportCacheRequest>::Deserialize(&copy, &req).ok()) {
-      d_.metrics->add_bytes_received(raw.Length());
-      return invalid_argument("ExportCache: the request does not parse");
-    }
-    KVB_RETURN_IF_ERROR(admit(d_, ctx, req));
-    KVB_ASSIGN_OR_RETURN(const ExportSpec spec, convert_export(req));
-    KVB_ASSIGN_OR_RETURN(runtime::CacheEntry entry, d_.store->get(spec.cache_id));
-    // A GPU agent's caches are encoded from a host copy (pinned memory), so the bytes on the wire
-    // are the same whatever the device; on the CPU this is the stored cache itself.
-    KVB_ASSIGN_OR_RETURN(cache_, d_.stager->to_host(std::move(entry.cache)));
-
-    // Chunks must fit the message limit with room for zstd's worst-case growth and framing.
-    const KvLayout& lay = cache_->layout();
-    const uint64_t limit = d_.config->max_message_bytes;
-    const uint64_t budget = limit - limit / 32 - 4096;
-    const uint64_t per_token =
-        wire_payload_bytes(spec.dtype, uint32_t(lay.n_head_kv), uint32_t(lay.head_dim), /*count=*/1);
-    const uint64_t max_chunk = std::max<uint64_t>(1, budget / per_token);
-    const uint64_t auto_chunk = std::max<uint64_t>(1, (uint64_t(1) << 20) / per_token);
-    const uint64_t chunk = std::min<uint64_t>(spec.chunk_tokens ? spec.chunk_tokens : auto_chunk, max_chunk);
-    if (uint64_t(cache_->n_tokens()) * 5 + 4096 > budget) {
-      return resource_exhausted(fmt::format("cache {} ({} tokens): its header would exceed --max-message-bytes {}",
-                                            spec.cache_id, cache_->n_tokens(), limit));
-    }
-    KVB_ASSIGN_OR_RETURN(encoder_, KvWireEncoder::create(*cache_, *d_.identity, spec.dtype, spec.compression,
-                                                         static_cast<uint32_t>(chunk), spec.layers));
-    writer_ = std::make_unique<wire::SerializedStreamWriter>(*encoder_);
-    return Status::Ok();
-  }
-
-  // The message as slices: head and tail copied (a few bytes), the payload by reference.
-  grpc::ByteBuffer to_byte_buffer(wire::SerializedChunk& m) const {
-    grpc::Slice parts[3];
-    size_t n = 0;
-    parts[n++] = grpc::Slice(m.head);
-    if (!m.borrowed.empty()) {
-      auto* keep = new std::shared_ptr<const KvCache>(cache_);
-      parts[n++] = grpc::Slice(const_cast<char*>(m.borrowed.data()), m.borrowed.size(),
-                               [](void* p) { delete static_cast<std::shared_ptr<const KvCache>*>(p); }, keep);
-    } else if (!m.owned.empty()) {
-      auto* owned = new std::string(std::move(m.owned));
-      parts[n++] = grpc::Slice(owned->data(), owned->size(), [](void* p) { delete static_cast<std::string*>(p); },
-                               owned);
-    }
-    if (!m.tail.empty()) parts[n++] = grpc::Slice(m.tail);
-    return grpc::ByteBuffer(parts, n);
-  }
-
-  // Keeps one write in flight and, while it is on the wire, encodes the next message into next_
-  // (outside the lock). OnWriteDone may run on another thread while a message is being encoded;
-  // whoever finds the write slot free and a message ready starts it. Finish is called without the
-  // lock held, as the last action on `this`.
-  void advance(std::unique_lock<std::mutex> lock) {
-    for (;;) {
-      if (finished_) return;
-      if (!writing_ && next_ready_) {
-        current_.Swap(&next_);
-        next_.Clear();
-        next_ready_ = false;
-        writing_ = true;
-        d_.metrics->add_bytes_sent(current_.Length());
-        StartWrite(&current_);
-      }
-      if (!writing_ && !next_ready_ && exhausted_ && !producing_) {
-        if (finish_locked(Status::Ok())) {
-          lock.unlock();
-          Finish(to_grpc_status(status_));
-        }
-        return;
-      }
-      if (producing_ || next_ready_ || exhausted_) return;
-      producing_ = true;
-      lock.unlock();
-      const bool have = writer_->next(&message_);  // message_ and next_ are ours alone while producing_
-      if (have) next_ = to_byte_buffer(message_);
-      lock.lock();
-      producing_ = false;
-      (have ? next_ready_ : exhausted_) = true;
-    }
-  }
-
-  // True when this call should Finish now (only once).
-  bool finish_locked(Status st) {
-    if (finished_) return false;
-    finished_ = true;
-    status_ = std::move(st);
-    return true;
-  }
-
-  const ServiceDeps& d_;
-  CallLog log_;
-  Status status_;
-  std::shared_ptr<const KvCache> cache_;  // keeps the cache alive even if dropped meanwhile
-  std::unique_ptr<KvWireEncoder> encoder_;
-  std::unique_ptr<wire::SerializedStreamWriter> writer_;
-  wire::SerializedChunk message_;  // being prepared
-  std::mutex mu_;
-  grpc::ByteBuffer current_, next_;  // on the wire / ready
-  bool writing_ = false, producing_ = false, next_ready_ = false, exhausted_ = false, finished_ = false;
-};
-
 // ============================== ImportCache ==============================
 
 class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
  public:
   ImportCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, pb::ImportCacheResponse* resp)
-      : d_(d), ctx_(ctx), resp_(resp), log_(d, "ImportCache", ctx),
+      : d_(d), ctx_(ctx), resp_(resp), log_(*d.metrics, "ImportCache", *ctx),
         reader_(*d.identity, *d.import_buffers, /*n_ctx_min=*/0, d.import_limits) {
     const Status st = d.auth->check(*ctx);
     if (st.ok()) {
@@ -539,7 +398,7 @@ class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
   const ServiceDeps& d_;
   grpc::CallbackServerContext* ctx_;
   pb::ImportCacheResponse* resp_;
-  CallLog log_;
+  rpc::CallLog log_;
   Status status_;
   wire::CacheStreamReader reader_;
   pb::CacheChunk msg_;
@@ -571,8 +430,8 @@ AgentServiceImpl::AgentServiceImpl(ServiceDeps deps) : d_(std::move(deps)) {}
 
 grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext* ctx, const pb::GetInfoRequest* req,
                                                     pb::AgentInfo* resp) {
-  auto* call = new UnaryCall(d_, "GetInfo", ctx);
-  const Status st = admit(d_, ctx, *req);
+  auto* call = new rpc::UnaryCall(*d_.metrics, "GetInfo", ctx);
+  const Status st = rpc::admit(d_.call_policy(), *ctx, *req);
   if (!st.ok()) {
     call->complete(st);
     return call;
@@ -593,9 +452,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   lim->set_max_request_cache_bytes(d_.config->request_cache_limit());
   lim->set_max_message_bytes(d_.config->max_message_bytes);
   lim->set_default_cache_ttl_seconds(d_.store->default_ttl_s());
-  for (auto t : {pb::WIRE_DTYPE_F32, pb::WIRE_DTYPE_F16, pb::WIRE_DTYPE_BF16, pb::WIRE_DTYPE_INT8}) {
-    resp->add_wire_dtypes(t);
-  }
+  for (const WireDType t : kWireDTypes) resp->add_wire_dtypes(wire::to_proto(t));
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");
   if (d_.peers->endpoint().cuda_ipc) resp->add_transports("cuda-ipc");
@@ -619,11 +476,6 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Prefill(grpc::CallbackServerContext*
   return new PrefillCall(d_, ctx, *req, resp);
 }
 
-grpc::ServerWriteReactor<grpc::ByteBuffer>* AgentServiceImpl::ExportCache(grpc::CallbackServerContext* ctx,
-                                                                          const grpc::ByteBuffer* req) {
-  return new ExportCall(d_, ctx, *req);
-}
-
 grpc::ServerReadReactor<pb::CacheChunk>* AgentServiceImpl::ImportCache(grpc::CallbackServerContext* ctx,
                                                                         pb::ImportCacheResponse* resp) {
   return new ImportCall(d_, ctx, resp);
@@ -631,8 +483,8 @@ grpc::ServerReadReactor<pb::CacheChunk>* AgentServiceImpl::ImportCache(grpc::Cal
 
 grpc::ServerUnaryReactor* AgentServiceImpl::ListCaches(grpc::CallbackServerContext* ctx,
                                                        const pb::ListCachesRequest* req, pb::ListCachesResponse* resp) {
-  auto* call = new UnaryCall(d_, "ListCaches", ctx);
-  Status st = admit(d_, ctx, *req);
+  auto* call = new rpc::UnaryCall(*d_.metrics, "ListCaches", ctx);
+  Status st = rpc::admit(d_.call_policy(), *ctx, *req);
   if (st.ok()) {
     for (const runtime::CacheInfo& c : d_.store->list()) to_proto(c, resp->add_caches());
     to_proto(d_.store->stats(), resp->mutable_stats());
@@ -644,9 +496,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::ListCaches(grpc::CallbackServerConte
 
 grpc::ServerUnaryReactor* AgentServiceImpl::DropCache(grpc::CallbackServerContext* ctx, const pb::DropCacheRequest* req,
                                                       pb::DropCacheResponse* /*resp*/) {
-  auto* call = new UnaryCall(d_, "DropCache", ctx);
-  Status st = admit(d_, ctx, *req);
-  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
+  auto* call = new rpc::UnaryCall(*d_.metrics, "DropCache", ctx);
+  Status st = rpc::admit(d_.call_policy(), *ctx, *req);
+  if (st.ok()) st = runtime::check_cache_id(req->cache_id(), "cache_id");
   if (st.ok()) st = d_.store->drop(req->cache_id());
   call->complete(std::move(st));
   return call;
@@ -654,9 +506,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::DropCache(grpc::CallbackServerContex
 
 grpc::ServerUnaryReactor* AgentServiceImpl::PinCache(grpc::CallbackServerContext* ctx, const pb::PinCacheRequest* req,
                                                      pb::PinCacheResponse* resp) {
-  auto* call = new UnaryCall(d_, "PinCache", ctx);
-  Status st = admit(d_, ctx, *req);
-  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
+  auto* call = new rpc::UnaryCall(*d_.metrics, "PinCache", ctx);
+  Status st = rpc::admit(d_.call_policy(), *ctx, *req);
+  if (st.ok()) st = runtime::check_cache_id(req->cache_id(), "cache_id");
   if (st.ok()) {
     auto info = d_.store->set_pinned(req->cache_id(), req->pinned());
     if (info.ok()) {
@@ -672,8 +524,8 @@ grpc::ServerUnaryReactor* AgentServiceImpl::PinCache(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Tokenize(grpc::CallbackServerContext* ctx, const pb::TokenizeRequest* req,
                                                      pb::TokenizeResponse* resp) {
-  auto* call = new UnaryCall(d_, "Tokenize", ctx);
-  Status st = admit(d_, ctx, *req);
+  auto* call = new rpc::UnaryCall(*d_.metrics, "Tokenize", ctx);
+  Status st = rpc::admit(d_.call_policy(), *ctx, *req);
   if (st.ok() && req->texts_size() > kMaxTokenizeTexts) {
     st = invalid_argument(fmt::format("texts: {} texts, at most {}", req->texts_size(), kMaxTokenizeTexts));
   }
@@ -695,8 +547,8 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Tokenize(grpc::CallbackServerContext
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Detokenize(grpc::CallbackServerContext* ctx,
                                                        const pb::DetokenizeRequest* req, pb::DetokenizeResponse* resp) {
-  auto* call = new UnaryCall(d_, "Detokenize", ctx);
-  Status st = admit(d_, ctx, *req);
+  auto* call = new rpc::UnaryCall(*d_.metrics, "Detokenize", ctx);
+  Status st = rpc::admit(d_.call_policy(), *ctx, *req);
   std::vector<int32_t> ids;
   if (st.ok()) {
     if (req->has_tokens()) {
@@ -708,7 +560,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Detokenize(grpc::CallbackServerConte
         }
       }
     } else if (req->has_cache_id()) {
-      st = check_cache_id(req->cache_id(), "cache_id");
+      st = runtime::check_cache_id(req->cache_id(), "cache_id");
       if (st.ok()) {
         auto e = d_.store->get(req->cache_id());
         if (e.ok()) {

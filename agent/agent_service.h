@@ -34,6 +34,7 @@
 #include "kvbridge/v1/agent.grpc.pb.h"
 #include "agent/agent_config.h"
 #include "rpc/auth.h"
+#include "rpc/call.h"
 #include "runtime/cache_staging.h"
 #include "runtime/cache_store.h"
 #include "agent/context_fuser.h"
@@ -41,7 +42,7 @@
 #include "agent/agent_metrics.h"
 #include "agent/transfer/peer_client.h"
 #include "agent/request_convert.h"
-#include "agent/transfer/transfer_sessions.h"
+#include "agent/transfer/cache_sharer.h"
 
 namespace kvb::agent {
 
@@ -75,8 +76,12 @@ struct ServiceDeps {
   // Stages device caches to host memory for ExportCache and uploads imports (an identity on the CPU).
   runtime::CacheStager* stager = nullptr;
   const BufferType* import_buffers = nullptr;  // host memory ImportCache decodes into
-  // Raw transfers this agent shares (OpenTransfer / TransferStream / CloseTransfer).
-  TransferSessions* transfers = nullptr;
+  // The caches this agent shares: ExportCache streams and raw transfers (OpenTransfer /
+  // TransferStream / CloseTransfer).
+  CacheSharer* sharer = nullptr;
+
+  // How every handler admits and accounts its call (token, --max-message-bytes, bytes).
+  rpc::CallPolicy call_policy() const { return {metrics, auth, config->max_message_bytes}; }
 };
 
 // ExportCache is served raw (byte buffers, see ExportCall) so that payloads go out without a copy;

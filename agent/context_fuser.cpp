@@ -2,200 +2,20 @@
 
 #include <chrono>
 #include <future>
-#include <thread>
 
 #include <fmt/format.h>
-#include <grpcpp/grpcpp.h>
 
+#include "agent/remote_fuser.h"
+#include "agent/sharer_rpc.h"
 #include "fuser/align.h"
-#include "fuser/fuse_session.h"
-#include "kvbridge/v1/agent.grpc.pb.h"
-#include "kvbridge/v1/fuser.grpc.pb.h"
-#include "proto/wire_convert.h"
-#include "rpc/logging.h"
 
 namespace kvb::agent {
 
 namespace {
 
-namespace pb = ::kvbridge::v1;
 using Clock = std::chrono::steady_clock;
 
-// What receiver mode needs to know of a fuser, embedded or remote.
-struct FuserDesc {
-  std::string name;  // "sharer -> receiver"
-  fuser::ModelSide sharer, receiver;
-  std::vector<int32_t> layer_map;
-  fuser::FusePlan plan;
-  fuser::AlignStrategy strategy = fuser::AlignStrategy::kFirst;
-};
-
-FuserDesc describe(const fuser::Fuser& f) {
-  const fuser::FuserConfig& c = f.config();
-  FuserDesc d;
-  d.name = fmt::format("{} -> {}", c.sharer.name, c.receiver.name);
-  d.sharer = c.sharer;
-  d.receiver = c.receiver;
-  for (int32_t t = 0; t < c.receiver.n_layer; ++t) d.layer_map.push_back(f.sharer_layer(t));
-  d.plan = fuser::fuse_plan(f);
-  d.strategy = c.align_strategy;
-  return d;
-}
-
-fuser::ModelSide side_from_proto(const pb::FuserModelSide& m) {
-  fuser::ModelSide s;
-  s.name = m.name();
-  s.n_layer = int32_t(m.n_layer());
-  s.n_head_kv = int32_t(m.n_head_kv());
-  s.head_dim = int32_t(m.head_dim());
-  s.fingerprint = m.fingerprint();
-  return s;
-}
-
-// A remote fuser's GetInfo, checked for internal consistency (it is input from the network).
-Result<FuserDesc> describe(const pb::FuserInfo& info) {
-  FuserDesc d;
-  d.sharer = side_from_proto(info.sharer());
-  d.receiver = side_from_proto(info.receiver());
-  d.name = fmt::format("{} -> {}", d.sharer.name, d.receiver.name);
-  if (info.layers_size() != d.receiver.n_layer) {
-    return invalid_argument(fmt::format("the fuser describes {} layers for a {}-layer receiver", info.layers_size(),
-                                        d.receiver.n_layer));
-  }
-  for (const pb::FuserLayer& l : info.layers()) {
-    if (l.sharer_layer() >= uint32_t(d.sharer.n_layer)) {
-      return invalid_argument(fmt::format("the fuser maps to sharer layer {} of {}", l.sharer_layer(), d.sharer.n_layer));
-    }
-    d.layer_map.push_back(int32_t(l.sharer_layer()));
-  }
-  d.plan.sharer = wire::from_proto(info.sharer_layers());
-  d.plan.receiver = wire::from_proto(info.receiver_layers());
-  auto strategy = fuser::parse_align_strategy(info.alignment_strategy().empty() ? "first" : info.alignment_strategy());
-  if (!strategy.ok()) return strategy.status();
-  d.strategy = *strategy;
-  return d;
-}
-
-// The fuser must have been built for `id` on that side: fingerprint when bound, shapes always.
-Status check_side(const FuserDesc& f, const fuser::ModelSide& side, const ModelIdentity& id, std::string_view who) {
-  if (side.fingerprint != 0 && side.fingerprint != id.fingerprint) {
-    return failed_precondition(fmt::format("the fuser ({}) is for a {} of fingerprint {:016x}; the {} runs {:016x}",
-                                           f.name, who, side.fingerprint, who, id.fingerprint));
-  }
-  if (uint32_t(side.n_layer) != id.n_layer || uint32_t(side.n_head_kv) != id.n_head_kv ||
-      uint32_t(side.head_dim) != id.head_dim) {
-    return failed_precondition(fmt::format(
-        "the fuser ({}) is for a {} with {} layers x {} kv heads x {}; the {} has {} x {} x {}", f.name, who,
-        side.n_layer, side.n_head_kv, side.head_dim, who, id.n_layer, id.n_head_kv, id.head_dim));
-  }
-  return Status::Ok();
-}
-
-// The Fuse stream with a remote fuser: a writer thread sends the start message and both input
-// streams (interleaved one message each, so the fuser can start on early layers), while this
-// thread decodes the fused slices straight over `receiver`'s cells.
-Status fuse_remote(PeerClient& peers, const std::string& address, const FuserSpec& spec, const FuserDesc& desc,
-                   const KvCache& sharer, const ModelIdentity& sharer_id, KvCache& receiver,
-                   const ModelIdentity& receiver_id, runtime::CancelToken& cancel, FuseReport& report) {
-  const std::string what = fmt::format("fusing with the fuser at {}", address);
-  KVB_ASSIGN_OR_RETURN(auto s_enc, KvWireEncoder::create(sharer, sharer_id, spec.dtype, WireCompression::kNone, 0,
-                                                         desc.plan.sharer));
-  KVB_ASSIGN_OR_RETURN(auto r_enc, KvWireEncoder::create(receiver, receiver_id, spec.dtype, WireCompression::kNone, 0,
-                                                         desc.plan.receiver));
-  auto stub = pb::FuserService::NewStub(peers.channel(address));
-  grpc::ClientContext ctx;
-  peers.prepare(ctx);
-  const runtime::ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
-  auto stream = stub->Fuse(&ctx);
-  rpc::CallMetrics* metrics = peers.metrics();
-
-  std::atomic<uint64_t> sent{0};
-  std::thread writer([&] {
-    pb::FuseRequest req;
-    pb::FuseStart* start = req.mutable_start();
-    start->set_dtype(wire::to_proto(spec.dtype));
-    start->set_compression(pb::COMPRESSION_NONE);
-    bool ok = stream->Write(req);
-    sent += req.ByteSizeLong();
-    wire::CacheStreamWriter sw(*s_enc), rw(*r_enc);
-    bool s_more = true, r_more = true;
-    while (ok && (s_more || r_more)) {
-      for (const bool is_sharer : {true, false}) {
-        bool& more = is_sharer ? s_more : r_more;
-        if (!ok || !more) continue;
-        req.Clear();
-        more = (is_sharer ? sw : rw).next(is_sharer ? req.mutable_sharer() : req.mutable_receiver());
-        if (!more) continue;
-        sent += req.ByteSizeLong();
-        ok = stream->Write(req);
-      }
-    }
-    if (ok) stream->WritesDone();
-  });
-
-  Status decode_error;
-  std::unique_ptr<KvWireDecoder> out;
-  pb::FuseResponse resp;
-  uint64_t received = 0;
-  bool got_summary = false;
-  while (decode_error.ok() && stream->Read(&resp)) {
-    received += resp.ByteSizeLong();
-    if (resp.has_done()) {
-      report.slices_fused = resp.done().slices_fused();
-      got_summary = true;
-      continue;
-    }
-    if (!resp.has_fused()) {
-      decode_error = invalid_argument("the fuser sent an empty message");
-      break;
-    }
-    const pb::CacheChunk& c = resp.fused();
-    switch (c.part_case()) {
-      case pb::CacheChunk::kHeader: {
-        if (out) {
-          decode_error = invalid_argument("the fuser sent a second header");
-          break;
-        }
-        auto h = wire::from_proto(c.header());
-        if (!h.ok()) {
-          decode_error = h.status();
-        } else if (!h->layers || *h->layers != desc.plan.receiver) {
-          decode_error = invalid_argument("the fuser's output carries other slices than it announced");
-        } else {
-          auto d = KvWireDecoder::create_into(*h, receiver_id, receiver);
-          if (d.ok()) out = std::move(d).value(); else decode_error = d.status();
-        }
-        break;
-      }
-      case pb::CacheChunk::kData: {
-        auto v = wire::view_from_proto(c.data());
-        decode_error = !out ? invalid_argument("fused data before the header") : !v.ok() ? v.status() : out->add(*v);
-        break;
-      }
-      case pb::CacheChunk::kTrailer:
-        decode_error = !out ? invalid_argument("fused trailer before the header")
-                            : out->finish_into(wire::from_proto(c.trailer()));
-        break;
-      default: decode_error = invalid_argument("the fuser sent an empty cache chunk");
-    }
-  }
-  if (!decode_error.ok()) ctx.TryCancel();
-  writer.join();
-  while (!decode_error.ok() && stream->Read(&resp)) {
-  }
-  const grpc::Status gs = stream->Finish();
-  report.fuser_bytes_sent = sent;
-  report.fuser_bytes_received = received;
-  if (metrics) {
-    metrics->add_bytes_sent(sent);
-    metrics->add_bytes_received(received);
-  }
-  if (!decode_error.ok()) return decode_error.with_context(what);
-  if (cancel.cancelled()) return cancelled(what + ": the request was cancelled");
-  if (!gs.ok()) return PeerClient::peer_error(gs, what);
-  if (!got_summary || out == nullptr) return unavailable(what + ": the fuser ended the stream early");
-  return Status::Ok();
-}
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 // Whether every slice of `layers` has landed.
 bool all_complete(const PullProgress& p, const KvLayerSet& layers) {
@@ -207,10 +27,68 @@ bool all_complete(const PullProgress& p, const KvLayerSet& layers) {
   return true;
 }
 
+// The embedded fuser working as the sharer's slices land: on_data fuses each receiver slice whose
+// sharer slice is complete, once (after a raw pull fell back to grpc the same slices complete
+// again), counting what it fused and what it fused before the pull ended.
+class SliceFuser {
+ public:
+  SliceFuser(fuser::Fuser& fuser, const FuserDesc& desc, KvCache& receiver, FuseReport& report)
+      : fuser_(fuser), desc_(desc), receiver_(receiver), report_(report),
+        fused_(size_t(receiver.layout().n_layer) * 2, 0) {}
+
+  Status on_data(const PullProgress& r) {
+    const KvCache* s = r.partial();
+    if (s == nullptr) return Status::Ok();  // the header is not in yet
+    if (s->n_tokens() != receiver_.n_tokens()) {
+      return internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}", s->n_tokens(),
+                                        receiver_.n_tokens()));
+    }
+    const fuser::SharerMemory where = s->is_host() ? fuser::SharerMemory::kHost : fuser::SharerMemory::kDevice;
+    const bool pull_done = all_complete(r, desc_.plan.sharer);
+    for (const bool is_v : {false, true}) {
+      for (const uint32_t t : is_v ? desc_.plan.receiver.v : desc_.plan.receiver.k) {
+        uint8_t& done = fused_[size_t(t) * 2 + (is_v ? 1 : 0)];
+        const uint32_t src = uint32_t(desc_.layer_map[t]);
+        if (done || !r.complete(src, is_v)) continue;
+        KVB_RETURN_IF_ERROR(fuser_.fuse(int32_t(t), is_v, s->used_rows(int32_t(src), is_v),
+                                        receiver_.used_rows(int32_t(t), is_v), where));
+        done = 1;
+        ++report_.slices_fused;
+        if (!pull_done) ++report_.slices_fused_early;
+      }
+    }
+    return Status::Ok();
+  }
+
+ private:
+  fuser::Fuser& fuser_;
+  const FuserDesc& desc_;
+  KvCache& receiver_;
+  FuseReport& report_;
+  std::vector<uint8_t> fused_;  // [layer][K, V]
+};
+
+// A temporary cache on the sharer (the context re-prefilled over aligned tokens), dropped when the
+// fusion ends whatever happened.
+class TemporaryCache {
+ public:
+  explicit TemporaryCache(SharerRpc& sharer) : sharer_(sharer) {}
+  ~TemporaryCache() {
+    if (!id_.empty()) sharer_.drop(id_);
+  }
+  TemporaryCache(const TemporaryCache&) = delete;
+  TemporaryCache& operator=(const TemporaryCache&) = delete;
+  void hold(std::string id) { id_ = std::move(id); }
+
+ private:
+  SharerRpc& sharer_;
+  std::string id_;
+};
+
 }  // namespace
 
-ContextFuser::ContextFuser(const Model& model, const ModelIdentity& identity, runtime::EngineLoop& engine, PeerClient& peers,
-                           fuser::Fuser* embedded)
+ContextFuser::ContextFuser(const Model& model, const ModelIdentity& identity, runtime::EngineLoop& engine,
+                           PeerClient& peers, fuser::Fuser* embedded)
     : model_(model), identity_(identity), engine_(engine), peers_(peers), embedded_(embedded) {}
 
 std::string ContextFuser::embedded_description() const { return embedded_ ? describe(*embedded_).name : ""; }
@@ -222,52 +100,22 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   FusedContext result;
   FuseReport& report = result.report;
 
-  // 1. The fuser and the sharer.
-  FuserDesc desc;
-  if (spec.embedded) {
-    if (embedded_ == nullptr) return failed_precondition("this agent has no embedded fuser (start it with --fuser DIR)");
-    desc = describe(*embedded_);
-  } else {
-    auto stub = pb::FuserService::NewStub(peers_.channel(spec.address));
-    pb::FuserInfo info;
-    KVB_RETURN_IF_ERROR(peers_.unary(*stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,
-                                     fmt::format("asking the fuser at {} for its pair", spec.address)));
-    auto d = describe(info);
-    if (!d.ok()) return d.status().with_context(fmt::format("the fuser at {}", spec.address));
-    desc = std::move(d).value();
-  }
+  // 1. The fuser and the sharer: the fuser must be built for this model and the sharer's.
+  KVB_ASSIGN_OR_RETURN(const FuserDesc desc, describe_fuser(spec, cancel));
   KVB_RETURN_IF_ERROR(check_side(desc, desc.receiver, identity_, "receiver"));
-
-  auto agent = pb::AgentService::NewStub(peers_.channel(sharer));
-  pb::AgentInfo sharer_info;
-  KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::GetInfo, pb::GetInfoRequest(), &sharer_info,
-                                   cancel, fmt::format("asking {} for its model", sharer)));
-  peers_.remember_endpoint(sharer, sharer_info.transport_info());  // the pull below need not ask again
-  const ModelIdentity sharer_id = wire::from_proto(sharer_info.model());
-  if (sharer_id == identity_) {  // the same model: an ordinary pull, nothing to fuse
-    PullOptions po;
-    po.dtype = spec.dtype;
-    po.transport = request_pull.transport;
-    po.reserve_cells = request_pull.reserve_cells;
-    KVB_ASSIGN_OR_RETURN(PulledCache p, peers_.pull(sharer, cache_id, po, cancel));
-    result.cache = std::move(p.cache);
-    report.sharer_bytes = p.wire_bytes;
-    report.transport = p.transport;
-    report.fuse_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  SharerRpc rpc(peers_, sharer, cancel);
+  KVB_ASSIGN_OR_RETURN(const SharerInfo info, rpc.info());
+  if (info.identity == identity_) {  // the same model: an ordinary pull, nothing to fuse
+    KVB_RETURN_IF_ERROR(pull_unfused(sharer, cache_id, spec, request_pull, cancel, result));
+    report.fuse_ms = ms_since(t0);
     return result;
   }
-  KVB_RETURN_IF_ERROR(check_side(desc, desc.sharer, sharer_id, "sharer"));
+  KVB_RETURN_IF_ERROR(check_side(desc, desc.sharer, info.identity, "sharer"));
 
   // 2. The context as text, then as this model's tokens.
-  pb::DetokenizeRequest dreq;
-  dreq.set_cache_id(cache_id);
-  pb::DetokenizeResponse dresp;
-  KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Detokenize, dreq, &dresp, cancel,
-                                   fmt::format("reading cache {} on {}", cache_id, sharer)));
-  const std::vector<int32_t> sharer_ids(dresp.ids().begin(), dresp.ids().end());
-  const Tokenizer& tok = *model_.tokenizer;
-  const bool bos = !sharer_ids.empty() && sharer_ids[0] == sharer_info.bos_id();
-  const std::vector<int32_t> ids = tok.encode(dresp.text(), EncodeOptions{bos, false});
+  KVB_ASSIGN_OR_RETURN(const SharerContext context, rpc.read_context(cache_id));
+  const bool bos = !context.ids.empty() && context.ids[0] == info.bos_id;
+  const std::vector<int32_t> ids = model_.tokenizer->encode(context.text, EncodeOptions{bos, false});
   if (ids.empty()) return invalid_argument(fmt::format("cache {} on {} holds no text to fuse", cache_id, sharer));
   if (int64_t(ids.size()) > engine_.ctx_size()) {
     return resource_exhausted(fmt::format("the fused context of {} tokens exceeds the context size of {}", ids.size(),
@@ -276,144 +124,124 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
 
   // 4. This model's own cache over the context, computed on the engine thread while the sharer
   //    aligns and prefills (it needs only the ids).
+  std::future<Result<runtime::PrefillOutcome>> prefilled = prefill_context(ids, request_pull, cancel_ptr);
+
+  // 3. Sharer tokens, one per receiver position, and the sharer's cache over exactly those: its
+  //    own when they match, else a temporary one, dropped at the end whatever happens.
+  report.aligned = info.identity.tokenizer_hash != identity_.tokenizer_hash;
+  std::vector<int32_t> aligned = ids;
+  if (report.aligned) {
+    KVB_ASSIGN_OR_RETURN(aligned, align(rpc, info, ids, desc.strategy));
+  }
+  {
+    std::string sharer_cache = cache_id;
+    TemporaryCache temporary(rpc);
+    if (aligned != context.ids) {
+      KVB_ASSIGN_OR_RETURN(sharer_cache, rpc.prefill(aligned));
+      temporary.hold(sharer_cache);
+    }
+
+    // The receiver's own cache (step 4, running since before the alignment).
+    Result<runtime::PrefillOutcome> own = prefilled.get();
+    if (!own.ok()) return own.status().with_context("prefilling the context on this agent");
+    result.cache = std::move(own->owned);
+
+    // 5. and 6. The sharer slices the fuser needs, and the fusion.
+    if (desc.plan.receiver.size() > 0) {
+      KVB_RETURN_IF_ERROR(pull_and_fuse(sharer, sharer_cache, spec, desc, info.identity, request_pull, cancel,
+                                        *result.cache, report));
+    }
+  }  // a temporary sharer cache is dropped here
+  report.fused_tokens = uint32_t(result.cache->n_tokens());
+  report.fuse_ms = ms_since(t0);
+  return result;
+}
+
+Result<FuserDesc> ContextFuser::describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const {
+  if (!spec.embedded) return describe_remote_fuser(peers_, spec.address, cancel);
+  if (embedded_ == nullptr) return failed_precondition("this agent has no embedded fuser (start it with --fuser DIR)");
+  return describe(*embedded_);
+}
+
+Status ContextFuser::pull_unfused(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
+                                  const PullOptions& request_pull, runtime::CancelToken& cancel,
+                                  FusedContext& result) {
+  PullOptions po;
+  po.dtype = spec.dtype;
+  po.transport = request_pull.transport;
+  po.reserve_cells = request_pull.reserve_cells;
+  KVB_ASSIGN_OR_RETURN(PulledCache p, peers_.pull(sharer, cache_id, po, cancel));
+  result.cache = std::move(p.cache);
+  result.report.sharer_bytes = p.wire_bytes;
+  result.report.transport = p.transport;
+  return Status::Ok();
+}
+
+std::future<Result<runtime::PrefillOutcome>> ContextFuser::prefill_context(const std::vector<int32_t>& ids,
+                                                                           const PullOptions& request_pull,
+                                                                           const runtime::CancelTokenPtr& cancel) {
   runtime::SessionInput in;
   in.tokens = ids;
-  in.cancel = cancel_ptr;
+  in.cancel = cancel;
   runtime::PrefillOptions popt;
   popt.hand_back = true;
   popt.reserve_cells = request_pull.reserve_cells;
   auto promise = std::make_shared<std::promise<Result<runtime::PrefillOutcome>>>();
-  auto future = promise->get_future();
-  engine_.submit_prefill(std::move(in), popt, [promise](Result<runtime::PrefillOutcome> r) { promise->set_value(std::move(r)); });
+  std::future<Result<runtime::PrefillOutcome>> future = promise->get_future();
+  engine_.submit_prefill(std::move(in), popt,
+                         [promise](Result<runtime::PrefillOutcome> r) { promise->set_value(std::move(r)); });
+  return future;
+}
 
-  // 3. Sharer tokens, one per receiver position.
-  std::vector<int32_t> aligned = ids;
-  report.aligned = sharer_id.tokenizer_hash != identity_.tokenizer_hash;
-  if (report.aligned) {
-    const std::string where = fmt::format("aligning tokens with {}", sharer);
-    fuser::BatchEncoder encode = [&](std::span<const std::string> texts) -> Result<std::vector<std::vector<int32_t>>> {
-      pb::TokenizeRequest req;
-      req.set_raw(true);
-      for (const std::string& t : texts) req.add_texts(t);
-      pb::TokenizeResponse resp;
-      KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Tokenize, req, &resp, cancel, where));
-      std::vector<std::vector<int32_t>> out;
-      for (const pb::TokenIds& t : resp.tokens()) out.emplace_back(t.ids().begin(), t.ids().end());
-      return out;
-    };
-    fuser::PieceTexts pieces = [&](std::span<const int32_t> sids) -> Result<std::vector<std::string>> {
-      pb::DetokenizeRequest req;
-      req.mutable_tokens()->mutable_ids()->Assign(sids.begin(), sids.end());
-      pb::DetokenizeResponse resp;
-      KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Detokenize, req, &resp, cancel, where));
-      return std::vector<std::string>(resp.pieces().begin(), resp.pieces().end());
-    };
-    fuser::SharerSpecials specials;
-    specials.bos = sharer_info.bos_id();
-    specials.eos = sharer_info.eos_id();
-    specials.n_vocab = int32_t(sharer_id.n_vocab);
-    auto a = fuser::align_tokens(ids, tok, encode, pieces, specials, desc.strategy);
-    if (!a.ok()) return a.status().with_context(where);
-    aligned = std::move(a->sharer_ids);
+Result<std::vector<int32_t>> ContextFuser::align(SharerRpc& rpc, const SharerInfo& info,
+                                                 const std::vector<int32_t>& ids, fuser::AlignStrategy strategy) {
+  fuser::SharerSpecials specials;
+  specials.bos = info.bos_id;
+  specials.eos = info.eos_id;
+  specials.n_vocab = int32_t(info.identity.n_vocab);
+  auto a = fuser::align_tokens(ids, *model_.tokenizer, rpc.encoder(), rpc.piece_texts(), specials, strategy);
+  if (!a.ok()) return a.status().with_context(fmt::format("aligning tokens with {}", rpc.address()));
+  return std::move(a->sharer_ids);
+}
+
+Status ContextFuser::pull_and_fuse(const std::string& sharer, const std::string& sharer_cache, const FuserSpec& spec,
+                                   const FuserDesc& desc, const ModelIdentity& sharer_id,
+                                   const PullOptions& request_pull, runtime::CancelToken& cancel, KvCache& receiver,
+                                   FuseReport& report) {
+  PullOptions po;
+  po.dtype = spec.dtype;
+  po.transport = request_pull.transport;
+  po.layers = desc.plan.sharer;  // gated-off layers never travel
+  po.identity = &sharer_id;
+  // Embedded: each receiver slice is fused as soon as its sharer slice has arrived, while the rest
+  // of the pull streams in. Remote: fuse_remote serializes its slices from host memory.
+  std::optional<SliceFuser> slices;
+  if (spec.embedded) {
+    slices.emplace(*embedded_, desc, receiver, report);
+    po.on_data = [&slices](const PullProgress& p) { return slices->on_data(p); };
+  } else {
+    po.host_cache = true;
   }
-
-  // The sharer's cache over exactly those tokens: its own when they match, else a temporary one.
-  std::string sharer_cache = cache_id;
-  bool temporary = false;
-  if (aligned != sharer_ids) {
-    pb::PrefillRequest preq;
-    preq.mutable_tokens()->mutable_ids()->Assign(aligned.begin(), aligned.end());
-    preq.set_add_bos(false);
-    preq.set_cache_ttl_seconds(300);  // dropped below; the TTL only covers a receiver that dies first
-    pb::PrefillResponse presp;
-    KVB_RETURN_IF_ERROR(peers_.unary(*agent, &pb::AgentService::Stub::Prefill, preq, &presp, cancel,
-                                     fmt::format("prefilling the aligned context on {}", sharer)));
-    sharer_cache = presp.cache_id();
-    temporary = true;
+  KVB_ASSIGN_OR_RETURN(PulledCache pulled, peers_.pull(sharer, sharer_cache, po, cancel));
+  report.sharer_bytes = pulled.wire_bytes;
+  report.transport = pulled.transport;
+  if (pulled.cache->n_tokens() != receiver.n_tokens()) {
+    return internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
+                                      pulled.cache->n_tokens(), receiver.n_tokens()));
   }
-  auto drop_temporary = [&] {
-    if (!temporary) return;
-    pb::DropCacheRequest req;
-    req.set_cache_id(sharer_cache);
-    pb::DropCacheResponse resp;
-    runtime::CancelToken never;
-    const Status st = peers_.unary(*agent, &pb::AgentService::Stub::DropCache, req, &resp, never, "dropping");
-    if (!st.ok()) rpc::log_event(spdlog::level::warn, "fuse", {{"drop_temporary_cache", sharer_cache}, {"error", st.message()}});
-  };
-
-
-  // The receiver's own cache (step 4, running since before the alignment).
-  Result<runtime::PrefillOutcome> prefilled = future.get();
-  if (!prefilled.ok()) {
-    drop_temporary();
-    return prefilled.status().with_context("prefilling the context on this agent");
-  }
-  result.cache = std::move(prefilled->owned);
-
-  // 5. The sharer slices the fuser needs, and 6. the fusion. Embedded: each receiver slice is
-  // fused as soon as its sharer slice has arrived, while the rest of the pull streams in.
-  Status st;
-  if (desc.plan.receiver.size() > 0) {
-    KvCache& receiver = *result.cache;
-    std::vector<uint8_t> fused(size_t(identity_.n_layer) * 2, 0);
-    // Called as sharer slices land (every grpc message, every completed raw slice); fuses each
-    // receiver slice whose sharer slice is complete, once: after a raw pull fell back to grpc the
-    // same slices complete again.
-    auto fuse_ready = [&](const PullProgress& r) -> Status {
-      const KvCache* s = r.partial();
-      if (s == nullptr) return Status::Ok();  // the header is not in yet
-      if (s->n_tokens() != receiver.n_tokens()) {
-        return internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
-                                          s->n_tokens(), receiver.n_tokens()));
-      }
-      const fuser::SharerMemory where = s->is_host() ? fuser::SharerMemory::kHost : fuser::SharerMemory::kDevice;
-      const bool pull_done = all_complete(r, desc.plan.sharer);
-      for (const bool is_v : {false, true}) {
-        for (const uint32_t t : is_v ? desc.plan.receiver.v : desc.plan.receiver.k) {
-          uint8_t& done = fused[size_t(t) * 2 + (is_v ? 1 : 0)];
-          const uint32_t src = uint32_t(desc.layer_map[t]);
-          if (done || !r.complete(src, is_v)) continue;
-          KVB_RETURN_IF_ERROR(embedded_->fuse(int32_t(t), is_v, s->used_rows(int32_t(src), is_v),
-                                              receiver.used_rows(int32_t(t), is_v), where));
-          done = 1;
-          ++report.slices_fused;
-          if (!pull_done) ++report.slices_fused_early;
-        }
-      }
-      return Status::Ok();
-    };
-    PullOptions po;
-    po.dtype = spec.dtype;
-    po.transport = request_pull.transport;
-    po.layers = desc.plan.sharer;
-    po.identity = &sharer_id;
-    if (spec.embedded) {
-      po.on_data = fuse_ready;
-    } else {
-      po.host_cache = true;  // fuse_remote serializes its slices from host memory
+  if (spec.embedded) {
+    if (report.slices_fused != desc.plan.receiver.size()) {
+      return internal_error("the pull ended with receiver slices left unfused");
     }
-    auto pulled = peers_.pull(sharer, sharer_cache, po, cancel);
-    if (!pulled.ok()) {
-      st = pulled.status();
-    } else {
-      report.sharer_bytes = pulled->wire_bytes;
-      report.transport = pulled->transport;
-      if (pulled->cache->n_tokens() != receiver.n_tokens()) {
-        st = internal_error(fmt::format("the sharer's aligned cache has {} tokens, the receiver's {}",
-                                        pulled->cache->n_tokens(), receiver.n_tokens()));
-      } else if (!spec.embedded) {
-        st = fuse_remote(peers_, spec.address, spec, desc, *pulled->cache, sharer_id, receiver, identity_, cancel,
-                         report);
-      } else if (report.slices_fused != desc.plan.receiver.size()) {
-        st = internal_error("the pull ended with receiver slices left unfused");
-      }
-    }
+    return Status::Ok();
   }
-  drop_temporary();
-  if (!st.ok()) return st;
-  report.fused_tokens = uint32_t(result.cache->n_tokens());
-  report.fuse_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  return result;
+  RemoteFuseStats stats;
+  const Status st = fuse_remote(peers_, spec.address, spec.dtype, desc, *pulled.cache, sharer_id, receiver,
+                                identity_, cancel, stats);
+  report.slices_fused = stats.slices_fused;
+  report.fuser_bytes_sent = stats.bytes_sent;
+  report.fuser_bytes_received = stats.bytes_received;
+  return st;
 }
 
 }  // namespace kvb::agent

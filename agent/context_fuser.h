@@ -28,18 +28,24 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/kv_wire.h"
 #include "engine/model.h"
+#include "agent/fuser_desc.h"
 #include "fuser/fuser.h"
 #include "runtime/cancel_token.h"
 #include "runtime/engine_loop.h"
 #include "agent/transfer/peer_client.h"
-#include "agent/request_convert.h"
+#include "agent/request_types.h"
 
 namespace kvb::agent {
+
+class SharerRpc;
+struct SharerInfo;
 
 struct FuseReport {
   uint32_t fused_tokens = 0;   // context positions fused (0: the sharer runs this model; nothing fused)
@@ -73,6 +79,24 @@ class ContextFuser {
   std::string embedded_description() const;
 
  private:
+  // The embedded fuser's description, or the remote one's (GetInfo).
+  Result<FuserDesc> describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const;
+  // The sharer runs this very model: the cache is pulled as it is into `result`.
+  Status pull_unfused(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
+                      const PullOptions& request_pull, runtime::CancelToken& cancel, FusedContext& result);
+  // Submits the prefill of `ids` on the engine thread into a cache handed back to the caller.
+  std::future<Result<runtime::PrefillOutcome>> prefill_context(const std::vector<int32_t>& ids,
+                                                               const PullOptions& request_pull,
+                                                               const runtime::CancelTokenPtr& cancel);
+  // Sharer tokens, one per receiver position (fuser/align.h through the sharer's tokenizer RPCs).
+  Result<std::vector<int32_t>> align(SharerRpc& rpc, const SharerInfo& info, const std::vector<int32_t>& ids,
+                                     fuser::AlignStrategy strategy);
+  // Pulls the sharer slices of desc.plan and fuses them into `receiver`: embedded, slice by slice
+  // as they land; remote, over a Fuse stream once the pull is in.
+  Status pull_and_fuse(const std::string& sharer, const std::string& sharer_cache, const FuserSpec& spec,
+                       const FuserDesc& desc, const ModelIdentity& sharer_id, const PullOptions& request_pull,
+                       runtime::CancelToken& cancel, KvCache& receiver, FuseReport& report);
+
   const Model& model_;
   const ModelIdentity& identity_;
   runtime::EngineLoop& engine_;

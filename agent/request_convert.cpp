@@ -25,7 +25,7 @@ Result<std::vector<ContextRef>> convert_context(const google::protobuf::Repeated
   for (int i = 0; i < refs.size(); ++i) {
     const pb::CacheRef& r = refs.Get(i);
     const std::string field = fmt::format("context[{}]", i);
-    KVB_RETURN_IF_ERROR(check_cache_id(r.cache_id(), field + ".cache_id"));
+    KVB_RETURN_IF_ERROR(runtime::check_cache_id(r.cache_id(), field + ".cache_id"));
     ContextRef c;
     c.cache_id = r.cache_id();
     if (!r.agent().empty() && !(lim.is_self && lim.is_self(r.agent()))) {
@@ -176,14 +176,6 @@ bool SessionSpec::has_remote_context() const {
   return false;
 }
 
-Status check_cache_id(std::string_view id, std::string_view field) {
-  if (id.empty()) return invalid_argument(fmt::format("{} is empty", field));
-  if (!runtime::is_well_formed_cache_id(id)) {
-    return invalid_argument(fmt::format("{} is not a cache id (32 lowercase hex characters)", field));
-  }
-  return Status::Ok();
-}
-
 Result<GenerateSpec> convert_generate(const pb::GenerateRequest& r, const RequestLimits& lim) {
   GenerateSpec g;
   KVB_ASSIGN_OR_RETURN(g.session.context, convert_context(r.context(), lim));
@@ -225,21 +217,6 @@ Result<PrefillSpec> convert_prefill(const pb::PrefillRequest& r, const RequestLi
   p.options.pin = r.pin();
   if (p.session.context.size() == 1) p.session.pull.reserve_cells = int32_t(p.session.tokens.size());
   return p;
-}
-
-Result<ExportSpec> convert_export(const pb::ExportCacheRequest& r) {
-  ExportSpec e;
-  KVB_RETURN_IF_ERROR(check_cache_id(r.cache_id(), "cache_id"));
-  e.cache_id = r.cache_id();
-  auto dtype = wire::wire_dtype_from_proto(r.dtype());
-  if (!dtype.ok()) return invalid_argument("dtype: " + dtype.status().message());
-  auto comp = wire::compression_from_proto(r.compression());
-  if (!comp.ok()) return invalid_argument("compression: " + comp.status().message());
-  e.dtype = *dtype;
-  e.compression = *comp;
-  e.chunk_tokens = r.chunk_tokens();
-  if (r.has_layers()) e.layers = wire::from_proto(r.layers());
-  return e;
 }
 
 void to_proto(const runtime::CacheInfo& c, pb::CacheInfo* out) {

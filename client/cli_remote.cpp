@@ -5,8 +5,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "engine/chat_template.h"
+#include "engine/kv_wire.h"
+#include "proto/wire_convert.h"
 
 namespace kvb::cli {
 
@@ -38,18 +42,25 @@ std::unique_ptr<client::AgentClient> connect_or_exit(const std::string& addr, co
   return std::move(c).value();
 }
 
+namespace {
+// kWireDTypes by name, for --wire's check.
+std::vector<std::string> wire_dtype_names() {
+  std::vector<std::string> names;
+  for (const WireDType t : kWireDTypes) names.emplace_back(wire_dtype_name(t));
+  return names;
+}
+}  // namespace
+
 v1::WireDType WireFlags::dtype() const {
-  if (wire == "f16") return v1::WIRE_DTYPE_F16;
-  if (wire == "bf16") return v1::WIRE_DTYPE_BF16;
-  if (wire == "int8") return v1::WIRE_DTYPE_INT8;
-  return v1::WIRE_DTYPE_F32;
+  const Result<WireDType> t = parse_wire_dtype(wire);  // --wire is checked against the names
+  return wire::to_proto(t.ok() ? *t : WireDType::kF32);
 }
 
 v1::Compression WireFlags::compression() const { return zstd ? v1::COMPRESSION_ZSTD : v1::COMPRESSION_NONE; }
 
 void add_wire_flags(CLI::App* cmd, WireFlags& f, const std::string& what) {
   cmd->add_option("--wire", f.wire, "Wire dtype of " + what + " (int8: one scale per token and head)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "int8"}))
+      ->check(CLI::IsMember(wire_dtype_names()))
       ->capture_default_str();
   cmd->add_flag("--zstd", f.zstd, "Compress " + what + " chunks with zstd");
 }

@@ -25,6 +25,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/model_identity.h"
 
 namespace kvb {
 
@@ -32,29 +33,10 @@ inline constexpr uint32_t kKvWireVersion = 1;
 
 enum class WireDType { kF32, kF16, kBF16, kInt8 };
 enum class WireCompression { kNone, kZstd };
+inline constexpr WireDType kWireDTypes[] = {WireDType::kF32, WireDType::kF16, WireDType::kBF16, WireDType::kInt8};
 std::string_view wire_dtype_name(WireDType t);  // "f32", "f16", "bf16", "int8"
-
-// Everything that must match for a cache to be reused as is. Hashes are xxh3-64, seed 0.
-struct ModelIdentity {
-  std::string arch;
-  uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
-  std::string rope_type;  // "normal" | "neox"
-  uint32_t rope_n_rot = 0;
-  float rope_theta = 0, rope_freq_scale = 0, norm_eps = 0;
-  uint64_t tokenizer_hash = 0;  // over pieces, scores, types, special ids and flags (0: no tokenizer)
-  uint64_t weights_hash = 0;    // over every weight tensor: name, dtype, shape, bytes
-  uint64_t fingerprint = 0;     // over all fields above
-
-  bool operator==(const ModelIdentity&) const = default;
-};
-
-// Computes the identity of a loaded model. Hashes all weight bytes once (about 10 GB/s);
-// call it at startup, not per request.
-ModelIdentity model_identity(const Model& m);
-// Recomputes `fingerprint` from the other fields.
-uint64_t identity_fingerprint(const ModelIdentity& id);
-// Name of the first field that differs ("n_layer", "weights_hash", ...), empty when equal.
-std::string first_difference(const ModelIdentity& expected, const ModelIdentity& got);
+// The dtype wire_dtype_name spells `name`; INVALID_ARGUMENT listing the names otherwise.
+Result<WireDType> parse_wire_dtype(std::string_view name);
 
 // Which layers' K and V a stream carries, when not all of them (a fusion stream carries only what
 // the fuser needs, STYLE: skip what the reference computes for nothing). Each list is sorted,

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/kv_wire.h"  // ModelIdentity
+#include "engine/model_identity.h"
 #include "fuser/align.h"     // AlignStrategy
 #include "kernels/dtype.h"
 #include "kernels/status.h"

@@ -118,6 +118,10 @@ std::string new_request_id() {
 }
 
 void log_event(spdlog::level::level_enum level, std::string_view msg, std::initializer_list<LogField> fields) {
+  log_event(level, msg, std::span<const LogField>(fields.begin(), fields.size()));
+}
+
+void log_event(spdlog::level::level_enum level, std::string_view msg, std::span<const LogField> fields) {
   std::string line;
   if (g_json.load(std::memory_order_relaxed)) {
     line += kJsonMarker;

@@ -10,13 +10,14 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
 
 #include <spdlog/spdlog.h>
 
-#include "agent/agent_config.h"
+#include "rpc/flags.h"
 
 namespace kvb::rpc {
 
@@ -33,5 +34,6 @@ struct LogField {
 
 // One log line with structured fields (top-level keys in JSON, key=value pairs in text).
 void log_event(spdlog::level::level_enum level, std::string_view msg, std::initializer_list<LogField> fields);
+void log_event(spdlog::level::level_enum level, std::string_view msg, std::span<const LogField> fields);
 
 }  // namespace kvb::rpc

@@ -207,4 +207,12 @@ size_t CacheStore::sweep() {
   return sweep_locked(t);
 }
 
+Status check_cache_id(std::string_view id, std::string_view field) {
+  if (id.empty()) return invalid_argument(fmt::format("{} is empty", field));
+  if (!is_well_formed_cache_id(id)) {
+    return invalid_argument(fmt::format("{} is not a cache id (32 lowercase hex characters)", field));
+  }
+  return Status::Ok();
+}
+
 }  // namespace kvb::runtime

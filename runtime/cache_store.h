@@ -79,6 +79,8 @@ struct CacheEntry {
 
 // True for ids this store could have issued (32 lowercase hex characters).
 bool is_well_formed_cache_id(std::string_view id);
+// INVALID_ARGUMENT naming `field` unless `id` is well formed.
+Status check_cache_id(std::string_view id, std::string_view field);
 
 class CacheStore {
  public:

@@ -1,43 +1,17 @@
 #include "agent/transfer/peer_client.h"
-#include "agent/transfer/transfer_convert.h"
 
 #include <fmt/format.h>
-#include <grpcpp/create_channel.h>
-#include <grpcpp/impl/codegen/proto_utils.h>
-#include <grpcpp/security/credentials.h>
-#include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/sync_stream.h>
 
-#include <string_view>
-#include <vector>
-
-#include "kernels/registry.h"
+#include "agent/transfer/raw_pull.h"
+#include "agent/transfer/stream_pull.h"
+#include "agent/transfer/transfer_convert.h"
+#include "agent/transfer/transport_choice.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
-#include "kvbridge/v1/agent.pb.h"
 #include "proto/grpc_status.h"
-#include "proto/wire_convert.h"
 #include "rpc/channel.h"
 #include "rpc/logging.h"
 
 namespace kvb::agent {
-
-namespace {
-
-// agent.proto's AgentService.ExportCache, called raw (byte buffers) rather than through the stub.
-constexpr const char* kExportCacheMethod = "/kvbridge.v1.AgentService/ExportCache";
-
-// A grpc pull's progress: the stream decoder's.
-class StreamProgress final : public PullProgress {
- public:
-  explicit StreamProgress(const wire::CacheStreamReader& r) : r_(r) {}
-  const KvCache* partial() const override { return r_.partial(); }
-  bool complete(uint32_t layer, bool is_v) const override { return r_.complete(layer, is_v); }
-
- private:
-  const wire::CacheStreamReader& r_;
-};
-
-}  // namespace
 
 PeerClient::PeerClient(PeerClientOptions opt) : opt_(std::move(opt)), auth_(opt_.auth_token) {
   const int n = opt_.n_workers > 0 ? opt_.n_workers : 1;
@@ -137,37 +111,24 @@ Result<transport::EndpointInfo> PeerClient::peer_endpoint(const std::string& age
                           cancel, fmt::format("asking the agent at {} for its transports", agent));
   // A sharer without GetInfo (another implementation of ExportCache) reports nothing: grpc.
   if (!st.ok() && st.code() != StatusCode::kUnimplemented) return st;
-  remember_endpoint(agent, info.transport_info());
-  return endpoint_from_proto(info.transport_info());
+  const transport::EndpointInfo sharer = endpoint_from_proto(info.transport_info());
+  remember_endpoint(agent, sharer);
+  return sharer;
 }
 
-void PeerClient::remember_endpoint(const std::string& agent, const kvbridge::v1::TransportInfo& t) {
+void PeerClient::remember_endpoint(const std::string& agent, const transport::EndpointInfo& info) {
   std::lock_guard<std::mutex> lock(channels_mu_);
-  peer_info_[agent] = PeerInfo{std::chrono::steady_clock::now(), endpoint_from_proto(t)};
+  peer_info_[agent] = PeerInfo{std::chrono::steady_clock::now(), info};
 }
 
 Result<PullTransport> PeerClient::choose_transport(const std::string& agent, const PullOptions& po,
                                                    runtime::CancelToken& cancel) {
-  PullTransport out;
-  out.requested = po.transport;
-  if (po.transport == transport::TransportChoice::kGrpc) {
-    out.selection.reason = "grpc as asked";
-    return out;
+  transport::EndpointInfo sharer;
+  if (needs_sharer_info(po.transport)) {
+    KVB_ASSIGN_OR_RETURN(sharer, peer_endpoint(agent, cancel));
   }
-  KVB_ASSIGN_OR_RETURN(const transport::EndpointInfo sharer, peer_endpoint(agent, cancel));
-  KVB_ASSIGN_OR_RETURN(out.selection, transport::select_transport(po.transport, sharer, opt_.endpoint));
-  if (out.selection.kind == transport::TransportKind::kGrpc) return out;
-  if (po.host_cache && opt_.transports != nullptr && !opt_.transports->receive_buffers().is_host()) {
-    out.selection.kind = transport::TransportKind::kGrpc;
-    out.selection.fell_back = po.transport != transport::TransportChoice::kAuto;
-    out.selection.reason = "this cache is read in host memory (sent on to a remote fuser), and raw transports "
-                           "land caches in device memory";
-  } else if (opt_.transports == nullptr) {
-    // select_transport checks both ends' flags, and this agent advertised none without a factory.
-    return internal_error(fmt::format("transport {} selected, but this agent has no raw transports",
-                                      transport::transport_name(out.selection.kind)));
-  }
-  return out;
+  const bool raw = opt_.transports != nullptr;
+  return choose_pull_transport(po, sharer, opt_.endpoint, raw, raw && !opt_.transports->receive_buffers().is_host());
 }
 
 Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string& cache_id, const PullOptions& po,
@@ -175,12 +136,15 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
   const auto where = [&] { return fmt::format("pulling cache {} from {}", cache_id, agent); };
   if (stopping()) return unavailable(where() + ": the agent is shutting down");
   if (cancel.cancelled()) return cancelled(where() + ": the request was cancelled");
+
+  // 1. The transport.
   auto chosen = choose_transport(agent, po, cancel);
   if (!chosen.ok()) return chosen.status().with_context(where());
+
+  // 2. A raw pull. The consumer's own failure is final; a transport's is retried over grpc (where
+  //    on_data sees the slices it already had complete again).
   const transport::TransportKind kind = chosen->selection.kind;
   if (kind != transport::TransportKind::kGrpc) {
-    // The consumer's own failure is final; a transport's is retried over grpc (where on_data sees
-    // the slices it already had complete again).
     bool consumer_failed = false;
     PullOptions raw_po = po;
     if (po.on_data) {
@@ -190,87 +154,23 @@ Result<PulledCache> PeerClient::pull(const std::string& agent, const std::string
         return st;
       };
     }
-    auto raw = pull_raw(agent, cache_id, kind, raw_po, cancel);
+    auto raw = raw_pull(*this, agent, cache_id, kind, raw_po, cancel);
     if (raw.ok()) {
       raw->transport = std::move(chosen).value();
       return raw;
     }
-    const StatusCode code = raw.status().code();
-    if (consumer_failed || cancel.cancelled() || code == StatusCode::kCancelled || code == StatusCode::kNotFound ||
-        code == StatusCode::kPermissionDenied) {
-      return raw.status().with_context(where());
-    }
-    chosen->selection.kind = transport::TransportKind::kGrpc;
-    chosen->selection.fell_back = true;
-    chosen->selection.reason = fmt::format("{} failed ({}: {}); pulled over grpc instead",
-                                           transport::transport_name(kind), status_code_name(code),
-                                           raw.status().message());
+    if (!retry_over_grpc(raw.status(), consumer_failed, cancel.cancelled())) return raw.status().with_context(where());
+    fall_back_to_grpc(*chosen, kind, raw.status());
   }
   if (chosen->selection.fell_back) {
     rpc::log_event(spdlog::level::info, "transport fell back to grpc",
-              {{"cache", cache_id}, {"peer", agent}, {"reason", chosen->selection.reason}});
+                   {{"cache", cache_id}, {"peer", agent}, {"reason", chosen->selection.reason}});
   }
-  auto out = pull_grpc(agent, cache_id, po, cancel);
+
+  // 3. The ExportCache stream.
+  auto out = stream_pull(*this, agent, cache_id, po, cancel);
   if (!out.ok()) return out.status().with_context(where());
   out->transport = std::move(chosen).value();
-  return out;
-}
-
-Result<PulledCache> PeerClient::pull_grpc(const std::string& agent, const std::string& cache_id, const PullOptions& po,
-                                          runtime::CancelToken& cancel) {
-  const std::shared_ptr<grpc::Channel> ch = channel(agent);
-  grpc::ClientContext ctx;
-  prepare(ctx);
-  const runtime::ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
-
-  kvbridge::v1::ExportCacheRequest req;
-  req.set_cache_id(cache_id);
-  req.set_dtype(wire::to_proto(po.dtype));
-  req.set_compression(wire::to_proto(po.compression));
-  if (po.layers) wire::to_proto(*po.layers, req.mutable_layers());
-  if (opt_.metrics) opt_.metrics->add_bytes_sent(req.ByteSizeLong());
-
-  const BufferType& buffers = opt_.cache_buffers ? *opt_.cache_buffers : cpu_device().buffer_type();
-  wire::CacheStreamReader reader(po.identity ? *po.identity : opt_.identity, buffers, /*n_ctx_min=*/0, opt_.limits,
-                                 po.reserve_cells);
-  // Read raw: each message stays in the slices gRPC received it in, and the reader checksums and
-  // decodes the payload from there (no protobuf copy of ~1 MiB per message).
-  const grpc::internal::RpcMethod method(kExportCacheMethod, grpc::internal::RpcMethod::SERVER_STREAMING);
-  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> stream(
-      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(ch.get(), method, &ctx, req));
-  grpc::ByteBuffer msg;
-  std::vector<grpc::Slice> slices;
-  std::vector<std::string_view> pieces;
-  uint64_t wire_bytes = 0;
-  Status decode_error;
-  while (stream->Read(&msg)) {
-    const uint64_t n = msg.Length();
-    wire_bytes += n;
-    if (opt_.metrics) opt_.metrics->add_bytes_received(n);
-    slices.clear();
-    pieces.clear();
-    if (msg.Dump(&slices).ok()) {
-      for (const grpc::Slice& sl : slices) pieces.emplace_back(reinterpret_cast<const char*>(sl.begin()), sl.size());
-      decode_error = reader.add_serialized(pieces);
-      if (decode_error.ok() && po.on_data) decode_error = po.on_data(StreamProgress(reader));
-    } else {
-      decode_error = invalid_argument("a message could not be read");
-    }
-    if (!decode_error.ok()) {
-      ctx.TryCancel();
-      while (stream->Read(&msg)) {
-      }
-      break;
-    }
-  }
-  const grpc::Status gs = stream->Finish();
-  if (!decode_error.ok()) return decode_error;
-  if (cancel.cancelled()) return cancelled("the request was cancelled");
-  if (!gs.ok()) return peer_error(gs, "ExportCache");
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, reader.finish());
-  PulledCache out;
-  out.cache = std::move(cache);
-  out.wire_bytes = wire_bytes;
   return out;
 }
 

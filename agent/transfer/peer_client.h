@@ -1,13 +1,30 @@
-// PeerClient: this agent pulling context caches directly from other agents (ExportCache).
+// PeerClient: this agent as a client of other agents and fusers — one gRPC channel per peer
+// address (rpc::make_channel with this agent's TLS settings, message limits and keepalive), calls
+// carrying its bearer token and deadline, the worker pool that runs every blocking peer call, the
+// peers' TransportInfo — and pull(), which brings a context cache held by another agent here.
 //
 // A Generate/Prefill that names a cache held by another agent is served by pulling that cache
-// here, never through the client: PeerClient opens (and keeps) one gRPC channel per peer address,
-// calls ExportCache with the request's pull options (dtype, compression), and feeds the stream
-// through wire::CacheStreamReader, which checks the header against this agent's ModelIdentity
-// (FAILED_PRECONDITION naming the differing field), every chunk's checksum and the trailer digest
-// (DATA_LOSS), sizes and token ids (INVALID_ARGUMENT), and the limits (RESOURCE_EXHAUSTED), and
-// yields a host KvCache that the caller owns, decoded chunk by chunk as messages arrive, with
-// PullOptions::reserve_cells free cells after the received ones (so that a session can run in it).
+// here, never through the client. pull() runs in three steps:
+//   1. the transport: the request's choice (PullOptions::transport) resolved against the sharer's
+//      TransportInfo (its GetInfo, cached per address for kPeerInfoTtl) with this agent's own
+//      EndpointInfo (its TransportFactory's) as the receiver (transport_choice.h);
+//   2. nccl or cuda-ipc: a raw pull (raw_pull.h); one that fails for any reason but a cancel, an
+//      unknown cache or a refused token is retried over grpc, and the summary says so (fell_back,
+//      with the raw error as reason);
+//   3. grpc: the ExportCache stream (stream_pull.h), decoded as messages arrive.
+// Either way the header is checked against this agent's ModelIdentity (or PullOptions::identity):
+// FAILED_PRECONDITION naming the differing field; checksums (DATA_LOSS), sizes and token ids
+// (INVALID_ARGUMENT) and the limits (RESOURCE_EXHAUSTED) as wire::CacheStreamReader checks them.
+// The result is a KvCache the caller owns, with PullOptions::reserve_cells free cells after the
+// received ones (so that a session can run in it). A raw pull moves the cache as it is (f32,
+// exact): PullOptions::dtype and compression apply to grpc only. Pulls for a fuser (layers,
+// another model's identity, on_data) use the same transports; on_data sees each (layer, K/V)
+// slice as it completes (a stream message, a raw slice's last run). A pull with host_cache stays
+// on grpc where raw pulls land in device memory. on_data's own error ends the pull (never
+// retried); after a transport's failure the grpc retry reports the same slices complete again,
+// so consumers must be idempotent per slice. PulledCache::transport carries what happened to the
+// request's summary. A sharer whose GetInfo is UNIMPLEMENTED counts as one without TransportInfo
+// (grpc); any other GetInfo error fails the pull (peer_error's codes).
 //
 // Failure model: a peer that cannot be reached, dies mid-transfer, or stops answering
 // (HTTP/2 keepalive pings every 5 s, 5 s timeout; a whole-pull deadline) → UNAVAILABLE; the
@@ -16,25 +33,6 @@
 // PERMISSION_DENIED so that the caller does not read it as its own credentials failing. A
 // cancelled request (CancelToken) interrupts the pull at once (CANCELLED). Nothing is kept from a
 // failed pull.
-//
-// Transport: the request's choice (PullOptions::transport) is resolved against the sharer's
-// TransportInfo (its GetInfo, cached per address for kPeerInfoTtl) by transport::select_transport,
-// with this agent's own EndpointInfo (its TransportFactory's) as the receiver. grpc is the
-// ExportCache stream above. nccl and cuda-ipc are raw pulls (raw_pull.cpp, transport/README.md):
-// OpenTransfer (the sharer pins the cache and answers with its endpoint's metadata and the
-// cache's header, checked as a stream's header would be), a TransferStream for control messages,
-// one recv per slice into a cache allocated from the factory's memory (device memory on a GPU),
-// CloseTransfer. The cache moves as it is (f32, exact): PullOptions::dtype and compression apply
-// to grpc only. A raw pull that fails for any reason but a cancel, an unknown cache or a refused
-// token is retried over grpc, and the summary says so (fell_back, with the raw error as reason).
-// Pulls for a fuser (layers, another model's identity, on_data) use the same transports; on_data
-// sees each (layer, K/V) slice as it completes (a stream message, a raw slice's last run). A pull
-// with host_cache stays on grpc where raw pulls land in device memory. on_data's own error ends
-// the pull (never retried); after a transport's failure the grpc retry reports the same slices
-// complete again, so consumers must be idempotent per slice. PulledCache::transport carries what
-// happened to the request's summary.
-// A sharer whose GetInfo is UNIMPLEMENTED counts as one without TransportInfo (grpc); any other
-// GetInfo error fails the pull (peer_error's codes, as an ExportCache error would).
 //
 // Outgoing calls carry this agent's bearer token and, when the agent serves TLS, use TLS with
 // root = --tls-client-ca when given, else the agent's own certificate chain (a self-signed or
@@ -63,11 +61,10 @@
 #include "engine/kv_cache.h"
 #include "engine/kv_wire.h"
 #include "kernels/status.h"
-#include "kvbridge/v1/agent.pb.h"
 #include "rpc/auth.h"
 #include "runtime/cancel_token.h"
 #include "rpc/metrics.h"
-#include "agent/transfer/pull_types.h"
+#include "agent/transfer/transfer_types.h"
 #include "agent/transfer/transfer_factory.h"
 #include "transport/select.h"
 
@@ -129,7 +126,11 @@ class PeerClient {
   const transport::EndpointInfo& endpoint() const { return opt_.endpoint; }
   // A peer's TransportInfo, from a GetInfo the caller already made (so that the next pull from
   // that peer need not ask again within kPeerInfoTtl).
-  void remember_endpoint(const std::string& agent, const kvbridge::v1::TransportInfo& info);
+  void remember_endpoint(const std::string& agent, const transport::EndpointInfo& info);
+  // The sharer at `agent` as an endpoint: its remembered TransportInfo, or a GetInfo (errors as
+  // unary's; a sharer without GetInfo offers grpc only).
+  Result<transport::EndpointInfo> peer_endpoint(const std::string& agent, runtime::CancelToken& cancel);
+  const PeerClientOptions& options() const { return opt_; }
   rpc::CallMetrics* metrics() const { return opt_.metrics; }
 
   // Runs `fn` on a worker thread (FIFO). After stop() has begun, runs it on the caller's thread
@@ -141,19 +142,8 @@ class PeerClient {
 
  private:
   void worker();
-  // The transport `opt` asks for, resolved against the sharer at `agent` (GetInfo when the choice
-  // is not plain grpc and no fresh TransportInfo of that peer is cached).
-  Result<PullTransport> choose_transport(const std::string& agent, const PullOptions& opt, runtime::CancelToken& cancel);
-  Result<transport::EndpointInfo> peer_endpoint(const std::string& agent, runtime::CancelToken& cancel);
-  // The ExportCache stream.
-  Result<PulledCache> pull_grpc(const std::string& agent, const std::string& cache_id, const PullOptions& opt,
-                                runtime::CancelToken& cancel);
-  // OpenTransfer → TransferStream → one recv per slice → CloseTransfer (raw_pull.cpp).
-  Result<PulledCache> pull_raw(const std::string& agent, const std::string& cache_id, transport::TransportKind kind,
-                               const PullOptions& opt, runtime::CancelToken& cancel);
-  Result<PulledCache> receive_slices(transport::KvTransport& endpoint, transport::TransportKind kind,
-                                     const kvbridge::v1::OpenTransferResponse& resp, const PullOptions& opt,
-                                     runtime::CancelToken& cancel);
+  // The transport `po` asks for, resolved against the sharer at `agent` (transport_choice.h).
+  Result<PullTransport> choose_transport(const std::string& agent, const PullOptions& po, runtime::CancelToken& cancel);
 
   const PeerClientOptions opt_;
   rpc::BearerAuth auth_;

@@ -1,6 +1,5 @@
-// PeerClient's raw pulls (nccl, cuda-ipc): the receiver's side of OpenTransfer → TransferStream →
-// recvs → CloseTransfer (transport/README.md). The sharer's side is transfer_service.cpp and
-// TransferSessions.
+#include "agent/transfer/raw_pull.h"
+
 #include <fmt/format.h>
 
 #include <condition_variable>
@@ -8,12 +7,12 @@
 #include <thread>
 #include <vector>
 
+#include "agent/transfer/transfer_convert.h"
+#include "agent/transfer/transport_choice.h"
 #include "engine/kv_wire.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
 #include "proto/wire_convert.h"
 #include "rpc/logging.h"
-#include "agent/transfer/peer_client.h"
-#include "agent/transfer/transfer_convert.h"
 #include "transport/byte_pipe.h"
 #include "transport/kv_slices.h"
 
@@ -137,62 +136,16 @@ class SliceProgress final : public PullProgress {
   std::vector<uint8_t> carried_;     // [layer][K, V]: the pull carries that slice
 };
 
-}  // namespace
-
-Result<PulledCache> PeerClient::pull_raw(const std::string& agent, const std::string& cache_id,
-                                         transport::TransportKind kind, const PullOptions& po, runtime::CancelToken& cancel) {
-  TransportFactory& factory = *opt_.transports;
-  transport::MemoryPipePair pipes = transport::make_memory_pipe();
-  KVB_ASSIGN_OR_RETURN(std::unique_ptr<transport::KvTransport> endpoint,
-                       factory.create(kind, transport::Role::kReceiver,
-                                      kind == transport::TransportKind::kCudaIpc ? std::move(pipes.a) : nullptr));
-  pb::OpenTransferRequest req;
-  req.set_cache_id(cache_id);
-  req.set_transport(std::string(transport::transport_name(kind)));
-  if (po.layers) wire::to_proto(*po.layers, req.mutable_layers());
-  to_proto(opt_.endpoint, req.mutable_receiver());
-  KVB_ASSIGN_OR_RETURN(*req.mutable_receiver_metadata(), endpoint->metadata());
-  req.set_timeout_ms(uint32_t(opt_.transfer_timeout.count()));
-  auto stub = pb::AgentService::NewStub(channel(agent));
-  pb::OpenTransferResponse resp;
-  KVB_RETURN_IF_ERROR(unary(*stub, &pb::AgentService::Stub::OpenTransfer, req, &resp, cancel, "OpenTransfer"));
-  const transport::TransferId id{resp.session_hi(), resp.session_lo()};
-
-  // From here the sharer holds a session (and the cache): it is closed whatever happens.
-  auto control = std::make_unique<ControlStream>(*this, agent, id, std::move(pipes.b));
-  Result<PulledCache> out = receive_slices(*endpoint, kind, resp, po, cancel);
-  pb::CloseTransferRequest close;
-  close.set_session_hi(id.hi);
-  close.set_session_lo(id.lo);
-  close.set_code(int(out.status().code()));
-  close.set_message(std::string(out.status().message()));
-  // The sharer tears its endpoint down while this one goes: a cuda-ipc sharer waits for this
-  // endpoint's UNMAPPED (or its goodbye), an NCCL one may finalize the communicator with it.
-  std::thread closer([&] {
-    runtime::CancelToken uncancelled;  // a cancelled pull still releases the sharer's session
-    pb::CloseTransferResponse ignored;
-    const Status st = unary(*stub, &pb::AgentService::Stub::CloseTransfer, close, &ignored, uncancelled,
-                            "CloseTransfer");
-    if (!st.ok()) {
-      rpc::log_event(spdlog::level::warn, "closing a cache transfer failed; the sharer's session expires on its own",
-                {{"transfer", id.to_string()}, {"peer", agent}, {"error", st.message()}});
-    }
-  });
-  endpoint.reset();
-  closer.join();
-  control.reset();
-  return out;
-}
-
-Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint, transport::TransportKind kind,
-                                               const pb::OpenTransferResponse& resp, const PullOptions& po,
-                                               runtime::CancelToken& cancel) {
+// Checks the sharer's answer, allocates the cache and receives every slice into it.
+Result<PulledCache> receive_slices(const PeerClientOptions& opt, transport::KvTransport& endpoint,
+                                   transport::TransportKind kind, const pb::OpenTransferResponse& resp,
+                                   const PullOptions& po, runtime::CancelToken& cancel) {
   if (resp.transport() != transport::transport_name(kind)) {
     return failed_precondition(fmt::format("the sharer opened a {} transfer, not {}", resp.transport(),
                                            transport::transport_name(kind)));
   }
   KVB_ASSIGN_OR_RETURN(const KvWireHeader h, wire::from_proto(resp.header()));
-  KVB_RETURN_IF_ERROR(KvWireDecoder::validate(h, po.identity ? *po.identity : opt_.identity, opt_.limits));
+  KVB_RETURN_IF_ERROR(KvWireDecoder::validate(h, po.identity ? *po.identity : opt.identity, opt.limits));
   if (h.dtype != WireDType::kF32 || h.compression != WireCompression::kNone) {
     return failed_precondition(fmt::format("the sharer's cache is {}: raw transfers move f32 caches as they are",
                                            wire_dtype_name(h.dtype)));
@@ -207,8 +160,8 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
   }
   // Free cells after the received ones, as a decoded pull gets them (within the limits).
   KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                       KvCache::create(opt_.transports->receive_buffers(), layout,
-                                       received_cells(h, opt_.limits, /*n_ctx_min=*/0, po.reserve_cells)));
+                       KvCache::create(opt.transports->receive_buffers(), layout,
+                                       received_cells(h, opt.limits, /*n_ctx_min=*/0, po.reserve_cells)));
   KVB_RETURN_IF_ERROR(cache->set_pos0(h.pos0));
   {
     // The tokens are committed before their cells land: nobody but this pull (and on_data, which
@@ -217,16 +170,16 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
     cache->commit_append(cells, h.tokens);
   }
 
-  KVB_ASSIGN_OR_RETURN(transport::MemoryHandle mem, endpoint.register_memory(opt_.transports->region(kind, *cache)));
+  KVB_ASSIGN_OR_RETURN(transport::MemoryHandle mem, endpoint.register_memory(opt.transports->region(kind, *cache)));
   KVB_RETURN_IF_ERROR(endpoint.connect(resp.sharer_metadata()).with_context("the sharer's endpoint"));
-  transport::PostOptions opt;
-  opt.deadline = Clock::now() + (resp.timeout_ms() > 0 ? std::chrono::milliseconds(resp.timeout_ms()) : kDefaultTransferTimeout);
+  transport::PostOptions post;
+  post.deadline = Clock::now() + (resp.timeout_ms() > 0 ? std::chrono::milliseconds(resp.timeout_ms()) : kDefaultTransferTimeout);
   std::vector<transport::Transfer> recvs;
   recvs.reserve(plan.size());
   uint64_t bytes = 0;
   for (const transport::KvSlice& s : plan) {
     KVB_ASSIGN_OR_RETURN(const transport::ByteRange r, transport::slice_bytes(*cache, s));
-    KVB_ASSIGN_OR_RETURN(transport::Transfer x, endpoint.post_recv(mem, r.offset, r.bytes, s.tag, opt));
+    KVB_ASSIGN_OR_RETURN(transport::Transfer x, endpoint.post_recv(mem, r.offset, r.bytes, s.tag, post));
     recvs.push_back(std::move(x));
     bytes += r.bytes;
   }
@@ -253,6 +206,54 @@ Result<PulledCache> PeerClient::receive_slices(transport::KvTransport& endpoint,
   PulledCache out;
   out.cache = std::move(cache);
   out.wire_bytes = bytes;
+  return out;
+}
+
+}  // namespace
+
+Result<PulledCache> raw_pull(PeerClient& peers, const std::string& agent, const std::string& cache_id,
+                             transport::TransportKind kind, const PullOptions& po, runtime::CancelToken& cancel) {
+  const PeerClientOptions& opt = peers.options();
+  TransportFactory& factory = *opt.transports;
+  transport::MemoryPipePair pipes = transport::make_memory_pipe();
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<transport::KvTransport> endpoint,
+                       factory.create(kind, transport::Role::kReceiver,
+                                      endpoint_owns_control(kind) ? std::move(pipes.a) : nullptr));
+  pb::OpenTransferRequest req;
+  req.set_cache_id(cache_id);
+  req.set_transport(std::string(transport::transport_name(kind)));
+  if (po.layers) wire::to_proto(*po.layers, req.mutable_layers());
+  to_proto(opt.endpoint, req.mutable_receiver());
+  KVB_ASSIGN_OR_RETURN(*req.mutable_receiver_metadata(), endpoint->metadata());
+  req.set_timeout_ms(uint32_t(opt.transfer_timeout.count()));
+  auto stub = pb::AgentService::NewStub(peers.channel(agent));
+  pb::OpenTransferResponse resp;
+  KVB_RETURN_IF_ERROR(peers.unary(*stub, &pb::AgentService::Stub::OpenTransfer, req, &resp, cancel, "OpenTransfer"));
+  const transport::TransferId id{resp.session_hi(), resp.session_lo()};
+
+  // From here the sharer holds a session (and the cache): it is closed whatever happens.
+  auto control = std::make_unique<ControlStream>(peers, agent, id, std::move(pipes.b));
+  Result<PulledCache> out = receive_slices(opt, *endpoint, kind, resp, po, cancel);
+  pb::CloseTransferRequest close;
+  close.set_session_hi(id.hi);
+  close.set_session_lo(id.lo);
+  close.set_code(int(out.status().code()));
+  close.set_message(std::string(out.status().message()));
+  // The sharer tears its endpoint down while this one goes: a cuda-ipc sharer waits for this
+  // endpoint's UNMAPPED (or its goodbye), an NCCL one may finalize the communicator with it.
+  std::thread closer([&] {
+    runtime::CancelToken uncancelled;  // a cancelled pull still releases the sharer's session
+    pb::CloseTransferResponse ignored;
+    const Status st = peers.unary(*stub, &pb::AgentService::Stub::CloseTransfer, close, &ignored, uncancelled,
+                            "CloseTransfer");
+    if (!st.ok()) {
+      rpc::log_event(spdlog::level::warn, "closing a cache transfer failed; the sharer's session expires on its own",
+                {{"transfer", id.to_string()}, {"peer", agent}, {"error", st.message()}});
+    }
+  });
+  endpoint.reset();
+  closer.join();
+  control.reset();
   return out;
 }
 

@@ -25,9 +25,6 @@ class Device;
 
 namespace kvb::agent {
 
-// The per-transfer deadline of a raw pull when neither side asks for another, on both sides.
-inline constexpr std::chrono::milliseconds kDefaultTransferTimeout{std::chrono::seconds(30)};
-
 class TransportFactory {
  public:
   virtual ~TransportFactory() = default;

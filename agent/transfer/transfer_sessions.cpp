@@ -1,5 +1,7 @@
 #include "agent/transfer/transfer_sessions.h"
 
+#include "agent/transfer/transport_choice.h"
+
 #include <fmt/format.h>
 
 #include <condition_variable>
@@ -124,7 +126,7 @@ Result<OpenedSession> TransferSessions::open(SharerSessionSpec spec) {
   transport::MemoryPipePair pipes = transport::make_memory_pipe();
   s->stream_end = std::move(pipes.b);
   std::unique_ptr<transport::BytePipe> control;
-  if (spec.kind == transport::TransportKind::kCudaIpc) {
+  if (endpoint_owns_control(spec.kind)) {
     control = std::move(pipes.a);
   } else {
     s->watched = std::move(pipes.a);

@@ -8,6 +8,7 @@
 #include "fuser/fuse_session.h"
 #include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
+#include "rpc/call.h"
 #include "rpc/logging.h"
 
 namespace kvb::fuser {
@@ -23,39 +24,24 @@ struct CallStats {
   FuseSessionStats session;
 };
 
-// One call's request id, log line and Metrics series, recorded when it ends.
+// One call's request id, log line and metrics series (rpc::CallLog), with what the call moved.
 class CallRecord {
  public:
   CallRecord(rpc::CallMetrics& metrics, std::string_view method, grpc::ServerContext& ctx)
-      : metrics_(metrics), method_(method), id_(rpc::new_request_id()), peer_(ctx.peer()) {
-    ctx.AddInitialMetadata("x-request-id", id_);
-  }
+      : log_(metrics, method, ctx) {}
   CallStats& stats() { return stats_; }
 
   Status finish(Status st) {
-    const double secs = std::chrono::duration<double>(Clock::now() - start_).count();
-    metrics_.record_request(method_, st.code(), secs);
-    const bool quiet = st.ok() || st.code() == StatusCode::kCancelled;
-    rpc::log_event(quiet ? spdlog::level::info : spdlog::level::warn, "request",
-                      {{"request_id", id_},
-                       {"method", method_},
-                       {"peer", peer_},
-                       {"code", status_code_name(st.code())},
-                       {"duration_ms", secs * 1e3},
-                       {"bytes_in", int64_t(stats_.bytes_in)},
-                       {"bytes_out", int64_t(stats_.bytes_out)},
-                       {"n_tokens", int64_t(stats_.session.n_tokens)},
-                       {"slices_fused", int64_t(stats_.session.slices_fused)},
-                       {"fuse_ms", stats_.session.fuse_ms},
-                       {"error", st.message()}});
+    log_.done(st, {{"bytes_in", int64_t(stats_.bytes_in)},
+                   {"bytes_out", int64_t(stats_.bytes_out)},
+                   {"n_tokens", int64_t(stats_.session.n_tokens)},
+                   {"slices_fused", int64_t(stats_.session.slices_fused)},
+                   {"fuse_ms", stats_.session.fuse_ms}});
     return st;
   }
 
  private:
-  rpc::CallMetrics& metrics_;
-  std::string_view method_;
-  std::string id_, peer_;
-  Clock::time_point start_ = Clock::now();
+  rpc::CallLog log_;
   CallStats stats_;
 };
 

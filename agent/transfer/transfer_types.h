@@ -1,16 +1,21 @@
-// The native types of a cache pull, protobuf-free: what the receiver asks for (PullOptions), what it
-// sees while the cache lands (PullProgress) and what it gets (PulledCache, with how it travelled).
-// Used by the agent's request conversion, the context fuser and the cache puller alike.
+// The native types of cache transfers, protobuf-free (the proto glue is transfer_convert.h).
+// Receiver side: what a pull asks for (PullOptions), what it sees while the cache lands
+// (PullProgress) and what it gets (PulledCache, with how it travelled). Sharer side: an
+// ExportCache stream asked for (ExportSpec), a raw transfer asked for (OpenTransferSpec) and
+// opened (OpenedTransfer).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "engine/kv_cache.h"
 #include "engine/kv_wire.h"
 #include "kernels/status.h"
+#include "transport/kv_transport.h"
 #include "transport/select.h"
 
 namespace kvb::agent {
@@ -61,6 +66,42 @@ struct PulledCache {
   std::unique_ptr<KvCache> cache;  // never null on success; nobody else holds it
   uint64_t wire_bytes = 0;         // serialized CacheChunk bytes received
   PullTransport transport;
+};
+
+// The per-transfer deadline of a raw pull when neither side asks for another, on both sides.
+inline constexpr std::chrono::milliseconds kDefaultTransferTimeout{std::chrono::seconds(30)};
+
+// ---- sharer side ----
+
+// One ExportCache stream of a held cache.
+struct ExportSpec {
+  std::string cache_id;
+  WireDType dtype = WireDType::kF32;
+  WireCompression compression = WireCompression::kNone;
+  uint32_t chunk_tokens = 0;  // 0 = the encoder's choice (~1 MiB chunks)
+  std::optional<KvLayerSet> layers;  // only these layers' K/V (a fuser's pull); checked by the encoder
+};
+
+// One raw transfer a receiver asks to open (OpenTransferRequest).
+struct OpenTransferSpec {
+  std::string cache_id;
+  std::string transport;                   // as asked: must be "nccl" or "cuda-ipc"
+  transport::EndpointInfo receiver;        // the receiver as an endpoint (its TransportInfo)
+  std::string receiver_metadata;           // the receiver endpoint's metadata()
+  std::optional<KvLayerSet> layers;        // absent: every layer
+  uint32_t chunk_tokens = 0;               // 0: one slice per (layer, K/V)
+  std::chrono::milliseconds timeout{0};    // 0: kDefaultTransferTimeout
+  std::string peer;                        // the receiver's gRPC peer, for logs
+};
+
+// What the receiver needs to run its side of an opened transfer (OpenTransferResponse).
+struct OpenedTransfer {
+  transport::TransferId id;
+  transport::TransportKind kind = transport::TransportKind::kNccl;
+  std::string metadata;      // the sharer endpoint's metadata()
+  KvWireHeader header;       // the cache as it is (its dtype, no compression), one chunk per slice
+  uint32_t chunk_tokens = 0;
+  std::chrono::milliseconds timeout{0};
 };
 
 }  // namespace kvb::agent
