@@ -32,7 +32,7 @@ bool all_complete(const PullProgress& p, const KvLayerSet& layers) {
 // again), counting what it fused and what it fused before the pull ended.
 class SliceFuser {
  public:
-  SliceFuser(fuser::Fuser& fuser, const FuserDesc& desc, KvCache& receiver, FuseReport& report)
+  SliceFuser(fuser::Fuser& fuser, const fuser::FuserDescription& desc, KvCache& receiver, FuseReport& report)
       : fuser_(fuser), desc_(desc), receiver_(receiver), report_(report),
         fused_(size_t(receiver.layout().n_layer) * 2, 0) {}
 
@@ -62,7 +62,7 @@ class SliceFuser {
 
  private:
   fuser::Fuser& fuser_;
-  const FuserDesc& desc_;
+  const fuser::FuserDescription& desc_;
   KvCache& receiver_;
   FuseReport& report_;
   std::vector<uint8_t> fused_;  // [layer][K, V]
@@ -91,7 +91,7 @@ ContextFuser::ContextFuser(const Model& model, const ModelIdentity& identity, ru
                            PeerClient& peers, fuser::Fuser* embedded)
     : model_(model), identity_(identity), engine_(engine), peers_(peers), embedded_(embedded) {}
 
-std::string ContextFuser::embedded_description() const { return embedded_ ? describe(*embedded_).name : ""; }
+std::string ContextFuser::embedded_description() const { return embedded_ ? fuser::describe(*embedded_).name : ""; }
 
 Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
                                         const PullOptions& request_pull, const runtime::CancelTokenPtr& cancel_ptr) {
@@ -101,8 +101,8 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   FuseReport& report = result.report;
 
   // 1. The fuser and the sharer: the fuser must be built for this model and the sharer's.
-  KVB_ASSIGN_OR_RETURN(const FuserDesc desc, describe_fuser(spec, cancel));
-  KVB_RETURN_IF_ERROR(check_side(desc, desc.receiver, identity_, "receiver"));
+  KVB_ASSIGN_OR_RETURN(const fuser::FuserDescription desc, describe_fuser(spec, cancel));
+  KVB_RETURN_IF_ERROR(fuser::check_side(desc, desc.receiver, identity_, "receiver"));
   SharerRpc rpc(peers_, sharer, cancel);
   KVB_ASSIGN_OR_RETURN(const SharerInfo info, rpc.info());
   if (info.identity == identity_) {  // the same model: an ordinary pull, nothing to fuse
@@ -110,7 +110,7 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
     report.fuse_ms = ms_since(t0);
     return result;
   }
-  KVB_RETURN_IF_ERROR(check_side(desc, desc.sharer, info.identity, "sharer"));
+  KVB_RETURN_IF_ERROR(fuser::check_side(desc, desc.sharer, info.identity, "sharer"));
 
   // 2. The context as text, then as this model's tokens.
   KVB_ASSIGN_OR_RETURN(const SharerContext context, rpc.read_context(cache_id));
@@ -157,10 +157,10 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   return result;
 }
 
-Result<FuserDesc> ContextFuser::describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const {
+Result<fuser::FuserDescription> ContextFuser::describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const {
   if (!spec.embedded) return describe_remote_fuser(peers_, spec.address, cancel);
   if (embedded_ == nullptr) return failed_precondition("this agent has no embedded fuser (start it with --fuser DIR)");
-  return describe(*embedded_);
+  return fuser::describe(*embedded_);
 }
 
 Status ContextFuser::pull_unfused(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
@@ -205,7 +205,7 @@ Result<std::vector<int32_t>> ContextFuser::align(SharerRpc& rpc, const SharerInf
 }
 
 Status ContextFuser::pull_and_fuse(const std::string& sharer, const std::string& sharer_cache, const FuserSpec& spec,
-                                   const FuserDesc& desc, const ModelIdentity& sharer_id,
+                                   const fuser::FuserDescription& desc, const ModelIdentity& sharer_id,
                                    const PullOptions& request_pull, runtime::CancelToken& cancel, KvCache& receiver,
                                    FuseReport& report) {
   PullOptions po;

@@ -35,7 +35,7 @@
 
 #include "engine/kv_wire.h"
 #include "engine/model.h"
-#include "agent/fuser_desc.h"
+#include "fuser/fuser_description.h"
 #include "fuser/fuser.h"
 #include "runtime/cancel_token.h"
 #include "runtime/engine_loop.h"
@@ -80,7 +80,7 @@ class ContextFuser {
 
  private:
   // The embedded fuser's description, or the remote one's (GetInfo).
-  Result<FuserDesc> describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const;
+  Result<fuser::FuserDescription> describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const;
   // The sharer runs this very model: the cache is pulled as it is into `result`.
   Status pull_unfused(const std::string& sharer, const std::string& cache_id, const FuserSpec& spec,
                       const PullOptions& request_pull, runtime::CancelToken& cancel, FusedContext& result);
@@ -94,7 +94,7 @@ class ContextFuser {
   // Pulls the sharer slices of desc.plan and fuses them into `receiver`: embedded, slice by slice
   // as they land; remote, over a Fuse stream once the pull is in.
   Status pull_and_fuse(const std::string& sharer, const std::string& sharer_cache, const FuserSpec& spec,
-                       const FuserDesc& desc, const ModelIdentity& sharer_id, const PullOptions& request_pull,
+                       const fuser::FuserDescription& desc, const ModelIdentity& sharer_id, const PullOptions& request_pull,
                        runtime::CancelToken& cancel, KvCache& receiver, FuseReport& report);
 
   const Model& model_;

@@ -7,61 +7,24 @@
 #include <thread>
 
 #include "kvbridge/v1/fuser.grpc.pb.h"
+#include "proto/fuser_convert.h"
 #include "proto/wire_convert.h"
 
 namespace kvb::agent {
 
-namespace {
-
 namespace pb = ::kvbridge::v1;
 
-fuser::ModelSide side_from_proto(const pb::FuserModelSide& m) {
-  fuser::ModelSide s;
-  s.name = m.name();
-  s.n_layer = int32_t(m.n_layer());
-  s.n_head_kv = int32_t(m.n_head_kv());
-  s.head_dim = int32_t(m.head_dim());
-  s.fingerprint = m.fingerprint();
-  return s;
-}
-
-// A remote fuser's GetInfo, checked for internal consistency (it is input from the network).
-Result<FuserDesc> describe(const pb::FuserInfo& info) {
-  FuserDesc d;
-  d.sharer = side_from_proto(info.sharer());
-  d.receiver = side_from_proto(info.receiver());
-  d.name = fmt::format("{} -> {}", d.sharer.name, d.receiver.name);
-  if (info.layers_size() != d.receiver.n_layer) {
-    return invalid_argument(fmt::format("the fuser describes {} layers for a {}-layer receiver", info.layers_size(),
-                                        d.receiver.n_layer));
-  }
-  for (const pb::FuserLayer& l : info.layers()) {
-    if (l.sharer_layer() >= uint32_t(d.sharer.n_layer)) {
-      return invalid_argument(fmt::format("the fuser maps to sharer layer {} of {}", l.sharer_layer(), d.sharer.n_layer));
-    }
-    d.layer_map.push_back(int32_t(l.sharer_layer()));
-  }
-  d.plan.sharer = wire::from_proto(info.sharer_layers());
-  d.plan.receiver = wire::from_proto(info.receiver_layers());
-  auto strategy = fuser::parse_align_strategy(info.alignment_strategy().empty() ? "first" : info.alignment_strategy());
-  if (!strategy.ok()) return strategy.status();
-  d.strategy = *strategy;
-  return d;
-}
-
-}  // namespace
-
-Result<FuserDesc> describe_remote_fuser(PeerClient& peers, const std::string& address, runtime::CancelToken& cancel) {
+Result<fuser::FuserDescription> describe_remote_fuser(PeerClient& peers, const std::string& address, runtime::CancelToken& cancel) {
   auto stub = pb::FuserService::NewStub(peers.channel(address));
   pb::FuserInfo info;
   KVB_RETURN_IF_ERROR(peers.unary(*stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,
                                   fmt::format("asking the fuser at {} for its pair", address)));
-  auto d = describe(info);
+  auto d = fuser::description_from_proto(info);
   if (!d.ok()) return d.status().with_context(fmt::format("the fuser at {}", address));
   return d;
 }
 
-Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtype, const FuserDesc& desc,
+Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtype, const fuser::FuserDescription& desc,
                    const KvCache& sharer, const ModelIdentity& sharer_id, KvCache& receiver,
                    const ModelIdentity& receiver_id, runtime::CancelToken& cancel, RemoteFuseStats& stats) {
   const std::string what = fmt::format("fusing with the fuser at {}", address);

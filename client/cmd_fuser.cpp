@@ -11,7 +11,7 @@
 #include "engine/kv_wire.h"
 #include "engine/model.h"
 #include "fuser/fuser.h"
-#include "fuser/service/fuser_service.h"
+#include "proto/fuser_convert.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
 

@@ -61,13 +61,6 @@ class FuseSlot {
   bool ok_ = false;
 };
 
-void side_to_proto(const ModelSide& s, pb::FuserModelSide* out) {
-  out->set_name(s.name);
-  out->set_n_layer(uint32_t(s.n_layer));
-  out->set_n_head_kv(uint32_t(s.n_head_kv));
-  out->set_head_dim(uint32_t(s.head_dim));
-  out->set_fingerprint(s.fingerprint);
-}
 
 // ============================== Fuse ==============================
 
@@ -182,33 +175,6 @@ class FuseCall {
 }  // namespace
 
 // ============================== FuserInfo ==============================
-
-void fuser_info(const Fuser& fuser, std::string_view name, std::string_view backend, pb::FuserInfo* out) {
-  const FuserConfig& c = fuser.config();
-  out->Clear();
-  out->set_name(std::string(name));
-  out->set_version(kFuserVersion);
-  side_to_proto(c.sharer, out->mutable_sharer());
-  side_to_proto(c.receiver, out->mutable_receiver());
-  out->set_projector("C2CProjector");
-  out->set_hidden_dim(uint32_t(c.hidden_dim));
-  out->set_intermediate_dim(uint32_t(c.intermediate_dim));
-  out->set_num_layers(uint32_t(c.num_layers));
-  for (int32_t t = 0; t < c.receiver.n_layer; ++t) {
-    pb::FuserLayer* l = out->add_layers();
-    l->set_receiver_layer(uint32_t(t));
-    l->set_sharer_layer(uint32_t(fuser.sharer_layer(t)));
-    l->set_k_gate(fuser.gate(t, false));
-    l->set_v_gate(fuser.gate(t, true));
-  }
-  const FusePlan plan = fuse_plan(fuser);
-  wire::to_proto(plan.sharer, out->mutable_sharer_layers());
-  wire::to_proto(plan.receiver, out->mutable_receiver_layers());
-  out->set_alignment(c.align_enabled);
-  out->set_alignment_strategy(std::string(align_strategy_name(c.align_strategy)));
-  out->set_backend(std::string(backend));
-  out->set_weight_bytes(fuser.weight_bytes());
-}
 
 // ============================== the service ==============================
 

@@ -44,6 +44,7 @@
 #include "engine/kv_wire.h"
 #include "fuser/fuser.h"
 #include "kvbridge/v1/fuser.grpc.pb.h"
+#include "proto/fuser_convert.h"
 #include "rpc/auth.h"
 #include "rpc/metrics.h"
 
@@ -52,14 +53,6 @@ namespace kvb::fuser {
 namespace pb = ::kvbridge::v1;
 
 inline constexpr const char* kFuserServiceName = "kvbridge.v1.FuserService";
-inline constexpr const char* kFuserVersion = "0.1.0";
-
-// FuserInfo of a loaded fuser: pair (names, shapes, fingerprints), projector hyper-parameters, the
-// layer map with each branch's hard gate, the slices of fuse_plan(), alignment, `backend` (a
-// description of where it runs), weight bytes and kFuserVersion. `name` is FuserInfo.name. Used by
-// GetInfo and by `kvbridge fuser info DIR` (the same summary without a server).
-void fuser_info(const Fuser& fuser, std::string_view name, std::string_view backend, pb::FuserInfo* out);
-
 struct FuserServiceDeps {
   Fuser* fuser = nullptr;                     // borrowed; fuse() is thread-safe
   std::string backend;                        // FuserInfo.backend: where the projectors run

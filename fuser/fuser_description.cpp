@@ -1,22 +1,22 @@
-#include "agent/fuser_desc.h"
+#include "fuser/fuser_description.h"
 
 #include <fmt/format.h>
 
-namespace kvb::agent {
+namespace kvb::fuser {
 
-FuserDesc describe(const fuser::Fuser& f) {
-  const fuser::FuserConfig& c = f.config();
-  FuserDesc d;
+FuserDescription describe(const Fuser& f) {
+  const FuserConfig& c = f.config();
+  FuserDescription d;
   d.name = fmt::format("{} -> {}", c.sharer.name, c.receiver.name);
   d.sharer = c.sharer;
   d.receiver = c.receiver;
   for (int32_t t = 0; t < c.receiver.n_layer; ++t) d.layer_map.push_back(f.sharer_layer(t));
-  d.plan = fuser::fuse_plan(f);
+  d.plan = fuse_plan(f);
   d.strategy = c.align_strategy;
   return d;
 }
 
-Status check_side(const FuserDesc& f, const fuser::ModelSide& side, const ModelIdentity& id, std::string_view who) {
+Status check_side(const FuserDescription& f, const ModelSide& side, const ModelIdentity& id, std::string_view who) {
   if (side.fingerprint != 0 && side.fingerprint != id.fingerprint) {
     return failed_precondition(fmt::format("the fuser ({}) is for a {} of fingerprint {:016x}; the {} runs {:016x}",
                                            f.name, who, side.fingerprint, who, id.fingerprint));
@@ -30,4 +30,4 @@ Status check_side(const FuserDesc& f, const fuser::ModelSide& side, const ModelI
   return Status::Ok();
 }
 
-}  // namespace kvb::agent
+}  // namespace kvb::fuser
