@@ -86,7 +86,8 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.add_option("--max-new-tokens", c.max_new_tokens, "Cap on tokens generated per request (default 1024)");
   app.add_option("--max-request-cache-bytes", raw.max_request_cache_bytes,
                  "Largest cache one request may create or import (default: the store budget)");
-  app.add_option("--max-message-bytes", raw.max_message_bytes, "gRPC message size limit, both directions (default 64M)");
+  app.add_option("--max-message-bytes", raw.max_message_bytes,
+                 "gRPC message size limit, both directions (default 64M)");
   app.add_option("--tls-cert", c.tls.cert_path, "Server certificate chain (PEM); enables TLS");
   app.add_option("--tls-key", c.tls.key_path, "Server private key (PEM)");
   app.add_option("--tls-client-ca", c.tls.client_ca_path,

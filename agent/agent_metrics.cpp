@@ -27,7 +27,7 @@ void Metrics::record_pull(std::string_view requested, std::string_view used) {
 void Metrics::render_pulls(std::string& out) const {
   std::lock_guard<std::mutex> lock(mu_);
   rpc::metric_header(out, "kvbridge_context_pulls_total", "counter",
-                "Context caches pulled from other agents, by the transport asked for and the one used.");
+                     "Context caches pulled from other agents, by the transport asked for and the one used.");
   for (const auto& [key, n] : pulls_) {
     out += fmt::format("kvbridge_context_pulls_total{{requested=\"{}\",used=\"{}\"}} {}\n",
                        rpc::escape_label_value(key.first), rpc::escape_label_value(key.second), n);
@@ -39,10 +39,10 @@ std::string Metrics::render(const runtime::CacheStoreStats& store) const {
   out.reserve(8192);
   render_requests(out);
   rpc::metric_header(out, "kvbridge_time_to_first_token_seconds", "histogram",
-                "Generate: from request arrival (context pulls included) to the first sampled token.");
+                     "Generate: from request arrival (context pulls included) to the first sampled token.");
   ttft_.render(out, "kvbridge_time_to_first_token_seconds", "");
   rpc::metric_header(out, "kvbridge_time_per_output_token_seconds", "histogram",
-                "Generate: mean time per output token after the first.");
+                     "Generate: mean time per output token after the first.");
   tpot_.render(out, "kvbridge_time_per_output_token_seconds", "");
   render_bytes(out);
   render_pulls(out);
@@ -56,7 +56,8 @@ std::string Metrics::render(const runtime::CacheStoreStats& store) const {
   out += fmt::format("kvbridge_cache_hits_total {}\n", store.hits);
   rpc::metric_header(out, "kvbridge_cache_misses_total", "counter", "Cache store lookups of unknown ids.");
   out += fmt::format("kvbridge_cache_misses_total {}\n", store.misses);
-  rpc::metric_header(out, "kvbridge_cache_evictions_total", "counter", "Caches evicted for space (LRU, unpinned only).");
+  rpc::metric_header(out, "kvbridge_cache_evictions_total", "counter",
+                     "Caches evicted for space (LRU, unpinned only).");
   out += fmt::format("kvbridge_cache_evictions_total {}\n", store.evictions);
   rpc::metric_header(out, "kvbridge_cache_expirations_total", "counter", "Caches removed after their idle TTL.");
   out += fmt::format("kvbridge_cache_expirations_total {}\n", store.expirations);

@@ -14,23 +14,23 @@
 #include <cstdint>
 #include <cstdio>
 
-#include "engine/kv_wire.h"
-#include "engine/model.h"
+#include "agent/agent_metrics.h"
 #include "agent/agent_service.h"
 #include "agent/context_fuser.h"
+#include "agent/transfer/peer_client.h"
+#include "engine/kv_wire.h"
+#include "engine/model.h"
 #include "fuser/fuser.h"
 #include "kernels/registry.h"
 #include "rpc/auth.h"
+#include "rpc/logging.h"
+#include "rpc/metrics.h"
+#include "rpc/server.h"
 #include "runtime/buffer_pool.h"
 #include "runtime/cache_staging.h"
 #include "runtime/cache_store.h"
 #include "runtime/engine_loop.h"
-#include "rpc/logging.h"
-#include "rpc/metrics.h"
-#include "rpc/server.h"
 #include "transport/metadata.h"
-#include "agent/agent_metrics.h"
-#include "agent/transfer/peer_client.h"
 
 namespace kvb::agent {
 
@@ -66,12 +66,12 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   std::unique_ptr<AgentServer> s(new AgentServer(std::move(config)));
   const AgentConfig& c = s->config_;
 
-  // The device first: a GPU that is not there fails at once, before the model is read.
+  // 1. The device first: a GPU that is not there fails at once, before the model is read.
   auto found = find_device(c.device);
   if (!found.ok()) return found.status().with_context("--device " + c.device);
   const Device& device = **found;
-  const bool on_gpu = !device.buffer_type().is_host();
 
+  // 2. The model.
   LoadOptions lo;
   lo.tokenizer_path = c.tokenizer_path;
   KVB_ASSIGN_OR_RETURN(s->model_, load_model(c.model_path, lo));
@@ -81,17 +81,32 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   s->identity_ = std::make_unique<ModelIdentity>(model_identity(*s->model_));
   const int32_t n_ctx_train = s->model_->config.n_ctx_train;
   if (c.ctx_size > 0 && n_ctx_train > 0 && c.ctx_size > n_ctx_train) {
-    rpc::log_event(spdlog::level::warn, "--ctx-size exceeds the model's training context; positions beyond it extrapolate",
-              {{"ctx_size", int64_t(c.ctx_size)}, {"n_ctx_train", int64_t(n_ctx_train)}});
+    rpc::log_event(spdlog::level::warn,
+                   "--ctx-size exceeds the model's training context; positions beyond it extrapolate",
+                   {{"ctx_size", int64_t(c.ctx_size)}, {"n_ctx_train", int64_t(n_ctx_train)}});
   }
-
   s->metrics_ = std::make_unique<Metrics>();
+  s->auth_ = std::make_unique<rpc::BearerAuth>(c.auth_token);
+  s->self_ = std::make_unique<SelfAddresses>();
+
+  // 3. The runtime, 4. cache transfers, 5. the embedded fuser, 6. the service.
+  KVB_RETURN_IF_ERROR(s->build_runtime(device));
+  const KvWireLimits limits = s->received_cache_limits();
+  s->build_transfers(device, std::move(transports), limits);
+  KVB_RETURN_IF_ERROR(s->load_embedded_fuser(device));
+  s->context_fuser_ =
+      std::make_unique<ContextFuser>(*s->model_, *s->identity_, *s->engine_, *s->peers_, s->fuser_.get());
+  s->build_service(device, limits);
+  return s;
+}
+
+Status AgentServer::build_runtime(const Device& device) {
+  const AgentConfig& c = config_;
+  const bool on_gpu = !device.buffer_type().is_host();
   runtime::CacheStoreOptions so;
   so.max_bytes = c.max_cache_bytes;
   so.default_ttl_s = c.cache_ttl_s;
-  s->store_ = std::make_unique<runtime::CacheStore>(so);
-  s->auth_ = std::make_unique<rpc::BearerAuth>(c.auth_token);
-  s->self_ = std::make_unique<SelfAddresses>();
+  store_ = std::make_unique<runtime::CacheStore>(so);
 
   // Pulled caches and Generate sessions are short-lived and cache-sized: recycle their memory
   // (runtime/buffer_pool.h), at most one request's worth kept idle per pool. On the CPU one pool
@@ -100,32 +115,48 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   // are uploaded, device caches are staged there to be exported (CacheStager).
   runtime::BufferPoolOptions bo;
   bo.max_idle_bytes = size_t(std::min<uint64_t>(c.request_cache_limit(), SIZE_MAX));
-  s->session_buffers_ = std::make_unique<runtime::BufferPool>(host_staging_buffer_type(device), bo);
-  if (on_gpu) s->device_buffers_ = std::make_unique<runtime::BufferPool>(device.buffer_type(), bo);
-  KVB_ASSIGN_OR_RETURN(s->stager_, runtime::CacheStager::create(device, s->session_buffers_.get()));
+  session_buffers_ = std::make_unique<runtime::BufferPool>(host_staging_buffer_type(device), bo);
+  if (on_gpu) device_buffers_ = std::make_unique<runtime::BufferPool>(device.buffer_type(), bo);
+  KVB_ASSIGN_OR_RETURN(stager_, runtime::CacheStager::create(device, session_buffers_.get()));
 
   runtime::EngineOptions eo;
   eo.device = &device;
   eo.n_threads = c.threads;
   eo.graphs = c.cuda_graphs;
-  eo.session_buffers = on_gpu ? s->device_buffers_.get() : s->session_buffers_.get();
-  eo.host_buffers = s->session_buffers_.get();
+  eo.session_buffers = on_gpu ? device_buffers_.get() : session_buffers_.get();
+  eo.host_buffers = session_buffers_.get();
   eo.ctx_size = c.ctx_size;
   eo.max_request_cache_bytes = c.request_cache_limit();
-  eo.fingerprint = s->identity_->fingerprint;
-  KVB_ASSIGN_OR_RETURN(s->engine_, runtime::EngineLoop::create(*s->model_, *s->store_, eo));
+  eo.fingerprint = identity_->fingerprint;
+  KVB_ASSIGN_OR_RETURN(engine_, runtime::EngineLoop::create(*model_, *store_, eo));
+  return Status::Ok();
+}
 
+KvWireLimits AgentServer::received_cache_limits() const {
   // Received caches (imports, pulls): at most a context's worth of cells, and no more f32 bytes
   // than one request may hold.
-  const KvLayout lay = s->engine_->kv_layout();
+  const uint64_t request_limit = config_.request_cache_limit();
+  const KvLayout lay = engine_->kv_layout();
   const uint64_t cache_bytes_per_cell = uint64_t(lay.cell_bytes()) * 2 * uint64_t(lay.n_layer);
   KvWireLimits limits;
-  limits.max_tokens = static_cast<uint32_t>(
-      std::min<uint64_t>(uint64_t(s->engine_->ctx_size()), c.request_cache_limit() / cache_bytes_per_cell));
-  limits.max_bytes = c.request_cache_limit();
+  limits.max_tokens =
+      static_cast<uint32_t>(std::min<uint64_t>(uint64_t(engine_->ctx_size()), request_limit / cache_bytes_per_cell));
+  limits.max_bytes = request_limit;
+  return limits;
+}
+
+void AgentServer::build_transfers(const Device& device, std::unique_ptr<TransportFactory> transports,
+                                  const KvWireLimits& limits) {
+  const AgentConfig& c = config_;
+  // grpc pulls arrive in host memory (ExportCache stages a device cache to the host); raw pulls
+  // (nccl, cuda-ipc) land where the factory says: device memory on a GPU.
+  const BufferType& raw_buffers =
+      device_buffers_ ? static_cast<const BufferType&>(*device_buffers_) : *session_buffers_;
+  transports_ = transports ? std::move(transports) : make_agent_transport_factory(device, raw_buffers);
+  transfers_ = std::make_unique<TransferSessions>(*transports_);
 
   PeerClientOptions po;
-  po.identity = *s->identity_;
+  po.identity = *identity_;
   po.limits = limits;
   po.max_message_bytes = c.max_message_bytes;
   po.tls = c.tls.enabled();
@@ -133,70 +164,66 @@ Result<std::unique_ptr<AgentServer>> AgentServer::create(AgentConfig config,
   po.tls_cert_pem = c.tls.cert_pem;
   po.tls_key_pem = c.tls.key_pem;
   po.auth_token = c.auth_token;
-  po.metrics = s->metrics_.get();
-  po.cache_buffers = s->session_buffers_.get();
-  // grpc pulls arrive in host memory (ExportCache stages a device cache to the host); raw pulls
-  // (nccl, cuda-ipc) land where the factory says: device memory on a GPU.
-  s->transports_ = transports ? std::move(transports)
-                              : make_agent_transport_factory(device, on_gpu ? static_cast<const BufferType&>(
-                                                                                  *s->device_buffers_)
-                                                                            : *s->session_buffers_);
-  s->transfers_ = std::make_unique<TransferSessions>(*s->transports_);
-  po.endpoint = s->transports_->endpoint();
-  po.transports = s->transports_.get();
-  s->peers_ = std::make_unique<PeerClient>(std::move(po));
-  s->sharer_ = std::make_unique<CacheSharer>(*s->store_, *s->stager_, *s->identity_, s->transports_->endpoint(),
-                                             s->transfers_.get(), c.max_message_bytes);
+  po.metrics = metrics_.get();
+  po.cache_buffers = session_buffers_.get();
+  po.endpoint = transports_->endpoint();
+  po.transports = transports_.get();
+  peers_ = std::make_unique<PeerClient>(std::move(po));
+  sharer_ = std::make_unique<CacheSharer>(*store_, *stager_, *identity_, transports_->endpoint(), transfers_.get(),
+                                          c.max_message_bytes);
+}
 
-  if (!c.fuser_dir.empty()) {
-    KVB_ASSIGN_OR_RETURN(s->fuser_backend_, device.create_backend());
-    if (c.threads > 0) s->fuser_backend_->set_n_threads(c.threads);
-    auto f = fuser::Fuser::load(c.fuser_dir, *s->fuser_backend_);
-    if (!f.ok()) return f.status().with_context("--fuser " + c.fuser_dir);
-    s->fuser_ = std::move(f).value();
-    const fuser::ModelSide& r = s->fuser_->config().receiver;
-    const ModelIdentity& id = *s->identity_;
-    if ((r.fingerprint != 0 && r.fingerprint != id.fingerprint) || uint32_t(r.n_layer) != id.n_layer ||
-        uint32_t(r.n_head_kv) != id.n_head_kv || uint32_t(r.head_dim) != id.head_dim) {
-      return failed_precondition(fmt::format("--fuser {}: built for receiver {} ({} layers x {} x {}), not this model",
-                                             c.fuser_dir, r.name, r.n_layer, r.n_head_kv, r.head_dim));
-    }
+Status AgentServer::load_embedded_fuser(const Device& device) {
+  const AgentConfig& c = config_;
+  if (c.fuser_dir.empty()) return Status::Ok();
+  KVB_ASSIGN_OR_RETURN(fuser_backend_, device.create_backend());
+  if (c.threads > 0) fuser_backend_->set_n_threads(c.threads);
+  auto f = fuser::Fuser::load(c.fuser_dir, *fuser_backend_);
+  if (!f.ok()) return f.status().with_context("--fuser " + c.fuser_dir);
+  fuser_ = std::move(f).value();
+  const fuser::ModelSide& r = fuser_->config().receiver;
+  const ModelIdentity& id = *identity_;
+  if ((r.fingerprint != 0 && r.fingerprint != id.fingerprint) || uint32_t(r.n_layer) != id.n_layer ||
+      uint32_t(r.n_head_kv) != id.n_head_kv || uint32_t(r.head_dim) != id.head_dim) {
+    return failed_precondition(fmt::format("--fuser {}: built for receiver {} ({} layers x {} x {}), not this model",
+                                           c.fuser_dir, r.name, r.n_layer, r.n_head_kv, r.head_dim));
   }
-  s->context_fuser_ =
-      std::make_unique<ContextFuser>(*s->model_, *s->identity_, *s->engine_, *s->peers_, s->fuser_.get());
+  return Status::Ok();
+}
 
+void AgentServer::build_service(const Device& device, const KvWireLimits& limits) {
   ServiceDeps d;
-  d.fuser = s->context_fuser_.get();
-  d.config = &s->config_;
-  d.model = s->model_.get();
-  d.identity = s->identity_.get();
-  d.store = s->store_.get();
-  d.engine = s->engine_.get();
-  d.peers = s->peers_.get();
-  d.metrics = s->metrics_.get();
-  d.auth = s->auth_.get();
-  d.self = s->self_.get();
+  d.fuser = context_fuser_.get();
+  d.config = &config_;
+  d.model = model_.get();
+  d.identity = identity_.get();
+  d.store = store_.get();
+  d.engine = engine_.get();
+  d.peers = peers_.get();
+  d.metrics = metrics_.get();
+  d.auth = auth_.get();
+  d.self = self_.get();
   d.import_limits = limits;
-  d.sharer = s->sharer_.get();
-  d.stager = s->stager_.get();
+  d.sharer = sharer_.get();
+  d.stager = stager_.get();
   // Imports decode into host memory; on a GPU into the pinned pool, then they are uploaded.
-  d.import_buffers = on_gpu ? static_cast<const BufferType*>(s->session_buffers_.get()) : &cpu_device().buffer_type();
-  s->service_ = std::make_unique<AgentServiceImpl>(std::move(d));
-  return s;
+  const bool on_gpu = !device.buffer_type().is_host();
+  d.import_buffers = on_gpu ? static_cast<const BufferType*>(session_buffers_.get()) : &cpu_device().buffer_type();
+  service_ = std::make_unique<AgentServiceImpl>(std::move(d));
 }
 
 Status AgentServer::start() {
   const AgentConfig& c = config_;
   int port = 0;
   // Handlers answer INVALID_ARGUMENT between --max-message-bytes and twice it (agent.proto).
-  KVB_ASSIGN_OR_RETURN(server_, rpc::start_grpc_server(c.listen, c.tls, c.max_message_bytes, *service_, kServiceName, port,
-                                                  [](grpc::ServerBuilder& b) {
-                                                    // Peers ping every 5 s during transfers to detect
-                                                    // a hung sharer; accept that.
-                                                    b.AddChannelArgument(
-                                                        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
-                                                    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-                                                  }));
+  // Peers ping every 5 s during transfers to detect a hung sharer (rpc::ChannelConfig::peer_keepalive);
+  // accept that.
+  const auto accept_peer_pings = [](grpc::ServerBuilder& b) {
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 4000);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  };
+  KVB_ASSIGN_OR_RETURN(server_, rpc::start_grpc_server(c.listen, c.tls, c.max_message_bytes, *service_, kServiceName,
+                                                       port, accept_peer_pings));
   bound_ = fmt::format("{}:{}", c.listen.host, port);
 
   std::vector<std::string> self{bound_};
@@ -278,23 +305,13 @@ int agent_main(int argc, char** argv) {
     rpc::log_event(spdlog::level::err, "startup failed", {{"error", server.status().to_string()}});
     return 1;
   }
-  if (Status st = (*server)->start(); !st.ok()) {
-    rpc::log_event(spdlog::level::err, "startup failed", {{"error", st.to_string()}});
-    return 1;
-  }
-  const AgentServer& s = **server;
-  rpc::log_event(spdlog::level::info, "agent ready",
-            {{"model", s.summary()},
-             {"path", cfg.model_path},
-             {"listen", s.bound_address()},
-             {"tls", cfg.tls.enabled() ? (cfg.tls.mutual() ? "mutual" : "on") : "off"},
-             {"auth", !cfg.auth_token.empty()},
-             {"metrics_port", int64_t(s.metrics_port())}});
-  rpc::announce_and_wait(s.bound_address(), cfg.metrics_listen, s.metrics_port());
-  (*server)->shutdown(std::chrono::seconds(5));
-  server->reset();
-  rpc::log_event(spdlog::level::info, "stopped", {});
-  return 0;
+  rpc::ServeOptions so;
+  so.ready = "agent ready";
+  so.fields = {{"model", (*server)->summary()}, {"path", cfg.model_path}};
+  so.tls = cfg.tls;
+  so.auth = !cfg.auth_token.empty();
+  so.metrics_listen = cfg.metrics_listen;
+  return rpc::serve(std::move(server).value(), so);
 }
 
 }  // namespace kvb::agent

@@ -21,23 +21,23 @@
 #include <string>
 #include <thread>
 
-#include "kernels/status.h"
 #include "agent/agent_config.h"
-
-namespace kvb {
-class Backend;
-namespace fuser {
-class Fuser;
-}
-}  // namespace kvb
+#include "engine/kv_wire.h"
+#include "rpc/server.h"
+#include "kernels/status.h"
 
 namespace grpc {
 class Server;
 }
 
 namespace kvb {
+class Backend;
+class Device;
 struct Model;
 struct ModelIdentity;
+namespace fuser {
+class Fuser;
+}
 }  // namespace kvb
 
 namespace kvb::rpc {
@@ -63,7 +63,7 @@ class CacheSharer;
 class TransferSessions;
 class TransportFactory;
 
-class AgentServer {
+class AgentServer final : public rpc::ServerProcess {
  public:
   // Loads the model and builds every part; nothing listens yet. NOT_FOUND / INVALID_ARGUMENT from
   // the model loader; INVALID_ARGUMENT for a --ctx-size the model cannot use; the registry's
@@ -72,25 +72,32 @@ class AgentServer {
   // (make_agent_transport_factory). Tests pass one over host fakes.
   static Result<std::unique_ptr<AgentServer>> create(AgentConfig config,
                                                      std::unique_ptr<TransportFactory> transports = nullptr);
-  ~AgentServer();
+  ~AgentServer() override;
   AgentServer(const AgentServer&) = delete;
   AgentServer& operator=(const AgentServer&) = delete;
 
   // Binds and starts serving gRPC (and /metrics). UNAVAILABLE when an address cannot be bound or
   // the TLS credentials are rejected.
-  Status start();
+  Status start() override;
   // "host:port" with the real port (after start()).
-  const std::string& bound_address() const { return bound_; }
-  int metrics_port() const;
+  const std::string& bound_address() const override { return bound_; }
+  int metrics_port() const override;
   // One line for the startup log: model summary, backend, limits.
   std::string summary() const;
 
   // Stops accepting calls, lets running ones finish for up to `grace`, cancels the rest, then
   // stops the engine, the peer workers and the endpoints. Idempotent.
-  void shutdown(std::chrono::milliseconds grace);
+  void shutdown(std::chrono::milliseconds grace) override;
 
  private:
   explicit AgentServer(AgentConfig config);
+  // The steps of create(), in order.
+  Status build_runtime(const Device& device);      // store, buffer pools, stager, engine loop
+  KvWireLimits received_cache_limits() const;      // for imports and pulls
+  void build_transfers(const Device& device, std::unique_ptr<TransportFactory> transports,
+                       const KvWireLimits& limits);  // transports, raw sessions, peer client, sharer
+  Status load_embedded_fuser(const Device& device);  // --fuser, checked against this model
+  void build_service(const Device& device, const KvWireLimits& limits);
   void sweeper();
 
   AgentConfig config_;

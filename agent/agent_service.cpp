@@ -7,16 +7,29 @@
 #include <deque>
 #include <optional>
 
+#include "agent/request_convert.h"
+#include "agent/transfer/transfer_convert.h"
 #include "engine/chat_template.h"
+#include "fuser/align.h"
 #include "proto/grpc_status.h"
 #include "proto/wire_convert.h"
-#include "rpc/logging.h"
-#include "agent/request_convert.h"
 #include "rpc/call.h"
-#include "agent/transfer/transfer_convert.h"
-#include "fuser/align.h"
+#include "rpc/logging.h"
 
 namespace kvb::agent {
+
+// The runtime types and checks the handlers work with.
+using runtime::CacheInfo;
+using runtime::CancelToken;
+using runtime::CancelTokenPtr;
+using runtime::GenerateOptions;
+using runtime::GenerateOutcome;
+using runtime::GenerateSink;
+using runtime::InsertOptions;
+using runtime::PrefillOptions;
+using runtime::PrefillOutcome;
+using runtime::SessionInput;
+using runtime::check_cache_id;
 
 namespace {
 
@@ -43,7 +56,7 @@ struct ResolvedContext {
   std::vector<pb::ContextTransport> transports;  // one per context pulled from an agent
   std::optional<FuseReport> fuse;  // receiver mode: the fused contexts, summed
 
-  void move_to(runtime::SessionInput& in) {
+  void move_to(SessionInput& in) {
     in.context = std::move(caches);
     in.owned_context = std::move(owned);
   }
@@ -62,31 +75,16 @@ void add_report(std::optional<FuseReport>& sum, const FuseReport& r) {
   sum->slices_fused_early += r.slices_fused_early;
 }
 
-void to_proto(const FuseReport& r, pb::FuseStats* out) {
-  out->set_fused_tokens(r.fused_tokens);
-  out->set_slices_fused(r.slices_fused);
-  out->set_sharer_bytes(r.sharer_bytes);
-  out->set_fuser_bytes_sent(r.fuser_bytes_sent);
-  out->set_fuser_bytes_received(r.fuser_bytes_received);
-  out->set_fuse_ms(r.fuse_ms);
-  out->set_aligned(r.aligned);
-  out->set_slices_fused_early(r.slices_fused_early);
-}
-
-// How the cache of one context pulled from `ref`'s agent travelled (GenerateSummary).
+// How the cache of one context pulled from `ref`'s agent travelled (GenerateSummary), counted in
+// the pull metrics.
 pb::ContextTransport context_transport(const ServiceDeps& d, const ContextRef& ref, const PullTransport& how) {
-  pb::ContextTransport t;
-  t.set_agent(ref.agent);
-  t.set_cache_id(ref.cache_id);
-  t.set_requested(std::string(transport::transport_name(how.requested)));
-  t.set_used(std::string(transport::transport_name(how.selection.kind)));
-  t.set_reason(how.selection.reason);
+  pb::ContextTransport t = to_proto(ref, how);
   d.metrics->record_pull(t.requested(), t.used());
   return t;
 }
 
-Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, const runtime::CancelTokenPtr& cancel_ptr) {
-  runtime::CancelToken& cancel = *cancel_ptr;
+Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spec, const CancelTokenPtr& cancel_ptr) {
+  CancelToken& cancel = *cancel_ptr;
   ResolvedContext out;
   for (size_t i = 0; i < spec.context.size(); ++i) {
     const ContextRef& ref = spec.context[i];
@@ -124,7 +122,7 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
 
 // Local-only contexts resolve on the calling thread (store lookups); anything that needs a peer
 // moves to the PeerClient's workers so that no gRPC callback thread blocks on the network.
-void resolve_context(const ServiceDeps& d, SessionSpec spec, runtime::CancelTokenPtr cancel, ResolveDone done) {
+void resolve_context(const ServiceDeps& d, SessionSpec spec, CancelTokenPtr cancel, ResolveDone done) {
   if (!spec.has_remote_context()) return done(resolve_now(d, spec, cancel));
   auto shared_spec = std::make_shared<SessionSpec>(std::move(spec));
   d.peers->post([&d, shared_spec, cancel, done = std::move(done)] { done(resolve_now(d, *shared_spec, cancel)); });
@@ -135,12 +133,12 @@ void resolve_context(const ServiceDeps& d, SessionSpec spec, runtime::CancelToke
 // The per-call queue between the engine (producer) and the write reactor (consumer). Owned jointly
 // by the reactor, the engine task and any pending resolution, so it outlives whichever ends last;
 // it never touches the reactor after calling Finish.
-class GenerateStream final : public runtime::GenerateSink {
+class GenerateStream final : public GenerateSink {
  public:
   GenerateStream(grpc::ServerWriteReactor<pb::GenerateResponse>* reactor, const ServiceDeps& d)
-      : reactor_(reactor), d_(d), cancel_(std::make_shared<runtime::CancelToken>()) {}
+      : reactor_(reactor), d_(d), cancel_(std::make_shared<CancelToken>()) {}
 
-  const runtime::CancelTokenPtr& cancel() const { return cancel_; }
+  const CancelTokenPtr& cancel() const { return cancel_; }
   // These two before the engine task is submitted (so before on_done can run).
   void set_pulls(uint64_t bytes, std::vector<pb::ContextTransport> transports) {
     bytes_pulled_ = bytes;
@@ -158,12 +156,12 @@ class GenerateStream final : public runtime::GenerateSink {
     pump_locked();
   }
 
-  void on_done(Result<runtime::GenerateOutcome> r) override {
+  void on_done(Result<GenerateOutcome> r) override {
     if (!r.ok()) return fail(r.status());
-    const runtime::GenerateOutcome& o = *r;
+    const GenerateOutcome& o = *r;
     pb::GenerateResponse msg;
     pb::GenerateSummary* s = msg.mutable_done();
-    s->set_stop_reason(agent::to_proto(o.reason));
+    s->set_stop_reason(to_proto(o.reason));
     s->set_context_tokens(static_cast<uint32_t>(o.n_context));
     s->set_prompt_tokens(static_cast<uint32_t>(o.n_prompt));
     s->set_generated_tokens(static_cast<uint32_t>(o.n_generated));
@@ -227,7 +225,7 @@ class GenerateStream final : public runtime::GenerateSink {
 
   grpc::ServerWriteReactor<pb::GenerateResponse>* const reactor_;
   const ServiceDeps& d_;
-  const runtime::CancelTokenPtr cancel_;
+  const CancelTokenPtr cancel_;
   uint64_t bytes_pulled_ = 0;
   std::vector<pb::ContextTransport> transports_;
   std::optional<FuseReport> fuse_;
@@ -253,11 +251,11 @@ class GenerateCall final : public grpc::ServerWriteReactor<pb::GenerateResponse>
       return;
     }
 
-    runtime::SessionInput in;
+    SessionInput in;
     in.tokens = std::move(spec->session.tokens);
     in.arrival = log_.start();
     in.cancel = stream_->cancel();
-    auto state = std::make_shared<std::pair<runtime::SessionInput, runtime::GenerateOptions>>(std::move(in), std::move(spec->options));
+    auto state = std::make_shared<std::pair<SessionInput, GenerateOptions>>(std::move(in), std::move(spec->options));
     const ServiceDeps* deps = &d_;
     std::shared_ptr<GenerateStream> stream = stream_;
     resolve_context(d_, std::move(spec->session), stream_->cancel(),
@@ -289,7 +287,7 @@ class PrefillCall final : public rpc::UnaryCall {
  public:
   PrefillCall(const ServiceDeps& d, grpc::CallbackServerContext* ctx, const pb::PrefillRequest& req,
               pb::PrefillResponse* resp)
-      : rpc::UnaryCall(*d.metrics, "Prefill", ctx), cancel_(std::make_shared<runtime::CancelToken>()) {
+      : rpc::UnaryCall(*d.metrics, "Prefill", ctx), cancel_(std::make_shared<CancelToken>()) {
     const Status admitted = rpc::admit(d.call_policy(), *ctx, req);
     if (!admitted.ok()) {
       complete(admitted);
@@ -301,11 +299,11 @@ class PrefillCall final : public rpc::UnaryCall {
       return;
     }
 
-    auto in = std::make_shared<runtime::SessionInput>();
+    auto in = std::make_shared<SessionInput>();
     in->tokens = std::move(spec->session.tokens);
     in->arrival = log_.start();
     in->cancel = cancel_;
-    const runtime::PrefillOptions opt = spec->options;
+    const PrefillOptions opt = spec->options;
     const ServiceDeps* deps = &d;
     const uint64_t fingerprint = d.identity->fingerprint;
     // `this` stays valid until complete() calls Finish, which happens exactly once below.
@@ -314,7 +312,7 @@ class PrefillCall final : public rpc::UnaryCall {
       if (r->fuse) to_proto(*r->fuse, resp->mutable_fuse());
       for (pb::ContextTransport& t : r->transports) *resp->add_context_transports() = std::move(t);
       r->move_to(*in);
-      deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<runtime::PrefillOutcome> p) {
+      deps->engine->submit_prefill(std::move(*in), opt, [this, deps, resp, fingerprint](Result<PrefillOutcome> p) {
         if (!p.ok()) return complete(p.status());
         resp->set_cache_id(p->cache.id);
         resp->set_n_tokens(static_cast<uint32_t>(p->cache.n_tokens));
@@ -329,7 +327,7 @@ class PrefillCall final : public rpc::UnaryCall {
   void OnCancel() override { cancel_->cancel(); }
 
  private:
-  runtime::CancelTokenPtr cancel_;
+  CancelTokenPtr cancel_;
 };
 
 // ============================== ImportCache ==============================
@@ -380,9 +378,9 @@ class ImportCall final : public grpc::ServerReadReactor<pb::CacheChunk> {
     }
     // Stored caches live where the engine computes (device memory on a GPU; the CPU keeps it as is).
     KVB_ASSIGN_OR_RETURN(cache, d_.stager->to_device(std::move(cache)));
-    runtime::InsertOptions io;
+    InsertOptions io;
     io.fingerprint = d_.identity->fingerprint;
-    KVB_ASSIGN_OR_RETURN(const runtime::CacheInfo info, d_.store->insert(std::shared_ptr<const KvCache>(std::move(cache)), io));
+    KVB_ASSIGN_OR_RETURN(const CacheInfo info, d_.store->insert(std::shared_ptr<const KvCache>(std::move(cache)), io));
     resp_->set_cache_id(info.id);
     resp_->set_n_tokens(static_cast<uint32_t>(info.n_tokens));
     resp_->set_cache_bytes(info.bytes);
@@ -456,7 +454,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");
   if (d_.peers->endpoint().cuda_ipc) resp->add_transports("cuda-ipc");
-  agent::to_proto(d_.peers->endpoint(), resp->mutable_transport_info());
+  to_proto(d_.peers->endpoint(), resp->mutable_transport_info());
   if (d_.fuser) resp->set_fuser(d_.fuser->embedded_description());
   if (auto chat = ChatTemplate::from_source(m.tokenizer->vocab().chat_template); chat.ok()) {
     resp->set_chat_template(std::string(chat->name()));
@@ -486,7 +484,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::ListCaches(grpc::CallbackServerConte
   auto* call = new rpc::UnaryCall(*d_.metrics, "ListCaches", ctx);
   Status st = rpc::admit(d_.call_policy(), *ctx, *req);
   if (st.ok()) {
-    for (const runtime::CacheInfo& c : d_.store->list()) to_proto(c, resp->add_caches());
+    for (const CacheInfo& c : d_.store->list()) to_proto(c, resp->add_caches());
     to_proto(d_.store->stats(), resp->mutable_stats());
     d_.metrics->add_bytes_sent(resp->ByteSizeLong());
   }
@@ -498,7 +496,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::DropCache(grpc::CallbackServerContex
                                                       pb::DropCacheResponse* /*resp*/) {
   auto* call = new rpc::UnaryCall(*d_.metrics, "DropCache", ctx);
   Status st = rpc::admit(d_.call_policy(), *ctx, *req);
-  if (st.ok()) st = runtime::check_cache_id(req->cache_id(), "cache_id");
+  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
   if (st.ok()) st = d_.store->drop(req->cache_id());
   call->complete(std::move(st));
   return call;
@@ -508,7 +506,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::PinCache(grpc::CallbackServerContext
                                                      pb::PinCacheResponse* resp) {
   auto* call = new rpc::UnaryCall(*d_.metrics, "PinCache", ctx);
   Status st = rpc::admit(d_.call_policy(), *ctx, *req);
-  if (st.ok()) st = runtime::check_cache_id(req->cache_id(), "cache_id");
+  if (st.ok()) st = check_cache_id(req->cache_id(), "cache_id");
   if (st.ok()) {
     auto info = d_.store->set_pinned(req->cache_id(), req->pinned());
     if (info.ok()) {
@@ -560,7 +558,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Detokenize(grpc::CallbackServerConte
         }
       }
     } else if (req->has_cache_id()) {
-      st = runtime::check_cache_id(req->cache_id(), "cache_id");
+      st = check_cache_id(req->cache_id(), "cache_id");
       if (st.ok()) {
         auto e = d_.store->get(req->cache_id());
         if (e.ok()) {

@@ -2,21 +2,21 @@
 //
 // Every handler: counts the request bytes, checks the bearer token (UNAUTHENTICATED), checks the
 // message size against --max-message-bytes (INVALID_ARGUMENT, as agent.proto says; gRPC itself
-// refuses messages over twice that limit with RESOURCE_EXHAUSTED before any handler runs),
-// validates and converts the request (request_convert.h), and then either answers from the cache
-// store at once (GetInfo, ListCaches, DropCache, PinCache), streams a stored cache
-// (ExportCache: KvWireEncoder, ~1 MiB chunks unless chunk_tokens says otherwise, encoding the next
-// chunk while the previous one is on the wire; served raw, with f32 payloads sent from the cache's
-// memory as they are), rebuilds and stores a streamed cache
-// (ImportCache: CacheStreamReader; nothing is stored on any error), or resolves the context caches
-// (store reads; pulls from other agents on the PeerClient's workers) and submits a task to the
-// EngineLoop (Generate, Prefill), whose results stream back through a per-call queue.
-// OpenTransfer / TransferStream / CloseTransfer (transfer_service.cpp) serve raw pulls of held
-// caches over NCCL or CUDA IPC through TransferSessions (transport/README.md).
+// refuses messages over twice that limit with RESOURCE_EXHAUSTED before any handler runs) —
+// rpc::admit — validates and converts the request (request_convert.h), and then either answers
+// from the cache store at once (GetInfo, ListCaches, DropCache, PinCache), rebuilds and stores a
+// streamed cache (ImportCache: CacheStreamReader; nothing is stored on any error), or resolves
+// the context caches (store reads; pulls from other agents on the PeerClient's workers; receiver
+// mode through the ContextFuser) and submits a task to the EngineLoop (Generate, Prefill), whose
+// results stream back through a per-call queue. The cache-moving methods (transfer_service.cpp)
+// hand the work to CacheSharer: ExportCache streams a stored cache (ExportCall: ~1 MiB chunks
+// unless chunk_tokens says otherwise, the next chunk encoded while the previous one is on the
+// wire, f32 payloads sent from the cache's memory as they are); OpenTransfer / TransferStream /
+// CloseTransfer serve raw pulls of held caches over NCCL or CUDA IPC (transport/README.md).
 // Nothing throws into gRPC; a bad request never reaches the engine. A cancelled client cancels
 // its CancelToken: queued or running generations stop at their next step, pulls are interrupted.
 // Each call gets a request id (response metadata "x-request-id"), one log line when it ends
-// (method, peer, code, duration) and its Metrics.
+// (method, peer, code, duration) and its metrics (rpc::CallLog).
 //
 // Ownership: the service borrows everything in ServiceDeps; all of it must outlive the
 // grpc::Server the service is registered with (and the EngineLoop and PeerClient must be stopped
@@ -29,20 +29,20 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/agent_config.h"
+#include "agent/agent_metrics.h"
+#include "agent/context_fuser.h"
+#include "agent/request_convert.h"
+#include "agent/transfer/cache_sharer.h"
+#include "agent/transfer/peer_client.h"
 #include "engine/kv_wire.h"
 #include "engine/model.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
-#include "agent/agent_config.h"
 #include "rpc/auth.h"
 #include "rpc/call.h"
 #include "runtime/cache_staging.h"
 #include "runtime/cache_store.h"
-#include "agent/context_fuser.h"
 #include "runtime/engine_loop.h"
-#include "agent/agent_metrics.h"
-#include "agent/transfer/peer_client.h"
-#include "agent/request_convert.h"
-#include "agent/transfer/cache_sharer.h"
 
 namespace kvb::agent {
 
@@ -99,8 +99,6 @@ class AgentServiceImpl final : public AgentServiceBase {
                                                            const pb::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx, const pb::PrefillRequest* req,
                                     pb::PrefillResponse* resp) override;
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportCache(grpc::CallbackServerContext* ctx,
-                                                         const grpc::ByteBuffer* req) override;
   grpc::ServerReadReactor<pb::CacheChunk>* ImportCache(grpc::CallbackServerContext* ctx,
                                                        pb::ImportCacheResponse* resp) override;
   grpc::ServerUnaryReactor* ListCaches(grpc::CallbackServerContext* ctx, const pb::ListCachesRequest* req,
@@ -113,7 +111,9 @@ class AgentServiceImpl final : public AgentServiceBase {
                                      pb::TokenizeResponse* resp) override;
   grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx, const pb::DetokenizeRequest* req,
                                        pb::DetokenizeResponse* resp) override;
-  // Raw cache transfers, the sharer's side (transfer_service.cpp).
+  // Cache transfers, the sharer's side (transfer_service.cpp, over CacheSharer).
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportCache(grpc::CallbackServerContext* ctx,
+                                                          const grpc::ByteBuffer* req) override;
   grpc::ServerUnaryReactor* OpenTransfer(grpc::CallbackServerContext* ctx, const pb::OpenTransferRequest* req,
                                          pb::OpenTransferResponse* resp) override;
   grpc::ServerBidiReactor<pb::TransferFrame, pb::TransferFrame>* TransferStream(

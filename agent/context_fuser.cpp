@@ -157,7 +157,8 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
   return result;
 }
 
-Result<fuser::FuserDescription> ContextFuser::describe_fuser(const FuserSpec& spec, runtime::CancelToken& cancel) const {
+Result<fuser::FuserDescription> ContextFuser::describe_fuser(const FuserSpec& spec,
+                                                             runtime::CancelToken& cancel) const {
   if (!spec.embedded) return describe_remote_fuser(peers_, spec.address, cancel);
   if (embedded_ == nullptr) return failed_precondition("this agent has no embedded fuser (start it with --fuser DIR)");
   return fuser::describe(*embedded_);

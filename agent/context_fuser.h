@@ -33,31 +33,19 @@
 #include <string>
 #include <vector>
 
+#include "agent/request_types.h"
+#include "agent/transfer/peer_client.h"
 #include "engine/kv_wire.h"
 #include "engine/model.h"
-#include "fuser/fuser_description.h"
 #include "fuser/fuser.h"
+#include "fuser/fuser_description.h"
 #include "runtime/cancel_token.h"
 #include "runtime/engine_loop.h"
-#include "agent/transfer/peer_client.h"
-#include "agent/request_types.h"
 
 namespace kvb::agent {
 
 class SharerRpc;
 struct SharerInfo;
-
-struct FuseReport {
-  uint32_t fused_tokens = 0;   // context positions fused (0: the sharer runs this model; nothing fused)
-  uint32_t slices_fused = 0;   // (layer, K/V) slices the fuser changed
-  uint64_t sharer_bytes = 0;   // wire bytes pulled from the sharer
-  uint64_t fuser_bytes_sent = 0, fuser_bytes_received = 0;  // remote fuser only
-  double fuse_ms = 0;          // the whole receiver-mode resolution
-  bool aligned = false;        // the vocabularies differ
-  // Of slices_fused: fused by the embedded fuser while later sharer slices were still landing.
-  uint32_t slices_fused_early = 0;
-  PullTransport transport;     // how the sharer's cache travelled
-};
 
 struct FusedContext {
   std::unique_ptr<KvCache> cache;  // this model's cache over the context, fused
@@ -94,8 +82,9 @@ class ContextFuser {
   // Pulls the sharer slices of desc.plan and fuses them into `receiver`: embedded, slice by slice
   // as they land; remote, over a Fuse stream once the pull is in.
   Status pull_and_fuse(const std::string& sharer, const std::string& sharer_cache, const FuserSpec& spec,
-                       const fuser::FuserDescription& desc, const ModelIdentity& sharer_id, const PullOptions& request_pull,
-                       runtime::CancelToken& cancel, KvCache& receiver, FuseReport& report);
+                       const fuser::FuserDescription& desc, const ModelIdentity& sharer_id,
+                       const PullOptions& request_pull, runtime::CancelToken& cancel, KvCache& receiver,
+                       FuseReport& report);
 
   const Model& model_;
   const ModelIdentity& identity_;

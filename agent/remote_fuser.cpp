@@ -14,7 +14,8 @@ namespace kvb::agent {
 
 namespace pb = ::kvbridge::v1;
 
-Result<fuser::FuserDescription> describe_remote_fuser(PeerClient& peers, const std::string& address, runtime::CancelToken& cancel) {
+Result<fuser::FuserDescription> describe_remote_fuser(PeerClient& peers, const std::string& address,
+                                                      runtime::CancelToken& cancel) {
   auto stub = pb::FuserService::NewStub(peers.channel(address));
   pb::FuserInfo info;
   KVB_RETURN_IF_ERROR(peers.unary(*stub, &pb::FuserService::Stub::GetInfo, pb::FuserInfoRequest(), &info, cancel,

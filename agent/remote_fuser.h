@@ -23,7 +23,8 @@ struct RemoteFuseStats {
 };
 
 // The fuser at `address`: GetInfo → its description. INVALID_ARGUMENT for an inconsistent description.
-Result<fuser::FuserDescription> describe_remote_fuser(PeerClient& peers, const std::string& address, runtime::CancelToken& cancel);
+Result<fuser::FuserDescription> describe_remote_fuser(PeerClient& peers, const std::string& address,
+                                                      runtime::CancelToken& cancel);
 
 // The Fuse stream: a writer thread sends the start message and both input streams (`sharer`'s
 // and `receiver`'s slices of desc.plan, interleaved one message each so the fuser can start on

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "agent/agent_config.h"
 #include "engine/chat_template.h"
 #include "proto/wire_convert.h"
-#include "agent/agent_config.h"
 
 namespace kvb::agent {
 
@@ -248,6 +248,27 @@ pb::StopReason to_proto(runtime::FinishReason r) {
     case runtime::FinishReason::kContextFull: return pb::STOP_REASON_CONTEXT_FULL;
   }
   return pb::STOP_REASON_UNSPECIFIED;
+}
+
+void to_proto(const FuseReport& r, pb::FuseStats* out) {
+  out->set_fused_tokens(r.fused_tokens);
+  out->set_slices_fused(r.slices_fused);
+  out->set_sharer_bytes(r.sharer_bytes);
+  out->set_fuser_bytes_sent(r.fuser_bytes_sent);
+  out->set_fuser_bytes_received(r.fuser_bytes_received);
+  out->set_fuse_ms(r.fuse_ms);
+  out->set_aligned(r.aligned);
+  out->set_slices_fused_early(r.slices_fused_early);
+}
+
+pb::ContextTransport to_proto(const ContextRef& ref, const PullTransport& how) {
+  pb::ContextTransport t;
+  t.set_agent(ref.agent);
+  t.set_cache_id(ref.cache_id);
+  t.set_requested(std::string(transport::transport_name(how.requested)));
+  t.set_used(std::string(transport::transport_name(how.selection.kind)));
+  t.set_reason(how.selection.reason);
+  return t;
 }
 
 }  // namespace kvb::agent

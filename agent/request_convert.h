@@ -32,5 +32,8 @@ Result<PrefillSpec> convert_prefill(const pb::PrefillRequest& r, const RequestLi
 void to_proto(const runtime::CacheInfo& c, pb::CacheInfo* out);
 void to_proto(const runtime::CacheStoreStats& s, pb::StoreStats* out);
 pb::StopReason to_proto(runtime::FinishReason r);
+void to_proto(const FuseReport& r, pb::FuseStats* out);
+// How the cache of one context pulled from `ref`'s agent travelled (ContextTransport).
+pb::ContextTransport to_proto(const ContextRef& ref, const PullTransport& how);
 
 }  // namespace kvb::agent

@@ -64,4 +64,18 @@ struct PrefillSpec {
   runtime::PrefillOptions options;
 };
 
+
+// Receiver mode's summary of the fused contexts of one request (GenerateSummary.fuse).
+struct FuseReport {
+  uint32_t fused_tokens = 0;   // context positions fused (0: the sharer runs this model; nothing fused)
+  uint32_t slices_fused = 0;   // (layer, K/V) slices the fuser changed
+  uint64_t sharer_bytes = 0;   // wire bytes pulled from the sharer
+  uint64_t fuser_bytes_sent = 0, fuser_bytes_received = 0;  // remote fuser only
+  double fuse_ms = 0;          // the whole receiver-mode resolution
+  bool aligned = false;        // the vocabularies differ
+  // Of slices_fused: fused by the embedded fuser while later sharer slices were still landing.
+  uint32_t slices_fused_early = 0;
+  PullTransport transport;     // how the sharer's cache travelled
+};
+
 }  // namespace kvb::agent

@@ -12,7 +12,7 @@
 namespace kvb::agent {
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* AgentServiceImpl::ExportCache(grpc::CallbackServerContext* ctx,
-                                                                         const grpc::ByteBuffer* req) {
+                                                                          const grpc::ByteBuffer* req) {
   return new ExportCall(*d_.sharer, d_.call_policy(), ctx, *req);
 }
 

@@ -620,7 +620,7 @@ void run_e2e(const E2eOptions& o) {
   fmt::print("context: \"{}\" ({} sharer tokens in its cache {}, {} receiver tokens); question \"{}\"\n", kStory,
              cache.n_tokens(), cache.cache_id(), n_ctx_tokens, kQuestion);
 
-  // The sequential steps of receiver mode (server/context_fuser.cpp), each measured alone: unary
+  // The sequential steps of receiver mode (agent/context_fuser.cpp), each measured alone: unary
   // round trips to the sharer, the sharer's prefill of the aligned tokens (a temporary cache), and the
   // receiver's own prefill of the context. Alignment as the receiver does it, counting its lookups
   // (one Tokenize or Detokenize RPC each when the sharer is remote).

@@ -102,18 +102,13 @@ v1::CacheRef cache_ref(const std::string& agent, const std::string& cache_id) {
 // ---------------------------------------------------------------------------------------------
 // connection
 
-AgentClient::AgentClient(std::string addr, std::shared_ptr<grpc::Channel> channel, std::string bearer,
-                         std::chrono::milliseconds deadline)
-    : addr_(std::move(addr)),
-      channel_(std::move(channel)),
-      stub_(v1::AgentService::NewStub(channel_)),
-      bearer_(std::move(bearer)),
-      deadline_(deadline) {}
+AgentClient::AgentClient(std::string addr, ClientChannel channel)
+    : addr_(std::move(addr)), channel_(std::move(channel)), stub_(v1::AgentService::NewStub(channel_.channel)) {}
 
 AgentClient::~AgentClient() = default;
 
 void ClientChannel::prepare(grpc::ClientContext& ctx) const {
-  if (!bearer.empty()) ctx.AddMetadata("authorization", bearer);
+  auth.attach(ctx);
   if (deadline.count() > 0) ctx.set_deadline(std::chrono::system_clock::now() + deadline);
 }
 
@@ -126,17 +121,12 @@ Result<ClientChannel> open_channel(const std::string& addr, const ClientOptions&
   KVB_ASSIGN_OR_RETURN(const rpc::ChannelConfig config, channel_config(options));
   std::shared_ptr<grpc::Channel> ch = rpc::make_channel(addr, config);
   if (options.connect_timeout.count() > 0) KVB_RETURN_IF_ERROR(wait_ready(*ch, addr, options.connect_timeout));
-  return ClientChannel{std::move(ch), token.empty() ? std::string() : "Bearer " + token, options.deadline};
+  return ClientChannel{std::move(ch), rpc::BearerAuth(token), options.deadline};
 }
 
 Result<std::unique_ptr<AgentClient>> AgentClient::connect(const std::string& addr, const ClientOptions& options) {
   KVB_ASSIGN_OR_RETURN(ClientChannel ch, open_channel(addr, options));
-  return std::unique_ptr<AgentClient>(new AgentClient(addr, std::move(ch.channel), std::move(ch.bearer), ch.deadline));
-}
-
-void AgentClient::prepare(grpc::ClientContext& ctx) const {
-  if (!bearer_.empty()) ctx.AddMetadata("authorization", bearer_);
-  if (deadline_.count() > 0) ctx.set_deadline(std::chrono::system_clock::now() + deadline_);
+  return std::unique_ptr<AgentClient>(new AgentClient(addr, std::move(ch)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@
 #include "kernels/status.h"
 #include "kvbridge/v1/agent.grpc.pb.h"
 #include "proto/grpc_status.h"
+#include "rpc/auth.h"
 
 namespace kvb::client {
 
@@ -106,7 +107,7 @@ struct ImportResult {
 // limits and the optional eager connect from `options`, plus what each call must carry.
 struct ClientChannel {
   std::shared_ptr<grpc::Channel> channel;
-  std::string bearer;  // "Bearer <token>" or empty
+  rpc::BearerAuth auth;  // the token every call carries (none when disabled)
   std::chrono::milliseconds deadline{0};
 
   // Adds the bearer token and the deadline to one call.
@@ -160,16 +161,13 @@ class AgentClient {
   ~AgentClient();
 
  private:
-  AgentClient(std::string addr, std::shared_ptr<grpc::Channel> channel, std::string bearer,
-              std::chrono::milliseconds deadline);
+  AgentClient(std::string addr, ClientChannel channel);
   // Credentials metadata and deadline for one call.
-  void prepare(grpc::ClientContext& ctx) const;
+  void prepare(grpc::ClientContext& ctx) const { channel_.prepare(ctx); }
 
   std::string addr_;
-  std::shared_ptr<grpc::Channel> channel_;
+  ClientChannel channel_;
   std::unique_ptr<v1::AgentService::Stub> stub_;
-  std::string bearer_;  // "Bearer <token>" or empty
-  std::chrono::milliseconds deadline_;
 };
 
 }  // namespace kvb::client

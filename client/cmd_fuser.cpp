@@ -11,9 +11,9 @@
 #include "engine/kv_wire.h"
 #include "engine/model.h"
 #include "fuser/fuser.h"
-#include "proto/fuser_convert.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
+#include "proto/fuser_convert.h"
 
 namespace kvb::cli {
 

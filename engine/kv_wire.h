@@ -1,7 +1,7 @@
 // The KV-cache wire format, natively: model identity, header, data chunks, trailer.
 //
 // This is the byte-level contract of proto/kvbridge/v1/kv_wire.proto without protobuf types
-// (server/ and client/ convert one to the other field by field). An encoder turns a host KvCache
+// (agent/ and client/ convert one to the other field by field). An encoder turns a host KvCache
 // into header → chunks → trailer; a decoder validates a header against the receiver's model before
 // allocating anything, applies chunks (checksum first), and yields a KvCache only when the stream
 // was complete and consistent.

@@ -23,7 +23,7 @@ Result<const Device*> find_device(std::string_view name);
 // device, so that copies to and from it run at full bus speed and copy_from_host/copy_to_host can
 // overlap with compute; for a host device (the CPU), its own buffer type. Always is_host(). Lives
 // for the whole process. Pinned allocations are slow (milliseconds per hundred MiB): keep buffers
-// (e.g. a server::BufferPool over this type) rather than allocating one per copy.
+// (e.g. a runtime::BufferPool over this type) rather than allocating one per copy.
 const BufferType& host_staging_buffer_type(const Device& d);
 
 }  // namespace kvb

@@ -67,7 +67,8 @@ Result<FuserDescription> description_from_proto(const pb::FuserInfo& info) {
   }
   for (const pb::FuserLayer& l : info.layers()) {
     if (l.sharer_layer() >= uint32_t(d.sharer.n_layer)) {
-      return invalid_argument(fmt::format("the fuser maps to sharer layer {} of {}", l.sharer_layer(), d.sharer.n_layer));
+      return invalid_argument(
+          fmt::format("the fuser maps to sharer layer {} of {}", l.sharer_layer(), d.sharer.n_layer));
     }
     d.layer_map.push_back(int32_t(l.sharer_layer()));
   }

@@ -1,4 +1,4 @@
-// The one boundary between kvb::Status and grpc::Status (STYLE R6), shared by the agent (server/:
+// The one boundary between kvb::Status and grpc::Status (STYLE R6), shared by the agent (agent/:
 // handlers answering, peer pulls reading other agents' replies) and the client library (client/).
 //
 // Both use the canonical gRPC codes (kernels/status.h keeps the values equal), so the mapping is by

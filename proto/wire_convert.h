@@ -1,7 +1,7 @@
 // kvbridge.v1 wire messages ↔ the engine's native KV wire types, the one cache-stream reader, and
 // cache snapshot files.
 //
-// This is the only place protobuf meets the KV wire format (STYLE R7): server/ and client/ convert
+// This is the only place protobuf meets the KV wire format (STYLE R7): agent/ and client/ convert
 // here, engine/ never sees a protobuf type. Conversions check what the proto can express but the
 // native type cannot (unknown enum values, a missing oneof); everything that needs the receiver's
 // model (layout, token ids, sizes) is checked by KvWireDecoder, which CacheStreamReader drives.

@@ -87,4 +87,23 @@ void announce_and_wait(const std::string& bound, const std::optional<HostPort>& 
   log_event(spdlog::level::info, "shutting down", {{"signal", int64_t(sig)}});
 }
 
+int serve(std::unique_ptr<ServerProcess> server, const ServeOptions& o) {
+  if (Status st = server->start(); !st.ok()) {
+    log_event(spdlog::level::err, "startup failed", {{"error", st.to_string()}});
+    return 1;
+  }
+  std::vector<LogField> fields;
+  for (const auto& [key, value] : o.fields) fields.push_back({key, value});
+  fields.push_back({"listen", server->bound_address()});
+  fields.push_back({"tls", o.tls.enabled() ? (o.tls.mutual() ? "mutual" : "on") : "off"});
+  fields.push_back({"auth", o.auth});
+  fields.push_back({"metrics_port", int64_t(server->metrics_port())});
+  log_event(spdlog::level::info, o.ready, fields);
+  announce_and_wait(server->bound_address(), o.metrics_listen, server->metrics_port());
+  server->shutdown(std::chrono::seconds(5));
+  server.reset();
+  log_event(spdlog::level::info, "stopped", {});
+  return 0;
+}
+
 }  // namespace kvb::rpc

@@ -1,7 +1,7 @@
 // GrpcStreamTransport ("grpc"): KvTransport semantics over an ordered byte stream (a BytePipe).
 //
 // The gRPC path, as a transport. Two things carry KV caches over gRPC in kvbridge:
-//   1. ExportCache (server/agent_service.cpp → agent/transfer/peer_client.cpp): the receiver pulls a
+//   1. ExportCache (agent/transfer/export_call.cpp → agent/transfer/stream_pull.cpp): the receiver pulls a
 //      whole cache as kv_wire messages (header, checksummed chunks, trailer), converting dtypes
 //      and compressing on the way. It stays the default path for "grpc" and needs nothing from
 //      this file: an agent that selects "grpc" (transport/select.h) keeps calling ExportCache.

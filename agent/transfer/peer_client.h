@@ -58,14 +58,14 @@
 #include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
 
+#include "agent/transfer/transfer_factory.h"
+#include "agent/transfer/transfer_types.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_wire.h"
 #include "kernels/status.h"
 #include "rpc/auth.h"
-#include "runtime/cancel_token.h"
 #include "rpc/metrics.h"
-#include "agent/transfer/transfer_types.h"
-#include "agent/transfer/transfer_factory.h"
+#include "runtime/cancel_token.h"
 #include "transport/select.h"
 
 namespace kvb::agent {

@@ -156,7 +156,8 @@ Result<PulledCache> receive_slices(const PeerClientOptions& opt, transport::KvTr
   KVB_ASSIGN_OR_RETURN(std::vector<transport::KvSlice> plan,
                        transport::plan_kv_slices(layout, n, h.layers, resp.chunk_tokens()));
   if (plan.size() != h.n_chunks) {
-    return invalid_argument(fmt::format("the sharer announced {} slices, its chunking makes {}", h.n_chunks, plan.size()));
+    return invalid_argument(
+        fmt::format("the sharer announced {} slices, its chunking makes {}", h.n_chunks, plan.size()));
   }
   // Free cells after the received ones, as a decoded pull gets them (within the limits).
   KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
@@ -173,7 +174,8 @@ Result<PulledCache> receive_slices(const PeerClientOptions& opt, transport::KvTr
   KVB_ASSIGN_OR_RETURN(transport::MemoryHandle mem, endpoint.register_memory(opt.transports->region(kind, *cache)));
   KVB_RETURN_IF_ERROR(endpoint.connect(resp.sharer_metadata()).with_context("the sharer's endpoint"));
   transport::PostOptions post;
-  post.deadline = Clock::now() + (resp.timeout_ms() > 0 ? std::chrono::milliseconds(resp.timeout_ms()) : kDefaultTransferTimeout);
+  post.deadline =
+      Clock::now() + (resp.timeout_ms() > 0 ? std::chrono::milliseconds(resp.timeout_ms()) : kDefaultTransferTimeout);
   std::vector<transport::Transfer> recvs;
   recvs.reserve(plan.size());
   uint64_t bytes = 0;
@@ -245,10 +247,10 @@ Result<PulledCache> raw_pull(PeerClient& peers, const std::string& agent, const 
     runtime::CancelToken uncancelled;  // a cancelled pull still releases the sharer's session
     pb::CloseTransferResponse ignored;
     const Status st = peers.unary(*stub, &pb::AgentService::Stub::CloseTransfer, close, &ignored, uncancelled,
-                            "CloseTransfer");
+                                  "CloseTransfer");
     if (!st.ok()) {
       rpc::log_event(spdlog::level::warn, "closing a cache transfer failed; the sharer's session expires on its own",
-                {{"transfer", id.to_string()}, {"peer", agent}, {"error", st.message()}});
+                     {{"transfer", id.to_string()}, {"peer", agent}, {"error", st.message()}});
     }
   });
   endpoint.reset();

@@ -1,12 +1,11 @@
 #include "agent/transfer/transfer_sessions.h"
 
-#include "agent/transfer/transport_choice.h"
-
 #include <fmt/format.h>
 
 #include <condition_variable>
 #include <thread>
 
+#include "agent/transfer/transport_choice.h"
 #include "rpc/logging.h"
 #include "transport/byte_pipe.h"
 
@@ -109,7 +108,8 @@ Result<OpenedSession> TransferSessions::open(SharerSessionSpec spec) {
       full = sessions_.size() >= max_sessions_;
     }
     for (auto& s : done) s->worker.join();
-    if (full) return resource_exhausted(fmt::format("{} cache transfers are open, the most this agent serves", max_sessions_));
+    if (full)
+      return resource_exhausted(fmt::format("{} cache transfers are open, the most this agent serves", max_sessions_));
   }
   if (spec.cache == nullptr || spec.cache->n_tokens() == 0) return invalid_argument("the cache holds no tokens");
 
@@ -230,15 +230,15 @@ void TransferSessions::run(Session& s) {
     if (!outcome.ok()) s.endpoint->abort(outcome);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     rpc::log_event(outcome.ok() ? spdlog::level::info : spdlog::level::warn, "cache transfer sent",
-              {{"transfer", s.id.to_string()},
-               {"cache", s.spec.cache_id},
-               {"transport", transport::transport_name(s.spec.kind)},
-               {"peer", s.spec.peer},
-               {"slices", int64_t(s.plan.size())},
-               {"bytes", int64_t(bytes)},
-               {"ms", secs * 1e3},
-               {"code", status_code_name(outcome.code())},
-               {"error", outcome.message()}});
+                   {{"transfer", s.id.to_string()},
+                    {"cache", s.spec.cache_id},
+                    {"transport", transport::transport_name(s.spec.kind)},
+                    {"peer", s.spec.peer},
+                    {"slices", int64_t(s.plan.size())},
+                    {"bytes", int64_t(bytes)},
+                    {"ms", secs * 1e3},
+                    {"code", status_code_name(outcome.code())},
+                    {"error", outcome.message()}});
   }  // the sends end here (finished, or cancelled by the abort)
 
   // Hold the endpoint (a cuda-ipc receiver may still map the cache) until the close or expiry.
@@ -247,7 +247,7 @@ void TransferSessions::run(Session& s) {
     const bool closed = s.cv.wait_for(lock, s.spec.timeout, [&] { return s.close_requested; });
     if (!closed) {
       rpc::log_event(spdlog::level::warn, "cache transfer expired without a close",
-                {{"transfer", s.id.to_string()}, {"cache", s.spec.cache_id}});
+                     {{"transfer", s.id.to_string()}, {"cache", s.spec.cache_id}});
     }
   }
   // A control pipe no stream ever took carried nothing: closing it first spares the handle's

@@ -29,11 +29,11 @@
 #include <string>
 #include <vector>
 
+#include "agent/transfer/transfer_factory.h"
+#include "agent/transfer/transfer_types.h"
 #include "engine/kv_cache.h"
 #include "engine/kv_wire.h"
 #include "kernels/status.h"
-#include "agent/transfer/transfer_factory.h"
-#include "agent/transfer/transfer_types.h"
 #include "transport/kv_slices.h"
 #include "transport/kv_transport.h"
 #include "transport/select.h"

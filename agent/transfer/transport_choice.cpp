@@ -44,8 +44,9 @@ bool retry_over_grpc(const Status& error, bool consumer_failed, bool cancelled) 
 void fall_back_to_grpc(PullTransport& chosen, TransportKind failed, const Status& error) {
   chosen.selection.kind = TransportKind::kGrpc;
   chosen.selection.fell_back = true;
-  chosen.selection.reason = fmt::format("{} failed ({}: {}); pulled over grpc instead", transport::transport_name(failed),
-                                        status_code_name(error.code()), error.message());
+  chosen.selection.reason =
+      fmt::format("{} failed ({}: {}); pulled over grpc instead", transport::transport_name(failed),
+                  status_code_name(error.code()), error.message());
 }
 
 Result<TransportKind> sharer_transport(std::string_view requested, const transport::EndpointInfo& sharer,

@@ -136,7 +136,7 @@ Status FuserServer::start() {
   const FuserServerConfig& c = config_;
   int port = 0;
   KVB_ASSIGN_OR_RETURN(server_, rpc::start_grpc_server(c.listen, c.tls, c.max_message_bytes, *service_,
-                                                          kFuserServiceName, port));
+                                                       kFuserServiceName, port));
   bound_ = fmt::format("{}:{}", c.listen.host, port);
   service_->set_name(c.name.empty() ? bound_ : c.name);
   if (c.metrics_listen) {
@@ -193,23 +193,13 @@ int fuser_main(int argc, char** argv) {
     rpc::log_event(spdlog::level::err, "startup failed", {{"error", server.status().to_string()}});
     return 1;
   }
-  if (Status st = (*server)->start(); !st.ok()) {
-    rpc::log_event(spdlog::level::err, "startup failed", {{"error", st.to_string()}});
-    return 1;
-  }
-  const FuserServer& s = **server;
-  rpc::log_event(spdlog::level::info, "fuser ready",
-                    {{"fuser", s.summary()},
-                     {"weights", cfg.weights_dir},
-                     {"listen", s.bound_address()},
-                     {"tls", cfg.tls.enabled() ? (cfg.tls.mutual() ? "mutual" : "on") : "off"},
-                     {"auth", !cfg.auth_token.empty()},
-                     {"metrics_port", int64_t(s.metrics_port())}});
-  rpc::announce_and_wait(s.bound_address(), cfg.metrics_listen, s.metrics_port());
-  (*server)->shutdown(std::chrono::seconds(5));
-  server->reset();
-  rpc::log_event(spdlog::level::info, "stopped", {});
-  return 0;
+  rpc::ServeOptions so;
+  so.ready = "fuser ready";
+  so.fields = {{"fuser", (*server)->summary()}, {"weights", cfg.weights_dir}};
+  so.tls = cfg.tls;
+  so.auth = !cfg.auth_token.empty();
+  so.metrics_listen = cfg.metrics_listen;
+  return rpc::serve(std::move(server).value(), so);
 }
 
 }  // namespace kvb::fuser

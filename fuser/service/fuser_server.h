@@ -28,6 +28,7 @@
 
 #include "kernels/status.h"
 #include "rpc/flags.h"
+#include "rpc/server.h"
 
 namespace grpc {
 class Server;
@@ -80,30 +81,30 @@ FuserParsedArgs parse_fuser_args(int argc, const char* const* argv);
 // rpc::load_auth_token): NOT_FOUND / INVALID_ARGUMENT naming the flag and the path.
 Status load_fuser_files(FuserServerConfig& cfg);
 
-class FuserServer {
+class FuserServer final : public rpc::ServerProcess {
  public:
   // Creates the backend on --device and loads the fuser: the registry's UNAVAILABLE / NOT_FOUND
   // for a device this build or machine does not have; NOT_FOUND / INVALID_ARGUMENT from
   // Fuser::load (naming the directory); nothing listens yet. Streams are decoded into host caches
   // either way; on a GPU the projector stages each chunk to the device and back (fuser/projector.h).
   static Result<std::unique_ptr<FuserServer>> create(FuserServerConfig config);
-  ~FuserServer();
+  ~FuserServer() override;
   FuserServer(const FuserServer&) = delete;
   FuserServer& operator=(const FuserServer&) = delete;
 
   // Binds and starts serving gRPC (FuserService + grpc.health.v1 + reflection) and /metrics.
   // UNAVAILABLE when an address cannot be bound or the TLS credentials are rejected.
-  Status start();
+  Status start() override;
   // "host:port" with the real port (after start()).
-  const std::string& bound_address() const { return bound_; }
-  int metrics_port() const;
+  const std::string& bound_address() const override { return bound_; }
+  int metrics_port() const override;
   // One line for the startup log: pair, gates, weights, backend.
   std::string summary() const;
   const Fuser& fuser() const { return *fuser_; }
 
   // Stops accepting calls, lets running ones finish for up to `grace`, cancels the rest, then
   // stops the metrics endpoint. Idempotent.
-  void shutdown(std::chrono::milliseconds grace);
+  void shutdown(std::chrono::milliseconds grace) override;
 
  private:
   explicit FuserServer(FuserServerConfig config);

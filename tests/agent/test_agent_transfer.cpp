@@ -15,14 +15,14 @@
 #include <thread>
 #include <vector>
 
+#include "agent/agent_server.h"
+#include "agent/transfer/peer_client.h"
+#include "agent/transfer/transfer_factory.h"
 #include "client/agent_client.h"
 #include "engine/kv_wire.h"
 #include "engine/model.h"
 #include "fuser/synth_fuser.h"
 #include "kernels/registry.h"
-#include "agent/agent_server.h"
-#include "agent/transfer/peer_client.h"
-#include "agent/transfer/transfer_factory.h"
 #include "support/pair_fuser.h"
 #include "support/test_support.h"
 #include "transport/fakes.h"

@@ -1,4 +1,4 @@
-// server/buffer_pool: reuse within the size tolerance, the idle budget, small buffers passing
+// runtime/buffer_pool: reuse within the size tolerance, the idle budget, small buffers passing
 // through, buffers outliving the pool, and concurrent use.
 #include <catch2/catch.hpp>
 

@@ -1,9 +1,9 @@
 // Request conversion: chat input rendered with the model's template, and its errors.
 #include <catch2/catch.hpp>
 
+#include "agent/request_convert.h"
 #include "engine/chat_template.h"
 #include "engine/synth.h"
-#include "agent/request_convert.h"
 
 namespace kvb::agent {
 namespace {

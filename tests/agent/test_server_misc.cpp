@@ -4,10 +4,10 @@
 #include <fstream>
 #include <grpcpp/server_context.h>
 
-#include "proto/grpc_status.h"
 #include "agent/agent_config.h"
-#include "rpc/auth.h"
 #include "agent/agent_metrics.h"
+#include "proto/grpc_status.h"
+#include "rpc/auth.h"
 #include "rpc/metrics.h"
 #include "support/test_support.h"
 

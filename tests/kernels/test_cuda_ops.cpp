@@ -128,25 +128,6 @@ Encoded random_encoded(DType t, size_t n, uint32_t seed, float lo = -1.0f, float
   return e;
 }
 
-// Equal bit for bit, except that any two NaNs match: NaNs computed by arithmetic (inf · 0 when an
-// int8 row's scale is inf) carry the default NaN of the hardware, 0xffc00000 on x86 and 0x7fffffff
-// on NVIDIA GPUs. NaNs that are converted rather than computed keep their bits on both.
-bool same_values(DType t, const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
-  if (a.size() != b.size()) return false;
-  const size_t w = t == DType::kF32 ? 4 : 2;
-  for (size_t i = 0; i < a.size(); i += w) {
-    if (std::memcmp(a.data() + i, b.data() + i, w) == 0) continue;
-    uint32_t x = 0, y = 0;
-    std::memcpy(&x, a.data() + i, w);
-    std::memcpy(&y, b.data() + i, w);
-    const auto is_nan = [&](uint32_t v) {
-      return w == 4 ? (v & 0x7fffffffu) > 0x7f800000u : (v & 0x7fffu) > 0x7c00u;
-    };
-    if (!(is_nan(x) && is_nan(y))) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
