@@ -1,16 +1,11 @@
 #include "agent/agent_server.h"
 
 #include <fmt/format.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
-#include <climits>
 #include <malloc.h>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 
@@ -30,7 +25,6 @@
 #include "runtime/cache_staging.h"
 #include "runtime/cache_store.h"
 #include "runtime/engine_loop.h"
-#include "transport/metadata.h"
 
 namespace kvb::agent {
 
