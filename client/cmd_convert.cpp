@@ -36,7 +36,7 @@ void register_convert(CLI::App& app) {
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");
   c->add_option("-o,--out", a->out, "Output GGUF path")->required();
   c->add_option("--dtype", a->dtype, "Matrix dtype (default: keep the model's); norms stay f32")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}));
   c->callback([a] {
     const auto t0 = std::chrono::steady_clock::now();
     auto model = load_model(a->model, LoadOptions{a->tokenizer});

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <nlohmann/json.hpp>
 
@@ -72,8 +73,9 @@ void render_im(std::string& out, std::string_view role, std::string_view content
   out += fmt::format("<|im_start|>{}\n{}<|im_end|>\n", role, content);
 }
 
-std::string render_chatml(std::span<const ChatMessage> m, const ChatOptions& opt) {
+std::string render_chatml(std::span<const ChatMessage> m, const ChatOptions& opt, const std::string& default_system) {
   std::string out;
+  if (!default_system.empty() && m[0].role != "system") render_im(out, "system", default_system);
   for (const ChatMessage& msg : m) render_im(out, msg.role, msg.content);
   if (opt.add_generation_prompt) out += "<|im_start|>assistant\n";
   return out;
@@ -189,12 +191,43 @@ Result<std::vector<ChatMessage>> parse_chat_messages(std::string_view json) {
   return out;
 }
 
+// A ChatML template's default system message: the literal text of a '<|im_start|>system\n...<|im_end|>'
+// string that the source emits under a test of messages[0]'s role against 'system' (SmolLM2's
+// `{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are ...' }}`).
+// Empty when there is none or the text is not a plain literal (Jinja inside, quotes, escapes).
+std::string chatml_default_system(std::string_view jinja) {
+  size_t at = std::string_view::npos;
+  for (std::string_view test : {"messages[0]['role'] != 'system'", "messages[0][\"role\"] != \"system\"",
+                                "messages[0].role != 'system'", "messages[0].role != \"system\""}) {
+    at = std::min(at, jinja.find(test));
+  }
+  if (at == std::string_view::npos) return {};
+  constexpr std::string_view kOpen = "<|im_start|>system";
+  const size_t open = jinja.find(kOpen, at);
+  if (open == std::string_view::npos) return {};
+  std::string_view rest = jinja.substr(open + kOpen.size());
+  if (starts_with(rest, "\n")) {
+    rest.remove_prefix(1);
+  } else if (starts_with(rest, "\\n")) {
+    rest.remove_prefix(2);
+  } else {
+    return {};
+  }
+  const size_t end = rest.find("<|im_end|>");
+  if (end == std::string_view::npos) return {};
+  const std::string_view text = rest.substr(0, end);
+  for (std::string_view bad : {"{{", "{%", "'", "\"", "\\"}) {
+    if (contains(text, bad)) return {};
+  }
+  return std::string(text);
+}
+
 Result<ChatTemplate> ChatTemplate::from_source(std::string_view jinja) {
   if (jinja.empty()) return not_found("the model has no chat template");
   if (contains(jinja, "<|im_start|>")) {
     if (contains(jinja, "<think>") || contains(jinja, "enable_thinking")) return ChatTemplate(ChatFormat::kQwen3);
     if (contains(jinja, kQwenDefaultSystem)) return ChatTemplate(ChatFormat::kQwen25);
-    return ChatTemplate(ChatFormat::kChatML);
+    return ChatTemplate(ChatFormat::kChatML, chatml_default_system(jinja));
   }
   if (contains(jinja, "<|start_header_id|>")) {
     if (contains(jinja, "Cutting Knowledge Date")) return ChatTemplate(ChatFormat::kLlama31);
@@ -231,7 +264,7 @@ Result<std::string> ChatTemplate::render(std::span<const ChatMessage> messages, 
     }
   }
   switch (format_) {
-    case ChatFormat::kChatML: return render_chatml(messages, opt);
+    case ChatFormat::kChatML: return render_chatml(messages, opt, default_system_);
     case ChatFormat::kQwen25: return render_qwen25(messages, opt);
     case ChatFormat::kQwen3: return render_qwen3(messages, opt);
     case ChatFormat::kLlama3: return render_llama3(messages, opt);

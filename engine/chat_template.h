@@ -8,7 +8,9 @@
 // compares); tool *definitions* (the `tools` argument) are not supported, tool *results*
 // (role "tool") are.
 //
-//   kChatML   <|im_start|>{role}\n{content}<|im_end|>\n per message
+//   kChatML   <|im_start|>{role}\n{content}<|im_end|>\n per message; when the template's source has a
+//             default system message for conversations that do not start with one (SmolLM2: "You
+//             are a helpful AI assistant named SmolLM, trained by Hugging Face"), it comes first
 //   kQwen25   ChatML; a default system message ("You are Qwen, created by Alibaba Cloud. You are a
 //             helpful assistant.") when the first message is not a system one; tool results
 //             grouped into one user turn of <tool_response> blocks
@@ -80,14 +82,18 @@ class ChatTemplate {
 
   ChatFormat format() const { return format_; }
   std::string_view name() const { return chat_format_name(format_); }
+  // kChatML: the system message placed first when messages[0] is not a system one; empty if none.
+  const std::string& default_system() const { return default_system_; }
 
   // INVALID_ARGUMENT for no messages, an empty or unknown role (naming the message index), or a
   // role the format cannot place (kLlama3 has no tool role).
   Result<std::string> render(std::span<const ChatMessage> messages, const ChatOptions& opt = {}) const;
 
  private:
-  explicit ChatTemplate(ChatFormat f) : format_(f) {}
+  explicit ChatTemplate(ChatFormat f, std::string default_system = {})
+      : format_(f), default_system_(std::move(default_system)) {}
   ChatFormat format_;
+  std::string default_system_;
 };
 
 }  // namespace kvb

@@ -34,6 +34,18 @@ class OpTimer {
   std::chrono::steady_clock::time_point start_;
 };
 
+// A [rows][cols] table of any weight dtype as F16 in `storage` (which the result points into).
+Tensor widen_to_f16(const Tensor& table, std::vector<uint16_t>& storage) {
+  storage.resize(size_t(table.numel()));
+  std::vector<float> row(size_t(table.cols()));
+  for (int64_t i = 0; i < table.rows(); ++i) {
+    to_f32(table.dtype, static_cast<const uint8_t*>(table.data) + size_t(i) * table.row_nbytes(), row.data(),
+           table.cols());
+    for (int64_t j = 0; j < table.cols(); ++j) storage[size_t(i * table.cols() + j)] = fp32_to_fp16(row[size_t(j)]);
+  }
+  return Tensor::make(DType::kF16, storage.data(), {table.rows(), table.cols()});
+}
+
 }  // namespace
 
 struct ModelRunner::Impl {
@@ -115,7 +127,13 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const Model& model, Bac
     KVB_ASSIGN_OR_RETURN(im.rope.freq_factors, to_device(host));
   }
   KVB_ASSIGN_OR_RETURN(im.output, upload(model.weights.output, "output", -1));
-  KVB_ASSIGN_OR_RETURN(im.tok_embd, to_device(model.weights.tok_embd));
+  // A device backend reads GGUF block tables (Q4_0 ... Q6_K) as F16, widened here once.
+  std::vector<uint16_t> widened;
+  Tensor table = model.weights.tok_embd;
+  if (!bt.is_host() && !backend.device().supports_op(OpKind::kEmbedding, table.dtype)) {
+    table = widen_to_f16(table, widened);
+  }
+  KVB_ASSIGN_OR_RETURN(im.tok_embd, to_device(table));
   KVB_ASSIGN_OR_RETURN(im.output_norm, to_device(model.weights.output_norm));
 
   // One scratch buffer carved into the per-ubatch activations.

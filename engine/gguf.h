@@ -29,9 +29,23 @@ enum class GgufType : uint32_t {
 };
 
 // ggml tensor type ids used in GGUF tensor infos.
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+enum class GgmlType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ2_K = 10,
+  kQ3_K = 11,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kBF16 = 30,
+};
 std::optional<DType> dtype_from_ggml(uint32_t ggml_type);
-uint32_t ggml_from_dtype(DType t);  // DType must be F32, F16, BF16 or Q8_0
+uint32_t ggml_from_dtype(DType t);  // DType must be a weight type (F32, F16, BF16 or a block type)
 std::string_view ggml_type_name(uint32_t ggml_type);  // "q4_0" etc., for error messages
 
 // One metadata value. Arrays hold scalars or strings (nested arrays are rejected at open).

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <memory>
 
+#include "kernels/quants.h"
+
 namespace kvb {
 
 namespace {
@@ -14,8 +16,9 @@ namespace {
 // Elements converted per step when a tensor changes dtype: bounds the scratch to ~8 MiB.
 constexpr int64_t kChunkElems = int64_t(1) << 20;
 
+// Weight types GGUF can hold; any of them can be copied as is, only can_quantize() ones converted to.
 bool storable(DType t) {
-  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0;
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || dtype_is_quantized(t);
 }
 
 // Streams `src` ([rows][cols], host memory) as `dst`, converting through f32 when they differ.
@@ -137,14 +140,24 @@ bool gguf_permutes_rows(const ModelConfig& c, const LlamaTensorSlot& slot) {
 }
 
 DType gguf_matrix_dtype(DType want, int64_t cols) {
-  if (want == DType::kQ8_0 && cols % kQ8BlockSize != 0) return DType::kF16;
+  if (cols % dtype_block_size(want) != 0) return DType::kF16;
   return want;
 }
 
 uint32_t gguf_file_type(DType t) {
   switch (t) {
+    // llama.cpp's llama_ftype; a K-quant names its "_M" mix, the file type its own quantizer writes.
     case DType::kF16: return 1;
+    case DType::kQ4_0: return 2;
+    case DType::kQ4_1: return 3;
     case DType::kQ8_0: return 7;
+    case DType::kQ5_0: return 8;
+    case DType::kQ5_1: return 9;
+    case DType::kQ2_K: return 10;
+    case DType::kQ3_K: return 12;
+    case DType::kQ4_K: return 15;
+    case DType::kQ5_K: return 17;
+    case DType::kQ6_K: return 18;
     case DType::kBF16: return 32;
     default: return 0;
   }
@@ -228,9 +241,9 @@ void set_model_gguf_metadata(GgufWriter& w, const ModelConfig& c, const Vocab* v
 
 Status write_model_gguf(const Model& m, const std::string& path, std::optional<DType> matrix_dtype,
                         const ExportProgress& progress) {
-  if (matrix_dtype && !storable(*matrix_dtype)) {
-    return invalid_argument(fmt::format("cannot export matrices as {} (supported: f32, f16, bf16, q8_0)",
-                                        dtype_name(*matrix_dtype)));
+  if (matrix_dtype && !(storable(*matrix_dtype) && (!dtype_is_quantized(*matrix_dtype) || can_quantize(*matrix_dtype)))) {
+    return invalid_argument(fmt::format(
+        "cannot export matrices as {} (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1)", dtype_name(*matrix_dtype)));
   }
   const ModelConfig& c = m.config;
   KVB_RETURN_IF_ERROR(c.validate().with_context("exporting " + m.path));

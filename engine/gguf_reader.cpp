@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <limits>
+#include <utility>
 
 #include "engine/gguf.h"
 
@@ -15,23 +16,26 @@ constexpr uint64_t kMaxDims = 4;
 
 }  // namespace
 
+namespace {
+constexpr std::pair<GgmlType, DType> kGgmlTypes[] = {
+    {GgmlType::kF32, DType::kF32},   {GgmlType::kF16, DType::kF16},   {GgmlType::kBF16, DType::kBF16},
+    {GgmlType::kQ8_0, DType::kQ8_0}, {GgmlType::kQ4_0, DType::kQ4_0}, {GgmlType::kQ4_1, DType::kQ4_1},
+    {GgmlType::kQ5_0, DType::kQ5_0}, {GgmlType::kQ5_1, DType::kQ5_1}, {GgmlType::kQ2_K, DType::kQ2_K},
+    {GgmlType::kQ3_K, DType::kQ3_K}, {GgmlType::kQ4_K, DType::kQ4_K}, {GgmlType::kQ5_K, DType::kQ5_K},
+    {GgmlType::kQ6_K, DType::kQ6_K},
+};
+}  // namespace
+
 std::optional<DType> dtype_from_ggml(uint32_t ggml_type) {
-  switch (ggml_type) {
-    case uint32_t(GgmlType::kF32): return DType::kF32;
-    case uint32_t(GgmlType::kF16): return DType::kF16;
-    case uint32_t(GgmlType::kQ8_0): return DType::kQ8_0;
-    case uint32_t(GgmlType::kBF16): return DType::kBF16;
-    default: return std::nullopt;
+  for (const auto& [g, d] : kGgmlTypes) {
+    if (uint32_t(g) == ggml_type) return d;
   }
+  return std::nullopt;
 }
 
 uint32_t ggml_from_dtype(DType t) {
-  switch (t) {
-    case DType::kF32: return uint32_t(GgmlType::kF32);
-    case DType::kF16: return uint32_t(GgmlType::kF16);
-    case DType::kQ8_0: return uint32_t(GgmlType::kQ8_0);
-    case DType::kBF16: return uint32_t(GgmlType::kBF16);
-    default: break;
+  for (const auto& [g, d] : kGgmlTypes) {
+    if (d == t) return uint32_t(g);
   }
   KVB_ASSERT(false, "dtype has no ggml equivalent");
 }
@@ -234,7 +238,7 @@ class GgufParser {
     const auto dt = dtype_from_ggml(type);
     if (!dt) {
       return error(fmt::format("tensor '{}' has type {} ({}), which kvbridge does not support "
-                               "(supported: f32, f16, bf16, q8_0)",
+                               "(supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K)",
                                t.name, ggml_type_name(type), type));
     }
     t.dtype = *dt;

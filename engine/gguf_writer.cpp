@@ -122,7 +122,7 @@ void GgufWriter::set_i32_array(const std::string& key, std::vector<int32_t> v) {
 
 Result<size_t> GgufWriter::check_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& ne) const {
   if (ne.empty() || ne.size() > 4) return invalid_argument(fmt::format("tensor '{}': 1..4 dims", name));
-  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 && dtype != DType::kQ8_0) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16 && !dtype_is_quantized(dtype)) {
     return invalid_argument(fmt::format("tensor '{}': dtype {} cannot be stored in GGUF", name, dtype_name(dtype)));
   }
   int64_t rows = 1;

@@ -15,6 +15,7 @@
 
 #include "engine/model_loaders.h"
 #include "engine/safetensors.h"
+#include "kernels/quants.h"
 
 namespace kvb {
 
@@ -203,10 +204,11 @@ Status generate_tensor(const LlamaTensorSlot& s, DType dst, uint64_t seed, int64
 }
 
 Status check_dtype(DType dtype) {
-  if (dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 || dtype == DType::kQ8_0) {
+  if (dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 || can_quantize(dtype)) {
     return Status::Ok();
   }
-  return invalid_argument(fmt::format("synth: dtype {} is not supported (f32, f16, bf16, q8_0)", dtype_name(dtype)));
+  return invalid_argument(
+      fmt::format("synth: dtype {} is not supported (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1)", dtype_name(dtype)));
 }
 
 // ---- Hugging Face files ----

@@ -53,7 +53,8 @@ struct Vocab {
   std::vector<TokenType> types;     // [n_vocab]
   // BPE only: "left right" in rank order (GGUF tokenizer.ggml.merges); empty for SPM.
   std::vector<std::string> merges;
-  // BPE only: the pre-tokenizer (split regex) family, "gpt2", "qwen2" or "llama-bpe" (Llama 3);
+  // BPE only: the pre-tokenizer (split regex) family, "gpt2", "smollm" (digits apart, then GPT-2's),
+  // "qwen2" or "llama-bpe" (Llama 3);
   // see engine/unicode_regex.h. Loaders map llama.cpp's tokenizer.ggml.pre names ("gpt-2",
   // "llama3", ...) and tokenizer.json regexes onto these. Empty means "gpt2".
   std::string pre;

@@ -35,10 +35,18 @@ namespace {
 struct Family {
   std::string_view name;
   std::string_view hf_regex;  // exactly as in tokenizer.json (after JSON unescaping)
+  // Hugging Face's Digits(individual_digits) pre-tokenizer first: every \p{N} character is a word of
+  // its own, and hf_regex splits the text between them (llama.cpp: {"\p{N}", regex}).
+  bool isolate_digits = false;
 };
 
-constexpr std::array<Family, 3> kFamilies = {{
-    {"gpt2", R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)"},
+constexpr std::string_view kGpt2Regex =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+constexpr std::array<Family, 4> kFamilies = {{
+    {"gpt2", kGpt2Regex},
+    // SmolLM, StarCoder, Command-R and others (llama.cpp's "smollm" group): digits, then GPT-2.
+    {"smollm", kGpt2Regex, true},
     {"qwen2",
      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
     {"llama-bpe",
@@ -184,13 +192,45 @@ class RegexPreTokenizer final : public PreTokenizer {
   bool jit_;
 };
 
+// Two splits in sequence: `first`'s words are each split again by `second`.
+class SequencePreTokenizer final : public PreTokenizer {
+ public:
+  SequencePreTokenizer(std::unique_ptr<RegexPreTokenizer> first, std::unique_ptr<RegexPreTokenizer> second)
+      : first_(std::move(first)), second_(std::move(second)) {}
+
+  void split(std::string_view text, std::vector<std::string_view>& words) const override {
+    std::vector<std::string_view> pieces;
+    first_->split(text, pieces);
+    for (std::string_view p : pieces) second_->split(p, words);
+  }
+
+ private:
+  std::unique_ptr<RegexPreTokenizer> first_, second_;
+};
+
+Result<std::unique_ptr<RegexPreTokenizer>> compile(std::string_view name, std::string_view hf_regex) {
+  const std::string pattern = to_pcre2(hf_regex);
+  int err = 0;
+  PCRE2_SIZE err_off = 0;
+  Pcre2Code code(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                               PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr));
+  if (!code) {
+    std::array<PCRE2_UCHAR, 256> msg{};
+    pcre2_get_error_message(err, msg.data(), msg.size());
+    return internal_error(fmt::format("PCRE2 rejected the '{}' pattern at offset {}: {}", name, err_off,
+                                      reinterpret_cast<const char*>(msg.data())));
+  }
+  const bool jit = pcre2_jit_compile(code.get(), PCRE2_JIT_COMPLETE) == 0;
+  return std::make_unique<RegexPreTokenizer>(std::move(code), jit);
+}
+
 }  // namespace
 
 bool is_known_pre(std::string_view pre) { return find_family(pre) != nullptr; }
 
 std::optional<std::string_view> pre_from_hf_regex(std::string_view regex) {
   for (const Family& f : kFamilies) {
-    if (f.hf_regex == regex) return f.name;
+    if (f.hf_regex == regex && !f.isolate_digits) return f.name;
   }
   return std::nullopt;
 }
@@ -199,21 +239,12 @@ Result<std::unique_ptr<PreTokenizer>> create_pre_tokenizer(std::string_view pre)
   const Family* f = find_family(pre);
   if (!f) {
     return invalid_argument(fmt::format(
-        "unknown BPE pre-tokenizer '{}' (known: gpt2, qwen2, llama-bpe)", pre));
+        "unknown BPE pre-tokenizer '{}' (known: gpt2, smollm, qwen2, llama-bpe)", pre));
   }
-  const std::string pattern = to_pcre2(f->hf_regex);
-  int err = 0;
-  PCRE2_SIZE err_off = 0;
-  Pcre2Code code(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                               PCRE2_UTF | PCRE2_UCP, &err, &err_off, nullptr));
-  if (!code) {
-    std::array<PCRE2_UCHAR, 256> msg{};
-    pcre2_get_error_message(err, msg.data(), msg.size());
-    return internal_error(fmt::format("PCRE2 rejected the '{}' pattern at offset {}: {}", f->name,
-                                      err_off, reinterpret_cast<const char*>(msg.data())));
-  }
-  const bool jit = pcre2_jit_compile(code.get(), PCRE2_JIT_COMPLETE) == 0;
-  return std::unique_ptr<PreTokenizer>(new RegexPreTokenizer(std::move(code), jit));
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<RegexPreTokenizer> split, compile(f->name, f->hf_regex));
+  if (!f->isolate_digits) return std::unique_ptr<PreTokenizer>(std::move(split));
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<RegexPreTokenizer> digits, compile("digits", R"(\p{N})"));
+  return std::unique_ptr<PreTokenizer>(new SequencePreTokenizer(std::move(digits), std::move(split)));
 }
 
 }  // namespace kvb

@@ -8,6 +8,8 @@
 //   "qwen2"      Qwen2/2.5/3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
 //                      ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+   (one digit per word)
 //   "llama-bpe"  Llama 3: as qwen2 with \p{N}{1,3} (up to three digits per word)
+//   "smollm"     SmolLM, StarCoder, ...: Hugging Face's Digits(individual_digits) first (each \p{N}
+//                      character a word), then GPT-2's regex on the text between the digits
 #pragma once
 
 #include <memory>
@@ -31,7 +33,7 @@ class PreTokenizer {
   virtual void split(std::string_view text, std::vector<std::string_view>& words) const = 0;
 };
 
-// The pre-tokenizer of a family by its Vocab::pre name ("gpt2", "qwen2", "llama-bpe"; empty means
+// The pre-tokenizer of a family by its Vocab::pre name ("gpt2", "smollm", "qwen2", "llama-bpe"; empty means
 // "gpt2"). INVALID_ARGUMENT for any other name; INTERNAL if PCRE2 rejects a pattern (a bug).
 // Compiles (and JIT-compiles) the pattern: call once per tokenizer, not per text.
 Result<std::unique_ptr<PreTokenizer>> create_pre_tokenizer(std::string_view pre);

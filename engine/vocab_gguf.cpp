@@ -21,6 +21,10 @@ constexpr PreName kPreNames[] = {
     {"qwen2", "qwen2", false},         {"deepseek-r1-qwen", "qwen2", false},
     {"llama-bpe", "llama-bpe", true},  {"llama3", "llama-bpe", true},
     {"llama-v3", "llama-bpe", true},
+    // llama.cpp's group with the regexes {"\\p{N}", GPT-2's}: digits isolated, then GPT-2's split.
+    {"smollm", "smollm", false},       {"starcoder", "smollm", false},  {"refact", "smollm", false},
+    {"command-r", "smollm", false},    {"codeshell", "smollm", false},  {"exaone", "smollm", false},
+    {"minerva-7b", "smollm", false},   {"mellum2", "smollm", false},
 };
 
 bool is_string_type(GgufType t) { return t == GgufType::kString; }

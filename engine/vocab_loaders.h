@@ -37,7 +37,9 @@ Result<Vocab> read_llama2c_vocab(const std::string& path, int32_t n_vocab);
 //   merges         optional string array (BPE only).
 //   pre            BPE only: llama.cpp's pre-tokenizer name → Vocab::pre: "gpt-2"/"phi-2"/"gpt2" →
 //                  "gpt2", "qwen2"/"deepseek-r1-qwen" → "qwen2", "llama-bpe"/"llama3"/"llama-v3"
-//                  → "llama-bpe" (with ignore_merges, as llama.cpp sets it). Absent → "gpt2" (the
+//                  → "llama-bpe" (with ignore_merges, as llama.cpp sets it); "smollm" and the names llama.cpp
+//                  groups with it (starcoder, refact, command-r, codeshell, exaone, minerva-7b, mellum2)
+//                  → "smollm". Absent → "gpt2" (the
 //                  GGUF predates the key; llama.cpp warns and uses a GPT-2-like default). Any other
 //                  name → UNIMPLEMENTED naming it (a model then loads without a tokenizer).
 //   chat_template  tokenizer.chat_template → Vocab::chat_template (any model; empty if absent).

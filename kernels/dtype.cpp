@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/quants.h"
 #include "kernels/status.h"
 
 namespace kvb {
@@ -14,18 +15,46 @@ std::string_view dtype_name(DType t) {
     case DType::kQ8_0: return "q8_0";
     case DType::kI8: return "i8";
     case DType::kI32: return "i32";
+    case DType::kQ4_0: return "q4_0";
+    case DType::kQ4_1: return "q4_1";
+    case DType::kQ5_0: return "q5_0";
+    case DType::kQ5_1: return "q5_1";
+    case DType::kQ2_K: return "q2_k";
+    case DType::kQ3_K: return "q3_k";
+    case DType::kQ4_K: return "q4_k";
+    case DType::kQ5_K: return "q5_k";
+    case DType::kQ6_K: return "q6_k";
   }
   return "?";
 }
 
 std::optional<DType> dtype_from_name(std::string_view name) {
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kI8, DType::kI32}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kI8, DType::kI32, DType::kQ4_0,
+                  DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K,
+                  DType::kQ6_K}) {
     if (dtype_name(t) == name) return t;
   }
   return std::nullopt;
 }
 
-int dtype_block_size(DType t) { return t == DType::kQ8_0 ? kQ8BlockSize : 1; }
+int dtype_block_size(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+      return kQK;
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return kQKK;
+    default:
+      return 1;
+  }
+}
 
 size_t dtype_block_bytes(DType t) {
   switch (t) {
@@ -35,11 +64,20 @@ size_t dtype_block_bytes(DType t) {
     case DType::kQ8_0: return sizeof(BlockQ8_0);
     case DType::kI8: return 1;
     case DType::kI32: return 4;
+    case DType::kQ4_0: return sizeof(BlockQ4_0);
+    case DType::kQ4_1: return sizeof(BlockQ4_1);
+    case DType::kQ5_0: return sizeof(BlockQ5_0);
+    case DType::kQ5_1: return sizeof(BlockQ5_1);
+    case DType::kQ2_K: return sizeof(BlockQ2_K);
+    case DType::kQ3_K: return sizeof(BlockQ3_K);
+    case DType::kQ4_K: return sizeof(BlockQ4_K);
+    case DType::kQ5_K: return sizeof(BlockQ5_K);
+    case DType::kQ6_K: return sizeof(BlockQ6_K);
   }
   return 0;
 }
 
-bool dtype_is_quantized(DType t) { return t == DType::kQ8_0; }
+bool dtype_is_quantized(DType t) { return t == DType::kQ8_0 || is_gguf_quant(t); }
 
 size_t row_bytes(DType t, int64_t n) {
   const int bs = dtype_block_size(t);
@@ -139,6 +177,9 @@ void to_f32(DType t, const void* src, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = float(s[i]);
       return;
     }
+    default:
+      dequantize_row(t, src, dst, n);
+      return;
   }
 }
 
@@ -181,6 +222,9 @@ void from_f32(DType t, const float* src, void* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) d[i] = int32_t(std::lround(src[i]));
       return;
     }
+    default:
+      quantize_row(t, src, dst, n);
+      return;
   }
 }
 

@@ -61,6 +61,7 @@ bool op_supports_dtype(OpKind op, DType t) {
   switch (op) {
     case OpKind::kMatmul:
     case OpKind::kEmbedding:
+      return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || dtype_is_quantized(t);
     case OpKind::kConvert:
       return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0;
     case OpKind::kAttention:
@@ -124,7 +125,7 @@ Status check_rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor&
 
 Status check_embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) {
   const DType t = table.dtype;
-  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && !dtype_is_quantized(t)) {
     return invalid_argument(fmt::format("embedding: table dtype {} is not a weight type", dtype_name(t)));
   }
   KVB_RETURN_IF_ERROR(check_tensor(table, t, "embedding", "table"));

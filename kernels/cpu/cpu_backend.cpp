@@ -83,6 +83,27 @@ const GemmKernels& gemm_for(Isa isa) {
   return gemm_kernels_generic();
 }
 
+// AVX-512 VNNI (CPUID.7.0:ECX bit 11), for the integer kernels of GGUF block weights.
+bool hardware_has_avx512_vnni() {
+#if KVB_CPU_X86
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  return (ecx & (1u << 11)) != 0;
+#else
+  return false;
+#endif
+}
+
+// At the AVX-512 level without VNNI, the AVX2 quant kernels.
+const QuantKernels& quant_for(Isa isa) {
+#if KVB_CPU_X86
+  if (isa == Isa::kAvx512 && hardware_has_avx512_vnni()) return quant_kernels_avx512vnni();
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return quant_kernels_avx2();
+#endif
+  (void)isa;
+  return quant_kernels_generic();
+}
+
 const VecKernels& vec_for(Isa isa) {
 #if KVB_CPU_X86
   if (isa == Isa::kAvx512) return vec_kernels_avx512();
@@ -154,6 +175,7 @@ class CpuBackend final : public Backend {
     ctx_.pool = &pool_;
     ctx_.gemm = &gemm_for(isa);
     ctx_.vec = &vec_for(isa);
+    ctx_.quant = &quant_for(isa);
     ctx_.scratch = &scratch_;
   }
 

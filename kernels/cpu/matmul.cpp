@@ -3,7 +3,9 @@
 // Work is cut along output panels (32 outputs each, see packed_weight.h) of all weights together,
 // so Q/K/V or gate/up run as one parallel loop. Two regimes:
 //   n <= kMaxGemvRows (decode): each panel is streamed once through the ISA's gemv kernel, which
-//     converts the stored dtype in registers; the run is bound by memory bandwidth.
+//     converts the stored dtype in registers; the run is bound by memory bandwidth. For GGUF block
+//     weights (quant_panel.h) x is first quantized to int8 per 32 inputs, once for all weights, and
+//     the kernels take integer dot products.
 //   larger n (prefill): BLIS-style. x is packed once into row blocks [k][mr]; then, per k block of
 //     kKc, each panel's k block is (converted to an f32 tile if needed and) multiplied against every
 //     row block by the register-blocked micro-kernel. Rows are grouped so the packed x
@@ -33,7 +35,7 @@ constexpr int64_t kMcMinRows = 256;
 
 struct OutPanels {
   const PackedWeight* w;
-  int type;  // weight_type_index
+  int type;  // weight_type_index, or kNumWeightTypes + quant_format for GGUF block weights
   float* y;
   int64_t ldy;
   bool accumulate;
@@ -51,6 +53,11 @@ inline const uint8_t* panel_k_block(const OutPanels& o, int64_t p, int64_t k0, i
   if (o.type == 3) {
     bytes = size_t(kc / kQ8BlockSize) * kQ8GroupBytes;
     return o.w->panel(p) + size_t(k0 / kQ8BlockSize) * kQ8GroupBytes;
+  }
+  if (o.type >= kNumWeightTypes) {
+    const size_t group = quant_group_bytes(o.type - kNumWeightTypes);
+    bytes = size_t(kc / 32) * group;
+    return o.w->panel(p) + size_t(k0 / 32) * group;
   }
   const size_t elem = o.type == 0 ? 4 : 2;
   bytes = size_t(kc) * kPanel * elem;
@@ -84,15 +91,23 @@ Status validate(const Tensor& x, std::span<const MatmulOut> outs, std::vector<Ou
     for (size_t j = 0; j < i; ++j) {
       if (tensors_overlap(o.y, outs[j].y)) return invalid_argument(fmt::format("matmul: y[{}] overlaps y[{}]", i, j));
     }
-    panels.push_back({w, weight_type_index(w->dtype()), o.y.as<float>(), w->n_out(), o.accumulate, first});
+    const int qf = quant_format(w->dtype());
+    const int type = qf >= 0 ? kNumWeightTypes + qf : weight_type_index(w->dtype());
+    panels.push_back({w, type, o.y.as<float>(), w->n_out(), o.accumulate, first});
     first += w->n_panels();
   }
   return Status::Ok();
 }
 
-void run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
-              int64_t n_panels) {
+Status run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
+                int64_t n_panels) {
   const GemmKernels& kern = *ctx.gemm;
+  const QuantKernels& qkern = *ctx.quant;
+  QuantizedRows xq;
+  if (std::any_of(outs.begin(), outs.end(), [](const OutPanels& o) { return o.type >= kNumWeightTypes; })) {
+    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(quantized_rows_bytes(int(n), k)));
+    xq = quantize_rows(x, k, int(n), k, ctx.scratch->shared());
+  }
   // Several chunks per thread: a descheduled worker then holds back only a small part of the op.
   const int64_t chunk = std::max<int64_t>(1, n_panels / (int64_t(ctx.pool->n_threads()) * 8));
   ctx.pool->parallel_for(n_panels, chunk, [&](int64_t begin, int64_t end, int) {
@@ -100,9 +115,14 @@ void run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::v
       const OutPanels& o = find_out(outs, g);
       const int64_t p = g - o.first_panel;
       const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
-      kern.gemv[o.type](o.w->panel(p), k, x, k, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
+      if (o.type >= kNumWeightTypes) {
+        qkern.gemv[o.type - kNumWeightTypes](o.w->panel(p), k, xq, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
+      } else {
+        kern.gemv[o.type](o.w->panel(p), k, x, k, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
+      }
     }
   });
+  return Status::Ok();
 }
 
 Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
@@ -159,6 +179,9 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
         const float* b;
         if (o.type == 0) {
           b = reinterpret_cast<const float*>(o.w->panel(p)) + k0 * kPanel;
+        } else if (o.type >= kNumWeightTypes) {
+          ctx.quant->unpack[o.type - kNumWeightTypes](o.w->panel(p), k0, kc, tile);
+          b = tile;
         } else {
           kern.unpack[o.type](o.w->panel(p), k0, kc, tile);
           b = tile;
@@ -200,10 +223,7 @@ Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs) 
   const int64_t k = x.shape[1];
   if (n == 0 || panels.empty()) return Status::Ok();
   const int64_t n_panels = panels.back().first_panel + panels.back().w->n_panels();
-  if (n <= kMaxGemvRows) {
-    run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
-    return Status::Ok();
-  }
+  if (n <= kMaxGemvRows) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
   return run_gemm(ctx, x.as<const float>(), n, k, panels, n_panels);
 }
 

@@ -12,6 +12,7 @@
 #include "kernels/op_checks.h"  // check_tensor, tensors_overlap, per-op checks
 #include "kernels/cpu/aligned_buffer.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/quant_panel.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cpu/vec_kernels.h"
 
@@ -38,6 +39,7 @@ struct OpContext {
   ThreadPool* pool = nullptr;
   const GemmKernels* gemm = nullptr;
   const VecKernels* vec = nullptr;
+  const QuantKernels* quant = nullptr;
   Scratch* scratch = nullptr;
 };
 

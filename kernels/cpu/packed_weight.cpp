@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/quant_panel.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace kvb::cpu {
@@ -52,6 +53,7 @@ void pack_q8_panel(const BlockQ8_0* w, int64_t n_out, int64_t n_in, int64_t p, u
 
 size_t packed_panel_bytes(DType t, int64_t n_in) {
   if (t == DType::kQ8_0) return size_t(n_in / kQ8BlockSize) * kQ8GroupBytes;
+  if (const int f = quant_format(t); f >= 0) return size_t(n_in / 32) * quant_group_bytes(f);
   return size_t(n_in) * kPanel * dtype_block_bytes(t);
 }
 
@@ -64,7 +66,7 @@ PackedWeight::PackedWeight(DType t, int64_t n_out, int64_t n_in)
 
 Result<std::unique_ptr<PackedWeight>> PackedWeight::pack(const Tensor& host, ThreadPool* pool) {
   const DType t = host.dtype;
-  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0 && quant_format(t) < 0) {
     return unimplemented(fmt::format("upload_weight: dtype {} is not supported by the CPU backend", dtype_name(t)));
   }
   if (host.n_dims != 2 || host.shape[0] <= 0 || host.shape[1] <= 0) {
@@ -73,8 +75,9 @@ Result<std::unique_ptr<PackedWeight>> PackedWeight::pack(const Tensor& host, Thr
   if (host.data == nullptr) return invalid_argument("upload_weight: null data");
   const int64_t n_out = host.shape[0];
   const int64_t n_in = host.shape[1];
-  if (t == DType::kQ8_0 && n_in % kQ8BlockSize != 0) {
-    return invalid_argument(fmt::format("upload_weight: q8_0 n_in = {} is not a multiple of 32", n_in));
+  if (n_in % dtype_block_size(t) != 0) {
+    return invalid_argument(fmt::format("upload_weight: {} n_in = {} is not a multiple of {}", dtype_name(t), n_in,
+                                        dtype_block_size(t)));
   }
   if (n_in > (int64_t(1) << 40) / kPanel || n_out > (int64_t(1) << 40)) {
     return invalid_argument(fmt::format("upload_weight: matrix {} is too large", host.describe()));
@@ -96,8 +99,11 @@ Result<std::unique_ptr<PackedWeight>> PackedWeight::pack(const Tensor& host, Thr
         case DType::kBF16:
           pack_plain_panel(host.as<const uint16_t>(), n_out, n_in, p, reinterpret_cast<uint16_t*>(panel));
           break;
-        default:
+        case DType::kQ8_0:
           pack_q8_panel(host.as<const BlockQ8_0>(), n_out, n_in, p, panel);
+          break;
+        default:
+          pack_quant_panel(t, host.as<const uint8_t>(), n_out, n_in, p, panel);
           break;
       }
     }

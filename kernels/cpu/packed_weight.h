@@ -9,6 +9,7 @@
 //     Q8_0:              for each group g of 32 k's (K/32 groups, 1088 bytes each):
 //                          uint16 d[32]      f16 scale of row r's ggml block g
 //                          int8   q[32][32]  q[kk][r] = row r's block g, element kk
+//     Q4_0 ... Q6_K:     the U4 / U8 groups of quant_panel.h
 //   So the 32 outputs of a panel are contiguous at every k: a kernel broadcasts x[k] and does one
 //   multiply-add per 16 (AVX-512) or 8 (AVX2) outputs, with no horizontal sums, and a decode GEMV
 //   reads each panel as one sequential stream.
@@ -30,7 +31,8 @@ class ThreadPool;
 
 class PackedWeight final : public Weight {
  public:
-  // Packs host [n_out][n_in] (F32, F16, BF16 or Q8_0). INVALID_ARGUMENT for a bad shape,
+  // Packs host [n_out][n_in] (F32, F16, BF16, Q8_0 or a GGUF block type of quants.h). INVALID_ARGUMENT
+  // for a bad shape (n_in not whole blocks),
   // UNIMPLEMENTED for another dtype, RESOURCE_EXHAUSTED when out of memory. `pool` (optional)
   // parallelizes the copy.
   static Result<std::unique_ptr<PackedWeight>> pack(const Tensor& host, ThreadPool* pool);

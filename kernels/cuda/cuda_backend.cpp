@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/quants.h"
 
 namespace kvb::cuda {
 namespace {
@@ -113,7 +114,11 @@ class CudaDevice final : public Device {
     }
     return DeviceMemory{total, free};
   }
-  bool supports_op(OpKind op, DType t) const override { return op_supports_dtype(op, t); }
+  // GGUF block weights are widened to F16 at upload (matmul); embedding tables of those types are
+  // widened by the caller (engine/forward.cpp), not read by the device.
+  bool supports_op(OpKind op, DType t) const override {
+    return op_supports_dtype(op, t) && !(op == OpKind::kEmbedding && is_gguf_quant(t));
+  }
   const BufferType& buffer_type() const override { return device_buffers_; }
   const BufferType& host_buffer_type() const { return host_buffers_; }
   Result<std::unique_ptr<Backend>> create_backend() const override;

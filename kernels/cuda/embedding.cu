@@ -35,6 +35,9 @@ __global__ void embedding_kernel(DType t, const void* table, int64_t vocab, cons
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out) {
   KVB_RETURN_IF_ERROR(check_embedding(table, tokens, out));
   const DType t = table.dtype;
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
+    return unimplemented(cat("cuda embedding: table dtype ", dtype_name(t), " is read on the host only (widen it first)"));
+  }
   const int64_t vocab = table.shape[0], d = table.shape[1];
   const int64_t n = tokens.numel();
   if (n == 0 || d == 0) return Status::Ok();

@@ -14,10 +14,13 @@
 // y = x·wᵀ becomes Y = (wᵀ)ᵀ · xᵀ: gemm(T, N, m = n_out, n = n, k = n_in, A = w (lda n_in),
 // B = x (ldb n_in), C = y (ldc n_out)). accumulate sets beta = 1; with beta = 0 cuBLAS never reads y
 // (a NaN-poisoned y is fine). cuBLAS runs on ctx.stream (the handle is bound to it at creation).
+#include <algorithm>
 #include <climits>
+#include <vector>
 
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/quants.h"
 
 namespace kvb::cuda {
 namespace {
@@ -32,11 +35,30 @@ cudaDataType_t cuda_type(DType t) {
 
 bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
+// GGUF block weights (Q4_0 ... Q6_K): dequantized on the host (bit-exact, kernels/quants.h) and
+// rounded to F16, a row block of at most 4 Mi elements at a time, then copied to `dst`.
+Status upload_widened_f16(OpContext& ctx, const Tensor& host, uint16_t* dst) {
+  const int64_t rows = host.shape[0], cols = host.shape[1];
+  const int64_t block = std::max<int64_t>(1, (int64_t(1) << 22) / cols);
+  std::vector<float> f32(size_t(std::min(block, rows) * cols));
+  std::vector<uint16_t> f16(f32.size());
+  const auto* src = static_cast<const uint8_t*>(host.data);
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t n = std::min(block, rows - r);
+    to_f32(host.dtype, src + size_t(r) * host.row_nbytes(), f32.data(), n * cols);
+    for (int64_t i = 0; i < n * cols; ++i) f16[size_t(i)] = fp32_to_fp16(f32[size_t(i)]);
+    KVB_CUDA_CHECK(cudaMemcpyAsync(dst + r * cols, f16.data(), size_t(n * cols) * 2, cudaMemcpyDefault, ctx.stream));
+    // f16 is reused by the next row block.
+    KVB_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Weight>> upload_weight(OpContext& ctx, const Tensor& host) {
   const DType t = host.dtype;
-  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && t != DType::kQ8_0) {
+  if (t != DType::kF32 && t != DType::kF16 && t != DType::kBF16 && !dtype_is_quantized(t)) {
     return unimplemented(cat("cuda upload_weight: weights of dtype ", dtype_name(t), " are not supported"));
   }
   if (host.n_dims != 2 || host.shape[0] <= 0 || host.shape[1] <= 0) {
@@ -47,7 +69,7 @@ Result<std::unique_ptr<Weight>> upload_weight(OpContext& ctx, const Tensor& host
   if (!fits_int(n_out) || !fits_int(n_in)) {
     return invalid_argument(cat("cuda upload_weight: ", host.describe(), " exceeds cuBLAS's int dimensions"));
   }
-  const DType stored = t == DType::kQ8_0 ? DType::kF16 : t;
+  const DType stored = dtype_is_quantized(t) ? DType::kF16 : t;
   const int64_t n = n_out * n_in;
   KVB_ASSIGN_OR_RETURN(DevicePtr mem, device_alloc(size_t(n) * dtype_block_bytes(stored)));
   if (t == DType::kQ8_0) {
@@ -56,6 +78,8 @@ Result<std::unique_ptr<Weight>> upload_weight(OpContext& ctx, const Tensor& host
     KVB_RETURN_IF_ERROR(convert_elements(ctx.stream, DType::kQ8_0, staged.get(), DType::kF16, mem.get(), n));
     // `staged` is freed on return: the conversion must have read it by then.
     KVB_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  } else if (is_gguf_quant(t)) {
+    KVB_RETURN_IF_ERROR(upload_widened_f16(ctx, host, static_cast<uint16_t*>(mem.get())));
   } else {
     KVB_CUDA_CHECK(cudaMemcpyAsync(mem.get(), host.data, host.nbytes(), cudaMemcpyDefault, ctx.stream));
     // The caller may free the host matrix once we return.

@@ -1,0 +1,211 @@
+// GGUF block weights (Q4_0 ... Q6_K) on the CPU backend, for every ISA this machine has, 1 and 2
+// threads:
+//   * decode (n <= 4 rows, integer kernels on 8-bit activations) against a double reference that
+//     quantizes x the same way (per 32 inputs, d = amax / 127, round to nearest) and dots it with the
+//     dequantized weights, and loosely against the unquantized product;
+//   * prefill (n > 4, f32 micro-kernels on widened tiles) against the double product;
+//   * the affine form the packer reads (decode_affine) against dequantize_row, and bad shapes.
+// dequantize_row itself is checked bit for bit against gguf-py by tests/python/test_quant_blocks.py.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu_test_util.h"
+#include "kernels/dtype.h"
+#include "kernels/quants.h"
+
+namespace kvb::test {
+namespace {
+
+// Byte offsets of a block's f16 scale fields (d, then dmin or m where the type has one).
+std::vector<size_t> scale_offsets(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ5_0: return {0};
+    case DType::kQ4_1:
+    case DType::kQ5_1:
+    case DType::kQ4_K:
+    case DType::kQ5_K: return {0, 2};
+    case DType::kQ2_K: return {80, 82};
+    case DType::kQ3_K: return {108};
+    case DType::kQ6_K: return {208};
+    default: return {};
+  }
+}
+
+// Random blocks: random quant and sub-scale bytes, f16 scales of moderate size (so that rows have
+// values of order 1, as trained weights do after their scales).
+std::vector<uint8_t> random_blocks(DType t, int64_t n_blocks, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> b(size_t(n_blocks) * dtype_block_bytes(t));
+  for (uint8_t& v : b) v = uint8_t(rng());
+  std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    for (size_t off : scale_offsets(t)) {
+      const uint16_t h = fp32_to_fp16((rng() & 1 ? -1.0f : 1.0f) * scale(rng));
+      std::memcpy(b.data() + size_t(i) * dtype_block_bytes(t) + off, &h, 2);
+    }
+  }
+  return b;
+}
+
+// x as the decode kernels see it: per 32 inputs, q = round-to-nearest-even(x * 127 / amax) and
+// x ~= f16(amax / 127) * q (llama.cpp's Q8_1 activations).
+std::vector<float> quantized_x(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t g = 0; g < x.size(); g += 32) {
+    float amax = 0;
+    for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[g + j]));
+    const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+    const float d16 = fp16_to_fp32(fp32_to_fp16(d));
+    for (size_t j = 0; j < 32; ++j) out[g + j] = d16 * std::nearbyint(x[g + j] * id);
+  }
+  return out;
+}
+
+std::vector<double> product(const std::vector<float>& x, const std::vector<float>& w, int64_t n, int64_t n_in,
+                            int64_t n_out) {
+  std::vector<double> y(size_t(n * n_out));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < n_out; ++o) {
+      double s = 0;
+      for (int64_t k = 0; k < n_in; ++k) s += double(x[size_t(i * n_in + k)]) * double(w[size_t(o * n_in + k)]);
+      y[size_t(i * n_out + o)] = s;
+    }
+  }
+  return y;
+}
+
+constexpr DType kTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ2_K,
+                            DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+}  // namespace
+
+TEST_CASE("cpu matmul on GGUF block weights matches references for all ISAs and threads", "[kernels]") {
+  const DType t = GENERATE(from_range(std::begin(kTypes), std::end(kTypes)));
+  // n <= 4: the integer gemv; n > 4: widened tiles and the micro-kernel. n_out covers partial panels.
+  const int64_t n = GENERATE(1, 2, 3, 4, 5, 64, 300);
+  const int64_t n_out = GENERATE(1, 33, 96);
+  const int64_t n_in = dtype_block_size(t) == 32 ? GENERATE(32, 96, 1088) : GENERATE(256, 1536);
+  CAPTURE(dtype_name(t), n, n_in, n_out);
+
+  const std::vector<uint8_t> blocks = random_blocks(t, n_out * n_in / dtype_block_size(t), uint32_t(n_in + n_out));
+  std::vector<float> w(size_t(n_out * n_in));
+  to_f32(t, blocks.data(), w.data(), n_out * n_in);
+  std::vector<float> x = random_floats(size_t(n * n_in), uint32_t(n));
+  const std::vector<double> exact = product(x, w, n, n_in, n_out);
+  const bool gemv = n <= 4;
+  const std::vector<double> ref = gemv ? product(quantized_x(x), w, n, n_in, n_out) : exact;
+  const Tensor xt = Tensor::make(DType::kF32, x.data(), {n, n_in});
+
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    auto uw = cfg.backend->upload_weight(Tensor::make(t, const_cast<uint8_t*>(blocks.data()), {n_out, n_in}));
+    REQUIRE(uw.ok());
+    REQUIRE(uw.value()->dtype() == t);
+    Guarded y(size_t(n * n_out));
+    REQUIRE(cfg.backend->matmul(xt, *uw.value(), Tensor::make(DType::kF32, y.data(), {n, n_out})).ok());
+    // f32 accumulation in another order (and Q6_K's s * q + m, see below) against double: a single
+    // output of cancelling terms is the worst case.
+    CHECK(normalized_error(y.data(), ref) <= 5e-5);
+    // A sanity bound on the 8-bit activations: a few % of the output scale for a lone output.
+    CHECK(normalized_error(y.data(), exact) <= (n_out == 1 ? 0.1 : 2e-2));
+    CHECK(y.guards_intact());
+
+    // accumulate adds to y.
+    std::vector<float> y0 = random_floats(size_t(n * n_out), 3);
+    y.fill(y0);
+    const MatmulOut out{uw.value().get(), Tensor::make(DType::kF32, y.data(), {n, n_out}), true};
+    REQUIRE(cfg.backend->matmul(xt, std::span<const MatmulOut>(&out, 1)).ok());
+    std::vector<double> ref_acc = ref;
+    for (size_t i = 0; i < ref_acc.size(); ++i) ref_acc[i] += y0[i];
+    CHECK(normalized_error(y.data(), ref_acc) <= 5e-5);
+  }
+}
+
+TEST_CASE("GGUF block weights share a dispatch with other dtypes", "[kernels]") {
+  const int64_t n = GENERATE(1, 4, 40);
+  const int64_t n_in = 512;
+  CAPTURE(n);
+  struct W {
+    DType t;
+    int64_t n_out;
+    std::vector<uint8_t> bytes;
+    std::vector<float> f;
+  };
+  std::vector<W> ws = {{DType::kQ4_K, 64, {}, {}}, {DType::kF16, 40, {}, {}}, {DType::kQ6_K, 35, {}, {}},
+                       {DType::kQ5_0, 32, {}, {}}};
+  for (W& w : ws) {
+    if (w.t == DType::kF16) {
+      const std::vector<float> f = random_floats(size_t(w.n_out * n_in), 9);
+      w.bytes.resize(size_t(w.n_out * n_in) * 2);
+      from_f32(w.t, f.data(), w.bytes.data(), w.n_out * n_in);
+    } else {
+      w.bytes = random_blocks(w.t, w.n_out * n_in / dtype_block_size(w.t), uint32_t(w.n_out));
+    }
+    w.f.resize(size_t(w.n_out * n_in));
+    to_f32(w.t, w.bytes.data(), w.f.data(), w.n_out * n_in);
+  }
+  std::vector<float> x = random_floats(size_t(n * n_in), 5);
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    std::vector<std::unique_ptr<Weight>> uws;
+    std::vector<Guarded> ys;
+    std::vector<MatmulOut> outs;
+    for (W& w : ws) {
+      auto uw = cfg.backend->upload_weight(Tensor::make(w.t, w.bytes.data(), {w.n_out, n_in}));
+      REQUIRE(uw.ok());
+      uws.push_back(std::move(uw).value());
+      ys.emplace_back(size_t(n * w.n_out));
+    }
+    for (size_t i = 0; i < ws.size(); ++i) {
+      outs.push_back({uws[i].get(), Tensor::make(DType::kF32, ys[i].data(), {n, ws[i].n_out}), false});
+    }
+    REQUIRE(cfg.backend->matmul(Tensor::make(DType::kF32, x.data(), {n, n_in}), outs).ok());
+    for (size_t i = 0; i < ws.size(); ++i) {
+      CAPTURE(dtype_name(ws[i].t));
+      // F16 sees the f32 x; block weights at n <= 4 see 8-bit x.
+      const bool q8x = n <= 4 && ws[i].t != DType::kF16;
+      const auto ref = product(q8x ? quantized_x(x) : x, ws[i].f, n, n_in, ws[i].n_out);
+      CHECK(normalized_error(ys[i].data(), ref) <= 1e-5);
+    }
+  }
+}
+
+TEST_CASE("decode_affine reproduces dequantize_row", "[kernels]") {
+  const DType t = GENERATE(from_range(std::begin(kTypes), std::end(kTypes)));
+  CAPTURE(dtype_name(t));
+  const int bs = dtype_block_size(t);
+  const std::vector<uint8_t> blocks = random_blocks(t, 64, 17);
+  std::vector<float> ref(size_t(64 * bs));
+  dequantize_row(t, blocks.data(), ref.data(), 64 * bs);
+  for (int b = 0; b < 64; ++b) {
+    uint8_t q[kQKK];
+    float s[kQKK / kAffineSub], m[kQKK / kAffineSub];
+    decode_affine(t, blocks.data() + size_t(b) * dtype_block_bytes(t), q, s, m);
+    for (int i = 0; i < bs; ++i) {
+      REQUIRE(q[i] < (1 << affine_bits(t)));
+      const float v = s[i / kAffineSub] * float(q[i]) + m[i / kAffineSub];
+      const float r = ref[size_t(b * bs + i)];
+      // Exact, except where Q6_K's s * q needs more than 24 bits: then one rounding of s * q apart.
+      CHECK(std::fabs(v - r) <= (t == DType::kQ6_K ? std::fabs(s[i / kAffineSub]) * 64 * 6e-8f : 0.0f));
+    }
+  }
+}
+
+TEST_CASE("GGUF block weights with rows that are not whole blocks are refused", "[kernels]") {
+  Backend& be = *cpu_backends().front().backend;
+  std::vector<uint8_t> bytes(4096);
+  for (DType t : kTypes) {
+    CAPTURE(dtype_name(t));
+    const int64_t bad_in = dtype_block_size(t) + 16;
+    auto r = be.upload_weight(Tensor::make(t, bytes.data(), {2, bad_in}));
+    CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  }
+}
+
+}  // namespace kvb::test
