@@ -170,7 +170,8 @@ class GenerateStream final : public GenerateSink {
     s->set_context_bytes_pulled(bytes_pulled_);
     for (const pb::ContextTransport& t : transports_) *s->add_context_transports() = t;
     if (o.kept) s->set_cache_id(o.kept->id);
-    s->set_text(o.text);
+    s->set_text(o.text);  // valid UTF-8, as every TokenEvent.text (runtime::GenerateSink)
+    s->set_tail_text(o.tail);
     if (fuse_) to_proto(*fuse_, s->mutable_fuse());
     d_.metrics->observe_time_to_first_token(o.ttft_ms / 1e3);
     if (o.n_generated > 1) d_.metrics->observe_time_per_output_token(o.decode_ms / 1e3 / (o.n_generated - 1));

@@ -9,6 +9,7 @@
 #include "kvbridge/v1/fuser.grpc.pb.h"
 #include "proto/fuser_convert.h"
 #include "proto/wire_convert.h"
+#include "rpc/parsed_stream.h"
 
 namespace kvb::agent {
 
@@ -33,11 +34,13 @@ Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtyp
                                                          desc.plan.sharer));
   KVB_ASSIGN_OR_RETURN(auto r_enc, KvWireEncoder::create(receiver, receiver_id, dtype, WireCompression::kNone, 0,
                                                          desc.plan.receiver));
-  auto stub = pb::FuserService::NewStub(peers.channel(address));
+  const std::shared_ptr<grpc::Channel> channel = peers.channel(address);
   grpc::ClientContext ctx;
   peers.prepare(ctx);
   const runtime::ScopedCancelHook hook(cancel, [&ctx] { ctx.TryCancel(); });
-  auto stream = stub->Fuse(&ctx);
+  // Parsed here, not by gRPC: a message that does not parse ends the call (rpc/parsed_stream.h).
+  rpc::ParsedReaderWriter stream(*channel, rpc::method_path(pb::FuserService::service_full_name(), "Fuse"),
+                                 ctx);
   rpc::CallMetrics* metrics = peers.metrics();
 
   std::atomic<uint64_t> sent{0};
@@ -46,7 +49,7 @@ Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtyp
     pb::FuseStart* start = req.mutable_start();
     start->set_dtype(wire::to_proto(dtype));
     start->set_compression(pb::COMPRESSION_NONE);
-    bool ok = stream->Write(req);
+    bool ok = stream.write(req);
     sent += req.ByteSizeLong();
     wire::CacheStreamWriter sw(*s_enc), rw(*r_enc);
     bool s_more = true, r_more = true;
@@ -58,10 +61,10 @@ Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtyp
         more = (is_sharer ? sw : rw).next(is_sharer ? req.mutable_sharer() : req.mutable_receiver());
         if (!more) continue;
         sent += req.ByteSizeLong();
-        ok = stream->Write(req);
+        ok = stream.write(req);
       }
     }
-    if (ok) stream->WritesDone();
+    if (ok) stream.writes_done();
   });
 
   Status decode_error;
@@ -69,7 +72,7 @@ Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtyp
   pb::FuseResponse resp;
   uint64_t received = 0;
   bool got_summary = false;
-  while (decode_error.ok() && stream->Read(&resp)) {
+  while (decode_error.ok() && stream.read(resp)) {
     received += resp.ByteSizeLong();
     if (resp.has_done()) {
       stats.slices_fused = resp.done().slices_fused();
@@ -112,9 +115,9 @@ Status fuse_remote(PeerClient& peers, const std::string& address, WireDType dtyp
   }
   if (!decode_error.ok()) ctx.TryCancel();
   writer.join();
-  while (!decode_error.ok() && stream->Read(&resp)) {
+  while (!decode_error.ok() && stream.read(resp)) {
   }
-  const grpc::Status gs = stream->Finish();
+  const grpc::Status gs = stream.finish();
   stats.bytes_sent = sent;
   stats.bytes_received = received;
   if (metrics) {

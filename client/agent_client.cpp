@@ -10,6 +10,7 @@
 
 #include "proto/wire_convert.h"
 #include "rpc/channel.h"
+#include "rpc/parsed_stream.h"
 
 namespace kvb::client {
 
@@ -182,11 +183,13 @@ Result<v1::CacheInfo> AgentClient::pin_cache(const std::string& cache_id, bool p
 Result<v1::GenerateSummary> AgentClient::generate(const v1::GenerateRequest& request, const TokenCallback& on_token) {
   grpc::ClientContext ctx;
   prepare(ctx);
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, request);
+  // Parsed here, not by gRPC: a message that does not parse ends the call (rpc/parsed_stream.h).
+  rpc::ParsedReader reader(*channel_.channel, rpc::method_path(v1::AgentService::service_full_name(), "Generate"),
+                           ctx, request);
   v1::GenerateResponse r;
   std::optional<v1::GenerateSummary> summary;
   bool stopped = false;
-  while (reader->Read(&r)) {
+  while (reader.read(r)) {
     if (r.has_token()) {
       if (on_token && !on_token(r.token())) {
         ctx.TryCancel();
@@ -197,7 +200,7 @@ Result<v1::GenerateSummary> AgentClient::generate(const v1::GenerateRequest& req
       summary = std::move(*r.mutable_done());
     }
   }
-  const grpc::Status st = reader->Finish();
+  const grpc::Status st = reader.finish();
   if (stopped) return cancelled("generation cancelled by the caller");
   KVB_RETURN_IF_ERROR(from_grpc_status(st));
   if (!summary) return internal_error(fmt::format("{}: Generate ended without a summary", addr_));
@@ -221,19 +224,19 @@ Result<TransferStats> AgentClient::export_cache(const std::string& cache_id, con
   TransferStats st;
   uint64_t raw_done = 0;
   bool trailer = false;
-  std::unique_ptr<grpc::ClientReader<v1::CacheChunk>> reader = stub_->ExportCache(&ctx, req);
+  rpc::ParsedReader reader(*channel_.channel, rpc::method_path(v1::AgentService::service_full_name(), "ExportCache"),
+                           ctx, req);
   v1::CacheChunk msg;
-  while (reader->Read(&msg)) {
+  while (reader.read(msg)) {
     account(msg, st, raw_done, options.progress);
     trailer = msg.has_trailer();
     if (Status s = sink(std::move(msg)); !s.ok()) {
       ctx.TryCancel();
-      (void)reader->Finish();
+      (void)reader.finish();
       return s;
     }
-    msg.Clear();
   }
-  KVB_RETURN_IF_ERROR(from_grpc_status(reader->Finish()));
+  KVB_RETURN_IF_ERROR(from_grpc_status(reader.finish()));
   if (!trailer) return data_loss(fmt::format("{}: ExportCache ended without its trailer", addr_));
   st.seconds = seconds_since(t0);
   return st;

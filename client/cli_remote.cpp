@@ -197,6 +197,7 @@ v1::GenerateSummary stream_generate(client::AgentClient& agent, const v1::Genera
     std::fflush(stdout);
     return true;
   });
+  if (r.ok()) std::fwrite(r->tail_text().data(), 1, r->tail_text().size(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
   exit_on_error(r.status());

@@ -9,6 +9,7 @@
 #include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "engine/utf8_stream.h"
 #include "kernels/registry.h"
 
 namespace kvb::cli {
@@ -96,12 +97,20 @@ void run_generate(const GenerateArgs& a) {
   p.max_tokens = a.n;
   std::fputs(a.prompt.c_str(), stdout);
   int32_t prev = prompt.empty() ? -1 : prompt.back();
+  // The same text an agent streams (TokenEvent.text, then GenerateSummary.tail_text): valid UTF-8,
+  // a character split over tokens printed once complete.
+  Utf8StreamDecoder utf8;
+  std::string text;
   auto r = generate(**runner, **cache, prompt, p, [&](int32_t id) {
-    std::fputs(m.tokenizer->decode_token(id, prev).c_str(), stdout);
+    text.clear();
+    utf8.push(m.tokenizer->decode_token(id, prev), text);
+    std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
     prev = id;
     return true;
   });
+  const std::string tail = utf8.finish();
+  std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputc('\n', stdout);
   exit_on_error(r.status());
   if (a.stats) {

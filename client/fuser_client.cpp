@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "proto/grpc_status.h"
+#include "rpc/parsed_stream.h"
 
 namespace kvb::client {
 
@@ -33,7 +34,8 @@ Result<v1::FuseSummary> FuserClient::fuse(const v1::FuseStart& start, const Fuse
                                           const FusedSink& sink, uint64_t* bytes_sent, uint64_t* bytes_received) {
   grpc::ClientContext ctx;
   channel_.prepare(ctx);
-  std::unique_ptr<grpc::ClientReaderWriter<v1::FuseRequest, v1::FuseResponse>> stream = stub_->Fuse(&ctx);
+  // Parsed here, not by gRPC: a message that does not parse ends the call (rpc/parsed_stream.h).
+  rpc::ParsedReaderWriter stream(*channel_.channel, rpc::method_path(v1::FuserService::service_full_name(), "Fuse"), ctx);
 
   // The sender: FuseStart, then the source's messages, then the half-close. It stops at the first
   // failed Write (the call is over: Finish says why) or source error (which cancels the call).
@@ -44,7 +46,7 @@ Result<v1::FuseSummary> FuserClient::fuse(const v1::FuseStart& start, const Fuse
     *msg.mutable_start() = start;
     for (;;) {
       sent.fetch_add(msg.ByteSizeLong(), std::memory_order_relaxed);
-      if (!stream->Write(msg)) return;
+      if (!stream.write(msg)) return;
       msg.Clear();
       Result<bool> more = next(msg);
       if (!more.ok()) {
@@ -54,14 +56,14 @@ Result<v1::FuseSummary> FuserClient::fuse(const v1::FuseStart& start, const Fuse
       }
       if (!*more) break;
     }
-    stream->WritesDone();
+    stream.writes_done();
   });
 
   v1::FuseResponse r;
   std::optional<v1::FuseSummary> summary;
   Status sink_error;
   uint64_t received = 0;
-  while (stream->Read(&r)) {
+  while (stream.read(r)) {
     received += r.ByteSizeLong();
     if (r.has_done()) {
       summary = std::move(*r.mutable_done());
@@ -74,7 +76,7 @@ Result<v1::FuseSummary> FuserClient::fuse(const v1::FuseStart& start, const Fuse
     }
   }
   sender.join();  // after a cancel or the end of the call, its Write returns at once
-  const grpc::Status finished = stream->Finish();
+  const grpc::Status finished = stream.finish();
   if (bytes_sent) *bytes_sent = sent.load(std::memory_order_relaxed);
   if (bytes_received) *bytes_received = received;
   KVB_RETURN_IF_ERROR(source_error);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "engine/utf8_stream.h"
 #include "kernels/registry.h"
 
 namespace kvb::runtime {
@@ -34,7 +35,8 @@ struct EngineLoop::Session {
   int32_t prev = -1;          // previous token, for decode_token's leading-space rule
   int32_t n_context = 0, n_prompt = 0, n_generated = 0;
   size_t max_stop = 0;
-  std::string text;
+  Utf8StreamDecoder utf8;     // holds back a character split over tokens until it is complete
+  std::string text;           // what was streamed so far: valid UTF-8
   std::optional<Clock::time_point> first_token;
 };
 
@@ -313,11 +315,13 @@ bool EngineLoop::step(Session& s) {
   s.prev = next;
   s.last_fed = false;
   ++s.n_generated;
+  std::string text;
+  s.utf8.push(piece, text);
   const size_t old_len = s.text.size();
-  s.text += piece;
-  s.sink->on_token(next, piece);
+  s.text += text;
+  s.sink->on_token(next, text);
 
-  if (s.max_stop > 0) {
+  if (s.max_stop > 0 && !text.empty()) {
     // Only a match that ends inside the new piece is new.
     const size_t from = old_len >= s.max_stop ? old_len - s.max_stop + 1 : 0;
     for (const auto& stop : s.opt.stop) {
@@ -366,7 +370,8 @@ void EngineLoop::finish(Session& s, FinishReason reason) {
     if (!kept.ok()) return s.sink->on_done(kept.status().with_context("keep_cache"));
     out.kept = std::move(kept).value();
   }
-  out.text = std::move(s.text);
+  out.tail = s.utf8.finish();
+  out.text = std::move(s.text) + out.tail;
   s.sink->on_done(std::move(out));
 }
 

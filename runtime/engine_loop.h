@@ -104,7 +104,11 @@ struct GenerateOutcome {
   int32_t n_generated = 0;  // tokens streamed (an EOS that stopped generation is not counted)
   double ttft_ms = 0;       // arrival → first sampled token (pulls and queueing included)
   double decode_ms = 0;     // first sampled token → done
-  std::string text;         // concatenation of every streamed token's text (a stop string included)
+  // The generated text, valid UTF-8: every streamed token's text (a stop string included), then
+  // `tail`. `tail` is U+FFFD when generation ended inside a UTF-8 sequence (engine/utf8_stream.h:
+  // the bytes held back could never complete), else empty.
+  std::string text;
+  std::string tail;
   std::optional<CacheInfo> kept;  // with keep_cache
 };
 
@@ -112,7 +116,10 @@ struct GenerateOutcome {
 class GenerateSink {
  public:
   virtual ~GenerateSink() = default;
-  // One sampled token and the bytes it adds to the text (may be a partial UTF-8 sequence).
+  // One sampled token, in order, and the text it completes: always valid UTF-8 (engine/
+  // utf8_stream.h). Empty while the token's bytes are held back because they end inside a
+  // character; the token that completes it carries the whole character. Invalid bytes come as
+  // U+FFFD. Every sampled token is reported, even with empty text.
   virtual void on_token(int32_t id, std::string_view text) = 0;
   // Exactly once, after the last on_token. Errors: RESOURCE_EXHAUSTED (input does not fit the
   // context, or the kept cache does not fit), CANCELLED, UNAVAILABLE (shutdown), and the

@@ -13,6 +13,7 @@
 #include "kvbridge/v1/agent.grpc.pb.h"
 #include "proto/wire_convert.h"
 #include "rpc/logging.h"
+#include "rpc/parsed_stream.h"
 #include "transport/byte_pipe.h"
 #include "transport/kv_slices.h"
 
@@ -36,9 +37,11 @@ class ControlStream {
  public:
   ControlStream(PeerClient& peers, const std::string& agent, const transport::TransferId& id,
                 std::unique_ptr<transport::BytePipe> pipe)
-      : pipe_(std::move(pipe)), stub_(pb::AgentService::NewStub(peers.channel(agent))) {
+      : pipe_(std::move(pipe)), channel_(peers.channel(agent)) {
     peers.prepare(ctx_);
-    stream_ = stub_->TransferStream(&ctx_);
+    // Parsed here, not by gRPC: a frame that does not parse ends the call (rpc/parsed_stream.h).
+    stream_ = std::make_unique<rpc::ParsedReaderWriter>(
+        *channel_, rpc::method_path(pb::AgentService::service_full_name(), "TransferStream"), ctx_);
     writer_ = std::thread([this, id] { write_loop(id); });
     reader_ = std::thread([this] { read_loop(); });
   }
@@ -51,7 +54,7 @@ class ControlStream {
       if (!cv_.wait_for(lock, kStreamDrain, [&] { return read_done_; })) ctx_.TryCancel();
     }
     reader_.join();
-    const grpc::Status gs = stream_->Finish();
+    const grpc::Status gs = stream_->finish();
     if (!gs.ok() && gs.error_code() != grpc::StatusCode::CANCELLED) {
       rpc::log_event(spdlog::level::debug, "transfer control stream ended", {{"error", gs.error_message()}});
     }
@@ -65,17 +68,17 @@ class ControlStream {
     pb::TransferFrame f;
     f.set_session_hi(id.hi);
     f.set_session_lo(id.lo);
-    if (stream_->Write(f)) {
+    if (stream_->write(f)) {
       for (;;) {
         auto m = pipe_->recv(Clock::now() + std::chrono::seconds(1));
         if (!m.ok()) break;  // closed: the pull is over
         if (!m->has_value()) continue;
         f.Clear();
         f.set_data(std::move(**m));
-        if (!stream_->Write(f)) break;
+        if (!stream_->write(f)) break;
       }
     }
-    stream_->WritesDone();
+    stream_->writes_done();
   }
 
   void read_loop() {
@@ -83,7 +86,7 @@ class ControlStream {
     // Read to the end whatever happens (Finish() waits for unread messages): once the endpoint is
     // gone, what the sharer still says (its goodbye) is dropped.
     bool delivering = true;
-    while (stream_->Read(&f)) {
+    while (stream_->read(f)) {
       if (delivering && !f.data().empty()) {
         delivering = pipe_->send(f.data(), Clock::now() + std::chrono::seconds(10)).ok();
       }
@@ -95,9 +98,9 @@ class ControlStream {
   }
 
   std::unique_ptr<transport::BytePipe> pipe_;
-  std::unique_ptr<pb::AgentService::Stub> stub_;
+  std::shared_ptr<grpc::Channel> channel_;
   grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<pb::TransferFrame, pb::TransferFrame>> stream_;
+  std::unique_ptr<rpc::ParsedReaderWriter> stream_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool read_done_ = false;  // guarded by mu_
