@@ -77,7 +77,9 @@ Result<std::optional<FuserSpec>> convert_fuser(bool has, const pb::FuserRef& f) 
 }
 
 // Chat input → the prompt text, with the model's template or the one the request names.
-Result<std::string> render_chat(const pb::ChatInput& c, const Tokenizer& tok) {
+// has_context: the messages continue a conversation held in context caches, so the template's
+// default system message (which opens a conversation) is left out.
+Result<std::string> render_chat(const pb::ChatInput& c, const Tokenizer& tok, bool has_context) {
   if (c.messages_size() == 0) return invalid_argument("chat.messages is empty");
   if (c.messages_size() > int(kMaxChatMessages)) {
     return invalid_argument(fmt::format("chat has {} messages (at most {})", c.messages_size(), kMaxChatMessages));
@@ -95,6 +97,7 @@ Result<std::string> render_chat(const pb::ChatInput& c, const Tokenizer& tok) {
   for (const pb::ChatMessage& m : c.messages()) messages.push_back({m.role(), m.content()});
   ChatOptions opt;
   opt.add_generation_prompt = !c.no_generation_prompt();
+  opt.default_system = !has_context;
   if (c.has_enable_thinking()) opt.enable_thinking = c.enable_thinking();
   return tmpl->render(messages, opt);
 }
@@ -121,7 +124,7 @@ Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const
   } else if (r.has_text() || r.has_chat()) {
     std::string chat_text;
     if (r.has_chat()) {
-      KVB_ASSIGN_OR_RETURN(chat_text, render_chat(r.chat(), *lim.tokenizer));
+      KVB_ASSIGN_OR_RETURN(chat_text, render_chat(r.chat(), *lim.tokenizer, has_context));
     }
     const std::string& text = r.has_chat() ? chat_text : r.text();
     // Text of more than 64 bytes per context cell cannot fit (no piece is that long): refuse it

@@ -4,20 +4,22 @@
 #   deploy/demo.sh            (from the repository root, after building kvbridge, kvbridge-agent
 #                              and kvbridge-fuser)
 #
-# 1. Same model. Agent A reads a story (prefill → a cache). Agent B continues the story from A's
-#    cache: B pulls the cache straight from A over gRPC and skips the prefill. Then B reads the
-#    same story as text itself, for comparison. Both continuations are greedy and print the same
-#    text (the prompt is chosen to tokenize the same either way); the time to first token shows
-#    what the cache saved.
+# 1. A real model. Agents A and B run SmolLM2-135M-Instruct (Q4_1 GGUF). A reads an incident log
+#    (deploy/demo/incident.log, 145 lines, ~5,000 tokens) as the first turn of a chat and keeps the
+#    cache. B answers a question about the incident from A's cache: B pulls the cache straight from
+#    A over gRPC and prefills only the question. Then B answers the same conversation reading the
+#    log as text itself. Both answers are printed, with B's time to first token each way.
 # 2. Different models. Agent C runs aidreams260K (other weights, other tokenizer). A fuser service
-#    (kvbridge-fuser) projects A's cache into C's cache space: C re-reads the context as its
-#    own tokens, pulls only the sharer layers the fuser's gates need, fuses, and continues. The
-#    fuser here has random weights of the right shapes (`kvbridge fuser synth`): it shows the data
-#    path and what travels, not the quality a trained C2C fuser gives.
+#    (kvbridge-fuser) projects a stories260K agent's cache into C's cache space: C re-reads the
+#    context as its own tokens, pulls only the sharer layers the fuser's gates need, fuses, and
+#    continues. The fuser here has random weights of the right shapes (`kvbridge fuser synth`): it
+#    shows the data path and what travels, not the quality a trained C2C fuser gives.
 #
 # Environment: KVBRIDGE_MODELS (default ../shared/models beside the checkout) must hold
-# stories260K/ and aidreams260K/; KVBRIDGE_BUILD names the build directory (default: the first of
-# build, build-* holding the binaries). Processes are stopped on exit, whatever happens.
+# smollm2-135m-instruct/, stories260K/ and aidreams260K/ (README: where to download them);
+# KVBRIDGE_BUILD names the build directory (default: the first of build, build-* holding the
+# binaries); DEMO_TOKENS caps each answer (default 48). Processes are stopped on exit, whatever
+# happens.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,11 +33,14 @@ fi
 agent_bin=$build/agent/kvbridge-agent
 fuser_bin=$build/fuser/service/kvbridge-fuser
 cli=$build/client/kvbridge
+smollm=$models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 model=$models/stories260K/stories260K.bin
 tokenizer=$models/stories260K/tok512.bin
 [[ -x $agent_bin && -x $cli && -x $fuser_bin ]] ||
   { echo "demo: build kvbridge, kvbridge-agent and kvbridge-fuser first (or set KVBRIDGE_BUILD)" >&2; exit 1; }
-[[ -f $model && -f $tokenizer ]] || { echo "demo: $models/stories260K not found (set KVBRIDGE_MODELS)" >&2; exit 1; }
+for f in "$smollm" "$model" "$tokenizer"; do
+  [[ -f $f ]] || { echo "demo: $f not found (set KVBRIDGE_MODELS; README: where to download it)" >&2; exit 1; }
+done
 
 work=$(mktemp -d)
 pids=()
@@ -43,52 +48,48 @@ source "$root/deploy/lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_agent NAME: a stories260K agent.
-start_agent() { start "$1" "$agent_bin" --model "$model" --tokenizer "$tokenizer" --name "$1"; }
+# ---- 1. the same model: B answers from A's cache of an incident log ----
+log=$root/deploy/demo/incident.log
+question="What was the root cause of the checkout errors, and what fixed them? Answer in two sentences."
+n=${DEMO_TOKENS:-48}
+# chat JSON: messages as [{"role": ..., "content": ...}], from (role, text file) pairs.
+chat() {
+  python3 -c 'import json, sys; a = sys.argv[1:]; print(json.dumps([{"role": a[i], "content": open(a[i + 1]).read()} for i in range(0, len(a), 2)]))' "$@"
+}
+{ printf 'Here is the log of an incident in our checkout service:\n\n'; cat "$log"; } >"$work/turn1.txt"
+printf '%s' "$question" >"$work/turn2.txt"
 
-story="Once upon a time, there was a little girl named Lily. She lived in a small house near the woods \
-with her mom, her dad and her little dog Max. Every morning, Lily and Max went out to play in the garden. \
-They liked to run after the butterflies and to look for shiny stones under the big old tree. One day, \
-Lily found a tiny box under the tree. It was red and it had a golden key on top. Lily was very curious. \
-She wanted to know what was inside the box, but she was also a little scared. She ran to her mom and \
-showed her the box. Her mom smiled and said, \"Let us open it together.\" They turned the key slowly. \
-Inside the box, there was a small note and a little toy bird. The note said, \"For the kind girl who \
-plays with the birds.\" Lily was so happy. She gave her mom a big hug and ran back to the garden to show \
-the toy bird to Max."
-prompt="The next day,"  # no leading space: "story prompt" as one text tokenizes as story, then prompt
-n=15
-
-start_agent A
-start_agent B
-echo "agents: A at $A, B at $B (stories260K)"
+start A "$agent_bin" --model "$smollm" --name A
+start B "$agent_bin" --model "$smollm" --name B
+echo "agents: A at $A, B at $B (SmolLM2-135M-Instruct, Q4_1)"
 echo
 
-id=$("$cli" prefill --agent "$A" --text "$story" 2>"$work/prefill.err")
-echo "A read the story: $(cat "$work/prefill.err") -> cache $id"
+id=$("$cli" prefill --agent "$A" --messages "$(chat user "$work/turn1.txt")" --no-generation-prompt 2>"$work/prefill.err")
+echo "A read the incident log ($(wc -l <"$log") lines) as the first chat turn: $(cat "$work/prefill.err") -> cache $id"
+echo
+echo "Q: $question"
+echo
+echo "B answers from A's cache (B pulls it from A and prefills only the question):"
+"$cli" generate --agent "$B" --context "$A/$id" --messages "$(chat user "$work/turn2.txt")" -n "$n" --stats \
+  2>"$work/cache.err" | tee "$work/cache.out"
+echo
+echo "  [$(tail -n 1 "$work/cache.err")]"
+echo
+echo "B answers reading the log as text itself (the same conversation, every token prefilled by B):"
+"$cli" generate --agent "$B" --messages "$(chat user "$work/turn1.txt" user "$work/turn2.txt")" -n "$n" --stats \
+  2>"$work/text.err" | tee "$work/text.out"
+echo
+echo "  [$(tail -n 1 "$work/text.err")]"
 echo
 
-echo "B continues from A's cache (B pulls it from A, no prefill of the story):"
-"$cli" pass --from "$A" --cache "$id" --to "$B" --prompt "$prompt" -n "$n" 2>"$work/pass.err" | tee "$work/pass.out"
-echo "  [$(cat "$work/pass.err")]"
-echo
-
-echo "B reads the story as text itself:"
-"$cli" generate --agent "$B" -p "$story $prompt" -n "$n" --stats 2>"$work/text.err" |
-  sed -e "s/^.*\($prompt\)/\1/" | tee "$work/text.out"  # the echo of the story itself is cut
-echo "  [$(cat "$work/text.err")]"
-echo
-
-ttft_cache=$(field ttft_ms "$work/pass.err")
+ttft_cache=$(field ttft_ms "$work/cache.err")
 ttft_text=$(field ttft_ms "$work/text.err")
-tokens=$(field context_tokens "$work/pass.err")
-bytes=$(field pulled_bytes "$work/pass.err")
-same=$(cmp -s "$work/pass.out" "$work/text.out" && echo "same continuation" || echo "different continuations")
-awk -v c="$ttft_cache" -v t="$ttft_text" -v k="$tokens" -v b="$bytes" -v s="$same" 'BEGIN {
-  printf "B, time to first token: %.2f ms with A'"'"'s cache (%d tokens, %.0f KiB pulled) vs %.2f ms with the text: %.2f ms saved (%.1fx); %s\n",
-         c, k, b / 1024, t, t - c, (c > 0 ? t / c : 0), s
+same=$(cmp -s "$work/cache.out" "$work/text.out" && echo "the same answer" || echo "different answers")
+awk -v c="$ttft_cache" -v t="$ttft_text" -v s="$same" 'BEGIN {
+  printf "B, time to first token: %.0f ms with A'"'"'s cache vs %.0f ms reading the text (%.1fx); %s\n",
+         c, t, (c > 0 ? t / c : 0), s
 }'
-echo "(stories260K has 260K parameters, so even its prefill takes milliseconds; the saving grows with the"
-echo " model and the context: bench/pass_bench measures a 110M model at 128 to 2048 tokens.)"
+echo "(SmolLM2-135M is a small model: its answers show the data path, not a large model's judgement.)"
 
 # ---- 2. different models, through a fuser ----
 other=$models/aidreams260K/aidreams260K.bin
@@ -97,6 +98,7 @@ other_tok=$models/aidreams260K/tok512.bin
 echo
 "$cli" fuser synth --out "$work/fuser" --sharer "$model" --tokenizer-sharer "$tokenizer" \
   --receiver "$other" --tokenizer-receiver "$other_tok" --hidden 64 --intermediate 64 --gates alternate >/dev/null
+start S "$agent_bin" --model "$model" --tokenizer "$tokenizer" --name S
 start F "$fuser_bin" --weights "$work/fuser"
 start C "$agent_bin" --model "$other" --tokenizer "$other_tok" --name C
 echo "C at $C runs aidreams260K (another model, another tokenizer); fuser F at $F:"
@@ -105,9 +107,9 @@ echo
 # aidreams260K's context is 128 tokens: a short context.
 printf '%s' "Once upon a time, there was a little girl named Lily. She loved to play in the park with her ball." \
   >"$work/context.txt"
-echo "C continues from A's cache of a short context, fused by F:"
-"$cli" fuse --sharer "$A" --receiver "$C" --fuser "$F" --context-file "$work/context.txt" --prompt " One day," \
-  -n "$n" 2>"$work/fuse.err" | tee "$work/fuse.out"
+echo "C continues from stories260K agent S's cache of a short context, fused by F:"
+"$cli" fuse --sharer "$S" --receiver "$C" --fuser "$F" --context-file "$work/context.txt" --prompt " One day," \
+  -n 15 2>"$work/fuse.err" | tee "$work/fuse.out"
 sed 's/^/  [/; s/$/]/' "$work/fuse.err"
 echo "(A random-weight fuser of the right shapes: the text is not meaningful; the figures show what moved."
 echo " Gated-off layers never left A: bench/fuse_bench and docs/BENCHMARKS.md have the numbers.)"

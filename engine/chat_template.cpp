@@ -75,7 +75,9 @@ void render_im(std::string& out, std::string_view role, std::string_view content
 
 std::string render_chatml(std::span<const ChatMessage> m, const ChatOptions& opt, const std::string& default_system) {
   std::string out;
-  if (!default_system.empty() && m[0].role != "system") render_im(out, "system", default_system);
+  if (opt.default_system && !default_system.empty() && m[0].role != "system") {
+    render_im(out, "system", default_system);
+  }
   for (const ChatMessage& msg : m) render_im(out, msg.role, msg.content);
   if (opt.add_generation_prompt) out += "<|im_start|>assistant\n";
   return out;

@@ -55,6 +55,9 @@ struct ChatOptions {
   // kQwen3 only: false adds the empty <think>\n\n</think>\n\n block after the generation prompt
   // (the template's enable_thinking=false); absent = the template's default (thinking on).
   std::optional<bool> enable_thinking;
+  // kChatML with a default system message: false leaves it out, for messages that continue a
+  // conversation whose start (and system turn) is already in a context cache.
+  bool default_system = true;
   // kLlama31 only: the "Today Date" line, as the template's date_string ("26 Jul 2024" when absent).
   std::string date_string = "26 Jul 2024";
 };

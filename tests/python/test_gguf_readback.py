@@ -2,7 +2,8 @@
 """Reads kvbridge's GGUF output back with llama.cpp's own reader (the PyPI `gguf` package).
 
 Runs the built `kvbridge` binary to
-  * `convert` stories260K (llama2.c .bin + tok512.bin) to f32 and q8_0 GGUFs, and compares them
+  * `convert` stories260K (llama2.c .bin + tok512.bin) to f32, q8_0, q4_0, q4_1, q5_0 and q5_1 GGUFs
+    (byte-equal to gguf.quants.quantize of the .bin floats), and compares them
     with an independent numpy parse of the .bin and tok512.bin (models README section 2) and with
     the official stories260K.gguf (section 1);
   * `synth` small presets and small variants of real shapes (stories260K, stories15M with 2 layers,
@@ -41,8 +42,11 @@ except ImportError as e:  # pragma: no cover
 
 F32, F16, BF16, Q8_0 = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
                         GGMLQuantizationType.Q8_0)
-QTYPE = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0}
-FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}
+Q4_0, Q4_1, Q5_0, Q5_1 = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0,
+                          GGMLQuantizationType.Q5_1)
+QTYPE = {"f32": F32, "f16": F16, "bf16": BF16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0, "q5_1": Q5_1}
+FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32, "q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9}
+BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 SPACE = "\u2581"
 
 
@@ -218,7 +222,7 @@ def check_hparams(r, *, name, file_type, n_ctx, n_embd, n_layer, n_ff, n_head, n
 def expected_qtype(name, cols, dtype):
     if name.endswith("_norm.weight"):
         return F32
-    if dtype == "q8_0" and cols % 32 != 0:
+    if dtype in BLOCK_TYPES and cols % 32 != 0:
         return F16  # llama.cpp's converter falls back to f16 for rows that are not whole blocks
     return QTYPE[dtype]
 
@@ -242,7 +246,7 @@ def test_convert(kvbridge, models, tmp):
     expect = expected_tensors_llama2c(hp, w)
     pieces, scores, types = parse_tok512(tok_path, hp["vocab"])
 
-    for dtype in ("f32", "q8_0"):
+    for dtype in ("f32",) + BLOCK_TYPES:
         C.context = f"convert stories260K {dtype}"
         out = os.path.join(tmp, f"stories260K-{dtype}.gguf")
         p = run(kvbridge, "convert", "--model", bin_path, "--tokenizer", tok_path, "--out", out, "--dtype", dtype)
