@@ -36,6 +36,7 @@ void register_info(CLI::App& app);      // client/cmd_info.cpp
 void register_convert(CLI::App& app);   // client/cmd_convert.cpp
 void register_synth(CLI::App& app);     // client/cmd_synth.cpp
 void register_logits(CLI::App& app);    // client/cmd_logits.cpp (hidden: logits as JSON)
+void register_perplexity(CLI::App& app);  // client/cmd_perplexity.cpp (and KL divergence)
 // Remote commands (flags shared through client/cli_remote.h).
 void register_prefill(CLI::App& app);   // client/cmd_prefill.cpp
 void register_pass(CLI::App& app);      // client/cmd_pass.cpp

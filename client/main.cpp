@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   kvb::cli::register_convert(app);
   kvb::cli::register_synth(app);
   kvb::cli::register_logits(app);
+  kvb::cli::register_perplexity(app);
   kvb::cli::register_prefill(app);
   kvb::cli::register_pass(app);
   kvb::cli::register_caches(app);
