@@ -52,31 +52,35 @@ trap 'exit 130' INT TERM
 log=$root/deploy/demo/incident.log
 question="What was the root cause of the checkout errors, and what fixed them? Answer in two sentences."
 n=${DEMO_TOKENS:-48}
-# chat JSON: messages as [{"role": ..., "content": ...}], from (role, text file) pairs.
+# chat OUT ROLE FILE...: writes the messages [{"role": ..., "content": ...}] of (role, text file) pairs to OUT.
 chat() {
-  python3 -c 'import json, sys; a = sys.argv[1:]; print(json.dumps([{"role": a[i], "content": open(a[i + 1]).read()} for i in range(0, len(a), 2)]))' "$@"
+  python3 -c 'import json, sys; a = sys.argv[2:]; json.dump([{"role": a[i], "content": open(a[i + 1]).read()} for i in range(0, len(a), 2)], open(sys.argv[1], "w"))' "$@"
 }
 { printf 'Here is the log of an incident in our checkout service:\n\n'; cat "$log"; } >"$work/turn1.txt"
 printf '%s' "$question" >"$work/turn2.txt"
+chat "$work/log.json" user "$work/turn1.txt"                           # A's turn: the log
+chat "$work/question.json" user "$work/turn2.txt"                      # B's turn after A's cache
+chat "$work/both.json" user "$work/turn1.txt" user "$work/turn2.txt"   # B alone: both turns
 
 start A "$agent_bin" --model "$smollm" --name A
 start B "$agent_bin" --model "$smollm" --name B
 echo "agents: A at $A, B at $B (SmolLM2-135M-Instruct, Q4_1)"
 echo
 
-id=$("$cli" prefill --agent "$A" --messages "$(chat user "$work/turn1.txt")" --no-generation-prompt 2>"$work/prefill.err")
+id=$("$cli" prefill --agent "$A" --messages "$work/log.json" --no-generation-prompt 2>"$work/prefill.err") ||
+  { cat "$work/prefill.err" >&2; exit 1; }
 echo "A read the incident log ($(wc -l <"$log") lines) as the first chat turn: $(cat "$work/prefill.err") -> cache $id"
 echo
 echo "Q: $question"
 echo
 echo "B answers from A's cache (B pulls it from A and prefills only the question):"
-"$cli" generate --agent "$B" --context "$A/$id" --messages "$(chat user "$work/turn2.txt")" -n "$n" --stats \
+"$cli" generate --agent "$B" --context "$A/$id" --messages "$work/question.json" -n "$n" --stats \
   2>"$work/cache.err" | tee "$work/cache.out"
 echo
 echo "  [$(tail -n 1 "$work/cache.err")]"
 echo
 echo "B answers reading the log as text itself (the same conversation, every token prefilled by B):"
-"$cli" generate --agent "$B" --messages "$(chat user "$work/turn1.txt" user "$work/turn2.txt")" -n "$n" --stats \
+"$cli" generate --agent "$B" --messages "$work/both.json" -n "$n" --stats \
   2>"$work/text.err" | tee "$work/text.out"
 echo
 echo "  [$(tail -n 1 "$work/text.err")]"
