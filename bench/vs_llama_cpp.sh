@@ -3,7 +3,12 @@
 # GGUF files, interleaved round by round in one run, so that both see the same machine load;
 # prints every round and, per dtype, the median of the per-round ratios (kvbridge / llama.cpp).
 #
-#   bench/vs_llama_cpp.sh LLAMA_BENCH [ROUNDS] [DTYPES]
+#   bench/vs_llama_cpp.sh LLAMA_BENCH [ROUNDS] [DTYPES] [MODEL.gguf ...]
+#
+# DTYPES (default "f32 f16 q8_0") are stories110M-shaped `kvbridge synth` models: f32, f16, bf16,
+# q8_0, q4_0, q4_1, q5_0, q5_1 written by kvbridge itself, and q4_k_m / q5_k_m / q6_k made from the
+# f16 one by llama.cpp's llama-quantize (found beside LLAMA_BENCH, or $LLAMA_QUANTIZE). Any further
+# arguments are GGUF files (e.g. a real model: SmolLM2-135M-Instruct.Q4_1.gguf) measured as they are.
 #
 # LLAMA_BENCH is a llama-bench binary. llama.cpp is not a kvbridge dependency; one way to get it on
 # a Debian 12 machine with only Debian packages and PyPI (what docs/BENCHMARKS.md used):
@@ -18,9 +23,12 @@
 # Environment: KVBRIDGE_BUILD (default build), THREADS (2), PROMPT (512), GEN (64).
 set -euo pipefail
 
-lb=${1:?usage: vs_llama_cpp.sh LLAMA_BENCH [ROUNDS] [DTYPES]}
+lb=${1:?usage: vs_llama_cpp.sh LLAMA_BENCH [ROUNDS] [DTYPES] [MODEL.gguf ...]}
 rounds=${2:-5}
 dtypes=${3:-"f32 f16 q8_0"}
+shift $(( $# < 3 ? $# : 3 ))
+extra_models=("$@")
+quantize=${LLAMA_QUANTIZE:-$(dirname "$lb")/llama-quantize}
 build=${KVBRIDGE_BUILD:-build}
 threads=${THREADS:-2}
 prompt=${PROMPT:-512}
@@ -42,12 +50,23 @@ print(f"{pp:.0f} {tg:.1f}")'
 }
 
 echo "kvbridge engine_bench vs llama.cpp llama-bench: stories110M, $threads threads, prefill $prompt tokens, decode $gen"
-for d in $dtypes; do
-  "$build/client/kvbridge" synth --shape stories110M --dtype "$d" --out "$dir/s110m-$d.gguf" >/dev/null 2>&1
-done
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+files=()
 for d in $dtypes; do
   f="$dir/s110m-$d.gguf"
+  case $d in
+    q4_k_m|q5_k_m|q6_k)
+      [[ -f $dir/s110m-f16.gguf ]] ||
+        "$build/client/kvbridge" synth --shape stories110M --dtype f16 --out "$dir/s110m-f16.gguf" >/dev/null 2>&1
+      "$quantize" "$dir/s110m-f16.gguf" "$f" "${d^^}" 2 >/dev/null 2>&1 ||
+        { echo "llama-quantize failed for $d (set LLAMA_QUANTIZE)" >&2; exit 1; } ;;
+    *) "$build/client/kvbridge" synth --shape stories110M --dtype "$d" --out "$f" >/dev/null 2>&1 ;;
+  esac
+  files+=("$f")
+done
+files+=("${extra_models[@]}")
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for f in "${files[@]}"; do
+  d=$(basename "$f" .gguf)
   pp_ratios=() tg_ratios=()
   for r in $(seq 1 "$rounds"); do
     if (( r % 2 )); then a=$(ours "$f"); b=$(theirs "$f"); else b=$(theirs "$f"); a=$(ours "$f"); fi

@@ -83,7 +83,7 @@ void register_synth(CLI::App& app) {
       ->check(CLI::IsMember({"gguf", "hf"}))
       ->capture_default_str();
   c->add_option("--dtype", a->dtype, "Matrix dtype (hf: f32, f16 or bf16); norms and biases stay f32")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}))
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}))
       ->capture_default_str();
   c->add_option("--shard-size", a->shard_size,
                 "hf: split the weights into safetensors shards above this size (bytes, or 100MB, 2GiB...)")

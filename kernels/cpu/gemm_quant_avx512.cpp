@@ -142,30 +142,31 @@ void gemv_u8_rows(const uint8_t* panel, int64_t k, const QuantizedRows& x, float
   store_rows<N>(acc, y, ldy, nc, accumulate);
 }
 
-void gemv_u4(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float* y, int64_t ldy, int nc,
-             bool accumulate) {
-  switch (n) {
-    case 1: return gemv_u4_rows<1>(panel, k, x, y, ldy, nc, accumulate);
-    case 2: return gemv_u4_rows<2>(panel, k, x, y, ldy, nc, accumulate);
-    case 3: return gemv_u4_rows<3>(panel, k, x, y, ldy, nc, accumulate);
-    default: return gemv_u4_rows<4>(panel, k, x, y, ldy, nc, accumulate);
+template <int N>
+void gemv_rows(bool u4, const uint8_t* panel, int64_t k, const QuantizedRows& x, float* y, int64_t ldy, int nc,
+               bool accumulate) {
+  if (u4) {
+    gemv_u4_rows<N>(panel, k, x, y, ldy, nc, accumulate);
+  } else {
+    gemv_u8_rows<N>(panel, k, x, y, ldy, nc, accumulate);
   }
 }
 
-void gemv_u8(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float* y, int64_t ldy, int nc,
-             bool accumulate) {
+template <bool kU4>
+void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float* y, int64_t ldy, int nc,
+          bool accumulate) {
   switch (n) {
-    case 1: return gemv_u8_rows<1>(panel, k, x, y, ldy, nc, accumulate);
-    case 2: return gemv_u8_rows<2>(panel, k, x, y, ldy, nc, accumulate);
-    case 3: return gemv_u8_rows<3>(panel, k, x, y, ldy, nc, accumulate);
-    default: return gemv_u8_rows<4>(panel, k, x, y, ldy, nc, accumulate);
+    case 1: return gemv_rows<1>(kU4, panel, k, x, y, ldy, nc, accumulate);
+    case 2: return gemv_rows<2>(kU4, panel, k, x, y, ldy, nc, accumulate);
+    case 3: return gemv_rows<3>(kU4, panel, k, x, y, ldy, nc, accumulate);
+    default: return gemv_rows<4>(kU4, panel, k, x, y, ldy, nc, accumulate);
   }
 }
 
 }  // namespace
 
 const QuantKernels& quant_kernels_avx512vnni() {
-  static const QuantKernels k{"avx512-vnni", {gemv_u4, gemv_u8}, {unpack_u4_tiles, unpack_u8_tiles}};
+  static const QuantKernels k{"avx512-vnni", {gemv<true>, gemv<false>}, {unpack_u4_tiles, unpack_u8_tiles}};
   return k;
 }
 

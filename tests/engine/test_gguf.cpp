@@ -125,21 +125,45 @@ TEST_CASE("gguf rejects malformed files with clear errors", "[gguf][bad-input]")
       CHECK(f.status().code() == StatusCode::kInvalidArgument);
     }
   }
-  SECTION("unknown tensor type names the tensor") {
-    // Build a file with a q4_0 tensor by patching the type of a written f32 tensor.
+  // A file with one [rows][cols] tensor written as f32, its ggml type then patched to `ggml_type`
+  // and the last `cut` bytes of the file dropped.
+  auto patched = [](const std::string& name, int ggml_type, int64_t cols, int64_t rows, size_t cut = 0) {
     GgufWriter w;
     w.set_string("general.architecture", "llama");
-    REQUIRE(w.add_tensor("blk.0.attn_q.weight", DType::kF32, {32, 1}, std::string(128, '\0')).ok());
-    const std::string path = test::temp_dir() + "/q4.gguf";
+    const std::string data(size_t(cols * rows) * 4, '\0');
+    REQUIRE(w.add_tensor("blk.0.attn_q.weight", DType::kF32, {cols, rows}, data).ok());
+    const std::string path = test::temp_dir() + "/" + name;
     REQUIRE(w.write(path).ok());
     std::string bytes = test::read_file(path);
     const size_t name_at = bytes.find("blk.0.attn_q.weight");
     REQUIRE(name_at != std::string::npos);
     const size_t type_at = name_at + 19 + 4 + 2 * 8;  // name, n_dims, ne[0], ne[1]
-    bytes[type_at] = 2;                            // ggml q4_0
-    auto f = GgufFile::open(write_temp("q4_patched.gguf", bytes));
+    bytes[type_at] = char(ggml_type);
+    return GgufFile::open(write_temp(name, bytes.substr(0, bytes.size() - cut)));
+  };
+  SECTION("unknown tensor type names the tensor") {
+    auto f = patched("iq2.gguf", 16, 256, 1);  // ggml iq2_xxs: a real type kvbridge does not run
     REQUIRE_FALSE(f.ok());
-    CHECK_THAT(f.status().message(), Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("q4_0"));
+    CHECK_THAT(f.status().message(), Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("iq2_xxs"));
+  }
+  SECTION("quantized rows that are not whole blocks name the tensor") {
+    auto f = patched("q4k_row.gguf", 12, 32, 4);  // q4_K: 256-element blocks, rows of 32
+    REQUIRE_FALSE(f.ok());
+    CHECK_THAT(f.status().message(), Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("q4_k block size"));
+  }
+  SECTION("a quantized tensor that the file cannot hold") {
+    // 64 rows of 256 q6_K elements are 64 * 210 = 13440 bytes; 1000 of the 65536 f32 bytes are left.
+    auto f = patched("q6k_short.gguf", 14, 256, 64, 65536 - 1000);
+    REQUIRE_FALSE(f.ok());
+    CHECK_THAT(f.status().message(), Catch::Contains("blk.0.attn_q.weight"));
+  }
+  SECTION("quantized tensors are read with their block sizes") {
+    auto f = patched("q4_1.gguf", 3, 64, 2);  // 2 rows x 2 blocks x 20 bytes
+    REQUIRE(f.ok());
+    const GgufTensor* t = (*f)->find_tensor("blk.0.attn_q.weight");
+    REQUIRE(t != nullptr);
+    CHECK(t->dtype == DType::kQ4_1);
+    CHECK(t->nbytes == 80);
   }
   SECTION("tensor data out of bounds") {
     GgufWriter w;

@@ -469,6 +469,28 @@ TEST_CASE("cuda matmul matches the cpu backend for every weight dtype and shape"
   CHECK(gy.guards_intact());
 }
 
+TEST_CASE("cuda matmul widens GGUF block weights to F16 at upload", "[gpu][cuda]") {
+  Backend& g = gpu();
+  const DType t = GENERATE(DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1);
+  const int64_t n = GENERATE(1, 64);
+  const int64_t n_in = 768, n_out = 100;
+  CAPTURE(dtype_name(t), n);
+  const Encoded w = random_encoded(t, size_t(n_out * n_in), 21);
+  const std::vector<float> x = random_floats(size_t(n * n_in), 22);
+  auto cw = cpu().upload_weight(host(t, w.bytes.data(), {n_out, n_in}));
+  REQUIRE(cw.ok());
+  std::vector<float> ref(size_t(n * n_out));
+  REQUIRE(cpu().matmul(host(DType::kF32, x.data(), {n, n_in}), *cw.value(), host(DType::kF32, ref.data(), {n, n_out}))
+              .ok());
+  auto gw = g.upload_weight(host(t, w.bytes.data(), {n_out, n_in}));
+  REQUIRE(gw.ok());
+  CHECK(gw.value()->dtype() == DType::kF16);
+  GpuTensor gx(g, DType::kF32, {n, n_in}, x.data()), gy(g, DType::kF32, {n, n_out});
+  REQUIRE(g.matmul(gx.t(), *gw.value(), gy.t()).ok());
+  // The GPU rounds x to f16; the CPU's decode (n = 1) quantizes x to 8 bits, its prefill keeps f32.
+  CHECK(normalized_error(gy.values<float>(g).data(), as_double(ref)) <= (n == 1 ? 2e-2 : 2e-3));
+}
+
 TEST_CASE("cuda matmul runs several weights in one call, with accumulate", "[gpu][cuda]") {
   Backend& g = gpu();
   const int64_t n = GENERATE(1, 3, 64);
