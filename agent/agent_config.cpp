@@ -56,6 +56,13 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
   if (c.max_new_tokens < 1 || c.max_new_tokens > kMaxCtx) {
     return invalid_argument(fmt::format("--max-new-tokens must be in [1, {}]", kMaxCtx));
   }
+  if (c.parallel < 1 || c.parallel > 1024) return invalid_argument("--parallel must be in [1, 1024]");
+  if (c.max_batch_tokens < c.parallel || c.max_batch_tokens > 65536) {
+    return invalid_argument(fmt::format("--max-batch-tokens must be in [--parallel ({}), 65536]: each step holds "
+                                        "a token of every decoding sequence",
+                                        c.parallel));
+  }
+  if (c.max_queue < 0 || c.max_queue > 1 << 20) return invalid_argument("--max-queue must be in [0, 1048576]");
   return rpc::check_tls_flags(c.tls);
 }
 
@@ -84,6 +91,13 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
                "On a GPU, launch each decode step's kernels one by one instead of as one CUDA graph");
   app.add_option("--ctx-size", c.ctx_size, "Context cells per session (default: the model's context)");
   app.add_option("--max-new-tokens", c.max_new_tokens, "Cap on tokens generated per request (default 1024)");
+  app.add_option("--parallel", c.parallel,
+                 "Sequences (Generate and Prefill requests) computed at once, batched in each step (default 8)");
+  app.add_option("--max-batch-tokens", c.max_batch_tokens,
+                 "Tokens per engine step: every decoding sequence's next token, then chunks of prompts "
+                 "(default 256; at least --parallel)");
+  app.add_option("--max-queue", c.max_queue,
+                 "Requests that may wait for a free sequence; more are refused with RESOURCE_EXHAUSTED (default 64)");
   app.add_option("--max-request-cache-bytes", raw.max_request_cache_bytes,
                  "Largest cache one request may create or import (default: the store budget)");
   app.add_option("--max-message-bytes", raw.max_message_bytes,

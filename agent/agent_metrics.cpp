@@ -15,9 +15,46 @@ const std::vector<double> kTtftBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 const std::vector<double> kTpotBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                           0.01,   0.025,   0.05,   0.1,   0.25,   0.5, 1};
 
+const std::vector<double> kStepSeqBuckets = {1, 2, 4, 8, 16, 32, 64, 128};
+const std::vector<double> kStepTokenBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048};
+
 }  // namespace
 
-Metrics::Metrics() : ttft_(kTtftBuckets), tpot_(kTpotBuckets) {}
+Metrics::Metrics()
+    : ttft_(kTtftBuckets),
+      tpot_(kTpotBuckets),
+      step_seqs_(kStepSeqBuckets),
+      step_tokens_(kStepTokenBuckets),
+      step_seconds_(kTtftBuckets) {}
+
+void Metrics::record_step(const runtime::StepInfo& step) {
+  step_seqs_.observe(step.n_seqs);
+  step_tokens_.observe(step.n_tokens);
+  step_seconds_.observe(step.seconds);
+  decode_tokens_.fetch_add(uint64_t(step.n_decode), std::memory_order_relaxed);
+  prompt_tokens_.fetch_add(uint64_t(step.n_tokens - step.n_decode), std::memory_order_relaxed);
+}
+
+void Metrics::render_engine(std::string& out, const runtime::EngineLoad& engine) const {
+  rpc::metric_header(out, "kvbridge_engine_step_sequences", "histogram",
+                     "Sequences batched in one engine step (decoding and prefilling).");
+  step_seqs_.render(out, "kvbridge_engine_step_sequences", "");
+  rpc::metric_header(out, "kvbridge_engine_step_tokens", "histogram",
+                     "Tokens in one engine step: decode tokens plus prompt chunks.");
+  step_tokens_.render(out, "kvbridge_engine_step_tokens", "");
+  rpc::metric_header(out, "kvbridge_engine_step_seconds", "histogram", "The forward pass of one engine step.");
+  step_seconds_.render(out, "kvbridge_engine_step_seconds", "");
+  rpc::metric_header(out, "kvbridge_engine_decode_tokens_total", "counter", "Sampled tokens fed back (decode rows).");
+  out += fmt::format("kvbridge_engine_decode_tokens_total {}\n", decode_tokens_.load(std::memory_order_relaxed));
+  rpc::metric_header(out, "kvbridge_engine_prompt_tokens_total", "counter", "Input tokens prefilled (prompt rows).");
+  out += fmt::format("kvbridge_engine_prompt_tokens_total {}\n", prompt_tokens_.load(std::memory_order_relaxed));
+  rpc::metric_header(out, "kvbridge_engine_active_sequences", "gauge", "Sequences holding a slot.");
+  out += fmt::format("kvbridge_engine_active_sequences {}\n", engine.active);
+  rpc::metric_header(out, "kvbridge_engine_queued_requests", "gauge", "Requests waiting for a slot.");
+  out += fmt::format("kvbridge_engine_queued_requests {}\n", engine.queued);
+  rpc::metric_header(out, "kvbridge_engine_parallel", "gauge", "Slots: sequences computed at once (--parallel).");
+  out += fmt::format("kvbridge_engine_parallel {}\n", engine.parallel);
+}
 
 void Metrics::record_pull(std::string_view requested, std::string_view used) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -34,7 +71,7 @@ void Metrics::render_pulls(std::string& out) const {
   }
 }
 
-std::string Metrics::render(const runtime::CacheStoreStats& store) const {
+std::string Metrics::render(const runtime::CacheStoreStats& store, const runtime::EngineLoad& engine) const {
   std::string out;
   out.reserve(8192);
   render_requests(out);
@@ -61,6 +98,7 @@ std::string Metrics::render(const runtime::CacheStoreStats& store) const {
   out += fmt::format("kvbridge_cache_evictions_total {}\n", store.evictions);
   rpc::metric_header(out, "kvbridge_cache_expirations_total", "counter", "Caches removed after their idle TTL.");
   out += fmt::format("kvbridge_cache_expirations_total {}\n", store.expirations);
+  render_engine(out, engine);
   return out;
 }
 

@@ -122,6 +122,10 @@ Status AgentServer::build_runtime(const Device& device) {
   eo.ctx_size = c.ctx_size;
   eo.max_request_cache_bytes = c.request_cache_limit();
   eo.fingerprint = identity_->fingerprint;
+  eo.parallel = c.parallel;
+  eo.max_batch_tokens = c.max_batch_tokens;
+  eo.max_queue = c.max_queue;
+  eo.on_step = [m = metrics_.get()](const runtime::StepInfo& step) { m->record_step(step); };
   KVB_ASSIGN_OR_RETURN(engine_, runtime::EngineLoop::create(*model_, *store_, eo));
   return Status::Ok();
 }
@@ -230,7 +234,9 @@ Status AgentServer::start() {
   if (c.metrics_listen) {
     const Metrics* m = metrics_.get();
     runtime::CacheStore* store = store_.get();
-    metrics_endpoint_ = std::make_unique<rpc::MetricsEndpoint>([m, store] { return m->render(store->stats()); });
+    const runtime::EngineLoop* engine = engine_.get();
+    metrics_endpoint_ = std::make_unique<rpc::MetricsEndpoint>(
+        [m, store, engine] { return m->render(store->stats(), engine->load()); });
     KVB_RETURN_IF_ERROR(metrics_endpoint_->start(*c.metrics_listen));
   }
   sweep_thread_ = std::thread([this] { sweeper(); });

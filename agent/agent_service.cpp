@@ -451,6 +451,10 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   lim->set_max_request_cache_bytes(d_.config->request_cache_limit());
   lim->set_max_message_bytes(d_.config->max_message_bytes);
   lim->set_default_cache_ttl_seconds(d_.store->default_ttl_s());
+  const runtime::EngineLoad load = d_.engine->load();
+  lim->set_parallel(uint32_t(load.parallel));
+  lim->set_max_batch_tokens(uint32_t(load.max_batch_tokens));
+  lim->set_max_queue(uint32_t(load.max_queue));
   for (const WireDType t : kWireDTypes) resp->add_wire_dtypes(wire::to_proto(t));
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");

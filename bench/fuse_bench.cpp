@@ -157,9 +157,10 @@ class TimedBackend final : public Backend {
     return other("synchronize", [&] { return in_->synchronize(); });
   }
   using Backend::matmul;
-  Status matmul(const Tensor& x, std::span<const MatmulOut> outs) override {
+  using Backend::attention;
+  Status matmul(const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) override {
     const auto t0 = Clock::now();
-    Status s = in_->matmul(x, outs);
+    Status s = in_->matmul(x, outs, mode);
     const double secs = seconds_since(t0);
     double flops = 0;
     for (const MatmulOut& o : outs) flops += 2.0 * double(x.shape[0]) * double(o.w->n_in()) * double(o.w->n_out());
@@ -188,8 +189,9 @@ class TimedBackend final : public Backend {
   Status add(const Tensor& a, const Tensor& b, const Tensor& o) override {
     return other("add", [&] { return in_->add(a, b, o); });
   }
-  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, float scale) override {
-    return other("attention", [&] { return in_->attention(q, k, v, o, scale); });
+  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, float scale,
+                   RowMode mode) override {
+    return other("attention", [&] { return in_->attention(q, k, v, o, scale, mode); });
   }
   Status embedding(const Tensor& t, const Tensor& ids, const Tensor& o) override {
     return other("embedding", [&] { return in_->embedding(t, ids, o); });

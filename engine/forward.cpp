@@ -1,5 +1,7 @@
 #include "engine/forward.h"
 
+#include "engine/forward_impl.h"
+
 #include <fmt/format.h>
 
 #include <chrono>
@@ -8,31 +10,6 @@
 namespace kvb {
 
 namespace {
-
-struct LayerOnDevice {
-  std::unique_ptr<Weight> wq, wk, wv, wo, w_gate, w_up, w_down;
-  Tensor attn_norm, ffn_norm;  // f32 [n_embd], device memory
-  Tensor bq, bk, bv;           // qwen2: f32 [n_embd_q], [n_embd_kv], [n_embd_kv]
-  Tensor q_norm, k_norm;       // qwen3: f32 [head_dim]
-};
-
-// Times a region into one OpProfile bucket when profiling is on.
-class OpTimer {
- public:
-  OpTimer(Backend& b, double* bucket) : backend_(b), bucket_(bucket) {
-    if (bucket_) start_ = std::chrono::steady_clock::now();
-  }
-  ~OpTimer() {
-    if (!bucket_) return;
-    (void)backend_.synchronize();
-    *bucket_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
-
- private:
-  Backend& backend_;
-  double* bucket_;
-  std::chrono::steady_clock::time_point start_;
-};
 
 // A [rows][cols] table of any weight dtype as F16 in `storage` (which the result points into).
 Tensor widen_to_f16(const Tensor& table, std::vector<uint16_t>& storage) {
@@ -47,19 +24,6 @@ Tensor widen_to_f16(const Tensor& table, std::vector<uint16_t>& storage) {
 }
 
 }  // namespace
-
-struct ModelRunner::Impl {
-  std::vector<LayerOnDevice> layers;
-  std::unique_ptr<Weight> output;
-  Tensor tok_embd, output_norm;  // device memory
-  RopeParams rope;               // the model's, with freq_factors in device memory when it has some
-  std::vector<std::unique_ptr<Buffer>> buffers;
-
-  // Scratch, sized for n_batch tokens: activations are f32, rows are tokens.
-  Tensor x, xb, q, k_new, v_new, att, hb, hb2, tokens, pos;  // [n_batch][...]
-  Tensor logits;                                             // [n_logit_rows][n_vocab]
-  int32_t n_logit_rows = 0;
-};
 
 ModelRunner::ModelRunner(const Model& model, Backend& backend, const RunnerOptions& opt)
     : model_(model), backend_(backend), opt_(opt), impl_(std::make_unique<Impl>()) {}
@@ -225,12 +189,7 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
   KVB_ASSIGN_OR_RETURN(const KvPlan plan, cache.plan_append(int32_t(n)));
   // Logit rows returned: every row, the last one, or none (an inner ubatch).
   const int64_t logit_rows = logits_out == nullptr ? 0 : all_logits ? n : 1;
-  if (im.n_logit_rows < logit_rows) {
-    KVB_ASSIGN_OR_RETURN(auto buf, b.device().buffer_type().alloc(size_t(logit_rows * c.n_vocab) * 4));
-    im.logits = Tensor::make(DType::kF32, buf->data(), {logit_rows, c.n_vocab});
-    im.n_logit_rows = int32_t(logit_rows);
-    im.buffers.push_back(std::move(buf));
-  }
+  KVB_RETURN_IF_ERROR(im.reserve_logits(b, logit_rows, c.n_vocab));
   std::vector<int32_t> positions(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) positions[size_t(i)] = plan.first_pos + int32_t(i);
   {
@@ -248,24 +207,8 @@ Status ModelRunner::forward_ubatch(KvCache& cache, std::span<const int32_t> toke
 bool ModelRunner::graph_step(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows) {
   // One token with its logits: the step ends with a synchronize, so the graph instance the next
   // step updates is never still running.
-  if (n != 1 || logit_rows != 1 || !opt_.graphs || opt_.profile || graphs_.disabled) return false;
-  Backend& b = backend_;
-  if (Status st = b.begin_graph(); !st.ok()) {
-    graphs_.disabled = true;  // UNIMPLEMENTED: this backend has none
-    if (st.code() != StatusCode::kUnimplemented) graphs_.last_error = st.to_string();
-    return false;
-  }
-  const Status body = enqueue_ubatch(cache, plan, n, logit_rows);
-  const Status end = b.end_graph(/*run=*/body.ok());
-  if (body.ok() && end.ok()) {
-    ++graphs_.graph_steps;
-    graph_failures_in_row_ = 0;
-    return true;
-  }
-  ++graphs_.fallbacks;
-  graphs_.last_error = (body.ok() ? end : body).to_string();
-  if (++graph_failures_in_row_ >= kMaxGraphFailuresInRow) graphs_.disabled = true;
-  return false;
+  if (n != 1 || logit_rows != 1) return false;
+  return run_as_graph([&] { return enqueue_ubatch(cache, plan, n, logit_rows); });
 }
 
 // The ops of one ubatch whose tokens and positions are uploaded (rows [0, n) of im.tokens and

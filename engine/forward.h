@@ -46,6 +46,14 @@ struct OpProfile {
   double total() const { return matmul_s + attention_s + other_s; }
 };
 
+// One sequence's part of a batched step (ModelRunner::forward_batch).
+struct SeqStep {
+  KvCache* cache = nullptr;          // this sequence's cache; each cache at most once per step
+  std::span<const int32_t> tokens;   // appended to the cache
+  float* logits = nullptr;           // host [n_vocab]: the last token's logits; null for none
+  bool decode = false;               // one sampled token (decode kernels); else prompt rows
+};
+
 class ModelRunner {
  public:
   ~ModelRunner();
@@ -68,6 +76,18 @@ class ModelRunner {
   // RESOURCE_EXHAUSTED when the tokens do not fit. On any error the cache is left as it was.
   Status forward(KvCache& cache, std::span<const int32_t> tokens, std::span<float> logits, bool all_logits = false);
 
+  // One forward over the tokens of several sequences together (continuous batching): the rows of
+  // every sequence run through each projection as one matmul per weight (prompt rows and decode
+  // rows as two, RowMode::kPrefill / kDecode), attention runs per sequence over its own cells.
+  // On the CPU backend each sequence's cells and logits are bit for bit what the same step gives
+  // it alone, whatever shares the batch (a sequence's outputs never depend on its neighbours).
+  // INVALID_ARGUMENT for no sequences, an empty or decode-but-not-one-token sequence, a cache
+  // twice, more than n_batch tokens in all, an out-of-vocab id or a cache of another layout;
+  // RESOURCE_EXHAUSTED when a sequence's tokens do not fit its cache. On error no cache changes.
+  // A step of decode tokens only runs as one op graph where the backend records them.
+  Status forward_batch(std::span<const SeqStep> seqs);
+  int32_t n_batch() const { return opt_.n_batch; }
+
   const OpProfile& profile() const { return profile_; }
   void reset_profile() { profile_ = {}; }
   const GraphStats& graph_stats() const { return graphs_; }
@@ -80,6 +100,13 @@ class ModelRunner {
   ModelRunner(const Model& model, Backend& backend, const RunnerOptions& opt);
   Status forward_ubatch(KvCache& cache, std::span<const int32_t> tokens, float* logits, bool all_logits);
   bool graph_step(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows);
+  struct BatchPlan;
+  Status check_batch(std::span<const SeqStep> seqs, BatchPlan& bp) const;
+  Status enqueue_batch(const BatchPlan& bp);
+  // Runs `enqueue` as one recorded graph; false when it ran nothing (no graphs, or the recording
+  // failed: the caller runs the ops directly).
+  template <class F>
+  bool run_as_graph(F&& enqueue);
   Status enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n, int64_t logit_rows);
 
   const Model& model_;

@@ -97,6 +97,17 @@ class Weight {
   virtual size_t nbytes() const = 0;     // device bytes held, including packing padding
 };
 
+// How an op whose rows are independent (matmul, attention) picks its kernels.
+//   kAuto:    by the number of rows: few rows take the decode kernels, more the blocked prefill ones.
+//   kDecode:  the decode kernels for any number of rows, each row computed as if it were alone.
+//   kPrefill: the blocked prefill kernels for any number of rows.
+// With kDecode or kPrefill a row's result is the same bits whatever other rows share the call, so
+// the engine can batch the decode tokens and prompt chunks of many sequences in one call and each
+// sequence computes what it would alone. The CPU backend promises this; backends whose libraries
+// pick algorithms by shape (CUDA's cuBLAS) treat both as kAuto, with results equal within
+// rounding.
+enum class RowMode : uint8_t { kAuto, kDecode, kPrefill };
+
 // One output of a matmul: y = x · wᵀ, or y += x · wᵀ when accumulate is set.
 struct MatmulOut {
   const Weight* w = nullptr;  // [n_out][n_in]
@@ -138,10 +149,12 @@ class Backend {
   // ---- ops ----
   // For each out: y[n][n_out] (+)= x[n][n_in] · wᵀ. All weights share x and are run in one dispatch
   // (e.g. Q, K and V projections). x is f32 [n][n_in].
-  virtual Status matmul(const Tensor& x, std::span<const MatmulOut> outs) = 0;
-  Status matmul(const Tensor& x, const Weight& w, const Tensor& y, bool accumulate = false) {
+  virtual Status matmul(const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) = 0;
+  Status matmul(const Tensor& x, std::span<const MatmulOut> outs) { return matmul(x, outs, RowMode::kAuto); }
+  Status matmul(const Tensor& x, const Weight& w, const Tensor& y, bool accumulate = false,
+                RowMode mode = RowMode::kAuto) {
     const MatmulOut o{&w, y, accumulate};
-    return matmul(x, std::span<const MatmulOut>(&o, 1));
+    return matmul(x, std::span<const MatmulOut>(&o, 1), mode);
   }
   // y[n][d] = x[n][d] / sqrt(mean(x²) + eps) * w[d]. y may alias x. w is f32.
   virtual Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) = 0;
@@ -162,8 +175,11 @@ class Backend {
   //   out [n][n_head][head_dim] f32
   // Query row i attends to cells 0 .. n_kv - n + i. Query head h reads kv head h / (n_head/n_head_kv).
   // scale multiplies q·k (usually 1/sqrt(head_dim)).
-  virtual Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                           float scale) = 0;
+  virtual Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                           RowMode mode) = 0;
+  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
+    return attention(q, k, v, out, scale, RowMode::kAuto);
+  }
   // out[n][d] (f32) = table[tokens[i]] for table [vocab][d] of any weight dtype; tokens i32 [n].
   // An id outside [0, vocab) is INVALID_ARGUMENT.
   virtual Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) = 0;

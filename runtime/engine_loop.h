@@ -1,33 +1,41 @@
 // EngineLoop: the one thread that owns the model's runner and does all work on the model.
 //
 // Handlers (agent_service.cpp) validate and convert requests, resolve their context caches
-// (store lookups, peer pulls) and then submit a task here. The loop repeats:
-//   1. take every task queued so far, in arrival order: a Prefill runs to completion (context
-//      concatenation + input forward + store insert); a Generate builds its session (a fresh
-//      KvCache sized for context + input + max_tokens, the context caches appended in order with
-//      KvCache::append_shifted, the input forwarded) and joins the active set. A context that is
-//      one cache the request owns outright (SessionInput::owned_context, a fresh pull) becomes the
-//      session's cache itself when it has the room, instead of being copied;
-//   2. one turn: each active Generate session, round-robin, samples one token, streams it and
-//      feeds it back (one decode step), or finishes.
-// So concurrent Generates interleave token by token, and queued prefills run between turns.
+// (store lookups, peer pulls) and then submit a task here. A task waits in a bounded queue
+// (EngineOptions::max_queue; beyond it submit answers RESOURCE_EXHAUSTED at once) until one of
+// EngineOptions::parallel sequence slots is free, then becomes a sequence: its cache is assembled
+// (a fresh KvCache sized for context + input + max_tokens, the context caches appended in order
+// with KvCache::append_shifted; a context that is one cache the request owns outright,
+// SessionInput::owned_context, a fresh pull, becomes the sequence's cache itself when it has the
+// room) and its input tokens wait to be prefilled. The loop then repeats one step (continuous
+// batching, as llama.cpp's server and vLLM do):
+//   1. every decoding Generate samples one token from its last logits and streams it (or
+//      finishes); each one that goes on contributes that token as a decode row;
+//   2. sequences with input left contribute their next chunk, in admission order, until the step
+//      holds EngineOptions::max_batch_tokens tokens (chunked prefill: a long prompt runs over
+//      several steps while the others keep streaming);
+//   3. one ModelRunner::forward_batch over all those rows; a Generate whose input is done has its
+//      first logits, a Prefill whose input is done is stored (or handed back).
+// On the CPU a sequence computes the same bits whatever shares its steps (RowMode), so a request's
+// greedy tokens do not depend on the load. Cancellation is checked every step; a cancelled
+// sequence's cache is freed at once.
 // The loop never touches the network: results go to per-request sinks/callbacks that only queue
 // data for their gRPC reactor.
 //
 // Device: the runner, the session caches and the caches the loop stores live on
 // EngineOptions::device (the CPU by default). On a GPU, context caches that arrive in host memory
 // (pulls, fused contexts) are uploaded into the session's device cache as they are appended, and
-// hand_back prefills are staged back to host memory. Decode runs one forward per token per
-// session, each step one CUDA graph (EngineOptions::graphs; ModelRunner::forward_ubatch).
+// hand_back prefills are staged back to host memory. A step of decode rows only runs as one CUDA
+// graph (EngineOptions::graphs).
 //
-// Ownership: the loop owns the Backend, the ModelRunner and every session's KvCache; it borrows the
-// Model, the CacheStore, EngineOptions::device, session_buffers and host_buffers (all must outlive
-// it). Shared context
-// caches (the store's entries) are read-only pointers the loop never writes into; an owned context
-// is the loop's to use as it likes.
-// Threading: submit_*() and stop() are thread-safe; sinks and callbacks are called on the engine
-// thread (or on the caller's thread, with UNAVAILABLE, after stop()), exactly once per task for
-// the final result, and must not block.
+// Ownership: the loop owns the Backend, the ModelRunner and every sequence's KvCache; it borrows
+// the Model, the CacheStore, EngineOptions::device, session_buffers and host_buffers (all must
+// outlive it). Shared context caches (the store's entries) are read-only pointers the loop never
+// writes into; an owned context is the loop's to use as it likes.
+// Threading: submit_*(), stop() and the accessors are thread-safe; sinks, callbacks and
+// EngineOptions::on_step are called on the engine thread (or on the caller's thread, with
+// UNAVAILABLE after stop() or RESOURCE_EXHAUSTED for a full queue), exactly once per task for the
+// final result, and must not block.
 #pragma once
 
 #include <chrono>
@@ -53,6 +61,14 @@
 
 namespace kvb::runtime {
 
+// One engine step, for metrics.
+struct StepInfo {
+  int32_t n_seqs = 0;         // sequences in the step
+  int32_t n_tokens = 0;       // rows: decode tokens + prompt chunk tokens
+  int32_t n_decode = 0;       // decode rows
+  double seconds = 0;         // the forward pass
+};
+
 struct EngineOptions {
   // The device the model runs on (borrowed; registry devices live for the process). Null: the CPU.
   const Device* device = nullptr;
@@ -68,6 +84,21 @@ struct EngineOptions {
   // Host memory for the caches a hand_back Prefill returns when the engine runs on a GPU
   // (borrowed; null: host_staging_buffer_type(device), i.e. pinned memory). Unused on the CPU.
   const BufferType* host_buffers = nullptr;
+  // Continuous batching. parallel: sequences (Generates and Prefills) computed at once;
+  // max_batch_tokens: tokens per step, decode rows and prompt chunks together (>= parallel, so
+  // every decoding sequence always has its row); max_queue: tasks waiting for a slot.
+  int32_t parallel = 8;
+  int32_t max_batch_tokens = 256;
+  int32_t max_queue = 64;
+  // Called after every step with what it ran (metrics); engine thread, must be cheap.
+  std::function<void(const StepInfo&)> on_step;
+};
+
+// The engine's limits and load, for GetInfo and metrics.
+struct EngineLoad {
+  int32_t parallel = 0, max_batch_tokens = 0, max_queue = 0;
+  int32_t active = 0;   // sequences in slots
+  int32_t queued = 0;   // tasks waiting for a slot
 };
 
 // The part of a Generate or Prefill that is the same for both, already validated.
@@ -140,7 +171,7 @@ struct PrefillOptions {
 
 struct PrefillOutcome {
   CacheInfo cache;        // the stored cache (not with hand_back)
-  double prefill_ms = 0;  // engine time: concatenation + forward + store insert
+  double prefill_ms = 0;  // engine time from admission: concatenation, the chunked forward, store insert
   std::unique_ptr<KvCache> owned;  // with hand_back
 };
 using PrefillCallback = std::function<void(Result<PrefillOutcome>)>;
@@ -168,6 +199,7 @@ class EngineLoop {
   const Device& device() const { return backend_->device(); }
   // The cache layout of this engine's sessions (what context caches must have).
   KvLayout kv_layout() const;
+  EngineLoad load() const;
 
  private:
   struct Session;
@@ -182,19 +214,25 @@ class EngineLoop {
 
   EngineLoop(const Model& model, CacheStore& store, const EngineOptions& opt);
   void run();
-  void run_task(Task& t);
+  // Turns an admitted task into a sequence (fails the task on error).
+  void admit(Task& t);
+  Result<std::unique_ptr<Session>> start(Task& t);
   // A cache of at least `cells` cells holding the concatenated context (and nothing else): the
   // owned context itself when it fits (moved out of `in`), else a new one.
   Result<std::unique_ptr<KvCache>> assemble_context(SessionInput& in, int32_t cells);
   Result<std::unique_ptr<KvCache>> new_session_cache(int32_t cells) const;
-  Result<PrefillOutcome> run_prefill(Task& t);
-  Result<std::unique_ptr<Session>> start_session(Task& t);
-  // One decode turn; false when the session finished (its sink got on_done).
-  bool step(Session& s);
-  void finish(Session& s, FinishReason reason);
+  // One step over every sequence (the class comment's 1-3).
+  void run_step();
+  // Samples and streams a decoding Generate's next token; false when it finished (its sink got
+  // on_done), else s.next is the token to feed.
+  bool sample_and_stream(Session& s);
+  void finish_generate(Session& s, FinishReason reason);
+  void finish_prefill(Session& s);
   Result<CacheInfo> keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin);
   static void fail(Task& t, const Status& st);
-  // Queues a task for the loop, or fails it with UNAVAILABLE once stop() has begun.
+  static void fail(Session& s, const Status& st);
+  // Queues a task for the loop, or fails it: UNAVAILABLE once stop() has begun,
+  // RESOURCE_EXHAUSTED when max_queue tasks wait.
   void enqueue(Task t);
 
   const Model& model_;
@@ -204,12 +242,13 @@ class EngineLoop {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<ModelRunner> runner_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Task> queue_;  // guarded by mu_
   bool stopping_ = false;   // guarded by mu_
+  int32_t active_ = 0;      // guarded by mu_: sessions_.size(), for load()
   std::thread thread_;
-  std::list<std::unique_ptr<Session>> sessions_;  // engine thread only
+  std::list<std::unique_ptr<Session>> sessions_;  // engine thread only, in admission order
 };
 
 }  // namespace kvb::runtime

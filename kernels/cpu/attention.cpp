@@ -3,7 +3,9 @@
 //   Query row i sees cells 0 .. n_kv - n + i; query head h reads kv head h / (n_head / n_head_kv).
 // All sums are f32.
 //
-// Two paths:
+// Two paths (RowMode picks one; kAuto by n). Each computes a query row the same way whatever rows
+// share the call: query blocks and K/V tiles start at fixed cells, and cells a row does not see
+// add exact zeros.
 //   decode (n < kTiledMinRows): one work item per (query row, kv head): for each query head of the
 //     group, scores = scale * q·k_j over every visible cell (dot products straight off the cache, f16
 //     converted in registers) and a max-subtracted softmax; then out = P·V for the whole group in one
@@ -250,10 +252,12 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
 
 }  // namespace
 
-Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
+Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                 RowMode mode) {
   KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(q, k, v, out, scale));
   if (s.n == 0 || s.n_head == 0) return Status::Ok();
-  if (s.n < kTiledMinRows) return run_decode(ctx, q, k, v, out, scale, s);
+  const bool decode = mode == RowMode::kAuto ? s.n < kTiledMinRows : mode == RowMode::kDecode;
+  if (decode) return run_decode(ctx, q, k, v, out, scale, s);
   return run_tiled(ctx, q, k, v, out, scale, s);
 }
 

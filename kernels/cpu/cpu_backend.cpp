@@ -197,7 +197,11 @@ class CpuBackend final : public Backend {
   }
   Status synchronize() override { return Status::Ok(); }
 
-  Status matmul(const Tensor& x, std::span<const MatmulOut> outs) override { return cpu::matmul(ctx_, x, outs); }
+  using Backend::attention;
+  using Backend::matmul;
+  Status matmul(const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) override {
+    return cpu::matmul(ctx_, x, outs, mode);
+  }
   Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override {
     return cpu::rms_norm(ctx_, x, w, eps, y);
   }
@@ -207,8 +211,9 @@ class CpuBackend final : public Backend {
     return cpu::silu_mul(ctx_, gate, up, out);
   }
   Status add(const Tensor& a, const Tensor& b, const Tensor& out) override { return cpu::add(ctx_, a, b, out); }
-  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) override {
-    return cpu::attention(ctx_, q, k, v, out, scale);
+  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                   RowMode mode) override {
+    return cpu::attention(ctx_, q, k, v, out, scale, mode);
   }
   Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) override {
     return cpu::embedding(ctx_, table, tokens, out);

@@ -213,9 +213,47 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
   return Status::Ok();
 }
 
+// RowMode::kDecode with several rows (a batch of sequences' decode tokens): each panel is read
+// from memory once (then hit in L1/L2) and every row gets exactly the bits of the one-row kernel a
+// sequence decoding alone runs.
+Status run_gemv_rowwise(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
+                        int64_t n_panels) {
+  const GemmKernels& kern = *ctx.gemm;
+  const QuantKernels& qkern = *ctx.quant;
+  QuantizedRows xq;
+  if (std::any_of(outs.begin(), outs.end(), [](const OutPanels& o) { return o.type >= kNumWeightTypes; })) {
+    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(quantized_rows_bytes(int(n), k)));
+    xq = quantize_rows(x, k, int(n), k, ctx.scratch->shared());
+  }
+  const int64_t chunk = std::max<int64_t>(1, n_panels / (int64_t(ctx.pool->n_threads()) * 8));
+  ctx.pool->parallel_for(n_panels, chunk, [&](int64_t begin, int64_t end, int) {
+    for (int64_t g = begin; g < end; ++g) {
+      const OutPanels& o = find_out(outs, g);
+      const int64_t p = g - o.first_panel;
+      const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
+      if (o.type >= kNumWeightTypes) {
+        // The integer kernels keep one accumulator per row whatever their row count: groups of
+        // rows share each weight group's unpacking and still give every row its one-row bits.
+        for (int64_t r = 0; r < n; r += kMaxGemvRows) {
+          const int nr = int(std::min<int64_t>(kMaxGemvRows, n - r));
+          const QuantizedRows rows{xq.q + r * k, xq.d + r * (k / 32), xq.sum16 + r * (k / 16), k};
+          qkern.gemv[o.type - kNumWeightTypes](o.w->panel(p), k, rows, nr, o.y + r * o.ldy + p * kPanel, o.ldy, nc,
+                                               o.accumulate);
+        }
+      } else {
+        // The float kernels split the k sum over more accumulators for fewer rows: one row a call.
+        for (int64_t r = 0; r < n; ++r) {
+          kern.gemv[o.type](o.w->panel(p), k, x + r * k, k, 1, o.y + r * o.ldy + p * kPanel, o.ldy, nc, o.accumulate);
+        }
+      }
+    }
+  });
+  return Status::Ok();
+}
+
 }  // namespace
 
-Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs) {
+Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) {
   std::vector<OutPanels> panels;
   panels.reserve(outs.size());
   KVB_RETURN_IF_ERROR(validate(x, outs, panels));
@@ -223,7 +261,16 @@ Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs) 
   const int64_t k = x.shape[1];
   if (n == 0 || panels.empty()) return Status::Ok();
   const int64_t n_panels = panels.back().first_panel + panels.back().w->n_panels();
-  if (n <= kMaxGemvRows) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
+  switch (mode) {
+    case RowMode::kAuto:
+      if (n <= kMaxGemvRows) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
+      break;
+    case RowMode::kDecode:
+      if (n == 1) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
+      return run_gemv_rowwise(ctx, x.as<const float>(), n, k, panels, n_panels);
+    case RowMode::kPrefill:
+      break;
+  }
   return run_gemm(ctx, x.as<const float>(), n, k, panels, n_panels);
 }
 

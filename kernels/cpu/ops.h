@@ -47,13 +47,14 @@ struct OpContext {
 // more than the work (decode-sized rows).
 inline constexpr int64_t kMinParallelElements = 1 << 15;
 
-Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs);
+Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs, RowMode mode = RowMode::kAuto);
 Status rms_norm(OpContext& ctx, const Tensor& x, const Tensor& w, float eps, const Tensor& y);
 Status rope(OpContext& ctx, const Tensor& x, const Tensor& pos, const RopeParams& p);
 Status softmax(OpContext& ctx, const Tensor& x);
 Status silu_mul(OpContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& out);
 Status add(OpContext& ctx, const Tensor& a, const Tensor& b, const Tensor& out);
-Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale);
+Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                 RowMode mode = RowMode::kAuto);
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out);
 Status convert(OpContext& ctx, const Tensor& src, const Tensor& dst);
 Status gelu(OpContext& ctx, const Tensor& x, const Tensor& out);

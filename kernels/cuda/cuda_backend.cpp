@@ -262,7 +262,10 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
-  Status matmul(const Tensor& x, std::span<const MatmulOut> outs) override {
+  // cuBLAS picks its algorithm by shape: RowMode is advisory here (results equal within rounding).
+  using Backend::attention;
+  using Backend::matmul;
+  Status matmul(const Tensor& x, std::span<const MatmulOut> outs, RowMode /*mode*/) override {
     return run([&] { return cuda::matmul(ctx_, x, outs); });
   }
   Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override {
@@ -280,7 +283,8 @@ class CudaBackend final : public Backend {
   Status add(const Tensor& a, const Tensor& b, const Tensor& out) override {
     return run([&] { return cuda::add(ctx_, a, b, out); });
   }
-  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) override {
+  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                   RowMode /*mode*/) override {
     return run([&] { return cuda::attention(ctx_, q, k, v, out, scale); });
   }
   Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) override {

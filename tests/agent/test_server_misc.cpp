@@ -176,7 +176,13 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   st.hits = 5;
   st.misses = 1;
   st.evictions = 3;
-  const std::string text = m.render(st);
+  m.record_step({3, 40, 2, 0.02});
+  m.record_step({1, 1, 1, 0.004});
+  runtime::EngineLoad load;
+  load.parallel = 8;
+  load.active = 3;
+  load.queued = 5;
+  const std::string text = m.render(st, load);
   const auto has = [&](const std::string& line) {
     INFO(line);
     CHECK(text.find(line + "\n") != std::string::npos);
@@ -198,6 +204,16 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   has("kvbridge_transport_bytes_received_total{transport=\"grpc\"} 7");
   has("# TYPE kvbridge_context_pulls_total counter");
   has("kvbridge_context_pulls_total{requested=\"auto\",used=\"grpc\"} 2");
+  has("# TYPE kvbridge_engine_step_sequences histogram");
+  has("kvbridge_engine_step_sequences_bucket{le=\"1\"} 1");
+  has("kvbridge_engine_step_sequences_bucket{le=\"4\"} 2");
+  has("kvbridge_engine_step_tokens_bucket{le=\"32\"} 1");
+  has("kvbridge_engine_step_tokens_bucket{le=\"64\"} 2");
+  has("kvbridge_engine_decode_tokens_total 3");
+  has("kvbridge_engine_prompt_tokens_total 38");
+  has("kvbridge_engine_active_sequences 3");
+  has("kvbridge_engine_queued_requests 5");
+  has("kvbridge_engine_parallel 8");
   has("kvbridge_context_pulls_total{requested=\"nccl\",used=\"grpc\"} 1");
   has("# TYPE kvbridge_cache_store_bytes gauge");
   has("kvbridge_cache_store_bytes 4096");

@@ -64,9 +64,10 @@ class RecordingBackend final : public Backend {
   }
 
   using Backend::matmul;
-  Status matmul(const Tensor& x, std::span<const MatmulOut> outs) override {
+  using Backend::attention;
+  Status matmul(const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) override {
     std::vector<MatmulOut> o(outs.begin(), outs.end());
-    return op([=, this] { return in_->matmul(x, o); });
+    return op([=, this] { return in_->matmul(x, o, mode); });
   }
   Status rms_norm(const Tensor& x, const Tensor& w, float eps, const Tensor& y) override {
     return op([=, this] { return in_->rms_norm(x, w, eps, y); });
@@ -83,8 +84,9 @@ class RecordingBackend final : public Backend {
   Status add(const Tensor& a, const Tensor& b, const Tensor& out) override {
     return op([=, this] { return in_->add(a, b, out); });
   }
-  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) override {
-    return op([=, this] { return in_->attention(q, k, v, out, scale); });
+  Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+                   RowMode mode) override {
+    return op([=, this] { return in_->attention(q, k, v, out, scale, mode); });
   }
   Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) override {
     return op([=, this] { return in_->embedding(table, tokens, out); });

@@ -161,3 +161,42 @@ TEST_CASE("cpu rope over consecutive positions matches a double reference", "[ke
 }
 
 }  // namespace kvb::test
+
+namespace kvb::test {
+
+// RowMode (kernels/backend.h): query row i of a call over n_kv cells computes the same bits as the
+// same query in a call of fewer rows over the cells it sees — a prompt prefilled in any chunking,
+// or a decode row batched beside others, gets its numbers alone.
+TEST_CASE("attention RowMode: a query row's bits do not depend on the rows beside it", "[kernels][batching]") {
+  const DType kt = GENERATE(DType::kF32, DType::kF16);
+  const int64_t n = 150, n_head = 4, n_head_kv = 2, hd = 32;
+  const size_t kv_elems = size_t(n * n_head_kv * hd);
+  const std::vector<float> q = random_floats(size_t(n * n_head * hd), 3, -2.0f, 2.0f);
+  const Cache k = make_cache(kt, kv_elems, 4), v = make_cache(kt, kv_elems, 5);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  auto run = [&](Backend& b, int64_t r0, int64_t m, RowMode mode, std::vector<float>& out) {
+    // Rows [r0, r0 + m) of the prompt over cells [0, r0 + m): the last m cells are theirs.
+    out.assign(size_t(m * n_head * hd), 0.0f);
+    const Status st = b.attention(
+        Tensor::make(DType::kF32, const_cast<float*>(q.data()) + r0 * n_head * hd, {m, n_head, hd}),
+        Tensor::make(kt, const_cast<uint8_t*>(k.bytes.data()), {r0 + m, n_head_kv, hd}),
+        Tensor::make(kt, const_cast<uint8_t*>(v.bytes.data()), {r0 + m, n_head_kv, hd}),
+        Tensor::make(DType::kF32, out.data(), {m, n_head, hd}), scale, mode);
+    REQUIRE(st.ok());
+  };
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label, dtype_name(kt));
+    for (RowMode mode : {RowMode::kPrefill, RowMode::kDecode}) {
+      CAPTURE(int(mode));
+      std::vector<float> all, part;
+      run(*cfg.backend, 0, n, mode, all);
+      for (auto [r0, m] : {std::pair<int64_t, int64_t>{0, 1}, {0, 64}, {64, 13}, {77, 3}, {100, 50}, {149, 1}}) {
+        CAPTURE(r0, m);
+        run(*cfg.backend, r0, m, mode, part);
+        CHECK(std::memcmp(part.data(), all.data() + r0 * n_head * hd, part.size() * 4) == 0);
+      }
+    }
+  }
+}
+
+}  // namespace kvb::test

@@ -209,3 +209,53 @@ TEST_CASE("GGUF block weights with rows that are not whole blocks are refused", 
 }
 
 }  // namespace kvb::test
+
+namespace kvb::test {
+
+// RowMode (kernels/backend.h): with kDecode or kPrefill a row's result does not depend on the rows
+// beside it, bit for bit — what lets the engine batch many sequences' rows (ModelRunner::
+// forward_batch) without changing any sequence's numbers.
+TEST_CASE("matmul RowMode: a row's bits do not depend on the rows beside it", "[kernels][batching]") {
+  std::vector<DType> types(std::begin(kTypes), std::end(kTypes));
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0}) types.push_back(t);
+  const DType t = GENERATE_COPY(from_range(types));
+  const int64_t n_in = dtype_block_size(t) == 256 ? 512 : 96, n_out = 70, n = 11;
+  CAPTURE(dtype_name(t));
+  std::vector<uint8_t> bytes;
+  if (dtype_block_size(t) > 1 && t != DType::kQ8_0) {
+    bytes = random_blocks(t, n_out * n_in / dtype_block_size(t), 5);
+  } else {
+    const std::vector<float> f = random_floats(size_t(n_out * n_in), 5);
+    bytes.resize(row_bytes(t, n_in) * size_t(n_out));
+    from_f32(t, f.data(), bytes.data(), n_out * n_in);
+  }
+  const std::vector<float> x = random_floats(size_t(n * n_in), 6);
+  const std::vector<float> y0 = random_floats(size_t(n * n_out), 7);
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    auto w = cfg.backend->upload_weight(Tensor::make(t, bytes.data(), {n_out, n_in}));
+    REQUIRE(w.ok());
+    for (RowMode mode : {RowMode::kDecode, RowMode::kPrefill}) {
+      for (bool acc : {false, true}) {
+        CAPTURE(int(mode), acc);
+        // All rows in one call, then rows [r0, r0 + m) alone for several splits.
+        std::vector<float> all = y0;
+        const MatmulOut o{w.value().get(), Tensor::make(DType::kF32, all.data(), {n, n_out}), acc};
+        REQUIRE(cfg.backend->matmul(Tensor::make(DType::kF32, const_cast<float*>(x.data()), {n, n_in}),
+                                    std::span<const MatmulOut>(&o, 1), mode)
+                    .ok());
+        for (auto [r0, m] : {std::pair<int64_t, int64_t>{0, 1}, {3, 1}, {1, 2}, {4, 3}, {2, 5}, {10, 1}}) {
+          CAPTURE(r0, m);
+          std::vector<float> part(y0.begin() + r0 * n_out, y0.begin() + (r0 + m) * n_out);
+          const MatmulOut po{w.value().get(), Tensor::make(DType::kF32, part.data(), {m, n_out}), acc};
+          REQUIRE(cfg.backend->matmul(Tensor::make(DType::kF32, const_cast<float*>(x.data()) + r0 * n_in, {m, n_in}),
+                                      std::span<const MatmulOut>(&po, 1), mode)
+                      .ok());
+          CHECK(std::memcmp(part.data(), all.data() + r0 * n_out, part.size() * 4) == 0);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace kvb::test
