@@ -62,6 +62,7 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
                                         "a token of every decoding sequence",
                                         c.parallel));
   }
+  if (c.prefill_chunk < 1 || c.prefill_chunk > 65536) return invalid_argument("--prefill-chunk must be in [1, 65536]");
   if (c.max_queue < 0 || c.max_queue > 1 << 20) return invalid_argument("--max-queue must be in [0, 1048576]");
   return rpc::check_tls_flags(c.tls);
 }
@@ -96,6 +97,9 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
   app.add_option("--max-batch-tokens", c.max_batch_tokens,
                  "Tokens per engine step: every decoding sequence's next token, then chunks of prompts "
                  "(default 256; at least --parallel)");
+  app.add_option("--prefill-chunk", c.prefill_chunk,
+                 "Prompt tokens per step while other sequences are generating: bounds their inter-token latency "
+                 "during a long prefill (default 32)");
   app.add_option("--max-queue", c.max_queue,
                  "Requests that may wait for a free sequence; more are refused with RESOURCE_EXHAUSTED (default 64)");
   app.add_option("--max-request-cache-bytes", raw.max_request_cache_bytes,

@@ -34,6 +34,7 @@ struct AgentConfig {
   int32_t max_new_tokens = 1024;        // --max-new-tokens: cap on GenerateRequest.max_tokens
   int32_t parallel = 8;                 // --parallel: sequences computed at once (continuous batching)
   int32_t max_batch_tokens = 256;       // --max-batch-tokens: tokens per engine step (chunked prefill)
+  int32_t prefill_chunk = 32;           // --prefill-chunk: prompt tokens per step beside decoding ones
   int32_t max_queue = 64;               // --max-queue: requests waiting for a sequence slot
   uint64_t max_request_cache_bytes = 0; // --max-request-cache-bytes; 0 = max_cache_bytes
   uint64_t max_message_bytes = 64 * rpc::kMiB;  // --max-message-bytes: gRPC limit, both directions

@@ -124,6 +124,7 @@ Status AgentServer::build_runtime(const Device& device) {
   eo.fingerprint = identity_->fingerprint;
   eo.parallel = c.parallel;
   eo.max_batch_tokens = c.max_batch_tokens;
+  eo.prefill_chunk = c.prefill_chunk;
   eo.max_queue = c.max_queue;
   eo.on_step = [m = metrics_.get()](const runtime::StepInfo& step) { m->record_step(step); };
   KVB_ASSIGN_OR_RETURN(engine_, runtime::EngineLoop::create(*model_, *store_, eo));

@@ -455,6 +455,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   lim->set_parallel(uint32_t(load.parallel));
   lim->set_max_batch_tokens(uint32_t(load.max_batch_tokens));
   lim->set_max_queue(uint32_t(load.max_queue));
+  lim->set_prefill_chunk(uint32_t(load.prefill_chunk));
   for (const WireDType t : kWireDTypes) resp->add_wire_dtypes(wire::to_proto(t));
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");

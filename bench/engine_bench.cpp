@@ -2,8 +2,10 @@
 // measured in the same run.
 //
 //   engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N]
-//                [--shape SPEC[@DTYPE]]... [--model FILE]...
+//                [--shape SPEC[@DTYPE]]... [--model FILE]... [--batch B1,B2,...]
 //
+// --batch measures batched decode steps instead (ModelRunner::forward_batch, B sequences one token
+// each): step time, aggregate tok/s against the first B, and the profiled split per step.
 // --profile adds each row's profiled prefill split (matmul, attention, other); --threads N measures
 // only that thread count (default: 1 and, where there are 2 cores, 2). --shape measures a synth
 // shape (engine/synth.h, e.g. qwen3-0.6b or "qwen2.5-0.5b:n_layer=4"; f32 unless @f16|@bf16|@q8_0)
@@ -174,6 +176,61 @@ Row measure(const std::string& name, const Model& m, int threads, int n_prefill,
   return r;
 }
 
+// Batched decode (ModelRunner::forward_batch): B sequences with a 64-token context each, one decode
+// token per sequence per step; per B the step time, the aggregate tokens/s against B = 1 and the
+// profiled split of a step. Prints one table per model.
+void measure_batched(const Model& m, int threads, const std::vector<int>& batches, int steps) {
+  auto backend = cpu_device().create_backend();
+  if (!backend.ok()) std::exit(1);
+  (*backend)->set_n_threads(threads);
+  auto check = [](const Status& s) {
+    if (!s.ok()) {
+      fmt::print(stderr, "{}\n", s.to_string());
+      std::exit(1);
+    }
+  };
+  fmt::print("\n| batch | step ms | tok/s | vs batch 1 | matmul ms | attention ms | other ms |\n|---|---|---|---|---|---|---|\n");
+  double tps1 = 0;
+  for (int b : batches) {
+    for (bool prof : {false, true}) {
+      auto runner = ModelRunner::create(m, **backend, RunnerOptions{.n_batch = std::max(b, 64), .profile = prof});
+      check(runner.status());
+      std::vector<std::unique_ptr<KvCache>> caches;
+      std::vector<std::vector<float>> logits(size_t(b), std::vector<float>(size_t(m.config.n_vocab)));
+      std::vector<int32_t> toks(static_cast<size_t>(b));
+      std::vector<int32_t> ctx(64);
+      for (int i = 0; i < 64; ++i) ctx[size_t(i)] = 3 + (i * 7919) % (m.config.n_vocab - 3);
+      for (int i = 0; i < b; ++i) {
+        auto c = (*runner)->new_cache(64 + steps + 8);
+        check(c.status());
+        caches.push_back(std::move(c).value());
+        check((*runner)->forward(*caches.back(), ctx, logits[size_t(i)]));
+        toks[size_t(i)] = 5 + i;
+      }
+      auto step = [&] {
+        std::vector<SeqStep> st;
+        for (int i = 0; i < b; ++i) {
+          st.push_back({caches[size_t(i)].get(), std::span<const int32_t>(&toks[size_t(i)], 1), logits[size_t(i)].data(), true});
+        }
+        check((*runner)->forward_batch(st));
+      };
+      step();  // warm-up
+      const auto t0 = clock_type::now();
+      for (int k = 1; k < steps; ++k) step();
+      const double step_s = seconds_since(t0) / (steps - 1);
+      if (!prof) {
+        if (b == batches.front()) tps1 = b / step_s;
+        fmt::print("| {} | {:.2f} | {:.1f} | {:.2f}x |", b, step_s * 1e3, b / step_s, (b / step_s) / tps1);
+      } else {
+        const OpProfile& p = (*runner)->profile();
+        const double n = steps;
+        fmt::print(" {:.2f} | {:.2f} | {:.2f} |\n", 1e3 * p.matmul_s / n, 1e3 * p.attention_s / n, 1e3 * p.other_s / n);
+      }
+      std::fflush(stdout);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -182,6 +239,7 @@ int main(int argc, char** argv) {
   bool quick = false, profile = false;
   int only_threads = 0;
   std::vector<std::string> shapes, model_files;
+  std::vector<int> batches;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--models" && i + 1 < argc) models = argv[++i];
@@ -192,10 +250,16 @@ int main(int argc, char** argv) {
     else if (a == "--threads" && i + 1 < argc) only_threads = std::atoi(argv[++i]);
     else if (a == "--shape" && i + 1 < argc) shapes.push_back(argv[++i]);
     else if (a == "--model" && i + 1 < argc) model_files.push_back(argv[++i]);
-    else {
+    else if (a == "--batch" && i + 1 < argc) {
+      for (std::string b = argv[++i]; !b.empty();) {
+        const size_t c = b.find(',');
+        batches.push_back(std::atoi(b.substr(0, c).c_str()));
+        b = c == std::string::npos ? "" : b.substr(c + 1);
+      }
+    } else {
       fmt::print(stderr,
                  "usage: engine_bench [--models DIR] [--prefill N] [--decode N] [--quick] [--profile] [--threads N] "
-                 "[--shape SPEC[@DTYPE]]... [--model FILE]...\n");
+                 "[--shape SPEC[@DTYPE]]... [--model FILE]... [--batch B1,B2,...]\n");
       return 2;
     }
   }
@@ -267,6 +331,15 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (!batches.empty()) {  // --batch: batched decode steps only
+    for (const Subject& s : subjects) {
+      for (int t : thread_counts) {
+        fmt::print("\n{}, {} thread(s), batched decode steps (forward_batch):", s.name, t);
+        measure_batched(*s.model, t, batches, n_decode);
+      }
+    }
+    return 0;
+  }
   fmt::print("\n| model | threads | prefill {} tok/s | decode tok/s | GEMM share (prefill) | decode bound tok/s | decode / bound |\n",
              n_prefill);
   fmt::print("|---|---|---|---|---|---|---|\n");

@@ -2,7 +2,7 @@
 // llama.cpp's llama-server on the same GGUF and the same load.
 //
 //   serve_bench --model M.gguf [--model M2.gguf ...] [--synth SPEC:DTYPE] [--clients 1,2,4,8,16]
-//               [--prompt 256] [--gen 128] [--threads 2] [--max-batch-tokens 256]
+//               [--prompt 256] [--gen 128] [--threads 2] [--max-batch-tokens 256] [--prefill-chunk 32]
 //               [--llama-server PATH] [--agent-bin PATH] [--passes load,prefill,prefix]
 //
 // Pass "load": for each N, a fresh kvbridge-agent (--parallel N) and, when --llama-server is
@@ -38,6 +38,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <ranges>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,7 +78,7 @@ struct Args {
   std::vector<std::string> models;
   std::vector<std::string> synth;  // "stories110M:n_ctx=4096:q8_0"
   std::vector<int> clients = {1, 2, 4, 8, 16};
-  int prompt = 256, gen = 128, threads = 2, max_batch_tokens = 256;
+  int prompt = 256, gen = 128, threads = 2, max_batch_tokens = 256, prefill_chunk = 32;
   std::string llama_server, agent_bin;
   std::vector<std::string> passes = {"load", "prefill", "prefix"};
 };
@@ -111,6 +112,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--gen") a.gen = std::stoi(val());
     else if (k == "--threads") a.threads = std::stoi(val());
     else if (k == "--max-batch-tokens") a.max_batch_tokens = std::stoi(val());
+    else if (k == "--prefill-chunk") a.prefill_chunk = std::stoi(val());
     else if (k == "--llama-server") a.llama_server = val();
     else if (k == "--agent-bin") a.agent_bin = val();
     else if (k == "--passes") a.passes = split(val());
@@ -158,6 +160,7 @@ class KvbServer final : public Server {
               "--threads",  std::to_string(a_.threads),
               "--parallel", std::to_string(parallel),
               "--max-batch-tokens", std::to_string(std::max(a_.max_batch_tokens, parallel)),
+              "--prefill-chunk", std::to_string(a_.prefill_chunk),
               "--ctx-size", std::to_string(ctx_per_seq),
               "--max-queue", "256"};
     o.log_path = "/tmp/serve_bench_agent.log";
@@ -358,8 +361,18 @@ void pass_prefill(const Args& a, const std::string& model, int32_t n_vocab) {
   KvbServer kvb(a, model);
   kvb.start(kRunning + 1, kLong + 64);
   (void)run_clients(kvb, 1, 16, 4, n_vocab, 999);
-  // Unloaded: the 4 alone.
-  const LoadResult alone = summarize(run_clients(kvb, kRunning, 64, 96, n_vocab, 7));
+  // Unloaded: the 4 alone, gaps once all four stream (their own prompts' steps left out).
+  const std::vector<Stream> four = run_clients(kvb, kRunning, 64, 96, n_vocab, 7);
+  Clock::time_point all_streaming = four.front().tokens.front();
+  for (const Stream& s : four) all_streaming = std::max(all_streaming, s.tokens.front());
+  std::vector<double> steady;
+  for (const Stream& s : four) {
+    for (size_t i = 1; i < s.tokens.size(); ++i) {
+      if (s.tokens[i - 1] >= all_streaming) steady.push_back(seconds(s.tokens[i - 1], s.tokens[i]));
+    }
+  }
+  LoadResult alone = summarize(four);
+  alone.itl_p99 = percentile(steady, 0.99);
   // Loaded: the 4 again, and after ~20 of their tokens the long prompt.
   std::vector<Stream> running(kRunning);
   Stream big;
@@ -380,6 +393,13 @@ void pass_prefill(const Args& a, const std::string& model, int32_t n_vocab) {
     }
   }
   const double p99 = percentile(window, 0.99);
+  std::vector<double> top = window;
+  std::sort(top.rbegin(), top.rend());
+  top.resize(std::min<size_t>(top.size(), 5));
+  fmt::print("largest gaps in the window: {:.0f} ms\n", fmt::join(top | std::views::transform([](double g) {
+                                                                   return g * 1e3;
+                                                                 }),
+                                                             ", "));
   fmt::print("long prompt: time to first token {:.0f} ms; {} gaps of the running streams inside that window\n",
              seconds(w0, w1) * 1e3, window.size());
   fmt::print("itl p99: unloaded {:.1f} ms, during the prefill {:.1f} ms -> {:.2f}x (target <= 3x)\n",

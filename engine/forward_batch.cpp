@@ -187,15 +187,19 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
       }
     }
     {
+      // Prompt sequences one call each (each spreads over the threads), decode sequences as one
+      // batch (each alone is too small to).
       OpTimer timer(b, t_att);
+      std::vector<AttentionSeq> prompt, decode;
       for (const BatchPlan::Seq& s : bp.seqs) {
         const int64_t ns = int64_t(s.tokens.size());
         const int64_t n_kv = s.plan.first_cell + ns;
-        const Tensor qs = heads(q.slice_rows(s.row0, ns), c.n_head, c.head_dim);
-        const Tensor os = heads(att.slice_rows(s.row0, ns), c.n_head, c.head_dim);
-        KVB_RETURN_IF_ERROR(b.attention(qs, s.cache->k(l).slice_rows(0, n_kv), s.cache->v(l).slice_rows(0, n_kv), os,
-                                        scale, s.decode ? RowMode::kDecode : RowMode::kPrefill));
+        (s.decode ? decode : prompt)
+            .push_back({heads(q.slice_rows(s.row0, ns), c.n_head, c.head_dim), s.cache->k(l).slice_rows(0, n_kv),
+                        s.cache->v(l).slice_rows(0, n_kv), heads(att.slice_rows(s.row0, ns), c.n_head, c.head_dim)});
       }
+      KVB_RETURN_IF_ERROR(b.attention_batch(prompt, scale, RowMode::kPrefill));
+      KVB_RETURN_IF_ERROR(b.attention_batch(decode, scale, RowMode::kDecode));
     }
     {
       OpTimer timer(b, t_mm);

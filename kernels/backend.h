@@ -108,6 +108,11 @@ class Weight {
 // rounding.
 enum class RowMode : uint8_t { kAuto, kDecode, kPrefill };
 
+// One sequence's part of Backend::attention_batch: the arguments of Backend::attention.
+struct AttentionSeq {
+  Tensor q, k, v, out;
+};
+
 // One output of a matmul: y = x · wᵀ, or y += x · wᵀ when accumulate is set.
 struct MatmulOut {
   const Weight* w = nullptr;  // [n_out][n_in]
@@ -179,6 +184,13 @@ class Backend {
                            RowMode mode) = 0;
   Status attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale) {
     return attention(q, k, v, out, scale, RowMode::kAuto);
+  }
+  // attention() for several sequences (each over its own cache), each result exactly what its own
+  // call gives; a backend may run them as one dispatch (the CPU spreads many sequences' decode rows
+  // over its threads, where each alone is too small to). Default: one call per sequence.
+  virtual Status attention_batch(std::span<const AttentionSeq> seqs, float scale, RowMode mode) {
+    for (const AttentionSeq& a : seqs) KVB_RETURN_IF_ERROR(attention(a.q, a.k, a.v, a.out, scale, mode));
+    return Status::Ok();
   }
   // out[n][d] (f32) = table[tokens[i]] for table [vocab][d] of any weight dtype; tokens i32 [n].
   // An id outside [0, vocab) is INVALID_ARGUMENT.

@@ -18,6 +18,7 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
                                                        const EngineOptions& opt) {
   if (!model.tokenizer) return failed_precondition("the model has no tokenizer (pass --tokenizer)");
   if (opt.parallel < 1 || opt.max_queue < 0) return invalid_argument("parallel must be >= 1 and max_queue >= 0");
+  if (opt.prefill_chunk < 1) return invalid_argument("prefill_chunk must be >= 1");
   if (opt.max_batch_tokens < opt.parallel) {
     return invalid_argument(fmt::format("max_batch_tokens ({}) must be at least parallel ({}): every decoding "
                                         "sequence needs its row in each step",
@@ -63,7 +64,8 @@ KvLayout EngineLoop::kv_layout() const { return runner_->kv_layout(DType::kF32);
 
 EngineLoad EngineLoop::load() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return EngineLoad{opt_.parallel, opt_.max_batch_tokens, opt_.max_queue, active_, int32_t(queue_.size())};
+  return EngineLoad{opt_.parallel, opt_.max_batch_tokens, opt_.prefill_chunk, opt_.max_queue, active_,
+                    int32_t(queue_.size())};
 }
 
 void EngineLoop::submit_generate(SessionInput in, GenerateOptions opt, std::shared_ptr<GenerateSink> sink) {
@@ -192,8 +194,10 @@ void EngineLoop::run_step() {
     in_step.push_back(&s);
   }
   const int32_t n_decode = int32_t(steps.size());
-  // 2. Prompt chunks, in admission order, within the step's token budget.
+  // 2. Prompt chunks, in admission order, within the step's token budget: while others decode,
+  //    at most prefill_chunk tokens, so that their next tokens do not wait on a long prefill.
   int64_t budget = int64_t(opt_.max_batch_tokens) - n_decode;
+  if (n_decode > 0) budget = std::min<int64_t>(budget, opt_.prefill_chunk);
   for (auto& sp : sessions_) {
     Session& s = *sp;
     if (s.finished || s.decoding() || budget <= 0) continue;

@@ -12,8 +12,9 @@
 //   1. every decoding Generate samples one token from its last logits and streams it (or
 //      finishes); each one that goes on contributes that token as a decode row;
 //   2. sequences with input left contribute their next chunk, in admission order, until the step
-//      holds EngineOptions::max_batch_tokens tokens (chunked prefill: a long prompt runs over
-//      several steps while the others keep streaming);
+//      holds EngineOptions::max_batch_tokens tokens, or prefill_chunk prompt tokens while any
+//      sequence decodes (chunked prefill: a long prompt runs over several steps while the others
+//      keep streaming);
 //   3. one ModelRunner::forward_batch over all those rows; a Generate whose input is done has its
 //      first logits, a Prefill whose input is done is stored (or handed back).
 // On the CPU a sequence computes the same bits whatever shares its steps (RowMode), so a request's
@@ -87,8 +88,12 @@ struct EngineOptions {
   // Continuous batching. parallel: sequences (Generates and Prefills) computed at once;
   // max_batch_tokens: tokens per step, decode rows and prompt chunks together (>= parallel, so
   // every decoding sequence always has its row); max_queue: tasks waiting for a slot.
+  // prefill_chunk: prompt tokens per step while other sequences decode (their inter-token latency
+  // is one step: a 256-token chunk on 2 CPU cores is ~0.3 s); alone, a prompt takes
+  // max_batch_tokens per step.
   int32_t parallel = 8;
   int32_t max_batch_tokens = 256;
+  int32_t prefill_chunk = 32;
   int32_t max_queue = 64;
   // Called after every step with what it ran (metrics); engine thread, must be cheap.
   std::function<void(const StepInfo&)> on_step;
@@ -96,7 +101,7 @@ struct EngineOptions {
 
 // The engine's limits and load, for GetInfo and metrics.
 struct EngineLoad {
-  int32_t parallel = 0, max_batch_tokens = 0, max_queue = 0;
+  int32_t parallel = 0, max_batch_tokens = 0, prefill_chunk = 0, max_queue = 0;
   int32_t active = 0;   // sequences in slots
   int32_t queued = 0;   // tasks waiting for a slot
 };

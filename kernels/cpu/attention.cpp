@@ -91,47 +91,53 @@ void load_v_rows(const VecKernels& vk, const Tensor& v, const Shapes& s, int64_t
   }
 }
 
+// One decode work item: query row i, kv head kvh, all query heads of its group. scratch holds
+// group * (n_kv + hd + 1) floats.
+void decode_item(const VecKernels& vk, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                 float scale, const Shapes& s, int64_t i, int64_t kvh, float* scratch) {
+  float* scores = scratch;
+  float* o = scores + s.group * s.n_kv;
+  float* sums = o + s.group * s.hd;
+  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
+  const int64_t ld_cache = s.n_head_kv * s.hd;  // elements between cells
+  const int64_t len = s.n_kv - s.n + i + 1;
+  // The group's query heads are adjacent rows of q.
+  const float* qr = q.as<const float>() + (i * s.n_head + kvh * s.group) * s.hd;
+  if (k16) {
+    vk.dots_f16(qr, s.hd, s.group, static_cast<const uint16_t*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale,
+                scores, s.n_kv);
+  } else {
+    vk.dots(qr, s.hd, s.group, static_cast<const float*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale, scores,
+            s.n_kv);
+  }
+  for (int64_t g = 0; g < s.group; ++g) {
+    float* sc = scores + g * s.n_kv;
+    sums[g] = vk.exp_sum(sc, vk.max(sc, len), len);
+  }
+  if (v16) {
+    vk.gemm_f16b(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const uint16_t*>(cache_row(v, s, 0, kvh)),
+                 ld_cache, o, s.hd, false);
+  } else {
+    vk.gemm(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const float*>(cache_row(v, s, 0, kvh)), ld_cache, o,
+            s.hd, false);
+  }
+  for (int64_t g = 0; g < s.group; ++g) {
+    float* dst = out.as<float>() + (i * s.n_head + kvh * s.group + g) * s.hd;
+    const float inv = 1.0f / sums[g];
+    for (int64_t d = 0; d < s.hd; ++d) dst[d] = o[g * s.hd + d] * inv;
+  }
+}
+
+int64_t decode_scratch_floats(const Shapes& s) { return s.group * (s.n_kv + s.hd + 1); }
+
 Status run_decode(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
                   const Shapes& s) {
   const VecKernels& vk = *ctx.vec;
-  const int n_threads = ctx.pool->n_threads();
-  // Per thread: scores [group][n_kv], O [group][hd], softmax sums [group].
-  const int64_t per_thread = s.group * (s.n_kv + s.hd + 1);
-  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(n_threads, size_t(per_thread) * sizeof(float)));
-  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
-  const int64_t ld_cache = s.n_head_kv * s.hd;  // elements between cells
+  KVB_RETURN_IF_ERROR(
+      ctx.scratch->reserve_per_thread(ctx.pool->n_threads(), size_t(decode_scratch_floats(s)) * sizeof(float)));
   auto items = [&](int64_t begin, int64_t end, int tid) {
-    float* scores = ctx.scratch->thread(tid);
-    float* o = scores + s.group * s.n_kv;
-    float* sums = o + s.group * s.hd;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t i = item / s.n_head_kv, kvh = item % s.n_head_kv;
-      const int64_t len = s.n_kv - s.n + i + 1;
-      // The group's query heads are adjacent rows of q.
-      const float* qr = q.as<const float>() + (i * s.n_head + kvh * s.group) * s.hd;
-      if (k16) {
-        vk.dots_f16(qr, s.hd, s.group, static_cast<const uint16_t*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd,
-                    scale, scores, s.n_kv);
-      } else {
-        vk.dots(qr, s.hd, s.group, static_cast<const float*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale,
-                scores, s.n_kv);
-      }
-      for (int64_t g = 0; g < s.group; ++g) {
-        float* sc = scores + g * s.n_kv;
-        sums[g] = vk.exp_sum(sc, vk.max(sc, len), len);
-      }
-      if (v16) {
-        vk.gemm_f16b(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const uint16_t*>(cache_row(v, s, 0, kvh)),
-                     ld_cache, o, s.hd, false);
-      } else {
-        vk.gemm(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const float*>(cache_row(v, s, 0, kvh)), ld_cache, o,
-                s.hd, false);
-      }
-      for (int64_t g = 0; g < s.group; ++g) {
-        float* dst = out.as<float>() + (i * s.n_head + kvh * s.group + g) * s.hd;
-        const float inv = 1.0f / sums[g];
-        for (int64_t d = 0; d < s.hd; ++d) dst[d] = o[g * s.hd + d] * inv;
-      }
+      decode_item(vk, q, k, v, out, scale, s, item / s.n_head_kv, item % s.n_head_kv, ctx.scratch->thread(tid));
     }
   };
   const int64_t n_items = s.n * s.n_head_kv;
@@ -259,6 +265,43 @@ Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
   const bool decode = mode == RowMode::kAuto ? s.n < kTiledMinRows : mode == RowMode::kDecode;
   if (decode) return run_decode(ctx, q, k, v, out, scale, s);
   return run_tiled(ctx, q, k, v, out, scale, s);
+}
+
+Status attention_batch(OpContext& ctx, std::span<const AttentionSeq> seqs, float scale, RowMode mode) {
+  if (mode != RowMode::kDecode) {
+    for (const AttentionSeq& a : seqs) KVB_RETURN_IF_ERROR(attention(ctx, a.q, a.k, a.v, a.out, scale, mode));
+    return Status::Ok();
+  }
+  // Decode rows of many sequences: each is too small to spread over the threads alone, so all
+  // their (row, kv head) items go into one parallel loop. Each item runs decode_item, as the
+  // sequence's own call would.
+  std::vector<Shapes> shapes;
+  std::vector<int64_t> first_item;  // per sequence, then the total
+  shapes.reserve(seqs.size());
+  int64_t scratch = 0, n_items = 0;
+  for (const AttentionSeq& a : seqs) {
+    KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(a.q, a.k, a.v, a.out, scale));
+    shapes.push_back(s);
+    first_item.push_back(n_items);
+    n_items += s.n * s.n_head_kv;
+    scratch = std::max(scratch, decode_scratch_floats(s));
+  }
+  first_item.push_back(n_items);
+  if (n_items == 0) return Status::Ok();
+  KVB_RETURN_IF_ERROR(ctx.scratch->reserve_per_thread(ctx.pool->n_threads(), size_t(scratch) * sizeof(float)));
+  const VecKernels& vk = *ctx.vec;
+  ctx.pool->parallel_for(n_items, 1, [&](int64_t begin, int64_t end, int tid) {
+    size_t q = size_t(std::upper_bound(first_item.begin(), first_item.end(), begin) - first_item.begin()) - 1;
+    for (int64_t item = begin; item < end; ++item) {
+      while (item >= first_item[q + 1]) ++q;
+      const Shapes& s = shapes[q];
+      const AttentionSeq& a = seqs[q];
+      const int64_t local = item - first_item[q];
+      decode_item(vk, a.q, a.k, a.v, a.out, scale, s, local / s.n_head_kv, local % s.n_head_kv,
+                  ctx.scratch->thread(tid));
+    }
+  });
+  return Status::Ok();
 }
 
 }  // namespace kvb::cpu

@@ -215,6 +215,9 @@ class CpuBackend final : public Backend {
                    RowMode mode) override {
     return cpu::attention(ctx_, q, k, v, out, scale, mode);
   }
+  Status attention_batch(std::span<const AttentionSeq> seqs, float scale, RowMode mode) override {
+    return cpu::attention_batch(ctx_, seqs, scale, mode);
+  }
   Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) override {
     return cpu::embedding(ctx_, table, tokens, out);
   }

@@ -69,39 +69,25 @@ inline void store_cols(__m256 (&acc)[N][NC], int c0, float* y, int64_t ldy, int 
 template <int N, int NC, class L>
 void gemv_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
                bool accumulate) {
-  constexpr int kU = N == 1 ? 2 : 1;
-  __m256 acc[kU][N][NC];
-  for (int u = 0; u < kU; ++u)
-    for (int r = 0; r < N; ++r)
-      for (int c = 0; c < NC; ++c) acc[u][r][c] = _mm256_setzero_ps();
-  int64_t kk = 0;
-  for (; kk + kU <= k; kk += kU) {
+  // One accumulator chain per output whatever N, so that a row's bits do not depend on the rows
+  // beside it (RowMode, kernels/backend.h). Decode is memory-bound: NC >= 2 independent chains per
+  // row already stream faster than DRAM delivers.
+  __m256 acc[N][NC];
+  for (int r = 0; r < N; ++r)
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_ps();
 #pragma GCC unroll 2
-    for (int u = 0; u < kU; ++u) {
-      const uint8_t* pf = panel + (kk + u) * L::kRowBytes + kPrefetchBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
-      if constexpr (L::kRowBytes > 64) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const uint8_t* pf = panel + kk * L::kRowBytes + kPrefetchBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+    if constexpr (L::kRowBytes > 64) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
 #pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) {
-        const __m256 w = L::vec(panel, kk + u, c0 + c);
-#pragma GCC unroll 4
-        for (int r = 0; r < N; ++r) {
-          acc[u][r][c] = _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + kk + u]), w, acc[u][r][c]);
-        }
-      }
-    }
-  }
-  for (; kk < k; ++kk) {
     for (int c = 0; c < NC; ++c) {
       const __m256 w = L::vec(panel, kk, c0 + c);
-      for (int r = 0; r < N; ++r) acc[0][r][c] = _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + kk]), w, acc[0][r][c]);
+#pragma GCC unroll 4
+      for (int r = 0; r < N; ++r) acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + kk]), w, acc[r][c]);
     }
   }
-  if constexpr (kU == 2) {
-    for (int r = 0; r < N; ++r)
-      for (int c = 0; c < NC; ++c) acc[0][r][c] = _mm256_add_ps(acc[0][r][c], acc[1][r][c]);
-  }
-  store_cols<N, NC>(acc[0], c0, y, ldy, nc, accumulate);
+  store_cols<N, NC>(acc, c0, y, ldy, nc, accumulate);
 }
 
 template <int N, int NC>

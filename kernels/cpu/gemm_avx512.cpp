@@ -87,50 +87,35 @@ inline void store_rows(__m512 (&acc)[N][2], float* y, int64_t ldy, int nc, bool 
 template <int N, class L>
 void gemv_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
                bool accumulate) {
-  // Independent accumulator sets hide the 4-cycle FMA latency when few rows share a weight load.
-  constexpr int kU = N == 1 ? 4 : N == 2 ? 2 : 1;
-  __m512 acc[kU][N][2];
-  for (int u = 0; u < kU; ++u)
-    for (int r = 0; r < N; ++r) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_ps();
-  int64_t kk = 0;
-  for (; kk + kU <= k; kk += kU) {
+  // One accumulator chain per output whatever N, so that a row's bits do not depend on the rows
+  // beside it (RowMode, kernels/backend.h). Decode is memory-bound: two chains per row (128 bytes
+  // of f32 weights per 4-cycle FMA latency) already stream faster than DRAM delivers.
+  __m512 acc[N][2];
+  for (int r = 0; r < N; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
 #pragma GCC unroll 4
-    for (int u = 0; u < kU; ++u) {
-      const uint8_t* pf = panel + (kk + u) * L::kRowBytes + kPrefetchBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
-      if constexpr (L::kRowBytes > 64) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
-      __m512 w0, w1;
-      L::row(panel, kk + u, w0, w1);
-#pragma GCC unroll 4
-      for (int r = 0; r < N; ++r) {
-        const __m512 xb = _mm512_set1_ps(x[r * ldx + kk + u]);
-        acc[u][r][0] = _mm512_fmadd_ps(xb, w0, acc[u][r][0]);
-        acc[u][r][1] = _mm512_fmadd_ps(xb, w1, acc[u][r][1]);
-      }
-    }
-  }
-  for (; kk < k; ++kk) {
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const uint8_t* pf = panel + kk * L::kRowBytes + kPrefetchBytes;
+    _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+    if constexpr (L::kRowBytes > 64) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
     __m512 w0, w1;
     L::row(panel, kk, w0, w1);
+#pragma GCC unroll 4
     for (int r = 0; r < N; ++r) {
       const __m512 xb = _mm512_set1_ps(x[r * ldx + kk]);
-      acc[0][r][0] = _mm512_fmadd_ps(xb, w0, acc[0][r][0]);
-      acc[0][r][1] = _mm512_fmadd_ps(xb, w1, acc[0][r][1]);
+      acc[r][0] = _mm512_fmadd_ps(xb, w0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
     }
   }
-  for (int u = 1; u < kU; ++u) {
-    for (int r = 0; r < N; ++r) {
-      acc[0][r][0] = _mm512_add_ps(acc[0][r][0], acc[u][r][0]);
-      acc[0][r][1] = _mm512_add_ps(acc[0][r][1], acc[u][r][1]);
-    }
-  }
-  store_rows<N>(acc[0], y, ldy, nc, accumulate);
+  store_rows<N>(acc, y, ldy, nc, accumulate);
 }
 
 template <int N>
 void gemv_q8_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
                   bool accumulate) {
-  constexpr int kU = N == 1 ? 2 : 1;
+  // Two chains per output and 32 k's, for every N (the same bits whatever rows share the call):
+  // the int8 -> f32 conversions lengthen each k's chain, and one chain per output measured 13%
+  // slower decode.
+  constexpr int kU = 2;
   __m512 acc[N][2];
   for (int r = 0; r < N; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t g = 0; g < k / kQ8BlockSize; ++g) {
@@ -160,11 +145,8 @@ void gemv_q8_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, 
     }
     const __m512 d0 = f16x16_to_f32(group), d1 = f16x16_to_f32(group + 32);
     for (int r = 0; r < N; ++r) {
-      __m512 b0 = blk[0][r][0], b1 = blk[0][r][1];
-      if constexpr (kU == 2) {
-        b0 = _mm512_add_ps(b0, blk[1][r][0]);
-        b1 = _mm512_add_ps(b1, blk[1][r][1]);
-      }
+      const __m512 b0 = _mm512_add_ps(blk[0][r][0], blk[1][r][0]);
+      const __m512 b1 = _mm512_add_ps(blk[0][r][1], blk[1][r][1]);
       acc[r][0] = _mm512_fmadd_ps(b0, d0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(b1, d1, acc[r][1]);
     }

@@ -2,7 +2,8 @@
 //
 // Work is cut along output panels (32 outputs each, see packed_weight.h) of all weights together,
 // so Q/K/V or gate/up run as one parallel loop. Two regimes:
-//   n <= kMaxGemvRows (decode): each panel is streamed once through the ISA's gemv kernel, which
+//   n <= kMaxGemvRows, or any n with RowMode::kDecode (decode): each panel is streamed once through
+//     the ISA's gemv kernel (rows in groups of kMaxGemvRows), which
 //     converts the stored dtype in registers; the run is bound by memory bandwidth. For GGUF block
 //     weights (quant_panel.h) x is first quantized to int8 per 32 inputs, once for all weights, and
 //     the kernels take integer dot products.
@@ -99,6 +100,10 @@ Status validate(const Tensor& x, std::span<const MatmulOut> outs, std::vector<Ou
   return Status::Ok();
 }
 
+// Any number of rows: each panel is read from memory once and multiplied against groups of up to
+// kMaxGemvRows rows (the panel stays in L1/L2 between groups). Every gemv kernel keeps one
+// accumulator chain per output whatever its row count, so a row's bits are those of the row alone
+// (RowMode::kDecode batches sequences' decode tokens this way).
 Status run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
                 int64_t n_panels) {
   const GemmKernels& kern = *ctx.gemm;
@@ -115,10 +120,15 @@ Status run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
       const OutPanels& o = find_out(outs, g);
       const int64_t p = g - o.first_panel;
       const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
-      if (o.type >= kNumWeightTypes) {
-        qkern.gemv[o.type - kNumWeightTypes](o.w->panel(p), k, xq, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
-      } else {
-        kern.gemv[o.type](o.w->panel(p), k, x, k, int(n), o.y + p * kPanel, o.ldy, nc, o.accumulate);
+      for (int64_t r = 0; r < n; r += kMaxGemvRows) {
+        const int nr = int(std::min<int64_t>(kMaxGemvRows, n - r));
+        float* y = o.y + r * o.ldy + p * kPanel;
+        if (o.type >= kNumWeightTypes) {
+          const QuantizedRows rows{xq.q + r * k, xq.d + r * (k / 32), xq.sum16 + r * (k / 16), k};
+          qkern.gemv[o.type - kNumWeightTypes](o.w->panel(p), k, rows, nr, y, o.ldy, nc, o.accumulate);
+        } else {
+          kern.gemv[o.type](o.w->panel(p), k, x + r * k, k, nr, y, o.ldy, nc, o.accumulate);
+        }
       }
     }
   });
@@ -213,44 +223,6 @@ Status run_gemm(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
   return Status::Ok();
 }
 
-// RowMode::kDecode with several rows (a batch of sequences' decode tokens): each panel is read
-// from memory once (then hit in L1/L2) and every row gets exactly the bits of the one-row kernel a
-// sequence decoding alone runs.
-Status run_gemv_rowwise(OpContext& ctx, const float* x, int64_t n, int64_t k, const std::vector<OutPanels>& outs,
-                        int64_t n_panels) {
-  const GemmKernels& kern = *ctx.gemm;
-  const QuantKernels& qkern = *ctx.quant;
-  QuantizedRows xq;
-  if (std::any_of(outs.begin(), outs.end(), [](const OutPanels& o) { return o.type >= kNumWeightTypes; })) {
-    KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(quantized_rows_bytes(int(n), k)));
-    xq = quantize_rows(x, k, int(n), k, ctx.scratch->shared());
-  }
-  const int64_t chunk = std::max<int64_t>(1, n_panels / (int64_t(ctx.pool->n_threads()) * 8));
-  ctx.pool->parallel_for(n_panels, chunk, [&](int64_t begin, int64_t end, int) {
-    for (int64_t g = begin; g < end; ++g) {
-      const OutPanels& o = find_out(outs, g);
-      const int64_t p = g - o.first_panel;
-      const int nc = int(std::min<int64_t>(kPanel, o.w->n_out() - p * kPanel));
-      if (o.type >= kNumWeightTypes) {
-        // The integer kernels keep one accumulator per row whatever their row count: groups of
-        // rows share each weight group's unpacking and still give every row its one-row bits.
-        for (int64_t r = 0; r < n; r += kMaxGemvRows) {
-          const int nr = int(std::min<int64_t>(kMaxGemvRows, n - r));
-          const QuantizedRows rows{xq.q + r * k, xq.d + r * (k / 32), xq.sum16 + r * (k / 16), k};
-          qkern.gemv[o.type - kNumWeightTypes](o.w->panel(p), k, rows, nr, o.y + r * o.ldy + p * kPanel, o.ldy, nc,
-                                               o.accumulate);
-        }
-      } else {
-        // The float kernels split the k sum over more accumulators for fewer rows: one row a call.
-        for (int64_t r = 0; r < n; ++r) {
-          kern.gemv[o.type](o.w->panel(p), k, x + r * k, k, 1, o.y + r * o.ldy + p * kPanel, o.ldy, nc, o.accumulate);
-        }
-      }
-    }
-  });
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs, RowMode mode) {
@@ -266,8 +238,7 @@ Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs, 
       if (n <= kMaxGemvRows) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
       break;
     case RowMode::kDecode:
-      if (n == 1) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
-      return run_gemv_rowwise(ctx, x.as<const float>(), n, k, panels, n_panels);
+      return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
     case RowMode::kPrefill:
       break;
   }

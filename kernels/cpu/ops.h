@@ -55,6 +55,7 @@ Status silu_mul(OpContext& ctx, const Tensor& gate, const Tensor& up, const Tens
 Status add(OpContext& ctx, const Tensor& a, const Tensor& b, const Tensor& out);
 Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
                  RowMode mode = RowMode::kAuto);
+Status attention_batch(OpContext& ctx, std::span<const AttentionSeq> seqs, float scale, RowMode mode);
 Status embedding(OpContext& ctx, const Tensor& table, const Tensor& tokens, const Tensor& out);
 Status convert(OpContext& ctx, const Tensor& src, const Tensor& dst);
 Status gelu(OpContext& ctx, const Tensor& x, const Tensor& out);

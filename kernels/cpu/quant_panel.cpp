@@ -81,14 +81,20 @@ QuantizedRows quantize_rows(const float* x, int64_t ldx, int n, int64_t k, void*
     for (int64_t g = 0; g < k / 32; ++g) {
       const float* xs = x + i * ldx + g * 32;
       float amax = 0;
-      for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(xs[j]));
+      for (int j = 0; j < 32; ++j) {
+        const float a = std::fabs(xs[j]);
+        amax = a > amax ? a : amax;  // std::fmax's NaN rules keep it from vectorizing
+      }
       const float d32 = amax / 127.0f;
       const float id = d32 != 0.0f ? 1.0f / d32 : 0.0f;
       const float dg = fp16_to_fp32(fp32_to_fp16(d32));
       int8_t* qs = q + i * k + g * 32;
       int sums[2] = {0, 0};
       for (int j = 0; j < 32; ++j) {
-        qs[j] = int8_t(std::nearbyint(xs[j] * id));
+        // Round to nearest even, as std::nearbyint in the default mode but inline: |x * id| <= 127,
+        // so adding 1.5 * 2^23 (where floats are whole numbers) rounds, and subtracting it is exact.
+        constexpr float kRound = 12582912.0f;
+        qs[j] = int8_t((xs[j] * id + kRound) - kRound);
         sums[j / 16] += qs[j];
       }
       d[i * (k / 32) + g] = dg;

@@ -200,3 +200,42 @@ TEST_CASE("attention RowMode: a query row's bits do not depend on the rows besid
 }
 
 }  // namespace kvb::test
+
+namespace kvb::test {
+
+TEST_CASE("attention_batch gives each sequence its own call's bits", "[kernels][batching]") {
+  const int64_t n_head = 6, n_head_kv = 2, hd = 16;
+  const int64_t lens[] = {1, 9, 40, 130, 3};
+  const RowMode mode = GENERATE(RowMode::kDecode, RowMode::kPrefill);
+  std::vector<std::vector<float>> qs;
+  std::vector<Cache> ks, vs;
+  for (size_t i = 0; i < std::size(lens); ++i) {
+    const int64_t rows = mode == RowMode::kDecode ? 1 : std::min<int64_t>(lens[i], 5);
+    qs.push_back(random_floats(size_t(rows * n_head * hd), uint32_t(10 + i), -2.0f, 2.0f));
+    ks.push_back(make_cache(DType::kF32, size_t(lens[i] * n_head_kv * hd), uint32_t(20 + i)));
+    vs.push_back(make_cache(DType::kF16, size_t(lens[i] * n_head_kv * hd), uint32_t(30 + i)));
+  }
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label, int(mode));
+    std::vector<std::vector<float>> alone(std::size(lens)), batched(std::size(lens));
+    std::vector<AttentionSeq> seqs;
+    for (size_t i = 0; i < std::size(lens); ++i) {
+      const int64_t rows = int64_t(qs[i].size()) / (n_head * hd);
+      alone[i].assign(qs[i].size(), 0.0f);
+      batched[i].assign(qs[i].size(), 1.0f);
+      const Tensor q = Tensor::make(DType::kF32, qs[i].data(), {rows, n_head, hd});
+      const Tensor k = Tensor::make(DType::kF32, ks[i].bytes.data(), {lens[i], n_head_kv, hd});
+      const Tensor v = Tensor::make(DType::kF16, vs[i].bytes.data(), {lens[i], n_head_kv, hd});
+      REQUIRE(cfg.backend->attention(q, k, v, Tensor::make(DType::kF32, alone[i].data(), {rows, n_head, hd}), 0.25f, mode)
+                  .ok());
+      seqs.push_back({q, k, v, Tensor::make(DType::kF32, batched[i].data(), {rows, n_head, hd})});
+    }
+    REQUIRE(cfg.backend->attention_batch(seqs, 0.25f, mode).ok());
+    for (size_t i = 0; i < std::size(lens); ++i) {
+      CAPTURE(i);
+      CHECK(std::memcmp(alone[i].data(), batched[i].data(), alone[i].size() * 4) == 0);
+    }
+  }
+}
+
+}  // namespace kvb::test

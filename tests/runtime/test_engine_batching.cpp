@@ -394,3 +394,40 @@ TEST_CASE("engine: a prefill in chunks stores the cache a generation then contin
   CHECK(sink->ids == ref);
   CHECK(busy->wait().ok());
 }
+
+TEST_CASE("engine: beside generating sequences a prompt advances at most --prefill-chunk tokens a step",
+          "[batching][engine]") {
+  auto m = load("stories260K/stories260K.gguf");
+  CacheStore store(CacheStoreOptions{});
+  EngineOptions o;
+  o.parallel = 4;
+  o.max_batch_tokens = 64;
+  o.prefill_chunk = 5;
+  o.ctx_size = 256;
+  std::mutex mu;
+  std::vector<StepInfo> steps;
+  o.on_step = [&](const StepInfo& s) {
+    std::lock_guard<std::mutex> lock(mu);
+    steps.push_back(s);
+  };
+  auto e = EngineLoop::create(*m, store, o);
+  REQUIRE(e.ok());
+  auto gen = submit(**e, {prompt_ids(3, 1, 500), 40});
+  auto big = submit(**e, {prompt_ids(100, 2, 500), 1});
+  REQUIRE(gen->wait().ok());
+  REQUIRE(big->wait().ok());
+  std::lock_guard<std::mutex> lock(mu);
+  bool chunked = false, whole = false;
+  for (const StepInfo& s : steps) {
+    const int32_t prompt = s.n_tokens - s.n_decode;
+    if (s.n_decode > 0) {
+      CHECK(prompt <= 5);
+      chunked = chunked || prompt == 5;
+    } else {
+      CHECK(s.n_tokens <= 64);
+      whole = whole || s.n_tokens > 5;
+    }
+  }
+  CHECK(chunked);  // the long prompt ran in 5-token chunks beside the generation
+  (void)whole;     // (the first prompt, alone, may have taken a whole step)
+}
