@@ -44,16 +44,16 @@ void Metrics::render_engine(std::string& out, const runtime::EngineLoad& engine)
   step_tokens_.render(out, "kvbridge_engine_step_tokens", "");
   rpc::metric_header(out, "kvbridge_engine_step_seconds", "histogram", "The forward pass of one engine step.");
   step_seconds_.render(out, "kvbridge_engine_step_seconds", "");
-  rpc::metric_header(out, "kvbridge_engine_decode_tokens_total", "counter", "Sampled tokens fed back (decode rows).");
-  out += fmt::format("kvbridge_engine_decode_tokens_total {}\n", decode_tokens_.load(std::memory_order_relaxed));
-  rpc::metric_header(out, "kvbridge_engine_prompt_tokens_total", "counter", "Input tokens prefilled (prompt rows).");
-  out += fmt::format("kvbridge_engine_prompt_tokens_total {}\n", prompt_tokens_.load(std::memory_order_relaxed));
-  rpc::metric_header(out, "kvbridge_engine_active_sequences", "gauge", "Sequences holding a slot.");
-  out += fmt::format("kvbridge_engine_active_sequences {}\n", engine.active);
-  rpc::metric_header(out, "kvbridge_engine_queued_requests", "gauge", "Requests waiting for a slot.");
-  out += fmt::format("kvbridge_engine_queued_requests {}\n", engine.queued);
-  rpc::metric_header(out, "kvbridge_engine_parallel", "gauge", "Slots: sequences computed at once (--parallel).");
-  out += fmt::format("kvbridge_engine_parallel {}\n", engine.parallel);
+  rpc::metric_value(out, "kvbridge_engine_decode_tokens_total", "counter", "Sampled tokens fed back (decode rows).",
+                    decode_tokens_.load(std::memory_order_relaxed));
+  rpc::metric_value(out, "kvbridge_engine_prompt_tokens_total", "counter", "Input tokens prefilled (prompt rows).",
+                    prompt_tokens_.load(std::memory_order_relaxed));
+  rpc::metric_value(out, "kvbridge_engine_active_sequences", "gauge", "Sequences holding a slot.",
+                    uint64_t(engine.active));
+  rpc::metric_value(out, "kvbridge_engine_queued_requests", "gauge", "Requests waiting for a slot.",
+                    uint64_t(engine.queued));
+  rpc::metric_value(out, "kvbridge_engine_parallel", "gauge", "Slots: sequences computed at once (--parallel).",
+                    uint64_t(engine.parallel));
 }
 
 void Metrics::record_pull(std::string_view requested, std::string_view used) {
@@ -83,21 +83,17 @@ std::string Metrics::render(const runtime::CacheStoreStats& store, const runtime
   tpot_.render(out, "kvbridge_time_per_output_token_seconds", "");
   render_bytes(out);
   render_pulls(out);
-  rpc::metric_header(out, "kvbridge_cache_store_bytes", "gauge", "Bytes held by the cache store.");
-  out += fmt::format("kvbridge_cache_store_bytes {}\n", store.bytes_used);
-  rpc::metric_header(out, "kvbridge_cache_store_budget_bytes", "gauge", "The cache store's byte budget.");
-  out += fmt::format("kvbridge_cache_store_budget_bytes {}\n", store.bytes_budget);
-  rpc::metric_header(out, "kvbridge_cache_store_entries", "gauge", "Caches held by the cache store.");
-  out += fmt::format("kvbridge_cache_store_entries {}\n", store.n_caches);
-  rpc::metric_header(out, "kvbridge_cache_hits_total", "counter", "Cache store lookups that found the cache.");
-  out += fmt::format("kvbridge_cache_hits_total {}\n", store.hits);
-  rpc::metric_header(out, "kvbridge_cache_misses_total", "counter", "Cache store lookups of unknown ids.");
-  out += fmt::format("kvbridge_cache_misses_total {}\n", store.misses);
-  rpc::metric_header(out, "kvbridge_cache_evictions_total", "counter",
-                     "Caches evicted for space (LRU, unpinned only).");
-  out += fmt::format("kvbridge_cache_evictions_total {}\n", store.evictions);
-  rpc::metric_header(out, "kvbridge_cache_expirations_total", "counter", "Caches removed after their idle TTL.");
-  out += fmt::format("kvbridge_cache_expirations_total {}\n", store.expirations);
+  rpc::metric_value(out, "kvbridge_cache_store_bytes", "gauge", "Bytes held by the cache store.", store.bytes_used);
+  rpc::metric_value(out, "kvbridge_cache_store_budget_bytes", "gauge", "The cache store's byte budget.",
+                    store.bytes_budget);
+  rpc::metric_value(out, "kvbridge_cache_store_entries", "gauge", "Caches held by the cache store.", store.n_caches);
+  rpc::metric_value(out, "kvbridge_cache_hits_total", "counter", "Cache store lookups that found the cache.",
+                    store.hits);
+  rpc::metric_value(out, "kvbridge_cache_misses_total", "counter", "Cache store lookups of unknown ids.", store.misses);
+  rpc::metric_value(out, "kvbridge_cache_evictions_total", "counter", "Caches evicted for space (LRU, unpinned only).",
+                    store.evictions);
+  rpc::metric_value(out, "kvbridge_cache_expirations_total", "counter", "Caches removed after their idle TTL.",
+                    store.expirations);
   render_engine(out, engine);
   return out;
 }

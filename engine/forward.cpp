@@ -244,12 +244,6 @@ Status ModelRunner::enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n
     const int64_t r0 = last_layer ? n - logit_rows : 0;
     const int64_t nr = n - r0;
     auto rows = [r0, nr](const Tensor& t) { return t.slice_rows(r0, nr); };
-    auto heads = [](const Tensor& t, int32_t n_heads, int32_t hd) {
-      return Tensor::make(t.dtype, t.data, {t.shape[0], n_heads, hd});
-    };
-    auto head_rows = [](const Tensor& t, int32_t n_heads, int32_t hd) {  // one row per (token, head)
-      return Tensor::make(t.dtype, t.data, {t.shape[0] * n_heads, hd});
-    };
     // This ubatch's cells of the layer cache; an f32 cache is written in place by the projections.
     const Tensor k_cells = cache.k(l).slice_rows(plan.first_cell, n);
     const Tensor v_cells = cache.v(l).slice_rows(plan.first_cell, n);
@@ -285,17 +279,17 @@ Status ModelRunner::enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n
     if (c.has_qk_norm()) {
       OpTimer timer(b, t_other);
       if (nr > 0) {
-        const Tensor qh = head_rows(rows(q), c.n_head, c.head_dim);
+        const Tensor qh = head_rows_view(rows(q), c.n_head, c.head_dim);
         KVB_RETURN_IF_ERROR(b.rms_norm(qh, lw.q_norm, c.norm_eps, qh));
       }
-      const Tensor kh = head_rows(k_new, c.n_head_kv, c.head_dim);
+      const Tensor kh = head_rows_view(k_new, c.n_head_kv, c.head_dim);
       KVB_RETURN_IF_ERROR(b.rms_norm(kh, lw.k_norm, c.norm_eps, kh));
     }
     // RoPE on queries and keys; keys are cached post-RoPE.
     {
       OpTimer timer(b, t_other);
-      if (nr > 0) KVB_RETURN_IF_ERROR(b.rope(heads(rows(q), c.n_head, c.head_dim), rows(pos), im.rope));
-      KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, im.rope));
+      if (nr > 0) KVB_RETURN_IF_ERROR(b.rope(head_view(rows(q), c.n_head, c.head_dim), rows(pos), im.rope));
+      KVB_RETURN_IF_ERROR(b.rope(head_view(k_new, c.n_head_kv, c.head_dim), pos, im.rope));
       if (!f32_cache) {
         KVB_RETURN_IF_ERROR(b.convert(k_new, k_cells));
         KVB_RETURN_IF_ERROR(b.convert(v_new, v_cells));
@@ -307,8 +301,9 @@ Status ModelRunner::enqueue_ubatch(KvCache& cache, const KvPlan& plan, int64_t n
     {
       OpTimer timer(b, t_att);
       const int64_t n_kv = plan.first_cell + n;
-      KVB_RETURN_IF_ERROR(b.attention(heads(rows(q), c.n_head, c.head_dim), cache.k(l).slice_rows(0, n_kv),
-                                      cache.v(l).slice_rows(0, n_kv), heads(rows(att), c.n_head, c.head_dim), scale));
+      KVB_RETURN_IF_ERROR(b.attention(head_view(rows(q), c.n_head, c.head_dim), cache.k(l).slice_rows(0, n_kv),
+                                      cache.v(l).slice_rows(0, n_kv), head_view(rows(att), c.n_head, c.head_dim),
+                                      scale));
     }
     // Output projection, accumulated into the residual stream.
     {

@@ -135,12 +135,6 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
   const Tensor att = im.att.slice_rows(0, n), hb = im.hb.slice_rows(0, n), hb2 = im.hb2.slice_rows(0, n);
   const Tensor k_new = im.k_new.slice_rows(0, n), v_new = im.v_new.slice_rows(0, n);
   const Tensor pos = im.pos.slice_rows(0, n);
-  auto heads = [](const Tensor& t, int32_t n_heads, int32_t hd) {
-    return Tensor::make(t.dtype, t.data, {t.shape[0], n_heads, hd});
-  };
-  auto head_rows = [](const Tensor& t, int32_t n_heads, int32_t hd) {
-    return Tensor::make(t.dtype, t.data, {t.shape[0] * n_heads, hd});
-  };
   {
     OpTimer timer(b, t_other);
     KVB_RETURN_IF_ERROR(b.embedding(im.tok_embd, im.tokens.slice_rows(0, n), x));
@@ -165,17 +159,18 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
         KVB_RETURN_IF_ERROR(b.add(v_new, lw.bv, v_new));
       }
       if (c.has_qk_norm()) {
-        const Tensor qh = head_rows(q, c.n_head, c.head_dim), kh = head_rows(k_new, c.n_head_kv, c.head_dim);
+        const Tensor qh = head_rows_view(q, c.n_head, c.head_dim), kh = head_rows_view(k_new, c.n_head_kv, c.head_dim);
         KVB_RETURN_IF_ERROR(b.rms_norm(qh, lw.q_norm, c.norm_eps, qh));
         KVB_RETURN_IF_ERROR(b.rms_norm(kh, lw.k_norm, c.norm_eps, kh));
       }
-      KVB_RETURN_IF_ERROR(b.rope(heads(q, c.n_head, c.head_dim), pos, im.rope));
-      KVB_RETURN_IF_ERROR(b.rope(heads(k_new, c.n_head_kv, c.head_dim), pos, im.rope));
+      KVB_RETURN_IF_ERROR(b.rope(head_view(q, c.n_head, c.head_dim), pos, im.rope));
+      KVB_RETURN_IF_ERROR(b.rope(head_view(k_new, c.n_head_kv, c.head_dim), pos, im.rope));
       // Each sequence's new keys and values into its own cells.
       for (const BatchPlan::Seq& s : bp.seqs) {
         const int64_t ns = int64_t(s.tokens.size());
         const KvCache& cache = *s.cache;
-        const Tensor kc = cache.k(l).slice_rows(s.plan.first_cell, ns), vc = cache.v(l).slice_rows(s.plan.first_cell, ns);
+        const Tensor kc = cache.k(l).slice_rows(s.plan.first_cell, ns);
+        const Tensor vc = cache.v(l).slice_rows(s.plan.first_cell, ns);
         const Tensor ks = k_new.slice_rows(s.row0, ns), vs = v_new.slice_rows(s.row0, ns);
         if (cache.layout().dtype == DType::kF32) {
           KVB_RETURN_IF_ERROR(b.copy(kc.data, ks.data, ks.nbytes()));
@@ -195,8 +190,9 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
         const int64_t ns = int64_t(s.tokens.size());
         const int64_t n_kv = s.plan.first_cell + ns;
         (s.decode ? decode : prompt)
-            .push_back({heads(q.slice_rows(s.row0, ns), c.n_head, c.head_dim), s.cache->k(l).slice_rows(0, n_kv),
-                        s.cache->v(l).slice_rows(0, n_kv), heads(att.slice_rows(s.row0, ns), c.n_head, c.head_dim)});
+            .push_back({head_view(q.slice_rows(s.row0, ns), c.n_head, c.head_dim),
+                        s.cache->k(l).slice_rows(0, n_kv), s.cache->v(l).slice_rows(0, n_kv),
+                        head_view(att.slice_rows(s.row0, ns), c.n_head, c.head_dim)});
       }
       KVB_RETURN_IF_ERROR(b.attention_batch(prompt, scale, RowMode::kPrefill));
       KVB_RETURN_IF_ERROR(b.attention_batch(decode, scale, RowMode::kDecode));

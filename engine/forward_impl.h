@@ -41,6 +41,15 @@ struct ModelRunner::Impl {
   }
 };
 
+// Views of activation rows [n][n_heads * hd]: per head ([n][n_heads][hd], what rope and attention
+// take), and one row per (token, head) ([n * n_heads][hd], what a per-head RMSNorm takes).
+inline Tensor head_view(const Tensor& t, int32_t n_heads, int32_t hd) {
+  return Tensor::make(t.dtype, t.data, {t.shape[0], n_heads, hd});
+}
+inline Tensor head_rows_view(const Tensor& t, int32_t n_heads, int32_t hd) {
+  return Tensor::make(t.dtype, t.data, {t.shape[0] * n_heads, hd});
+}
+
 // Times a region into one OpProfile bucket when profiling is on.
 class OpTimer {
  public:

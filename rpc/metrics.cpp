@@ -18,6 +18,12 @@ void metric_header(std::string& out, std::string_view name, std::string_view typ
   out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
 }
 
+void metric_value(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+                  uint64_t value) {
+  metric_header(out, name, type, help);
+  out += fmt::format("{} {}\n", name, value);
+}
+
 std::string escape_label_value(std::string_view v) {
   std::string out;
   out.reserve(v.size());

@@ -55,6 +55,9 @@ std::string escape_label_value(std::string_view v);
 
 // Appends a metric's "# HELP" and "# TYPE" lines.
 void metric_header(std::string& out, std::string_view name, std::string_view type, std::string_view help);
+// Appends an unlabelled counter or gauge: its header and its one sample line.
+void metric_value(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+                  uint64_t value);
 
 // The series of calls and their bytes, recorded by every kvbridge server.
 class CallMetrics {
