@@ -26,6 +26,9 @@ void print_agent_info(const std::string& addr, const RemoteFlags& remote) {
   std::printf("limits       context %u tokens, %u new tokens, messages %s, request caches %s\n", l.max_context_tokens(),
               l.max_new_tokens(), human_bytes(l.max_message_bytes()).c_str(),
               human_bytes(l.max_request_cache_bytes()).c_str());
+  std::printf("batching     %u sequences at once, %u tokens a step (%u prompt tokens beside generating ones), "
+              "%u may wait\n",
+              l.parallel(), l.max_batch_tokens(), l.prefill_chunk(), l.max_queue());
   std::printf("cache store  %s, default ttl %us\n", human_bytes(l.max_cache_store_bytes()).c_str(),
               l.default_cache_ttl_seconds());
   std::string wires;
