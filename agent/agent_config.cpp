@@ -19,7 +19,7 @@ constexpr uint32_t kMaxTtlS = 365u * 24 * 3600;
 
 // Everything the flags hold as text before conversion.
 struct RawArgs {
-  std::string listen, max_cache_bytes, max_request_cache_bytes, max_message_bytes, metrics_listen;
+  std::string listen, max_cache_bytes, max_request_cache_bytes, max_message_bytes, metrics_listen, prefix_cache_bytes;
   std::string log_format = "text";
   bool no_cuda_graphs = false;
 };
@@ -38,6 +38,9 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
       return invalid_argument(fmt::format("--max-request-cache-bytes ({}) must not exceed --max-cache-bytes ({})",
                                           c.max_request_cache_bytes, c.max_cache_bytes));
     }
+  }
+  if (!raw.prefix_cache_bytes.empty()) {
+    KVB_ASSIGN_OR_RETURN(c.prefix_cache_bytes, rpc::parse_byte_size(raw.prefix_cache_bytes));
   }
   if (!raw.max_message_bytes.empty()) {
     KVB_ASSIGN_OR_RETURN(c.max_message_bytes, rpc::parse_message_limit(raw.max_message_bytes));
@@ -64,6 +67,9 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
   }
   if (c.prefill_chunk < 1 || c.prefill_chunk > 65536) return invalid_argument("--prefill-chunk must be in [1, 65536]");
   if (c.max_queue < 0 || c.max_queue > 1 << 20) return invalid_argument("--max-queue must be in [0, 1048576]");
+  if (c.prefix_block_tokens < 1 || c.prefix_block_tokens > 65536) {
+    return invalid_argument("--prefix-block-tokens must be in [1, 65536]");
+  }
   return rpc::check_tls_flags(c.tls);
 }
 
@@ -102,6 +108,12 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
                  "during a long prefill (default 32)");
   app.add_option("--max-queue", c.max_queue,
                  "Requests that may wait for a free sequence; more are refused with RESOURCE_EXHAUSTED (default 64)");
+  app.add_option("--prefix-cache-bytes", raw.prefix_cache_bytes,
+                 "Memory for automatic prefix caching: KV blocks of computed prompts, found again by a later "
+                 "request that starts with the same tokens; 0 = off (default 512M)");
+  app.add_option("--prefix-block-tokens", c.prefix_block_tokens,
+                 "Tokens per prefix-cache block; a hit reuses whole blocks plus the matching start of one more "
+                 "(default 64)");
   app.add_option("--max-request-cache-bytes", raw.max_request_cache_bytes,
                  "Largest cache one request may create or import (default: the store budget)");
   app.add_option("--max-message-bytes", raw.max_message_bytes,

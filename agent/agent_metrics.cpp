@@ -54,6 +54,18 @@ void Metrics::render_engine(std::string& out, const runtime::EngineLoad& engine)
                     uint64_t(engine.queued));
   rpc::metric_value(out, "kvbridge_engine_parallel", "gauge", "Slots: sequences computed at once (--parallel).",
                     uint64_t(engine.parallel));
+  const runtime::PrefixCacheStats& p = engine.prefix;
+  rpc::metric_value(out, "kvbridge_prefix_cache_query_tokens_total", "counter",
+                    "Input tokens looked up in the prefix cache.", p.query_tokens);
+  rpc::metric_value(out, "kvbridge_prefix_cache_hit_tokens_total", "counter",
+                    "Input tokens found in the prefix cache (not prefilled).", p.hit_tokens);
+  rpc::metric_value(out, "kvbridge_prefix_cache_evictions_total", "counter",
+                    "Prefix-cache blocks evicted to make room (least recently used, never in use).", p.evictions);
+  rpc::metric_value(out, "kvbridge_kv_blocks_used", "gauge", "Prefix-cache KV blocks held.", p.blocks_used);
+  rpc::metric_value(out, "kvbridge_kv_blocks_free", "gauge", "Prefix-cache KV blocks the budget still has room for.",
+                    p.blocks_total > p.blocks_used ? p.blocks_total - p.blocks_used : 0);
+  rpc::metric_value(out, "kvbridge_kv_blocks_in_use", "gauge",
+                    "Prefix-cache KV blocks a running sequence attends to (never evicted).", p.blocks_in_use);
 }
 
 void Metrics::record_pull(std::string_view requested, std::string_view used) {

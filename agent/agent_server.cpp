@@ -126,6 +126,8 @@ Status AgentServer::build_runtime(const Device& device) {
   eo.max_batch_tokens = c.max_batch_tokens;
   eo.prefill_chunk = c.prefill_chunk;
   eo.max_queue = c.max_queue;
+  eo.prefix_cache_bytes = c.prefix_cache_bytes;
+  eo.prefix_block_tokens = c.prefix_block_tokens;
   eo.on_step = [m = metrics_.get()](const runtime::StepInfo& step) { m->record_step(step); };
   KVB_ASSIGN_OR_RETURN(engine_, runtime::EngineLoop::create(*model_, *store_, eo));
   return Status::Ok();

@@ -55,10 +55,12 @@ struct ResolvedContext {
   uint64_t bytes_pulled = 0;
   std::vector<pb::ContextTransport> transports;  // one per context pulled from an agent
   std::optional<FuseReport> fuse;  // receiver mode: the fused contexts, summed
+  bool exact = true;  // every context is SessionInput::context_exact
 
   void move_to(SessionInput& in) {
     in.context = std::move(caches);
     in.owned_context = std::move(owned);
+    in.context_exact = exact;
   }
 };
 using ResolveDone = std::function<void(Result<ResolvedContext>)>;
@@ -94,6 +96,7 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
       auto f = d.fuser->fuse(ref.agent, ref.cache_id, *spec.fuser, spec.pull, cancel_ptr);
       if (!f.ok()) return f.status().with_context(fmt::format("context[{}]", i));
       add_report(out.fuse, f->report);
+      out.exact = false;
       out.bytes_pulled += f->report.sharer_bytes;
       out.transports.push_back(context_transport(d, ref, f->report.transport));
       if (spec.context.size() == 1) {
@@ -104,12 +107,14 @@ Result<ResolvedContext> resolve_now(const ServiceDeps& d, const SessionSpec& spe
     } else if (ref.is_local()) {
       auto e = d.store->get(ref.cache_id);
       if (!e.ok()) return e.status().with_context(fmt::format("context[{}]", i));
+      out.exact = out.exact && e->info.exact;
       out.caches.push_back(std::move(e->cache));
     } else {
       auto p = d.peers->pull(ref.agent, ref.cache_id, spec.pull, cancel);
       if (!p.ok()) return p.status().with_context(fmt::format("context[{}]", i));
       out.bytes_pulled += p->wire_bytes;
       out.transports.push_back(context_transport(d, ref, p->transport));
+      out.exact = out.exact && spec.pull.dtype == WireDType::kF32;  // f16 and int8 round the cells
       if (spec.context.size() == 1) {
         out.owned = std::move(p->cache);  // the engine may run the session in it
       } else {
@@ -164,6 +169,7 @@ class GenerateStream final : public GenerateSink {
     s->set_stop_reason(to_proto(o.reason));
     s->set_context_tokens(static_cast<uint32_t>(o.n_context));
     s->set_prompt_tokens(static_cast<uint32_t>(o.n_prompt));
+    s->set_cached_tokens(static_cast<uint32_t>(o.n_cached));
     s->set_generated_tokens(static_cast<uint32_t>(o.n_generated));
     s->set_time_to_first_token_ms(o.ttft_ms);
     s->set_decode_ms(o.decode_ms);
@@ -456,6 +462,8 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   lim->set_max_batch_tokens(uint32_t(load.max_batch_tokens));
   lim->set_max_queue(uint32_t(load.max_queue));
   lim->set_prefill_chunk(uint32_t(load.prefill_chunk));
+  lim->set_prefix_cache_bytes(d_.config->prefix_cache_bytes);
+  lim->set_prefix_block_tokens(uint32_t(load.prefix_block_tokens));
   for (const WireDType t : kWireDTypes) resp->add_wire_dtypes(wire::to_proto(t));
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");

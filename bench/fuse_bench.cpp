@@ -602,10 +602,12 @@ void run_e2e(const E2eOptions& o) {
   };
   auto sharer = start(o.agent_bin,
                       {"--model", s_model, "--tokenizer", s_tok, "--name", "sharer", "--log-format", "text"}, "sharer");
-  auto receiver =
-      start(o.agent_bin,
-            {"--model", r_model, "--tokenizer", r_tok, "--name", "receiver", "--fuser", fdir, "--log-format", "text"},
-            "receiver");
+  // The receiver without automatic prefix caching: the text path (c) prefills its context every
+  // rep, as a receiver seeing it for the first time would.
+  auto receiver = start(o.agent_bin,
+                        {"--model", r_model, "--tokenizer", r_tok, "--name", "receiver", "--fuser", fdir,
+                         "--log-format", "text", "--prefix-cache-bytes", "0"},
+                        "receiver");
   auto fsvc = start(o.fuser_bin, {"--weights", fdir, "--log-format", "text"}, "fuser");
   auto cs = must(AgentClient::connect(sharer->address(), {}), "connect");
   auto cr = must(AgentClient::connect(receiver->address(), {}), "connect");

@@ -228,7 +228,9 @@ int main(int argc, char** argv) {
 
   client::AgentProcessOptions ao;
   ao.binary = agent_bin;
-  ao.args = {"--model", model, "--max-new-tokens", "128", "--log-format", "text"};
+  // No automatic prefix caching: (a) must prefill the context in every rep (this bench compares
+  // handing over a cache with handing over text; serve_bench's prefix pass measures the cache).
+  ao.args = {"--model", model, "--max-new-tokens", "128", "--log-format", "text", "--prefix-cache-bytes", "0"};
   if (threads > 0) ao.args.insert(ao.args.end(), {"--threads", std::to_string(threads)});
   ao.log_path = (dir / "sharer.log").string();
   auto sharer = must(AgentProcess::start(ao), "starting the sharer");

@@ -34,11 +34,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <ranges>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -162,9 +165,31 @@ class KvbServer final : public Server {
               "--max-batch-tokens", std::to_string(std::max(a_.max_batch_tokens, parallel)),
               "--prefill-chunk", std::to_string(a_.prefill_chunk),
               "--ctx-size", std::to_string(ctx_per_seq),
-              "--max-queue", "256"};
+              "--max-queue", "256",
+              "--metrics-listen", "127.0.0.1:0"};
     o.log_path = "/tmp/serve_bench_agent.log";
     proc_ = must(AgentProcess::start(o), "starting kvbridge-agent");
+    metrics_port_ = 0;
+  }
+  // A counter or gauge of the agent's /metrics (the port is the last "metrics on" line of its log).
+  uint64_t metric(const std::string& name) {
+    if (metrics_port_ == 0) {
+      std::ifstream log("/tmp/serve_bench_agent.log");
+      for (std::string line; std::getline(log, line);) {
+        if (const size_t at = line.find("metrics on 127.0.0.1:"); at != std::string::npos) {
+          metrics_port_ = std::atoi(line.c_str() + at + std::strlen("metrics on 127.0.0.1:"));
+        }
+      }
+      if (metrics_port_ == 0) die("the agent's log names no metrics port");
+    }
+    httplib::Client cli("127.0.0.1", metrics_port_);
+    const auto res = cli.Get("/metrics");
+    if (!res || res->status != 200) die("GET /metrics failed");
+    std::istringstream body(res->body);
+    for (std::string line; std::getline(body, line);) {
+      if (line.rfind(name + " ", 0) == 0) return std::strtoull(line.c_str() + name.size() + 1, nullptr, 10);
+    }
+    die("/metrics has no " + name);
   }
   void stop() override { proc_.reset(); }
   Stream generate(const std::vector<int32_t>& prompt, int n) override {
@@ -195,6 +220,7 @@ class KvbServer final : public Server {
   const Args& a_;
   std::string model_;
   std::unique_ptr<AgentProcess> proc_;
+  int metrics_port_ = 0;
 };
 
 // A child process (llama-server), killed and reaped when this goes; its output appended to `log`.
@@ -418,15 +444,27 @@ void pass_prefix(const Args& a, const std::string& model, int32_t n_vocab) {
     return p;
   };
   (void)run_clients(kvb, 1, 16, 4, n_vocab, 999);
+  const uint64_t q0 = kvb.metric("kvbridge_prefix_cache_query_tokens_total");
+  const uint64_t h0 = kvb.metric("kvbridge_prefix_cache_hit_tokens_total");
   const Stream miss = kvb.generate(with_prefix(1), 4);
+  if (!miss.error.empty() || miss.tokens.empty()) die("prefix miss: " + miss.error);
   std::vector<double> hits;
-  for (uint32_t i = 2; i < 6; ++i) {
+  constexpr uint32_t kHits = 4;
+  for (uint32_t i = 2; i < 2 + kHits; ++i) {
     const Stream hit = kvb.generate(with_prefix(i), 4);
+    if (!hit.error.empty() || hit.tokens.empty()) die("prefix hit: " + hit.error);
     hits.push_back(seconds(hit.sent, hit.tokens.front()));
   }
   const double t_miss = seconds(miss.sent, miss.tokens.front()), t_hit = percentile(hits, 0.5);
   fmt::print("ttft: miss {:.0f} ms, hit (median of {}) {:.0f} ms -> {:.1f}x (target >= 10x)\n", t_miss * 1e3,
              hits.size(), t_hit * 1e3, t_miss / t_hit);
+  // Each request looks up all its tokens but the last; each hit finds the shared prefix.
+  const uint64_t q = kvb.metric("kvbridge_prefix_cache_query_tokens_total") - q0;
+  const uint64_t h = kvb.metric("kvbridge_prefix_cache_hit_tokens_total") - h0;
+  const uint64_t q_want = (1 + kHits) * (1024 + 32 - 1), h_want = kHits * 1024;
+  fmt::print("prefix cache: query tokens {} (expected {}), hit tokens {} (expected {}): hit rate {:.1f}% -> {}\n", q,
+             q_want, h, h_want, 100.0 * double(h) / double(std::max<uint64_t>(q, 1)),
+             q == q_want && h == h_want ? "as expected" : "NOT as expected");
   kvb.stop();
 }
 

@@ -184,9 +184,10 @@ void print_context_transports(const google::protobuf::RepeatedPtrField<v1::Conte
 void print_summary(const v1::GenerateSummary& s) {
   print_context_transports(s.context_transports());
   std::fprintf(stderr,
-               "stop=%s context_tokens=%u prompt_tokens=%u generated_tokens=%u ttft_ms=%.2f decode_ms=%.2f "
-               "pulled_bytes=%llu%s%s\n",
-               stop_reason_name(s.stop_reason()), s.context_tokens(), s.prompt_tokens(), s.generated_tokens(),
+               "stop=%s context_tokens=%u prompt_tokens=%u cached_tokens=%u generated_tokens=%u ttft_ms=%.2f "
+               "decode_ms=%.2f pulled_bytes=%llu%s%s\n",
+               stop_reason_name(s.stop_reason()), s.context_tokens(), s.prompt_tokens(), s.cached_tokens(),
+               s.generated_tokens(),
                s.time_to_first_token_ms(), s.decode_ms(), static_cast<unsigned long long>(s.context_bytes_pulled()),
                s.cache_id().empty() ? "" : " cache_id=", s.cache_id().c_str());
 }

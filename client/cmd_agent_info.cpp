@@ -29,6 +29,12 @@ void print_agent_info(const std::string& addr, const RemoteFlags& remote) {
   std::printf("batching     %u sequences at once, %u tokens a step (%u prompt tokens beside generating ones), "
               "%u may wait\n",
               l.parallel(), l.max_batch_tokens(), l.prefill_chunk(), l.max_queue());
+  if (l.prefix_cache_bytes() > 0) {
+    std::printf("prefix cache %s in blocks of %u tokens\n", human_bytes(l.prefix_cache_bytes()).c_str(),
+                l.prefix_block_tokens());
+  } else {
+    std::printf("prefix cache off\n");
+  }
   std::printf("cache store  %s, default ttl %us\n", human_bytes(l.max_cache_store_bytes()).c_str(),
               l.default_cache_ttl_seconds());
   std::string wires;

@@ -63,7 +63,9 @@ chat "$work/question.json" user "$work/turn2.txt"                      # B's tur
 chat "$work/both.json" user "$work/turn1.txt" user "$work/turn2.txt"   # B alone: both turns
 
 start A "$agent_bin" --model "$smollm" --name A
-start B "$agent_bin" --model "$smollm" --name B
+# B runs without automatic prefix caching: the cells it pulls from A would otherwise be found again
+# when it reads the same conversation as text, and the comparison below would not re-read anything.
+start B "$agent_bin" --model "$smollm" --name B --prefix-cache-bytes 0
 echo "agents: A at $A, B at $B (SmolLM2-135M-Instruct, Q4_1)"
 echo
 
@@ -94,6 +96,13 @@ awk -v c="$ttft_cache" -v t="$ttft_text" -v s="$same" 'BEGIN {
          c, t, (c > 0 ? t / c : 0), s
 }'
 echo "(SmolLM2-135M is a small model: its answers show the data path, not a large model's judgement.)"
+echo
+echo "A answers reading the log as text too: A prefilled this log itself, so its prefix cache holds it"
+echo "(automatic prefix caching) and A computes only what is new:"
+"$cli" generate --agent "$A" --messages "$work/both.json" -n "$n" --stats 2>"$work/prefix.err" >"$work/prefix.out"
+same_a=$(cmp -s "$work/prefix.out" "$work/text.out" && echo "the same answer as B's" || echo "an answer unlike B's")
+echo "  time to first token $(field ttft_ms "$work/prefix.err") ms, $(field cached_tokens "$work/prefix.err") of" \
+  "$(field prompt_tokens "$work/prefix.err") prompt tokens found in the cache; $same_a"
 
 # ---- 2. different models, through a fuser ----
 other=$models/aidreams260K/aidreams260K.bin

@@ -52,6 +52,10 @@ struct SeqStep {
   std::span<const int32_t> tokens;   // appended to the cache
   float* logits = nullptr;           // host [n_vocab]: the last token's logits; null for none
   bool decode = false;               // one sampled token (decode kernels); else prompt rows
+  // Cells before the cache's own, shared with other sequences and never written here (the prefix
+  // blocks of runtime/prefix_cache.h): full, in order, from position 0 on; the cache continues
+  // them (cache->pos0() == the prefix's tokens). Attention reads them in place.
+  std::span<const std::shared_ptr<const KvCache>> prefix = {};
 };
 
 class ModelRunner {
@@ -82,7 +86,8 @@ class ModelRunner {
   // On the CPU backend each sequence's cells and logits are bit for bit what the same step gives
   // it alone, whatever shares the batch (a sequence's outputs never depend on its neighbours).
   // INVALID_ARGUMENT for no sequences, an empty or decode-but-not-one-token sequence, a cache
-  // twice, more than n_batch tokens in all, an out-of-vocab id or a cache of another layout;
+  // twice, more than n_batch tokens in all, an out-of-vocab id, a cache or prefix block of another
+  // layout, or a prefix whose positions the cache does not continue;
   // RESOURCE_EXHAUSTED when a sequence's tokens do not fit its cache. On error no cache changes.
   // A step of decode tokens only runs as one op graph where the backend records them.
   Status forward_batch(std::span<const SeqStep> seqs);

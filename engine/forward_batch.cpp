@@ -19,6 +19,7 @@ namespace kvb {
 struct ModelRunner::BatchPlan {
   struct Seq {
     KvCache* cache = nullptr;
+    std::span<const std::shared_ptr<const KvCache>> prefix;
     std::span<const int32_t> tokens;
     float* logits = nullptr;
     bool decode = false;
@@ -47,6 +48,17 @@ Status ModelRunner::check_batch(std::span<const SeqStep> seqs, BatchPlan& bp) co
     if (s.cache->layout() != kv_layout(s.cache->layout().dtype)) {
       return invalid_argument(fmt::format("forward_batch: sequence {}'s cache does not match this model", i));
     }
+    int32_t pos = 0;
+    for (const auto& block : s.prefix) {
+      const bool fits = block != nullptr && block->layout() == s.cache->layout() && block->pos0() == pos;
+      if (!fits) return invalid_argument(fmt::format("forward_batch: sequence {}'s prefix blocks do not fit", i));
+      pos += block->n_tokens();
+    }
+    if (!s.prefix.empty() && s.cache->pos0() != pos) {
+      return invalid_argument(fmt::format("forward_batch: sequence {}'s cache starts at position {}, its prefix ends "
+                                          "at {}",
+                                          i, s.cache->pos0(), pos));
+    }
     for (size_t j = 0; j < i; ++j) {
       if (seqs[j].cache == s.cache) return invalid_argument(fmt::format("forward_batch: a cache twice ({}, {})", j, i));
     }
@@ -61,7 +73,7 @@ Status ModelRunner::check_batch(std::span<const SeqStep> seqs, BatchPlan& bp) co
   for (int pass = 0; pass < 2; ++pass) {  // prompt sequences, then decode ones
     for (const SeqStep& s : seqs) {
       if (s.decode != (pass == 1)) continue;
-      BatchPlan::Seq q{s.cache, s.tokens, s.logits, s.decode, {}, bp.n, -1};
+      BatchPlan::Seq q{s.cache, s.prefix, s.tokens, s.logits, s.decode, {}, bp.n, -1};
       KVB_ASSIGN_OR_RETURN(q.plan, s.cache->plan_append(int32_t(s.tokens.size())));
       if (s.logits != nullptr) q.logit_row = bp.n_logits++;
       bp.n += int64_t(s.tokens.size());
@@ -140,6 +152,7 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
     KVB_RETURN_IF_ERROR(b.embedding(im.tok_embd, im.tokens.slice_rows(0, n), x));
   }
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  std::vector<std::vector<KvSegment>> segments;  // per sequence: its prefix blocks' cells in layer l
   for (int32_t l = 0; l < c.n_layer; ++l) {
     const LayerOnDevice& lw = im.layers[size_t(l)];
     {
@@ -186,13 +199,17 @@ Status ModelRunner::enqueue_batch(const BatchPlan& bp) {
       // batch (each alone is too small to).
       OpTimer timer(b, t_att);
       std::vector<AttentionSeq> prompt, decode;
-      for (const BatchPlan::Seq& s : bp.seqs) {
+      segments.resize(bp.seqs.size());
+      for (size_t i = 0; i < bp.seqs.size(); ++i) {
+        const BatchPlan::Seq& s = bp.seqs[i];
         const int64_t ns = int64_t(s.tokens.size());
         const int64_t n_kv = s.plan.first_cell + ns;
+        segments[i].clear();
+        for (const auto& block : s.prefix) segments[i].push_back({block->k_used(l), block->v_used(l)});
         (s.decode ? decode : prompt)
             .push_back({head_view(q.slice_rows(s.row0, ns), c.n_head, c.head_dim),
                         s.cache->k(l).slice_rows(0, n_kv), s.cache->v(l).slice_rows(0, n_kv),
-                        head_view(att.slice_rows(s.row0, ns), c.n_head, c.head_dim)});
+                        head_view(att.slice_rows(s.row0, ns), c.n_head, c.head_dim), segments[i]});
       }
       KVB_RETURN_IF_ERROR(b.attention_batch(prompt, scale, RowMode::kPrefill));
       KVB_RETURN_IF_ERROR(b.attention_batch(decode, scale, RowMode::kDecode));

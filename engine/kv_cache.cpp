@@ -105,6 +105,58 @@ Status KvCache::copy_from(Backend& backend, const KvCache& src, int32_t n) {
   return Status::Ok();
 }
 
+Status KvCache::append_cells(Backend& backend, const KvCache& src, int32_t first, int32_t n) {
+  if (src.layout_ != layout_) return invalid_argument("kv cache append_cells: layouts differ");
+  if (&src == this) return invalid_argument("kv cache append_cells: a cache cannot be appended to itself");
+  if (first < 0 || n < 0 || int64_t(first) + n > src.n_tokens()) {
+    return out_of_range(fmt::format("kv cache append_cells: cells [{}, {}) of {}", first, int64_t(first) + n,
+                                    src.n_tokens()));
+  }
+  if (int64_t(n_tokens()) + n > n_ctx_) {
+    return resource_exhausted(fmt::format("kv cache append_cells: {} tokens + {} more > capacity {}", n_tokens(), n,
+                                          n_ctx_));
+  }
+  const int32_t pos = src.pos0_ + first;
+  if (n_tokens() > 0 && pos != next_pos()) {
+    return invalid_argument(fmt::format("kv cache append_cells: the cells start at position {}, not {}", pos,
+                                        next_pos()));
+  }
+  if (n == 0) return Status::Ok();
+  const size_t bytes = size_t(n) * layout_.cell_bytes();
+  const bool dst_host = is_host(), src_host = src.is_host();
+  for (int32_t l = 0; l < layout_.n_layer; ++l) {
+    KVB_RETURN_IF_ERROR(copy_bytes(backend, k(l).slice_rows(n_tokens(), n).data, dst_host,
+                                   src.k(l).slice_rows(first, n).data, src_host, bytes));
+    KVB_RETURN_IF_ERROR(copy_bytes(backend, v(l).slice_rows(n_tokens(), n).data, dst_host,
+                                   src.v(l).slice_rows(first, n).data, src_host, bytes));
+  }
+  if (n_tokens() == 0) pos0_ = pos;
+  tokens_.insert(tokens_.end(), src.tokens_.begin() + first, src.tokens_.begin() + first + n);
+  return Status::Ok();
+}
+
+Status KvCache::drop_front(Backend& backend, int32_t n) {
+  if (n < 0 || n > n_tokens()) {
+    return out_of_range(fmt::format("kv cache: cannot drop {} of {} tokens", n, n_tokens()));
+  }
+  if (n == 0) return Status::Ok();
+  const int32_t rest = n_tokens() - n;
+  // Pieces of at most n cells: each source range lies past its destination range.
+  for (int32_t done = 0; done < rest;) {
+    const int32_t m = std::min(n, rest - done);
+    const size_t bytes = size_t(m) * layout_.cell_bytes();
+    for (int32_t l = 0; l < layout_.n_layer; ++l) {
+      for (const Tensor& t : {k(l), v(l)}) {
+        KVB_RETURN_IF_ERROR(backend.copy(t.slice_rows(done, m).data, t.slice_rows(n + done, m).data, bytes));
+      }
+    }
+    done += m;
+  }
+  tokens_.erase(tokens_.begin(), tokens_.begin() + n);
+  pos0_ += n;
+  return Status::Ok();
+}
+
 Status KvCache::set_pos0(int32_t pos0) {
   if (n_tokens() != 0) {
     return failed_precondition(fmt::format("kv cache: cannot set pos0 of a cache holding {} tokens", n_tokens()));

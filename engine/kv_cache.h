@@ -99,6 +99,18 @@ class KvCache {
   // cache received over the wire keeps its sender's positions). FAILED_PRECONDITION when the cache
   // holds tokens; INVALID_ARGUMENT for pos0 < 0.
   Status set_pos0(int32_t pos0);
+  // Appends cells [first, first + n) of `src` unchanged: they must continue this cache's positions
+  // (src.pos0() + first == next_pos()), or this cache is empty and takes them as its pos0. For the
+  // prefix cache: a block cut out of a sequence, a shared block's first cells copied into a
+  // sequence that diverges inside it, blocks and a tail laid out contiguously again. Same
+  // layout; host or `backend`'s device memory on either side. Enqueued on `backend` only: call
+  // backend.synchronize() before `src` may change or this cache is read by the host.
+  // INVALID_ARGUMENT (layout, positions, src == this), OUT_OF_RANGE (cells), RESOURCE_EXHAUSTED
+  // (capacity); the cache is unchanged on error.
+  Status append_cells(Backend& backend, const KvCache& src, int32_t first, int32_t n);
+  // Drops the first n cells: the rest move to the front (pos0 += n), enqueued on `backend` as
+  // copies that never overlap. OUT_OF_RANGE for n outside [0, n_tokens()].
+  Status drop_front(Backend& backend, int32_t n);
   // Concatenation: appends all cells of `src` after this cache's cells, as if src's tokens had been
   // computed at positions next_pos() .. next_pos() + src.n_tokens() - 1. Keys are stored post-RoPE,
   // so src's keys are re-rotated by delta = next_pos() - src.pos0() (rotations compose:

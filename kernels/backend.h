@@ -108,9 +108,20 @@ class Weight {
 // rounding.
 enum class RowMode : uint8_t { kAuto, kDecode, kPrefill };
 
-// One sequence's part of Backend::attention_batch: the arguments of Backend::attention.
+// Cells of a sequence's cache held apart from its own: k, v [rows][n_head_kv][head_dim] (e.g. the
+// shared prefix blocks of runtime/prefix_cache.h).
+struct KvSegment {
+  Tensor k, v;
+};
+
+// One sequence's part of Backend::attention_batch: the arguments of Backend::attention, and the
+// cells before k/v's. The sequence's cells are prefix[0]'s rows, prefix[1]'s, ..., then k/v's
+// rows (n_kv = all of them; the queries are the last n cells, so they lie in k/v). Every segment
+// has k's dtype and head shape. The result is what attention() gives over the cells laid out
+// contiguously; the CPU backend gives the same bits.
 struct AttentionSeq {
   Tensor q, k, v, out;
+  std::span<const KvSegment> prefix = {};
 };
 
 // One output of a matmul: y = x · wᵀ, or y += x · wᵀ when accumulate is set.
@@ -188,8 +199,12 @@ class Backend {
   // attention() for several sequences (each over its own cache), each result exactly what its own
   // call gives; a backend may run them as one dispatch (the CPU spreads many sequences' decode rows
   // over its threads, where each alone is too small to). Default: one call per sequence.
+  // Default: one call per sequence; UNIMPLEMENTED for prefix segments.
   virtual Status attention_batch(std::span<const AttentionSeq> seqs, float scale, RowMode mode) {
-    for (const AttentionSeq& a : seqs) KVB_RETURN_IF_ERROR(attention(a.q, a.k, a.v, a.out, scale, mode));
+    for (const AttentionSeq& a : seqs) {
+      if (!a.prefix.empty()) return unimplemented("this backend cannot attend over prefix segments");
+      KVB_RETURN_IF_ERROR(attention(a.q, a.k, a.v, a.out, scale, mode));
+    }
     return Status::Ok();
   }
   // out[n][d] (f32) = table[tokens[i]] for table [vocab][d] of any weight dtype; tokens i32 [n].

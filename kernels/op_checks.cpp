@@ -186,6 +186,26 @@ Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const 
   return s;
 }
 
+Result<AttentionShapes> check_attention_seq(const AttentionSeq& a, float scale) {
+  KVB_ASSIGN_OR_RETURN(AttentionShapes s, check_attention(a.q, a.k, a.v, a.out, scale));
+  for (size_t i = 0; i < a.prefix.size(); ++i) {
+    const KvSegment& seg = a.prefix[i];
+    KVB_RETURN_IF_ERROR(check_tensor(seg.k, a.k.dtype, "attention", "prefix k"));
+    KVB_RETURN_IF_ERROR(check_tensor(seg.v, a.v.dtype, "attention", "prefix v"));
+    const bool heads_match = seg.k.n_dims == 3 && seg.k.shape[1] == s.n_head_kv && seg.k.shape[2] == s.hd;
+    if (!heads_match || seg.v.shape != seg.k.shape || seg.v.n_dims != 3) {
+      return invalid_argument(fmt::format("attention: prefix segment {} (k {}, v {}) must be [cells][{}][{}] in {}", i,
+                                          seg.k.describe(), seg.v.describe(), s.n_head_kv, s.hd,
+                                          dtype_name(a.k.dtype)));
+    }
+    if (tensors_overlap(a.out, seg.k) || tensors_overlap(a.out, seg.v)) {
+      return invalid_argument("attention: out overlaps a prefix segment");
+    }
+    s.n_kv += seg.k.shape[0];
+  }
+  return s;
+}
+
 Result<GateAddShapes> check_gate_add(const Tensor& receiver, const Tensor& logits, const Tensor& projected,
                                      const Tensor& out) {
   KVB_RETURN_IF_ERROR(check_tensor(receiver, DType::kF32, "gate_add", "receiver"));

@@ -48,6 +48,9 @@ struct AttentionShapes {
 };
 Result<AttentionShapes> check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                         float scale);
+// check_attention over k/v, then every prefix segment (same dtype and head shape as k, v shaped as
+// k); n_kv counts the segments' rows too.
+Result<AttentionShapes> check_attention_seq(const AttentionSeq& a, float scale);
 
 // Backend::gate_add's arguments: receiver, projected, out f32 with the same rows n and n·H·D
 // elements; logits [n][H] f32; out may alias receiver or projected but overlap nothing else.

@@ -122,6 +122,7 @@ Result<CacheInfo> CacheStore::insert(std::shared_ptr<const KvCache> cache, const
   info.n_tokens = cache->n_tokens();
   info.bytes = bytes;
   info.pinned = opt.pinned;
+  info.exact = opt.exact;
   info.created_ms = t;
   info.ttl_s = opt.ttl_s ? opt.ttl_s : opt_.default_ttl_s;
   info.fingerprint = opt.fingerprint;

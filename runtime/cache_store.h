@@ -49,6 +49,9 @@ struct CacheInfo {
   int64_t expires_ms = 0;    // Unix ms; 0 = never
   uint32_t ttl_s = 0;        // 0 = never expires
   uint64_t fingerprint = 0;  // ModelIdentity::fingerprint of the model that made it
+  // Its cells are what this model's prefill of its tokens computes (made by this agent's engine
+  // from tokens, or from such caches): it may feed the prefix cache (SessionInput::context_exact).
+  bool exact = false;
 };
 
 struct CacheStoreStats {
@@ -70,6 +73,7 @@ struct InsertOptions {
   uint32_t ttl_s = 0;  // 0 = the store's default
   bool pinned = false;
   uint64_t fingerprint = 0;
+  bool exact = false;  // CacheInfo::exact
 };
 
 struct CacheEntry {

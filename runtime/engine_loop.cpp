@@ -36,6 +36,15 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
   ro.graphs = opt.graphs;
   ro.n_batch = opt.max_batch_tokens;
   KVB_ASSIGN_OR_RETURN(e->runner_, ModelRunner::create(model, *e->backend_, ro));
+  if (opt.prefix_cache_bytes > 0) {
+    if (opt.prefix_block_tokens < 1) return invalid_argument("prefix_block_tokens must be >= 1");
+    PrefixCacheOptions po;
+    po.block_tokens = opt.prefix_block_tokens;
+    po.max_bytes = opt.prefix_cache_bytes;
+    po.fingerprint = opt.fingerprint;
+    const BufferType& mem = opt.session_buffers ? *opt.session_buffers : e->backend_->device().buffer_type();
+    e->prefix_ = std::make_unique<PrefixCache>(po, e->kv_layout(), mem);
+  }
   e->thread_ = std::thread([p = e.get()] { p->run(); });
   return e;
 }
@@ -64,8 +73,13 @@ KvLayout EngineLoop::kv_layout() const { return runner_->kv_layout(DType::kF32);
 
 EngineLoad EngineLoop::load() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return EngineLoad{opt_.parallel, opt_.max_batch_tokens, opt_.prefill_chunk, opt_.max_queue, active_,
-                    int32_t(queue_.size())};
+  EngineLoad load{opt_.parallel, opt_.max_batch_tokens, opt_.prefill_chunk, opt_.max_queue, active_,
+                  int32_t(queue_.size())};
+  if (prefix_ != nullptr) {
+    load.prefix = prefix_->stats();
+    load.prefix_block_tokens = prefix_->block_tokens();
+  }
+  return load;
 }
 
 void EngineLoop::submit_generate(SessionInput in, GenerateOptions opt, std::shared_ptr<GenerateSink> sink) {
@@ -146,6 +160,7 @@ void EngineLoop::run() {
     const size_t before = sessions_.size();
     sessions_.remove_if([](const std::unique_ptr<Session>& s) { return s->finished; });
     if (sessions_.size() != before) {
+      if (prefix_ != nullptr) prefix_->refresh_gauges();  // their blocks are no longer in use
       std::lock_guard<std::mutex> lock(mu_);
       active_ = int32_t(sessions_.size());
     }
@@ -190,7 +205,7 @@ void EngineLoop::run_step() {
       continue;
     }
     if (!s.decoding() || !sample_and_stream(s)) continue;
-    steps.push_back({s.cache.get(), std::span<const int32_t>(&s.next, 1), s.logits.data(), true});
+    steps.push_back(s.step(std::span<const int32_t>(&s.next, 1), s.logits.data(), true));
     in_step.push_back(&s);
   }
   const int32_t n_decode = int32_t(steps.size());
@@ -206,7 +221,7 @@ void EngineLoop::run_step() {
     budget -= n;
     const bool last = n == s.prompt_left();
     const std::span<const int32_t> chunk(s.in.tokens.data() + s.fed, size_t(n));
-    steps.push_back({s.cache.get(), chunk, last && s.is_generate ? s.logits.data() : nullptr, false});
+    steps.push_back(s.step(chunk, last && s.is_generate ? s.logits.data() : nullptr, false));
     in_step.push_back(&s);
   }
   if (steps.empty()) return;
@@ -232,6 +247,14 @@ void EngineLoop::run_step() {
       continue;
     }
     s.fed += steps[i].tokens.size();
+    if (s.cacheable) {
+      // Whole blocks join the prefix cache as they complete: a block copy per chunk, not the whole
+      // prompt's cells in the step that ends it.
+      if (const Status shared = share_prefix(s); !shared.ok()) {
+        fail(s, shared.with_context("moving the prompt's cells into the prefix cache"));
+        continue;
+      }
+    }
     if (s.prompt_left() > 0) continue;
     if (s.is_generate) {
       s.prev = s.in.tokens.back();

@@ -59,6 +59,7 @@
 #include "kernels/status.h"
 #include "runtime/cache_store.h"
 #include "runtime/cancel_token.h"
+#include "runtime/prefix_cache.h"
 
 namespace kvb::runtime {
 
@@ -95,6 +96,10 @@ struct EngineOptions {
   int32_t max_batch_tokens = 256;
   int32_t prefill_chunk = 32;
   int32_t max_queue = 64;
+  // Automatic prefix caching (runtime/prefix_cache.h): bytes of KV blocks kept for later requests
+  // (0: off) and cells per block.
+  uint64_t prefix_cache_bytes = 0;
+  int32_t prefix_block_tokens = 64;
   // Called after every step with what it ran (metrics); engine thread, must be cheap.
   std::function<void(const StepInfo&)> on_step;
 };
@@ -104,6 +109,8 @@ struct EngineLoad {
   int32_t parallel = 0, max_batch_tokens = 0, prefill_chunk = 0, max_queue = 0;
   int32_t active = 0;   // sequences in slots
   int32_t queued = 0;   // tasks waiting for a slot
+  int32_t prefix_block_tokens = 0;  // 0: no prefix cache
+  PrefixCacheStats prefix;
 };
 
 // The part of a Generate or Prefill that is the same for both, already validated.
@@ -117,6 +124,12 @@ struct SessionInput {
   // (free cells for input + max_tokens, or input for a Prefill: see KvWireDecoder's n_ctx_extra),
   // the session runs in it, with no copy; otherwise it is appended like a shared context.
   std::unique_ptr<KvCache> owned_context;
+  // The context's cells are what this model's prefill of its tokens computes (CacheInfo::exact:
+  // caches this engine made from tokens, or pulled from an agent of the same model over the
+  // lossless f32 wire) — not fused, quantized on the wire or imported. Then a single context
+  // from position 0 joins the prefix cache and is found there like any computed prefix; otherwise
+  // it is used as it is, and never cached.
+  bool context_exact = false;
   std::vector<int32_t> tokens;  // input ids, each in [0, n_vocab); BOS already added when asked
   std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
   CancelTokenPtr cancel;        // never null
@@ -136,7 +149,8 @@ struct GenerateOptions {
 struct GenerateOutcome {
   FinishReason reason = FinishReason::kMaxTokens;
   int32_t n_context = 0;    // cells that came from context caches
-  int32_t n_prompt = 0;     // input tokens forwarded here
+  int32_t n_prompt = 0;     // input tokens
+  int32_t n_cached = 0;     // of those, found in the prefix cache (not forwarded here)
   int32_t n_generated = 0;  // tokens streamed (an EOS that stopped generation is not counted)
   double ttft_ms = 0;       // arrival → first sampled token (pulls and queueing included)
   double decode_ms = 0;     // first sampled token → done
@@ -226,6 +240,18 @@ class EngineLoop {
   // owned context itself when it fits (moved out of `in`), else a new one.
   Result<std::unique_ptr<KvCache>> assemble_context(SessionInput& in, int32_t cells);
   Result<std::unique_ptr<KvCache>> new_session_cache(int32_t cells) const;
+  // Starts a cacheable sequence (its cells from position 0 are its tokens): the longest cached
+  // prefix of its tokens becomes its shared blocks, and its own cache gets the rest of what is
+  // already computed (a divergent block's first cells, the context's cells past the blocks).
+  // `context`: the single context cache at position 0, or null.
+  Status start_cached(Session& s, const KvCache* context, int32_t cells);
+  // After each prompt chunk of a cacheable sequence: its new whole blocks go to the prefix cache,
+  // and a Generate attends to those shared blocks from then on instead of its own copies (a
+  // Prefill keeps its cells whole: they are the cache it stores).
+  Status share_prefix(Session& s);
+  // The sequence's cells as one cache of its own (its prefix blocks and cache laid out again in
+  // `memory` with `extra` free cells, or its cache itself when it has no blocks).
+  Result<std::unique_ptr<KvCache>> take_cells(Session& s, const BufferType& memory, int32_t extra);
   // One step over every sequence (the class comment's 1-3).
   void run_step();
   // Samples and streams a decoding Generate's next token; false when it finished (its sink got
@@ -233,7 +259,8 @@ class EngineLoop {
   bool sample_and_stream(Session& s);
   void finish_generate(Session& s, FinishReason reason);
   void finish_prefill(Session& s);
-  Result<CacheInfo> keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin);
+  // `exact`: CacheInfo::exact (the sequence was cacheable).
+  Result<CacheInfo> keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin, bool exact);
   static void fail(Task& t, const Status& st);
   static void fail(Session& s, const Status& st);
   // Queues a task for the loop, or fails it: UNAVAILABLE once stop() has begun,
@@ -246,6 +273,7 @@ class EngineLoop {
   int32_t ctx_size_ = 0;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<PrefixCache> prefix_;  // null: no prefix caching; engine thread (stats(): any)
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

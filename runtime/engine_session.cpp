@@ -90,11 +90,28 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start(Task& t) {
   s->n_prompt = int32_t(n_in);
   for (const auto& stop : s->opt.stop) s->max_stop = std::max(s->max_stop, stop.size());
 
-  KVB_ASSIGN_OR_RETURN(s->cache, assemble_context(s->in, cells));
+  if (s->is_generate) s->logits.resize(static_cast<size_t>(model_.config.n_vocab));
   s->capacity = cells;
+  // Cells that are exactly what prefilling the tokens computes (no context, or one context cache
+  // from position 0) can come from, and go to, the prefix cache.
+  const KvCache* single = nullptr;
+  if (s->in.context.size() == 1 && s->in.owned_context == nullptr) single = s->in.context.front().get();
+  if (s->in.context.empty() && s->in.owned_context != nullptr) single = s->in.owned_context.get();
+  const bool host_engine = backend_->device().buffer_type().is_host();
+  const bool single_ok = single == nullptr || (s->in.context_exact && single->pos0() == 0 &&
+                                               single->layout() == kv_layout() && (single->is_host() || !host_engine));
+  const bool no_context = s->in.context.empty() && s->in.owned_context == nullptr;
+  s->cacheable = prefix_ != nullptr && prefix_->enabled() && (no_context || single != nullptr) && single_ok &&
+                 (s->is_generate || n_in > 0);
+  if (s->cacheable) {
+    KVB_RETURN_IF_ERROR(start_cached(*s, single, cells));
+    s->in.context.clear();
+    s->in.owned_context.reset();
+    return s;
+  }
+  KVB_ASSIGN_OR_RETURN(s->cache, assemble_context(s->in, cells));
   s->in.context.clear();  // the sequence has its own copy; release the shared caches early
   if (s->is_generate) {
-    s->logits.resize(static_cast<size_t>(model_.config.n_vocab));
     if (n_in == 0) {
       // Context only: a cache holds no logits, so the last cell is computed again as the input
       // (same keys and values for a single context; for concatenated contexts the last cell now
@@ -138,7 +155,7 @@ bool EngineLoop::sample_and_stream(Session& s) {
     finish_generate(s, FinishReason::kMaxTokens);
     return false;
   }
-  if (s.cache->n_tokens() >= s.capacity) {
+  if (s.n_cells() >= s.capacity) {
     finish_generate(s, FinishReason::kContextFull);
     return false;
   }
@@ -153,6 +170,7 @@ void EngineLoop::finish_generate(Session& s, FinishReason reason) {
   out.reason = reason;
   out.n_context = s.n_context;
   out.n_prompt = s.n_prompt;
+  out.n_cached = s.n_cached;
   out.n_generated = s.n_generated;
   const auto first = s.first_token.value_or(now);
   out.ttft_ms = ms_between(s.in.arrival, first);
@@ -160,17 +178,20 @@ void EngineLoop::finish_generate(Session& s, FinishReason reason) {
   if (s.opt.keep_cache) {
     // The cache should hold everything streamed: feed the last token when there is room (not
     // after a full context, where the last token stays out of the kept cache).
-    if (!s.last_fed && s.cache->n_tokens() < s.capacity) {
+    if (!s.last_fed && s.n_cells() < s.capacity) {
       const int32_t last = s.prev;
-      const SeqStep step{s.cache.get(), std::span<const int32_t>(&last, 1), s.logits.data(), true};
+      const SeqStep step = s.step(std::span<const int32_t>(&last, 1), s.logits.data(), true);
       const Status st = runner_->forward_batch(std::span<const SeqStep>(&step, 1));
       if (!st.ok()) return s.sink->on_done(st);
     }
-    auto kept = keep(std::move(s.cache), s.opt.cache_ttl_s, /*pin=*/false);
+    auto cells = take_cells(s, backend_->device().buffer_type(), 0);
+    if (!cells.ok()) return s.sink->on_done(cells.status().with_context("keep_cache"));
+    auto kept = keep(std::move(cells).value(), s.opt.cache_ttl_s, /*pin=*/false, s.cacheable);
     if (!kept.ok()) return s.sink->on_done(kept.status().with_context("keep_cache"));
     out.kept = std::move(kept).value();
   }
   s.cache.reset();
+  s.prefix.clear();
   out.tail = s.utf8.finish();
   out.text = std::move(s.text) + out.tail;
   s.sink->on_done(std::move(out));
@@ -178,7 +199,12 @@ void EngineLoop::finish_generate(Session& s, FinishReason reason) {
 
 void EngineLoop::finish_prefill(Session& s) {
   s.finished = true;
-  std::unique_ptr<KvCache> cache = std::move(s.cache);
+  // A hand_back cache keeps the free cells it was asked for; a stored one is exactly its cells.
+  const BufferType& memory = s.prefill.hand_back && opt_.session_buffers != nullptr ? *opt_.session_buffers
+                                                                                     : backend_->device().buffer_type();
+  auto taken = take_cells(s, memory, s.prefill.hand_back ? s.capacity - s.n_cells() : 0);
+  if (!taken.ok()) return s.prefill_done(taken.status());
+  std::unique_ptr<KvCache> cache = std::move(taken).value();
   PrefillOutcome out;
   if (s.prefill.hand_back) {
     if (!cache->is_host()) {  // the receiver fuses on the host: stage it there
@@ -191,7 +217,7 @@ void EngineLoop::finish_prefill(Session& s) {
     out.cache.bytes = cache->bytes_used();
     out.owned = std::move(cache);
   } else {
-    auto kept = keep(std::move(cache), s.prefill.ttl_s, s.prefill.pin);
+    auto kept = keep(std::move(cache), s.prefill.ttl_s, s.prefill.pin, s.cacheable);
     if (!kept.ok()) return s.prefill_done(kept.status());
     out.cache = std::move(kept).value();
   }
@@ -199,7 +225,7 @@ void EngineLoop::finish_prefill(Session& s) {
   s.prefill_done(std::move(out));
 }
 
-Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin) {
+Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_s, bool pin, bool exact) {
   // Stored caches are exactly as large as their contents (free cells, or a pooled buffer's slack,
   // would count against the store's budget for nothing), in the device's own memory.
   if (cache->bytes_allocated() != cache->bytes_used()) {
@@ -212,8 +238,63 @@ Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_
   InsertOptions io;
   io.ttl_s = ttl_s;
   io.pinned = pin;
+  io.exact = exact;
   io.fingerprint = opt_.fingerprint;
   return store_.insert(std::shared_ptr<const KvCache>(std::move(cache)), io);
+}
+
+
+Status EngineLoop::start_cached(Session& s, const KvCache* context, int32_t cells) {
+  const int32_t n_context = context ? context->n_tokens() : 0;
+  if (context != nullptr) {
+    std::vector<int32_t> all(context->tokens().begin(), context->tokens().end());
+    all.insert(all.end(), s.in.tokens.begin(), s.in.tokens.end());
+    s.in.tokens = std::move(all);
+    // The context's whole blocks join the cache (or are found there), so that later requests and
+    // this one share them.
+    (void)prefix_->insert(s.in.tokens, {}, *context, *backend_);
+  }
+  // The last token is always computed here: its logits are the first prediction.
+  const int32_t limit = int32_t(s.in.tokens.size()) - 1;
+  const PrefixMatch m = prefix_->match(s.in.tokens, limit, n_context);
+  s.prefix = m.blocks;
+  s.n_prefix = int32_t(m.blocks.size()) * m.block_tokens;
+  KVB_ASSIGN_OR_RETURN(s.cache, new_session_cache(cells - s.n_prefix));
+  KVB_RETURN_IF_ERROR(s.cache->set_pos0(s.n_prefix));
+  if (m.partial_n > 0) KVB_RETURN_IF_ERROR(s.cache->append_cells(*backend_, *m.partial, 0, m.partial_n));
+  const int32_t have = std::min(n_context, limit);  // context cells the blocks did not cover
+  if (m.tokens() < have) KVB_RETURN_IF_ERROR(s.cache->append_cells(*backend_, *context, m.tokens(), have - m.tokens()));
+  KVB_RETURN_IF_ERROR(backend_->synchronize());
+  s.fed = size_t(std::max(m.tokens(), have));
+  s.n_cached = std::max(0, m.tokens() - n_context);
+  return Status::Ok();
+}
+
+Status EngineLoop::share_prefix(Session& s) {
+  if (!s.is_generate) {
+    // A Prefill keeps reading its own cells, which become the stored cache as they are.
+    (void)prefix_->insert(s.in.tokens, s.prefix, *s.cache, *backend_);
+    return Status::Ok();
+  }
+  const size_t had = s.prefix.size();
+  s.prefix = prefix_->insert(s.in.tokens, std::move(s.prefix), *s.cache, *backend_);
+  const int32_t gained = int32_t(s.prefix.size() - had) * prefix_->block_tokens();
+  if (gained == 0) return Status::Ok();
+  KVB_RETURN_IF_ERROR(s.cache->drop_front(*backend_, gained));
+  s.n_prefix += gained;
+  return backend_->synchronize();
+}
+
+Result<std::unique_ptr<KvCache>> EngineLoop::take_cells(Session& s, const BufferType& memory, int32_t extra) {
+  if (s.prefix.empty()) return std::move(s.cache);
+  KVB_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> out, KvCache::create(memory, kv_layout(), s.n_cells() + extra));
+  for (const auto& block : s.prefix) KVB_RETURN_IF_ERROR(out->append_cells(*backend_, *block, 0, block->n_tokens()));
+  KVB_RETURN_IF_ERROR(out->append_cells(*backend_, *s.cache, 0, s.cache->n_tokens()));
+  KVB_RETURN_IF_ERROR(backend_->synchronize());
+  s.prefix.clear();
+  s.n_prefix = 0;
+  s.cache.reset();
+  return out;
 }
 
 }  // namespace kvb::runtime

@@ -27,8 +27,16 @@ struct EngineLoop::Session {
   bool finished = false;      // answered; removed after the step
   SessionInput in;            // in.tokens: the input, prefilled in chunks
   size_t fed = 0;             // input tokens already in the cache
+  // The sequence's cells: the shared prefix blocks (runtime/prefix_cache.h), then its own cache,
+  // which continues them (cache->pos0() == n_prefix when there are blocks).
+  std::vector<std::shared_ptr<const KvCache>> prefix;
+  int32_t n_prefix = 0;       // cells in `prefix`
   std::unique_ptr<KvCache> cache;
-  int32_t capacity = 0;       // cells the sequence may fill (the cache may have more)
+  int32_t capacity = 0;       // cells the sequence may fill (prefix and cache together)
+  // in.tokens are all of the sequence's tokens from position 0 (a single context cache at
+  // position 0 became their first fed part): its whole blocks go to the prefix cache.
+  bool cacheable = false;
+  int32_t n_cached = 0;       // input tokens found in the prefix cache (not computed here)
   Clock::time_point started;  // admission
 
   // Generate
@@ -51,6 +59,10 @@ struct EngineLoop::Session {
   PrefillCallback prefill_done;
 
   int64_t prompt_left() const { return int64_t(in.tokens.size()) - int64_t(fed); }
+  int32_t n_cells() const { return n_prefix + cache->n_tokens(); }
+  SeqStep step(std::span<const int32_t> tokens, float* logits_out, bool decode) const {
+    return SeqStep{cache.get(), tokens, logits_out, decode, prefix};
+  }
   bool decoding() const { return is_generate && has_logits; }
   bool cancel_requested() const { return in.cancel->cancelled(); }
 };

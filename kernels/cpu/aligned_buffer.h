@@ -13,10 +13,16 @@
 namespace kvb::cpu {
 
 inline constexpr size_t kHostAlignment = 64;  // one cache line; also the widest SIMD load
-// Buffers from this size on start 2 MiB aligned, and their whole 2 MiB pages are advised to use
-// transparent huge pages (the tail stays in 4 KiB pages, so no memory is wasted): packed weights are
-// streamed once per token, and 4 KiB pages cost a TLB miss every 4 KiB.
+// Buffers from this size on start 2 MiB aligned, and with HugePages::kAdvise their whole 2 MiB
+// pages are advised to use transparent huge pages (the tail stays in 4 KiB pages, so no memory is
+// wasted): packed weights are streamed once per token, and 4 KiB pages cost a TLB miss every 4 KiB.
+// Memory that is written piecemeal after allocation (KV caches: a few cells of every layer per
+// step) is better off without: the first write into each huge page zeroes all 2 MiB of it (and
+// may compact memory first, with THP defrag "madvise"), so the first prompt chunk written into a
+// fresh cache stalled its step for hundreds of milliseconds; with 4 KiB pages the faults follow
+// the cells written.
 inline constexpr size_t kHugePageBytes = size_t(2) << 20;
+enum class HugePages { kAdvise, kNone };
 
 class AlignedBuffer {
  public:
@@ -38,7 +44,7 @@ class AlignedBuffer {
 
   // Allocates `bytes` (rounded up to the alignment; at least one line) and returns false when out of
   // memory, leaving the buffer empty. Contents are uninitialized. Never throws.
-  bool allocate(size_t bytes) {
+  bool allocate(size_t bytes, HugePages huge = HugePages::kAdvise) {
     release();
     const size_t align = bytes >= kHugePageBytes ? kHugePageBytes : kHostAlignment;
     const size_t rounded = bytes == 0 ? kHostAlignment : (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
@@ -49,7 +55,11 @@ class AlignedBuffer {
     size_ = bytes;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     // A hint: failure is harmless.
-    if (align == kHugePageBytes) madvise(data_, bytes / kHugePageBytes * kHugePageBytes, MADV_HUGEPAGE);
+    if (align == kHugePageBytes && huge == HugePages::kAdvise) {
+      madvise(data_, bytes / kHugePageBytes * kHugePageBytes, MADV_HUGEPAGE);
+    }
+#else
+    (void)huge;
 #endif
     return true;
   }

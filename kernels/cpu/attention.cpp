@@ -3,6 +3,11 @@
 //   Query row i sees cells 0 .. n_kv - n + i; query head h reads kv head h / (n_head / n_head_kv).
 // All sums are f32.
 //
+// A sequence's cells may come in segments (AttentionSeq::prefix: shared prefix blocks, then the
+// sequence's own cells). Cell j is addressed through its segment; every sum runs over the cells in
+// the same order as over one contiguous cache (the decode gemm continues its accumulators across
+// segments), so the result is the same bits.
+//
 // Two paths (RowMode picks one; kAuto by n). Each computes a query row the same way whatever rows
 // share the call: query blocks and K/V tiles start at fixed cells, and cells a row does not see
 // add exact zeros.
@@ -41,11 +46,54 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 using Shapes = AttentionShapes;  // kernels/op_checks.h
 
-// Pointer to row (cell j, kv head h) of a cache tensor, as f32 or f16.
-inline const void* cache_row(const Tensor& t, const Shapes& s, int64_t j, int64_t h) {
-  const size_t elem = t.dtype == DType::kF16 ? 2 : 4;
-  return t.as<const uint8_t>() + size_t((j * s.n_head_kv + h) * s.hd) * elem;
-}
+// A sequence's cells: the segments in order, cell j in the one whose range holds it.
+class Cells {
+ public:
+  struct Seg {
+    const uint8_t* k;
+    const uint8_t* v;
+    int64_t first;  // first cell
+    int64_t n;      // cells
+  };
+
+  Cells(const AttentionSeq& a, const Shapes& s)
+      : k16_(a.k.dtype == DType::kF16), v16_(a.v.dtype == DType::kF16),
+        k_head_bytes_(size_t(s.hd) * (k16_ ? 2 : 4)), v_head_bytes_(size_t(s.hd) * (v16_ ? 2 : 4)),
+        n_head_kv_(size_t(s.n_head_kv)) {
+    segs_.reserve(a.prefix.size() + 1);
+    int64_t first = 0;
+    auto add = [&](const Tensor& k, const Tensor& v) {
+      if (k.shape[0] == 0) return;
+      segs_.push_back({k.as<const uint8_t>(), v.as<const uint8_t>(), first, k.shape[0]});
+      first += k.shape[0];
+    };
+    for (const KvSegment& seg : a.prefix) add(seg.k, seg.v);
+    add(a.k, a.v);
+  }
+  bool k16() const { return k16_; }
+  bool v16() const { return v16_; }
+  std::span<const Seg> segments() const { return segs_; }
+  // Row (cell j, kv head h) of K or V, as f32 or f16.
+  const void* k_row(int64_t j, int64_t h) const { return row(j, h, true); }
+  const void* v_row(int64_t j, int64_t h) const { return row(j, h, false); }
+  // Row (cell first of seg, kv head h).
+  const void* seg_k(const Seg& g, int64_t h) const { return g.k + size_t(h) * k_head_bytes_; }
+  const void* seg_v(const Seg& g, int64_t h) const { return g.v + size_t(h) * v_head_bytes_; }
+
+ private:
+  const void* row(int64_t j, int64_t h, bool is_k) const {
+    const Seg* g = segs_.data();
+    if (segs_.size() > 1) {
+      g = &*(std::upper_bound(segs_.begin(), segs_.end(), j, [](int64_t x, const Seg& e) { return x < e.first; }) - 1);
+    }
+    const size_t head = is_k ? k_head_bytes_ : v_head_bytes_;
+    return (is_k ? g->k : g->v) + (size_t(j - g->first) * n_head_kv_ + size_t(h)) * head;
+  }
+
+  bool k16_, v16_;
+  size_t k_head_bytes_, v_head_bytes_, n_head_kv_;
+  std::vector<Seg> segs_;
+};
 
 inline int64_t round_up16(int64_t x) { return (x + 15) / 16 * 16; }
 
@@ -55,14 +103,14 @@ constexpr int64_t kTransposeCells = 16;  // cells per block of load_k_transposed
 // Blocks of kTransposeCells cells, so the stores of one d fill a cache line (a store per cell down
 // a column would touch a line per d, lines ld floats apart: a few L1 sets for a long cache).
 // tmp: kTransposeCells * hd floats of scratch (for an f16 cache).
-void load_k_transposed(const VecKernels& vk, const Tensor& k, const Shapes& s, int64_t t0, int64_t bk, int64_t h,
+void load_k_transposed(const VecKernels& vk, const Cells& cells, const Shapes& s, int64_t t0, int64_t bk, int64_t h,
                        float* kt, int64_t ld, float* tmp) {
   const float* rows[kTransposeCells];
   for (int64_t j0 = 0; j0 < bk; j0 += kTransposeCells) {
     const int64_t nb = std::min(kTransposeCells, bk - j0);
     for (int64_t jj = 0; jj < nb; ++jj) {
-      const void* src = cache_row(k, s, t0 + j0 + jj, h);
-      if (k.dtype == DType::kF16) {
+      const void* src = cells.k_row(t0 + j0 + jj, h);
+      if (cells.k16()) {
         vk.f16_to_f32(static_cast<const uint16_t*>(src), tmp + jj * s.hd, s.hd);
         rows[jj] = tmp + jj * s.hd;
       } else {
@@ -77,12 +125,12 @@ void load_k_transposed(const VecKernels& vk, const Tensor& k, const Shapes& s, i
 }
 
 // vt[j * ld + d] = V of cell t0 + j, kv head h (j < bk, d < hd), padding columns hd .. ld zeroed.
-void load_v_rows(const VecKernels& vk, const Tensor& v, const Shapes& s, int64_t t0, int64_t bk, int64_t h, float* vt,
-                 int64_t ld) {
+void load_v_rows(const VecKernels& vk, const Cells& cells, const Shapes& s, int64_t t0, int64_t bk, int64_t h,
+                 float* vt, int64_t ld) {
   for (int64_t j = 0; j < bk; ++j) {
     float* dst = vt + j * ld;
-    const void* src = cache_row(v, s, t0 + j, h);
-    if (v.dtype == DType::kF16) {
+    const void* src = cells.v_row(t0 + j, h);
+    if (cells.v16()) {
       vk.f16_to_f32(static_cast<const uint16_t*>(src), dst, s.hd);
     } else {
       std::memcpy(dst, src, size_t(s.hd) * sizeof(float));
@@ -93,33 +141,43 @@ void load_v_rows(const VecKernels& vk, const Tensor& v, const Shapes& s, int64_t
 
 // One decode work item: query row i, kv head kvh, all query heads of its group. scratch holds
 // group * (n_kv + hd + 1) floats.
-void decode_item(const VecKernels& vk, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                 float scale, const Shapes& s, int64_t i, int64_t kvh, float* scratch) {
+void decode_item(const VecKernels& vk, const Tensor& q, const Cells& cells, const Tensor& out, float scale,
+                 const Shapes& s, int64_t i, int64_t kvh, float* scratch) {
   float* scores = scratch;
   float* o = scores + s.group * s.n_kv;
   float* sums = o + s.group * s.hd;
-  const bool k16 = k.dtype == DType::kF16, v16 = v.dtype == DType::kF16;
   const int64_t ld_cache = s.n_head_kv * s.hd;  // elements between cells
   const int64_t len = s.n_kv - s.n + i + 1;
   // The group's query heads are adjacent rows of q.
   const float* qr = q.as<const float>() + (i * s.n_head + kvh * s.group) * s.hd;
-  if (k16) {
-    vk.dots_f16(qr, s.hd, s.group, static_cast<const uint16_t*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale,
-                scores, s.n_kv);
-  } else {
-    vk.dots(qr, s.hd, s.group, static_cast<const float*>(cache_row(k, s, 0, kvh)), ld_cache, len, s.hd, scale, scores,
-            s.n_kv);
+  for (const Cells::Seg& g : cells.segments()) {
+    if (g.first >= len) break;
+    const int64_t m = std::min(g.n, len - g.first);
+    if (cells.k16()) {
+      vk.dots_f16(qr, s.hd, s.group, static_cast<const uint16_t*>(cells.seg_k(g, kvh)), ld_cache, m, s.hd, scale,
+                  scores + g.first, s.n_kv);
+    } else {
+      vk.dots(qr, s.hd, s.group, static_cast<const float*>(cells.seg_k(g, kvh)), ld_cache, m, s.hd, scale,
+              scores + g.first, s.n_kv);
+    }
   }
   for (int64_t g = 0; g < s.group; ++g) {
     float* sc = scores + g * s.n_kv;
     sums[g] = vk.exp_sum(sc, vk.max(sc, len), len);
   }
-  if (v16) {
-    vk.gemm_f16b(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const uint16_t*>(cache_row(v, s, 0, kvh)),
-                 ld_cache, o, s.hd, false);
-  } else {
-    vk.gemm(s.group, s.hd, len, scores, s.n_kv, 1, static_cast<const float*>(cache_row(v, s, 0, kvh)), ld_cache, o,
-            s.hd, false);
+  // P·V segment by segment; the accumulators carry over, so the sums run in cell order.
+  bool accumulate = false;
+  for (const Cells::Seg& g : cells.segments()) {
+    if (g.first >= len) break;
+    const int64_t m = std::min(g.n, len - g.first);
+    if (cells.v16()) {
+      vk.gemm_f16b(s.group, s.hd, m, scores + g.first, s.n_kv, 1, static_cast<const uint16_t*>(cells.seg_v(g, kvh)),
+                   ld_cache, o, s.hd, accumulate);
+    } else {
+      vk.gemm(s.group, s.hd, m, scores + g.first, s.n_kv, 1, static_cast<const float*>(cells.seg_v(g, kvh)), ld_cache,
+              o, s.hd, accumulate);
+    }
+    accumulate = true;
   }
   for (int64_t g = 0; g < s.group; ++g) {
     float* dst = out.as<float>() + (i * s.n_head + kvh * s.group + g) * s.hd;
@@ -130,14 +188,14 @@ void decode_item(const VecKernels& vk, const Tensor& q, const Tensor& k, const T
 
 int64_t decode_scratch_floats(const Shapes& s) { return s.group * (s.n_kv + s.hd + 1); }
 
-Status run_decode(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+Status run_decode(OpContext& ctx, const Tensor& q, const Cells& cells, const Tensor& out, float scale,
                   const Shapes& s) {
   const VecKernels& vk = *ctx.vec;
   KVB_RETURN_IF_ERROR(
       ctx.scratch->reserve_per_thread(ctx.pool->n_threads(), size_t(decode_scratch_floats(s)) * sizeof(float)));
   auto items = [&](int64_t begin, int64_t end, int tid) {
     for (int64_t item = begin; item < end; ++item) {
-      decode_item(vk, q, k, v, out, scale, s, item / s.n_head_kv, item % s.n_head_kv, ctx.scratch->thread(tid));
+      decode_item(vk, q, cells, out, scale, s, item / s.n_head_kv, item % s.n_head_kv, ctx.scratch->thread(tid));
     }
   };
   const int64_t n_items = s.n * s.n_head_kv;
@@ -149,7 +207,7 @@ Status run_decode(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor
   return Status::Ok();
 }
 
-Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
+Status run_tiled(OpContext& ctx, const Tensor& q, const Cells& cells, const Tensor& out, float scale,
                  const Shapes& s) {
   const VecKernels& vk = *ctx.vec;
   const int n_threads = ctx.pool->n_threads();
@@ -180,11 +238,11 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
       float* tmp = ctx.scratch->thread(tid);
       for (int64_t h = 0; h < s.n_head_kv; ++h) {
         float* kh = kp + h * hd * ldk_all;
-        load_k_transposed(vk, k, s, begin, end - begin, h, kh + begin, ldk_all, tmp);
+        load_k_transposed(vk, cells, s, begin, end - begin, h, kh + begin, ldk_all, tmp);
         if (end == s.n_kv) {  // the vector padding past the last cell
           for (int64_t d = 0; d < hd; ++d) std::fill(kh + d * ldk_all + s.n_kv, kh + (d + 1) * ldk_all, 0.0f);
         }
-        load_v_rows(vk, v, s, begin, end - begin, h, vp + (h * s.n_kv + begin) * ldv, ldv);
+        load_v_rows(vk, cells, s, begin, end - begin, h, vp + (h * s.n_kv + begin) * ldv, ldv);
       }
     });
     k_all = kp;
@@ -236,9 +294,9 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
           vt = v_all + (kvh * s.n_kv + t0) * ldv;
           ldk = ldk_all;
         } else {
-          load_k_transposed(vk, k, s, t0, bk, kvh, kf, kBk, vf);  // vf ([kBk][ldv]) is free until load_v_rows
+          load_k_transposed(vk, cells, s, t0, bk, kvh, kf, kBk, vf);  // vf ([kBk][ldv]) is free until load_v_rows
           for (int64_t d = 0; d < hd; ++d) std::fill(kf + d * kBk + bk, kf + d * kBk + round_up16(bk), 0.0f);
-          load_v_rows(vk, v, s, t0, bk, kvh, vf, ldv);
+          load_v_rows(vk, cells, s, t0, bk, kvh, vf, ldv);
         }
         vk.flash_step(bk, hd, rows, qs, hd, kt, ldk, vt, ldv, limp, st, kBk, m, l, ot, ldv, t);
       }
@@ -260,28 +318,36 @@ Status run_tiled(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor&
 
 Status attention(OpContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, float scale,
                  RowMode mode) {
-  KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(q, k, v, out, scale));
-  if (s.n == 0 || s.n_head == 0) return Status::Ok();
-  const bool decode = mode == RowMode::kAuto ? s.n < kTiledMinRows : mode == RowMode::kDecode;
-  if (decode) return run_decode(ctx, q, k, v, out, scale, s);
-  return run_tiled(ctx, q, k, v, out, scale, s);
+  const AttentionSeq a{q, k, v, out};
+  return attention_batch(ctx, std::span<const AttentionSeq>(&a, 1), scale, mode);
 }
 
 Status attention_batch(OpContext& ctx, std::span<const AttentionSeq> seqs, float scale, RowMode mode) {
-  if (mode != RowMode::kDecode) {
-    for (const AttentionSeq& a : seqs) KVB_RETURN_IF_ERROR(attention(ctx, a.q, a.k, a.v, a.out, scale, mode));
+  std::vector<Shapes> shapes;
+  std::vector<Cells> cells;
+  shapes.reserve(seqs.size());
+  cells.reserve(seqs.size());
+  for (const AttentionSeq& a : seqs) {
+    KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention_seq(a, scale));
+    shapes.push_back(s);
+    cells.emplace_back(a, s);
+  }
+  if (mode != RowMode::kDecode || seqs.size() == 1) {
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const Shapes& s = shapes[i];
+      if (s.n == 0 || s.n_head == 0) continue;
+      const bool decode = mode == RowMode::kAuto ? s.n < kTiledMinRows : mode == RowMode::kDecode;
+      KVB_RETURN_IF_ERROR(decode ? run_decode(ctx, seqs[i].q, cells[i], seqs[i].out, scale, s)
+                                 : run_tiled(ctx, seqs[i].q, cells[i], seqs[i].out, scale, s));
+    }
     return Status::Ok();
   }
   // Decode rows of many sequences: each is too small to spread over the threads alone, so all
   // their (row, kv head) items go into one parallel loop. Each item runs decode_item, as the
   // sequence's own call would.
-  std::vector<Shapes> shapes;
   std::vector<int64_t> first_item;  // per sequence, then the total
-  shapes.reserve(seqs.size());
   int64_t scratch = 0, n_items = 0;
-  for (const AttentionSeq& a : seqs) {
-    KVB_ASSIGN_OR_RETURN(const Shapes s, check_attention(a.q, a.k, a.v, a.out, scale));
-    shapes.push_back(s);
+  for (const Shapes& s : shapes) {
     first_item.push_back(n_items);
     n_items += s.n * s.n_head_kv;
     scratch = std::max(scratch, decode_scratch_floats(s));
@@ -295,9 +361,8 @@ Status attention_batch(OpContext& ctx, std::span<const AttentionSeq> seqs, float
     for (int64_t item = begin; item < end; ++item) {
       while (item >= first_item[q + 1]) ++q;
       const Shapes& s = shapes[q];
-      const AttentionSeq& a = seqs[q];
       const int64_t local = item - first_item[q];
-      decode_item(vk, a.q, a.k, a.v, a.out, scale, s, local / s.n_head_kv, local % s.n_head_kv,
+      decode_item(vk, seqs[q].q, cells[q], seqs[q].out, scale, s, local / s.n_head_kv, local % s.n_head_kv,
                   ctx.scratch->thread(tid));
     }
   });

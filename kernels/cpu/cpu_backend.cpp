@@ -159,8 +159,10 @@ class CpuBufferType final : public BufferType {
   size_t alignment() const override { return kHostAlignment; }
   bool is_host() const override { return true; }
   Result<std::unique_ptr<Buffer>> alloc(size_t bytes) const override {
+    // Caches and activations: no huge-page advice (aligned_buffer.h: caches are written a few
+    // cells at a time; only packed weights, allocated elsewhere, are advised).
     AlignedBuffer mem;
-    if (!mem.allocate(bytes)) return resource_exhausted(fmt::format("cpu: cannot allocate {} bytes", bytes));
+    if (!mem.allocate(bytes, HugePages::kNone)) return resource_exhausted(fmt::format("cpu: cannot allocate {} bytes", bytes));
     std::unique_ptr<Buffer> b(new (std::nothrow) CpuBuffer(std::move(mem)));
     if (b == nullptr) return resource_exhausted("cpu: cannot allocate a buffer object");
     return b;

@@ -173,6 +173,7 @@ class CudaBackend final : public Backend {
     exec_.reset();
     capture_stream_.reset();
     scratch_ = Scratch();
+    gather_ = Scratch();
     cublas_.reset();
     cublas_workspace_.reset();
     error_host_.reset();
@@ -287,6 +288,39 @@ class CudaBackend final : public Backend {
                    RowMode /*mode*/) override {
     return run([&] { return cuda::attention(ctx_, q, k, v, out, scale); });
   }
+  // A sequence with prefix segments is gathered into one contiguous K and V (device-to-device
+  // copies on the stream, recordable in a graph) and then runs the same kernel. The copies move
+  // n_kv cells per layer per step: small next to the GPU's bandwidth, but a kernel that reads the
+  // segments in place would save them.
+  Status attention_batch(std::span<const AttentionSeq> seqs, float scale, RowMode /*mode*/) override {
+    return run([&]() -> Status {
+      for (const AttentionSeq& a : seqs) {
+        if (a.prefix.empty()) {
+          KVB_RETURN_IF_ERROR(cuda::attention(ctx_, a.q, a.k, a.v, a.out, scale));
+          continue;
+        }
+        KVB_ASSIGN_OR_RETURN(const AttentionShapes s, check_attention_seq(a, scale));
+        const size_t k_row = row_bytes(a.k.dtype, s.n_head_kv * s.hd), v_row = row_bytes(a.v.dtype, s.n_head_kv * s.hd);
+        const size_t k_bytes = (size_t(s.n_kv) * k_row + 255) / 256 * 256;
+        KVB_ASSIGN_OR_RETURN(void* mem, gather_.get(k_bytes + size_t(s.n_kv) * v_row, ctx_.stream));
+        auto* kd = static_cast<uint8_t*>(mem);
+        uint8_t* vd = kd + k_bytes;
+        auto put = [&](const Tensor& k, const Tensor& v) -> Status {
+          KVB_CUDA_CHECK(cudaMemcpyAsync(kd, k.data, k.nbytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
+          KVB_CUDA_CHECK(cudaMemcpyAsync(vd, v.data, v.nbytes(), cudaMemcpyDeviceToDevice, ctx_.stream));
+          kd += k.nbytes();
+          vd += v.nbytes();
+          return Status::Ok();
+        };
+        for (const KvSegment& seg : a.prefix) KVB_RETURN_IF_ERROR(put(seg.k, seg.v));
+        KVB_RETURN_IF_ERROR(put(a.k, a.v));
+        const Tensor k = Tensor::make(a.k.dtype, mem, {s.n_kv, s.n_head_kv, s.hd});
+        const Tensor v = Tensor::make(a.v.dtype, static_cast<uint8_t*>(mem) + k_bytes, {s.n_kv, s.n_head_kv, s.hd});
+        KVB_RETURN_IF_ERROR(cuda::attention(ctx_, a.q, k, v, a.out, scale));
+      }
+      return Status::Ok();
+    });
+  }
   Status embedding(const Tensor& table, const Tensor& tokens, const Tensor& out) override {
     return run([&] { return cuda::embedding(ctx_, table, tokens, out); });
   }
@@ -335,6 +369,7 @@ class CudaBackend final : public Backend {
   DevicePtr cublas_workspace_;
   PinnedPtr error_host_;  // DeviceErrorReport, mapped into the device's address space
   Scratch scratch_;
+  Scratch gather_;  // attention_batch's contiguous copy of a segmented sequence's cells
   OpContext ctx_;  // ctx_.stream is capture_stream_ while a graph is recorded
   StreamPtr capture_stream_;  // created on the first begin_graph()
   GraphExecPtr exec_;         // the last launched graph's instance

@@ -239,3 +239,77 @@ TEST_CASE("attention_batch gives each sequence its own call's bits", "[kernels][
 }
 
 }  // namespace kvb::test
+
+namespace kvb::test {
+
+// The cells of a sequence split over prefix segments (shared prefix blocks) must give the bits of
+// the same cells in one piece, in both row modes, whatever the cut points.
+TEST_CASE("attention over prefix segments gives the bits of one contiguous cache", "[kernels][batching][prefix]") {
+  const DType kt = GENERATE(DType::kF32, DType::kF16);
+  const int64_t n_kv = 150, n_head = 6, n_head_kv = 2, hd = 16;
+  const int64_t cell = n_head_kv * hd;
+  const size_t esz = kt == DType::kF16 ? 2 : 4;
+  const Cache k = make_cache(kt, size_t(n_kv * cell), 41), v = make_cache(kt, size_t(n_kv * cell), 42);
+  const std::vector<int64_t> cuts[] = {{64, 128}, {5, 69, 86}, {1}, {16, 32, 48, 64, 80, 96, 112, 128, 144}};
+  for (const BackendConfig& cfg : cpu_backends()) {
+    for (RowMode mode : {RowMode::kDecode, RowMode::kPrefill}) {
+      for (const int64_t n : {int64_t(1), int64_t(3), int64_t(5)}) {
+        CAPTURE(cfg.label, dtype_name(kt), int(mode), n);
+        const std::vector<float> qv = random_floats(size_t(n * n_head * hd), uint32_t(50 + n), -2.0f, 2.0f);
+        const Tensor q = Tensor::make(DType::kF32, const_cast<float*>(qv.data()), {n, n_head, hd});
+        std::vector<float> whole(qv.size(), 0.0f);
+        REQUIRE(cfg.backend
+                    ->attention(q, Tensor::make(kt, const_cast<uint8_t*>(k.bytes.data()), {n_kv, n_head_kv, hd}),
+                                Tensor::make(kt, const_cast<uint8_t*>(v.bytes.data()), {n_kv, n_head_kv, hd}),
+                                Tensor::make(DType::kF32, whole.data(), {n, n_head, hd}), 0.25f, mode)
+                    .ok());
+        for (const auto& cut : cuts) {
+          // Each segment in its own buffer; the last piece is the sequence's own k/v.
+          std::vector<std::vector<uint8_t>> kb, vb;
+          std::vector<int64_t> bounds = cut;
+          bounds.insert(bounds.begin(), 0);
+          bounds.push_back(n_kv);
+          for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+            const size_t off = size_t(bounds[i] * cell) * esz, len = size_t((bounds[i + 1] - bounds[i]) * cell) * esz;
+            kb.emplace_back(k.bytes.begin() + long(off), k.bytes.begin() + long(off + len));
+            vb.emplace_back(v.bytes.begin() + long(off), v.bytes.begin() + long(off + len));
+          }
+          std::vector<KvSegment> prefix;
+          for (size_t i = 0; i + 1 < kb.size(); ++i) {
+            const int64_t rows = bounds[i + 1] - bounds[i];
+            prefix.push_back({Tensor::make(kt, kb[i].data(), {rows, n_head_kv, hd}),
+                              Tensor::make(kt, vb[i].data(), {rows, n_head_kv, hd})});
+          }
+          const int64_t own = n_kv - bounds[bounds.size() - 2];
+          if (own < n) continue;  // the queries' cells must be the sequence's own
+          std::vector<float> split(qv.size(), 1.0f);
+          const AttentionSeq a{q, Tensor::make(kt, kb.back().data(), {own, n_head_kv, hd}),
+                               Tensor::make(kt, vb.back().data(), {own, n_head_kv, hd}),
+                               Tensor::make(DType::kF32, split.data(), {n, n_head, hd}), prefix};
+          REQUIRE(cfg.backend->attention_batch(std::span<const AttentionSeq>(&a, 1), 0.25f, mode).ok());
+          CHECK(std::memcmp(split.data(), whole.data(), whole.size() * 4) == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("attention refuses prefix segments of another shape", "[kernels][prefix][bad-input]") {
+  const int64_t n_head = 4, n_head_kv = 2, hd = 8;
+  std::vector<float> q(size_t(n_head * hd)), out(q.size()), kv(size_t(4 * n_head_kv * hd)), seg(size_t(4 * hd * 3));
+  const Tensor kt = Tensor::make(DType::kF32, kv.data(), {4, n_head_kv, hd});
+  const KvSegment wrong_heads{Tensor::make(DType::kF32, seg.data(), {4, 3, hd}),
+                              Tensor::make(DType::kF32, seg.data(), {4, 3, hd})};
+  const KvSegment wrong_dtype{Tensor::make(DType::kF16, seg.data(), {4, n_head_kv, hd}),
+                              Tensor::make(DType::kF16, seg.data(), {4, n_head_kv, hd})};
+  for (const BackendConfig& cfg : cpu_backends()) {
+    for (const KvSegment& bad : {wrong_heads, wrong_dtype}) {
+      const AttentionSeq a{Tensor::make(DType::kF32, q.data(), {1, n_head, hd}), kt, kt,
+                           Tensor::make(DType::kF32, out.data(), {1, n_head, hd}), std::span<const KvSegment>(&bad, 1)};
+      CHECK(cfg.backend->attention_batch(std::span<const AttentionSeq>(&a, 1), 0.25f, RowMode::kDecode).code() ==
+            StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+}  // namespace kvb::test
