@@ -11,7 +11,9 @@
 //
 //   (3) the prefill's other ops (attention, rms_norm, rope, silu_mul) at n = 512, in ms per call.
 //
-// Usage: gemm_bench [prefill|decode|ops|all] [threads] (default: both parts, 1 and 2 threads).
+//   (4) prompt rows on block-quantized weights: the f32 GEMM against the integer kernels.
+//
+// Usage: gemm_bench [prefill|decode|ops|quant|all] [threads] (default: both parts, 1 and 2 threads).
 // Timings are the best of several runs.
 #include <cblas.h>
 
@@ -319,6 +321,52 @@ void run_ops() {
   }
 }
 
+// ---- (4) prompt rows on block-quantized weights ----
+
+// The two ways a prompt's rows can run through 4/5-bit and Q8_0 weights: the f32 GEMM
+// (RowMode::kPrefill: each weight block widened to f32, then the F32 micro-kernel) and the integer
+// kernels (RowMode::kDecode: activations quantized to int8 once, byte dot products on the packed
+// blocks, every weight panel read once for all row groups). Model-weighted tok/s, matmuls only,
+// for a prompt chunk beside decoding sequences (n = 32) and a long prompt alone (n = 512).
+void run_quant_rows() {
+  constexpr kvb::DType kQuant[] = {kvb::DType::kQ4_0, kvb::DType::kQ4_1, kvb::DType::kQ5_1, kvb::DType::kQ8_0};
+  constexpr int64_t kRows[] = {32, 512};
+  std::printf("\n== Prompt rows on quantized weights: f32 GEMM (kPrefill) vs integer kernels (kDecode), "
+              "tok/s of a model's matmuls (higher is better) ==\n");
+  std::printf("%-8s %-6s %6s %12s %12s %8s\n", "threads", "dtype", "rows", "f32 gemm", "integer", "int/f32");
+  for (int threads : g_threads) {
+    auto be = make_backend(threads);
+    for (kvb::DType t : kQuant) {
+      std::vector<std::unique_ptr<kvb::Weight>> ws;
+      for (const Shape& s : kShapes) {
+        std::vector<uint8_t> host = host_matrix(t, s);
+        auto w = be->upload_weight(kvb::Tensor::make(t, host.data(), {s.n_out, s.n_in}));
+        check(w.status());
+        ws.push_back(std::move(w).value());
+      }
+      for (const int64_t n : kRows) {
+        double model[2] = {};
+        for (size_t i = 0; i < std::size(kShapes); ++i) {
+          const Shape& s = kShapes[i];
+          std::vector<float> x = random_floats(size_t(n * s.n_in), 3), y(size_t(n * s.n_out));
+          const kvb::Tensor xt = kvb::Tensor::make(kvb::DType::kF32, x.data(), {n, s.n_in});
+          const kvb::Tensor yt = kvb::Tensor::make(kvb::DType::kF32, y.data(), {n, s.n_out});
+          double best[2] = {1e30, 1e30};
+          for (int round = 0; round < kRounds; ++round) {  // alternating, so that load hits both alike
+            for (int m = 0; m < 2; ++m) {
+              const kvb::RowMode mode = m == 0 ? kvb::RowMode::kPrefill : kvb::RowMode::kDecode;
+              best[m] = std::min(best[m], best_time([&] { check(be->matmul(xt, *ws[i], yt, false, mode)); }));
+            }
+          }
+          for (int m = 0; m < 2; ++m) model[m] += best[m] * s.per_model;
+        }
+        std::printf("%-8d %-6s %6lld %12.0f %12.0f %7.2fx\n", threads, std::string(kvb::dtype_name(t)).c_str(), (long long)n,
+                    double(n) / model[0], double(n) / model[1], model[0] / model[1]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -329,5 +377,6 @@ int main(int argc, char** argv) {
   if (what == "all" || what == "prefill") run_prefill();
   if (what == "all" || what == "decode") run_decode();
   if (what == "all" || what == "ops") run_ops();
+  if (what == "all" || what == "quant") run_quant_rows();
   return 0;
 }

@@ -1,6 +1,7 @@
 // pass_bench: what handing over a KV cache saves, against the two ways of handing over text.
 //
-//   pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC] [--threads T] [--agent-bin PATH]
+//   pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC | --model M.gguf] [--threads T]
+//              [--agent-bin PATH]
 //
 // Two kvbridge-agent processes (a sharer and a receiver, on 127.0.0.1) serve a synthetic
 // stories110M model (random f32 weights, engine/synth.h; the context length raised so that 2048
@@ -42,6 +43,7 @@ namespace {
 
 constexpr int kQuestionTokens = 8;
 constexpr int kSummaryTokens = 64;
+constexpr int kFirstContactTokens = 1444;  // the cache of the issue #16 measurement (SmolLM2, 66 MB f32)
 
 [[noreturn]] void die(const Status& s, const std::string& what) {
   fmt::print(stderr, "pass_bench: {}: {}\n", what, s.to_string());
@@ -174,7 +176,7 @@ std::vector<int> parse_list(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shape = "stories110M:n_ctx=2304", agent_bin = KVB_AGENT_BIN;
+  std::string shape = "stories110M:n_ctx=2304", agent_bin = KVB_AGENT_BIN, model_path;
   std::vector<int> contexts = {128, 512, 2048};
   int reps = 5, threads = 0;
   for (int i = 1; i < argc; ++i) {
@@ -186,14 +188,16 @@ int main(int argc, char** argv) {
       reps = std::atoi(argv[++i]);
     else if (a == "--shape" && i + 1 < argc)
       shape = argv[++i];
+    else if (a == "--model" && i + 1 < argc)
+      model_path = argv[++i];
     else if (a == "--threads" && i + 1 < argc)
       threads = std::atoi(argv[++i]);
     else if (a == "--agent-bin" && i + 1 < argc)
       agent_bin = argv[++i];
     else {
       fmt::print(stderr,
-                 "usage: pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC] [--threads T] "
-                 "[--agent-bin PATH]\n");
+                 "usage: pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC | --model M.gguf] "
+                 "[--threads T] [--agent-bin PATH]\n");
       return 2;
     }
   }
@@ -213,18 +217,25 @@ int main(int argc, char** argv) {
       fs::remove_all(d, ec);
     }
   } cleanup{dir};
-  const SynthShape sh = must(find_synth_shape(shape), "shape");
   const int max_ctx = *std::max_element(contexts.begin(), contexts.end());
-  if (max_ctx + kQuestionTokens + kSummaryTokens + 8 > sh.config.n_ctx_train) {
-    fmt::print(stderr, "pass_bench: contexts up to {} need a model context above {} (--shape {}:n_ctx=N)\n", max_ctx,
-               sh.config.n_ctx_train, shape);
-    return 2;
+  std::string model = model_path;
+  int32_t n_ctx_train = 0;
+  if (model_path.empty()) {
+    const SynthShape sh = must(find_synth_shape(shape), "shape");
+    n_ctx_train = sh.config.n_ctx_train;
+    if (max_ctx + kQuestionTokens + kSummaryTokens + 8 > n_ctx_train) {
+      fmt::print(stderr, "pass_bench: contexts up to {} need a model context above {} (--shape {}:n_ctx=N)\n", max_ctx,
+                 n_ctx_train, shape);
+      return 2;
+    }
+    model = (dir / "model.gguf").string();
+    auto t0 = Clock::now();
+    if (Status s = write_synth_gguf(shape, DType::kF32, 1, model); !s.ok()) die(s, "synth");
+    fmt::print("model: synthetic {} (f32 weights, {:.0f} MB), written in {:.1f} s\n", shape,
+               double(fs::file_size(model)) / 1e6, std::chrono::duration<double>(Clock::now() - t0).count());
+  } else {
+    fmt::print("model: {}\n", model_path);
   }
-  const std::string model = (dir / "model.gguf").string();
-  auto t0 = Clock::now();
-  if (Status s = write_synth_gguf(shape, DType::kF32, 1, model); !s.ok()) die(s, "synth");
-  fmt::print("model: synthetic {} (f32 weights, {:.0f} MB), written in {:.1f} s\n", shape,
-             double(fs::file_size(model)) / 1e6, std::chrono::duration<double>(Clock::now() - t0).count());
 
   client::AgentProcessOptions ao;
   ao.binary = agent_bin;
@@ -245,6 +256,7 @@ int main(int argc, char** argv) {
   auto cr = must(AgentClient::connect(receiver->address(), {}), "connect");
   auto craw = must(AgentClient::connect(raw->address(), {}), "connect");
   const v1::AgentInfo info = must(cr->get_info(), "GetInfo");
+  if (n_ctx_train == 0) n_ctx_train = int32_t(info.limits().max_context_tokens());
   fmt::print("agents: sharer {} and receiver {} on loopback, backend {}\n", sharer->address(), receiver->address(),
              info.backend());
   fmt::print(
@@ -269,6 +281,27 @@ int main(int argc, char** argv) {
     double cache_mb, gbs_f32, gbs_f16, gbs_int8, gbs_raw;
   };
   std::vector<Row> rows;
+  // First contact: the receiver's first request after start, a pull of a kFirstContactTokens
+  // cache from the sharer (no channel to it yet, no peer info, no buffers of that size), against
+  // the same request once warm.
+  double cold_s = 0, warm_s = 0;
+  {
+    const std::vector<int32_t> ctx = random_ids(std::min(kFirstContactTokens, n_ctx_train - 64), true);
+    v1::PrefillRequest p;
+    p.mutable_tokens()->mutable_ids()->Add(ctx.begin(), ctx.end());
+    p.set_add_bos(false);
+    const std::string id = must(cs->prefill(p), "Prefill").cache_id();
+    const v1::GenerateRequest req = request(question, {client::cache_ref(sharer->address(), id)}, 1);
+    const v1::GenerateRequest alone = request(question, {}, 1);
+    const double alone_cold_s = timed_generate(*cr, alone).ttft_s;
+    cold_s = timed_generate(*cr, req).ttft_s;
+    warm_s = median_ttft(*cr, req, reps);
+    const double alone_warm_s = median_ttft(*cr, alone, reps);
+    if (Status st = cs->drop_cache(id); !st.ok()) die(st, "DropCache");
+    fmt::print("first contact: the receiver's first request (the question alone): {:.1f} ms, warm {:.1f} ms; its "
+               "first pull of a {}-token f32 cache from the sharer: {:.1f} ms, warm {:.1f} ms (medians of {})\n\n",
+               alone_cold_s * 1e3, alone_warm_s * 1e3, ctx.size(), cold_s * 1e3, warm_s * 1e3, reps);
+  }
   // Warm-up: connections between the agents, first allocations.
   {
     const std::vector<int32_t> w = random_ids(16, true);

@@ -4,7 +4,8 @@
 //     (or converted to f16) into each sequence's cells;
 //   - attention runs once per sequence, over that sequence's cells only;
 //   - every projection is two matmuls per weight group: the prompt rows with RowMode::kPrefill, the
-//     decode rows with RowMode::kDecode, so that a row's bits never depend on its neighbours.
+//     decode rows with RowMode::kDecode, so that a row's bits never depend on its neighbours (one
+//     matmul for all rows when the weights are Weight::mode_invariant: GGUF block types on the CPU).
 // Rows are laid out prompt sequences first, then decode sequences, each sequence's rows together.
 #include <fmt/format.h>
 
@@ -119,8 +120,12 @@ Status ModelRunner::forward_batch(std::span<const SeqStep> seqs) {
 namespace {
 
 // outs over rows [0, n_prompt) with the prefill kernels and rows [n_prompt, n) with the decode
-// kernels (x and every y have the step's n rows).
+// kernels (x and every y have the step's n rows); one call for all rows when the weights compute
+// a row the same way in every mode (Weight::mode_invariant), so that they are read once.
 Status split_matmul(Backend& b, const Tensor& x, std::span<const MatmulOut> outs, int64_t n_prompt) {
+  if (std::all_of(outs.begin(), outs.end(), [](const MatmulOut& o) { return o.w->mode_invariant(); })) {
+    return b.matmul(x, outs, RowMode::kDecode);
+  }
   MatmulOut part[3];
   auto run = [&](int64_t r0, int64_t nr, RowMode mode) -> Status {
     if (nr == 0) return Status::Ok();

@@ -11,7 +11,6 @@
 #include <cstring>
 
 #include "kernels/cpu/quant_panel.h"
-#include "kernels/cpu/quant_unpack.h"
 
 namespace kvb::cpu {
 namespace {
@@ -157,7 +156,7 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
 }  // namespace
 
 const QuantKernels& quant_kernels_avx2() {
-  static const QuantKernels k{"avx2", {gemv<true>, gemv<false>}, {unpack_u4_tiles, unpack_u8_tiles}};
+  static const QuantKernels k{"avx2", {gemv<true>, gemv<false>}};
   return k;
 }
 

@@ -16,7 +16,6 @@
 #include <cstring>
 
 #include "kernels/cpu/quant_panel.h"
-#include "kernels/cpu/quant_unpack.h"
 
 namespace kvb::cpu {
 namespace {
@@ -166,7 +165,7 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
 }  // namespace
 
 const QuantKernels& quant_kernels_avx512vnni() {
-  static const QuantKernels k{"avx512-vnni", {gemv<true>, gemv<false>}, {unpack_u4_tiles, unpack_u8_tiles}};
+  static const QuantKernels k{"avx512-vnni", {gemv<true>, gemv<false>}};
   return k;
 }
 

@@ -1,7 +1,6 @@
 // Portable kernels over U4 / U8 quant panels (quant_panel.h): the scalar reference of the integer
 // decode dot products that the AVX2 and AVX-512 VNNI files vectorize.
 #include "kernels/cpu/quant_panel.h"
-#include "kernels/cpu/quant_unpack.h"
 
 namespace kvb::cpu {
 namespace {
@@ -67,7 +66,7 @@ void gemv_u8(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, flo
 }  // namespace
 
 const QuantKernels& quant_kernels_generic() {
-  static const QuantKernels k{"generic", {gemv_u4, gemv_u8}, {unpack_u4_tiles, unpack_u8_tiles}};
+  static const QuantKernels k{"generic", {gemv_u4, gemv_u8}};
   return k;
 }
 

@@ -116,4 +116,6 @@ Result<std::unique_ptr<PackedWeight>> PackedWeight::pack(const Tensor& host, Thr
   return w;
 }
 
+bool PackedWeight::mode_invariant() const { return quant_format(dtype_) >= 0; }
+
 }  // namespace kvb::cpu

@@ -41,6 +41,8 @@ class PackedWeight final : public Weight {
   int64_t n_in() const override { return n_in_; }
   DType dtype() const override { return dtype_; }
   size_t nbytes() const override { return size_t(n_panels_) * panel_bytes_; }
+  // GGUF block types run through the integer kernels in every mode (matmul.cpp).
+  bool mode_invariant() const override;
 
   int64_t n_panels() const { return n_panels_; }
   size_t panel_bytes() const { return panel_bytes_; }

@@ -18,7 +18,8 @@
 //
 // Decode (gemv) quantizes x per 32 inputs to int8 (QuantizedRows) and accumulates exact integer
 // dots per (sub-)block:  sum_k w_k x_k ~= s * dx * sum q_k xq_k + m * dx * sum xq_k.
-// Prefill widens the weights to f32 tiles (unpack) for the f32 micro-kernels, so x stays f32 there.
+// Every row takes this path, prompt rows too (matmul.cpp): measured faster than widening the blocks
+// to f32 tiles for the f32 micro-kernel, and a row's bits then never depend on the mode.
 #pragma once
 
 #include <cstddef>
@@ -64,8 +65,6 @@ struct QuantKernels {
                           int nc, bool accumulate);
   const char* name = "";
   GemvFn gemv[kNumQuantFormats] = {};
-  // As GemmKernels::UnpackFn (k0 and kc multiples of 32): tile[kk][c] = s * q + m, in f32.
-  GemmKernels::UnpackFn unpack[kNumQuantFormats] = {};
 };
 
 const QuantKernels& quant_kernels_generic();

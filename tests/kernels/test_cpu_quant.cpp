@@ -87,7 +87,8 @@ constexpr DType kTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5
 
 TEST_CASE("cpu matmul on GGUF block weights matches references for all ISAs and threads", "[kernels]") {
   const DType t = GENERATE(from_range(std::begin(kTypes), std::end(kTypes)));
-  // n <= 4: the integer gemv; n > 4: widened tiles and the micro-kernel. n_out covers partial panels.
+  // Every n runs through the integer kernels (x quantized to int8 per 32 inputs, as llama.cpp's
+  // Q8_1), in row groups of 4. n_out covers partial panels.
   const int64_t n = GENERATE(1, 2, 3, 4, 5, 64, 300);
   const int64_t n_out = GENERATE(1, 33, 96);
   const int64_t n_in = dtype_block_size(t) == 32 ? GENERATE(32, 96, 1088) : GENERATE(256, 1536);
@@ -98,8 +99,7 @@ TEST_CASE("cpu matmul on GGUF block weights matches references for all ISAs and 
   to_f32(t, blocks.data(), w.data(), n_out * n_in);
   std::vector<float> x = random_floats(size_t(n * n_in), uint32_t(n));
   const std::vector<double> exact = product(x, w, n, n_in, n_out);
-  const bool gemv = n <= 4;
-  const std::vector<double> ref = gemv ? product(quantized_x(x), w, n, n_in, n_out) : exact;
+  const std::vector<double> ref = product(quantized_x(x), w, n, n_in, n_out);
   const Tensor xt = Tensor::make(DType::kF32, x.data(), {n, n_in});
 
   for (const BackendConfig& cfg : cpu_backends()) {
@@ -168,8 +168,8 @@ TEST_CASE("GGUF block weights share a dispatch with other dtypes", "[kernels]") 
     REQUIRE(cfg.backend->matmul(Tensor::make(DType::kF32, x.data(), {n, n_in}), outs).ok());
     for (size_t i = 0; i < ws.size(); ++i) {
       CAPTURE(dtype_name(ws[i].t));
-      // F16 sees the f32 x; block weights at n <= 4 see 8-bit x.
-      const bool q8x = n <= 4 && ws[i].t != DType::kF16;
+      // F16 sees the f32 x; block weights see 8-bit x at every n.
+      const bool q8x = ws[i].t != DType::kF16;
       const auto ref = product(q8x ? quantized_x(x) : x, ws[i].f, n, n_in, ws[i].n_out);
       CHECK(normalized_error(ys[i].data(), ref) <= 1e-5);
     }
@@ -255,6 +255,43 @@ TEST_CASE("matmul RowMode: a row's bits do not depend on the rows beside it", "[
         }
       }
     }
+  }
+}
+
+TEST_CASE("matmul on GGUF block weights: every mode computes a row the same bits (mode_invariant)",
+          "[kernels][batching]") {
+  const DType t = GENERATE_COPY(from_range(std::vector<DType>(std::begin(kTypes), std::end(kTypes))));
+  const int64_t n_in = dtype_block_size(t) == 256 ? 512 : 96, n_out = 70, n = 40;
+  CAPTURE(dtype_name(t));
+  std::vector<uint8_t> bytes = random_blocks(t, n_out * n_in / dtype_block_size(t), 8);
+  const std::vector<float> f32w = random_floats(size_t(n_out * n_in), 9);
+  const std::vector<float> x = random_floats(size_t(n * n_in), 10);
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    auto w = cfg.backend->upload_weight(Tensor::make(t, bytes.data(), {n_out, n_in}));
+    auto wf = cfg.backend->upload_weight(Tensor::make(DType::kF32, const_cast<float*>(f32w.data()), {n_out, n_in}));
+    REQUIRE(w.ok());
+    REQUIRE(wf.ok());
+    CHECK((*w)->mode_invariant());
+    CHECK_FALSE((*wf)->mode_invariant());
+    const Tensor xt = Tensor::make(DType::kF32, const_cast<float*>(x.data()), {n, n_in});
+    std::vector<std::vector<float>> ys;
+    for (RowMode mode : {RowMode::kDecode, RowMode::kPrefill, RowMode::kAuto}) {
+      ys.emplace_back(size_t(n * n_out));
+      REQUIRE(cfg.backend->matmul(xt, **w, Tensor::make(DType::kF32, ys.back().data(), {n, n_out}), false, mode).ok());
+    }
+    CHECK(ys[0] == ys[1]);
+    CHECK(ys[0] == ys[2]);
+    // With an f32 weight in the same call, each output is what its own call gives.
+    std::vector<float> q_both(size_t(n * n_out)), f_both(size_t(n * n_out)), f_alone(size_t(n * n_out));
+    const MatmulOut both[] = {{w->get(), Tensor::make(DType::kF32, q_both.data(), {n, n_out}), false},
+                              {wf->get(), Tensor::make(DType::kF32, f_both.data(), {n, n_out}), false}};
+    REQUIRE(cfg.backend->matmul(xt, both, RowMode::kPrefill).ok());
+    REQUIRE(cfg.backend->matmul(xt, **wf, Tensor::make(DType::kF32, f_alone.data(), {n, n_out}), false,
+                                RowMode::kPrefill)
+                .ok());
+    CHECK(q_both == ys[0]);
+    CHECK(f_both == f_alone);
   }
 }
 
