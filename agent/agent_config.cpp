@@ -21,6 +21,7 @@ constexpr uint32_t kMaxTtlS = 365u * 24 * 3600;
 struct RawArgs {
   std::string listen, max_cache_bytes, max_request_cache_bytes, max_message_bytes, metrics_listen, prefix_cache_bytes;
   std::string log_format = "text";
+  std::vector<std::string> peers;
   bool no_cuda_graphs = false;
 };
 
@@ -38,6 +39,11 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
       return invalid_argument(fmt::format("--max-request-cache-bytes ({}) must not exceed --max-cache-bytes ({})",
                                           c.max_request_cache_bytes, c.max_cache_bytes));
     }
+  }
+  for (const std::string& p : raw.peers) {
+    auto hp = rpc::parse_host_port(p, /*allow_port_zero=*/false);
+    if (!hp.ok()) return hp.status().with_context("--peers");
+    c.peers.push_back(hp->to_string());
   }
   if (!raw.prefix_cache_bytes.empty()) {
     KVB_ASSIGN_OR_RETURN(c.prefix_cache_bytes, rpc::parse_byte_size(raw.prefix_cache_bytes));
@@ -67,6 +73,9 @@ Status convert(const RawArgs& raw, AgentConfig& c) {
   }
   if (c.prefill_chunk < 1 || c.prefill_chunk > 65536) return invalid_argument("--prefill-chunk must be in [1, 65536]");
   if (c.max_queue < 0 || c.max_queue > 1 << 20) return invalid_argument("--max-queue must be in [0, 1048576]");
+  if (!(c.prefill_step_factor == 0 || (c.prefill_step_factor >= 1 && c.prefill_step_factor <= 100))) {
+    return invalid_argument("--prefill-step-factor must be 0 (off) or in [1, 100]");
+  }
   if (c.prefix_block_tokens < 1 || c.prefix_block_tokens > 65536) {
     return invalid_argument("--prefix-block-tokens must be in [1, 65536]");
   }
@@ -104,10 +113,17 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
                  "Tokens per engine step: every decoding sequence's next token, then chunks of prompts "
                  "(default 256; at least --parallel)");
   app.add_option("--prefill-chunk", c.prefill_chunk,
-                 "Prompt tokens per step while other sequences are generating: bounds their inter-token latency "
-                 "during a long prefill (default 32)");
+                 "Prompt tokens per step while other sequences are generating, at most: bounds their inter-token "
+                 "latency during a long prefill (default 32)");
+  app.add_option("--prefill-step-factor", c.prefill_step_factor,
+                 "While sequences are generating, size each step's prompt chunk so that the step takes at most "
+                 "this many times a step of theirs alone (measured); 0 = always --prefill-chunk (default 2)");
   app.add_option("--max-queue", c.max_queue,
                  "Requests that may wait for a free sequence; more are refused with RESOURCE_EXHAUSTED (default 64)");
+  app.add_option("--peers", raw.peers,
+                 "Agents this one pulls caches from (host:port, comma-separated): connected and asked for their "
+                 "transports at start and kept fresh, so the first pull costs what later ones do")
+      ->delimiter(',');
   app.add_option("--prefix-cache-bytes", raw.prefix_cache_bytes,
                  "Memory for automatic prefix caching: KV blocks of computed prompts, found again by a later "
                  "request that starts with the same tokens; 0 = off (default 512M)");

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kernels/status.h"
 #include "rpc/flags.h"
@@ -34,10 +35,12 @@ struct AgentConfig {
   int32_t max_new_tokens = 1024;        // --max-new-tokens: cap on GenerateRequest.max_tokens
   int32_t parallel = 8;                 // --parallel: sequences computed at once (continuous batching)
   int32_t max_batch_tokens = 256;       // --max-batch-tokens: tokens per engine step (chunked prefill)
-  int32_t prefill_chunk = 32;           // --prefill-chunk: prompt tokens per step beside decoding ones
+  int32_t prefill_chunk = 32;           // --prefill-chunk: prompt tokens per step beside decoding ones (at most)
+  double prefill_step_factor = 2.0;     // --prefill-step-factor: such a step <= this x a decode step; 0 = off
   int32_t max_queue = 64;               // --max-queue: requests waiting for a sequence slot
   uint64_t prefix_cache_bytes = 512 * rpc::kMiB;  // --prefix-cache-bytes: automatic prefix caching; 0 = off
   int32_t prefix_block_tokens = 64;     // --prefix-block-tokens: tokens per prefix-cache block
+  std::vector<std::string> peers;       // --peers: agents this one pulls from, connected at start (host:port)
   uint64_t max_request_cache_bytes = 0; // --max-request-cache-bytes; 0 = max_cache_bytes
   uint64_t max_message_bytes = 64 * rpc::kMiB;  // --max-message-bytes: gRPC limit, both directions
   rpc::TlsConfig tls;                        // --tls-cert, --tls-key, --tls-client-ca

@@ -125,6 +125,7 @@ Status AgentServer::build_runtime(const Device& device) {
   eo.parallel = c.parallel;
   eo.max_batch_tokens = c.max_batch_tokens;
   eo.prefill_chunk = c.prefill_chunk;
+  eo.prefill_step_factor = c.prefill_step_factor;
   eo.max_queue = c.max_queue;
   eo.prefix_cache_bytes = c.prefix_cache_bytes;
   eo.prefix_block_tokens = c.prefix_block_tokens;
@@ -243,6 +244,7 @@ Status AgentServer::start() {
     KVB_RETURN_IF_ERROR(metrics_endpoint_->start(*c.metrics_listen));
   }
   sweep_thread_ = std::thread([this] { sweeper(); });
+  peer_warmer_ = std::make_unique<PeerWarmer>(*peers_, c.peers);
   return Status::Ok();
 }
 
@@ -271,6 +273,7 @@ void AgentServer::shutdown(std::chrono::milliseconds grace) {
     server_->Shutdown(std::chrono::system_clock::now() + grace);
   }
   if (engine_) engine_->stop();
+  if (peer_warmer_) peer_warmer_->stop();
   if (peers_) peers_->stop();
   transfers_.reset();  // ends the sessions still open (their receivers see UNAVAILABLE)
   {

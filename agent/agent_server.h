@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "agent/agent_config.h"
+#include "agent/peer_warmer.h"
 #include "engine/kv_wire.h"
 #include "rpc/server.h"
 #include "kernels/status.h"
@@ -116,6 +117,7 @@ class AgentServer final : public rpc::ServerProcess {
   std::unique_ptr<CacheSharer> sharer_;           // borrows store_, stager_, transfers_
   std::unique_ptr<runtime::EngineLoop> engine_;
   std::unique_ptr<PeerClient> peers_;
+  std::unique_ptr<PeerWarmer> peer_warmer_;         // --peers; borrows peers_
   std::unique_ptr<Backend> fuser_backend_;          // the embedded fuser's (--fuser), or null
   std::unique_ptr<fuser::Fuser> fuser_;             // borrows fuser_backend_
   std::unique_ptr<ContextFuser> context_fuser_;     // borrows model_, engine_, peers_, fuser_

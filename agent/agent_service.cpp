@@ -464,6 +464,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetInfo(grpc::CallbackServerContext*
   lim->set_prefill_chunk(uint32_t(load.prefill_chunk));
   lim->set_prefix_cache_bytes(d_.config->prefix_cache_bytes);
   lim->set_prefix_block_tokens(uint32_t(load.prefix_block_tokens));
+  lim->set_prefill_step_factor(d_.config->prefill_step_factor);
   for (const WireDType t : kWireDTypes) resp->add_wire_dtypes(wire::to_proto(t));
   resp->add_transports("grpc");
   if (d_.peers->endpoint().nccl) resp->add_transports("nccl");

@@ -1,7 +1,8 @@
 // pass_bench: what handing over a KV cache saves, against the two ways of handing over text.
 //
 //   pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC | --model M.gguf] [--threads T]
-//              [--agent-bin PATH]
+//              [--agent-bin PATH] [--no-peers]
+// (--no-peers: the receiver is not told its sharer at start, so its first pull connects and asks.)
 //
 // Two kvbridge-agent processes (a sharer and a receiver, on 127.0.0.1) serve a synthetic
 // stories110M model (random f32 weights, engine/synth.h; the context length raised so that 2048
@@ -179,6 +180,7 @@ int main(int argc, char** argv) {
   std::string shape = "stories110M:n_ctx=2304", agent_bin = KVB_AGENT_BIN, model_path;
   std::vector<int> contexts = {128, 512, 2048};
   int reps = 5, threads = 0;
+  bool peers = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--serve-raw") return serve_raw();
@@ -190,6 +192,8 @@ int main(int argc, char** argv) {
       shape = argv[++i];
     else if (a == "--model" && i + 1 < argc)
       model_path = argv[++i];
+    else if (a == "--no-peers")
+      peers = false;
     else if (a == "--threads" && i + 1 < argc)
       threads = std::atoi(argv[++i]);
     else if (a == "--agent-bin" && i + 1 < argc)
@@ -197,7 +201,7 @@ int main(int argc, char** argv) {
     else {
       fmt::print(stderr,
                  "usage: pass_bench [--contexts 128,512,2048] [--reps N] [--shape SPEC | --model M.gguf] "
-                 "[--threads T] [--agent-bin PATH]\n");
+                 "[--threads T] [--agent-bin PATH] [--no-peers]\n");
       return 2;
     }
   }
@@ -246,6 +250,9 @@ int main(int argc, char** argv) {
   ao.log_path = (dir / "sharer.log").string();
   auto sharer = must(AgentProcess::start(ao), "starting the sharer");
   ao.log_path = (dir / "receiver.log").string();
+  // The receiver knows its sharer from the start (--peers), as a deployed pipeline's agents do:
+  // the channel and the sharer's transports are ready before the first pull.
+  if (peers) ao.args.insert(ao.args.end(), {"--peers", sharer->address()});
   auto receiver = must(AgentProcess::start(ao), "starting the receiver");
   client::AgentProcessOptions ro;
   ro.binary = fs::canonical("/proc/self/exe").string();

@@ -26,9 +26,9 @@ void print_agent_info(const std::string& addr, const RemoteFlags& remote) {
   std::printf("limits       context %u tokens, %u new tokens, messages %s, request caches %s\n", l.max_context_tokens(),
               l.max_new_tokens(), human_bytes(l.max_message_bytes()).c_str(),
               human_bytes(l.max_request_cache_bytes()).c_str());
-  std::printf("batching     %u sequences at once, %u tokens a step (%u prompt tokens beside generating ones), "
-              "%u may wait\n",
-              l.parallel(), l.max_batch_tokens(), l.prefill_chunk(), l.max_queue());
+  std::printf("batching     %u sequences at once, %u tokens a step (up to %u prompt tokens beside generating ones, "
+              "step <= %gx theirs), %u may wait\n",
+              l.parallel(), l.max_batch_tokens(), l.prefill_chunk(), l.prefill_step_factor(), l.max_queue());
   if (l.prefix_cache_bytes() > 0) {
     std::printf("prefix cache %s in blocks of %u tokens\n", human_bytes(l.prefix_cache_bytes()).c_str(),
                 l.prefix_block_tokens());

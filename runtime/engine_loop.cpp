@@ -45,6 +45,8 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
     const BufferType& mem = opt.session_buffers ? *opt.session_buffers : e->backend_->device().buffer_type();
     e->prefix_ = std::make_unique<PrefixCache>(po, e->kv_layout(), mem);
   }
+  if (opt.prefill_step_factor < 0) return invalid_argument("prefill_step_factor must be >= 0");
+  e->chunker_.emplace(opt.prefill_chunk, opt.prefill_step_factor);
   e->thread_ = std::thread([p = e.get()] { p->run(); });
   return e;
 }
@@ -212,7 +214,7 @@ void EngineLoop::run_step() {
   // 2. Prompt chunks, in admission order, within the step's token budget: while others decode,
   //    at most prefill_chunk tokens, so that their next tokens do not wait on a long prefill.
   int64_t budget = int64_t(opt_.max_batch_tokens) - n_decode;
-  if (n_decode > 0) budget = std::min<int64_t>(budget, opt_.prefill_chunk);
+  if (n_decode > 0) budget = std::min<int64_t>(budget, chunker_->chunk());
   for (auto& sp : sessions_) {
     Session& s = *sp;
     if (s.finished || s.decoding() || budget <= 0) continue;
@@ -228,14 +230,13 @@ void EngineLoop::run_step() {
   // 3. One forward over all of it.
   const auto t0 = Clock::now();
   const Status st = runner_->forward_batch(steps);
-  if (opt_.on_step) {
-    StepInfo info;
-    info.n_seqs = int32_t(steps.size());
-    info.n_decode = n_decode;
-    for (const SeqStep& q : steps) info.n_tokens += int32_t(q.tokens.size());
-    info.seconds = ms_between(t0, Clock::now()) / 1e3;
-    opt_.on_step(info);
-  }
+  StepInfo info;
+  info.n_seqs = int32_t(steps.size());
+  info.n_decode = n_decode;
+  for (const SeqStep& q : steps) info.n_tokens += int32_t(q.tokens.size());
+  info.seconds = ms_between(t0, Clock::now()) / 1e3;
+  if (st.ok()) chunker_->observe(n_decode, info.n_tokens - n_decode, info.seconds);
+  if (opt_.on_step) opt_.on_step(info);
   for (size_t i = 0; i < in_step.size(); ++i) {
     Session& s = *in_step[i];
     if (!st.ok()) {

@@ -12,7 +12,8 @@
 //   1. every decoding Generate samples one token from its last logits and streams it (or
 //      finishes); each one that goes on contributes that token as a decode row;
 //   2. sequences with input left contribute their next chunk, in admission order, until the step
-//      holds EngineOptions::max_batch_tokens tokens, or prefill_chunk prompt tokens while any
+//      holds EngineOptions::max_batch_tokens tokens, or PrefillChunker::chunk() prompt tokens (at
+//      most prefill_chunk, sized to keep the step near prefill_step_factor decode steps) while any
 //      sequence decodes (chunked prefill: a long prompt runs over several steps while the others
 //      keep streaming);
 //   3. one ModelRunner::forward_batch over all those rows; a Generate whose input is done has its
@@ -59,6 +60,7 @@
 #include "kernels/status.h"
 #include "runtime/cache_store.h"
 #include "runtime/cancel_token.h"
+#include "runtime/prefill_chunker.h"
 #include "runtime/prefix_cache.h"
 
 namespace kvb::runtime {
@@ -92,9 +94,13 @@ struct EngineOptions {
   // prefill_chunk: prompt tokens per step while other sequences decode (their inter-token latency
   // is one step: a 256-token chunk on 2 CPU cores is ~0.3 s); alone, a prompt takes
   // max_batch_tokens per step.
+  // prefill_step_factor: while others decode, a step's prompt chunk is sized so that the step takes
+  // at most this many times a decode-only step (measured; runtime/prefill_chunker.h), up to
+  // prefill_chunk tokens; 0 = always prefill_chunk.
   int32_t parallel = 8;
   int32_t max_batch_tokens = 256;
   int32_t prefill_chunk = 32;
+  double prefill_step_factor = 2.0;
   int32_t max_queue = 64;
   // Automatic prefix caching (runtime/prefix_cache.h): bytes of KV blocks kept for later requests
   // (0: off) and cells per block.
@@ -274,6 +280,7 @@ class EngineLoop {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<PrefixCache> prefix_;  // null: no prefix caching; engine thread (stats(): any)
+  std::optional<PrefillChunker> chunker_;  // engine thread
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

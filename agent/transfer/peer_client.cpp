@@ -105,6 +105,10 @@ Result<transport::EndpointInfo> PeerClient::peer_endpoint(const std::string& age
     auto it = peer_info_.find(agent);
     if (it != peer_info_.end() && now - it->second.fetched < kPeerInfoTtl) return it->second.endpoint;
   }
+  return fetch_endpoint(agent, cancel);
+}
+
+Result<transport::EndpointInfo> PeerClient::fetch_endpoint(const std::string& agent, runtime::CancelToken& cancel) {
   auto stub = kvbridge::v1::AgentService::NewStub(channel(agent));
   kvbridge::v1::AgentInfo info;
   const Status st = unary(*stub, &kvbridge::v1::AgentService::Stub::GetInfo, kvbridge::v1::GetInfoRequest(), &info,

@@ -130,6 +130,8 @@ class PeerClient {
   // The sharer at `agent` as an endpoint: its remembered TransportInfo, or a GetInfo (errors as
   // unary's; a sharer without GetInfo offers grpc only).
   Result<transport::EndpointInfo> peer_endpoint(const std::string& agent, runtime::CancelToken& cancel);
+  // Asks now (GetInfo) and remembers the answer, however fresh the remembered one is (PeerWarmer).
+  Result<transport::EndpointInfo> fetch_endpoint(const std::string& agent, runtime::CancelToken& cancel);
   const PeerClientOptions& options() const { return opt_; }
   rpc::CallMetrics* metrics() const { return opt_.metrics; }
 

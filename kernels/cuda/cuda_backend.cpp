@@ -4,8 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -170,7 +172,7 @@ class CudaBackend final : public Backend {
     DeviceGuard guard(dev_.ordinal());
     if (capturing_) (void)end_graph(false);
     if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_.get());
-    exec_.reset();
+    execs_.clear();
     capture_stream_.reset();
     scratch_ = Scratch();
     gather_ = Scratch();
@@ -213,8 +215,12 @@ class CudaBackend final : public Backend {
 
   // Graphs are recorded on a private non-blocking stream (a blocking one would make every
   // legacy-stream call of another thread on this device, e.g. Buffer::get, break the recording)
-  // and launched on the backend's stream. One instance is kept and updated in place from each new
-  // recording while the topology allows (cudaGraphExecUpdate), else instantiated anew.
+  // and launched on the backend's stream. Instances are kept per shape: a batched decode step's
+  // graph has a node count of its own for each number of sequences (and prefix segments) it
+  // holds, so up to kMaxGraphShapes instances are kept, keyed by node count, most recently used
+  // first. A new recording updates the instance of its shape in place (cudaGraphExecUpdate: new
+  // pointers and sizes, same topology) or, when there is none or the topology differs after
+  // all, is instantiated, evicting the least recently used shape.
   Status begin_graph() override {
     DeviceGuard guard(ctx_.device);
     KVB_RETURN_IF_ERROR(guard.status());
@@ -247,19 +253,28 @@ class CudaBackend final : public Backend {
     KVB_RETURN_IF_ERROR(bind_cublas(stream_.get()));
     if (ended != cudaSuccess) return status_from_cuda(ended, "cudaStreamEndCapture", __FILE__, __LINE__);
     if (!run) return Status::Ok();
-    if (exec_ != nullptr) {
+    size_t n_nodes = 0;
+    KVB_CUDA_CHECK(cudaGraphGetNodes(graph.get(), nullptr, &n_nodes));
+    auto it = std::find_if(execs_.begin(), execs_.end(), [&](const ShapeExec& e) { return e.n_nodes == n_nodes; });
+    if (it != execs_.end()) {
       cudaGraphExecUpdateResultInfo info{};
-      if (cudaGraphExecUpdate(exec_.get(), graph.get(), &info) != cudaSuccess) {
-        (void)cudaGetLastError();  // another topology: instantiate below
-        exec_.reset();
+      if (cudaGraphExecUpdate(it->exec.get(), graph.get(), &info) != cudaSuccess) {
+        (void)cudaGetLastError();  // another topology after all: instantiate below
+        execs_.erase(it);
+        it = execs_.end();
       }
     }
-    if (exec_ == nullptr) {
+    if (it == execs_.end()) {
       cudaGraphExec_t ex = nullptr;
       KVB_CUDA_CHECK(cudaGraphInstantiate(&ex, graph.get(), 0));
-      exec_.reset(ex);
+      if (execs_.size() >= kMaxGraphShapes) execs_.pop_back();
+      execs_.insert(execs_.begin(), ShapeExec{n_nodes, GraphExecPtr(ex)});
+      it = execs_.begin();
+    } else if (it != execs_.begin()) {
+      std::rotate(execs_.begin(), it, it + 1);  // most recently used first
+      it = execs_.begin();
     }
-    KVB_CUDA_CHECK(cudaGraphLaunch(exec_.get(), stream_.get()));
+    KVB_CUDA_CHECK(cudaGraphLaunch(it->exec.get(), stream_.get()));
     return Status::Ok();
   }
 
@@ -372,7 +387,13 @@ class CudaBackend final : public Backend {
   Scratch gather_;  // attention_batch's contiguous copy of a segmented sequence's cells
   OpContext ctx_;  // ctx_.stream is capture_stream_ while a graph is recorded
   StreamPtr capture_stream_;  // created on the first begin_graph()
-  GraphExecPtr exec_;         // the last launched graph's instance
+  // Instantiated graphs by shape (node count), most recently used first (end_graph).
+  struct ShapeExec {
+    size_t n_nodes = 0;
+    GraphExecPtr exec;
+  };
+  static constexpr size_t kMaxGraphShapes = 16;
+  std::vector<ShapeExec> execs_;
   bool capturing_ = false;
 };
 

@@ -956,3 +956,17 @@ TEST_CASE("32 concurrent clients x 20 requests: all succeed, outputs equal the s
   WARN(kClients * kRequests << " requests in " << secs << " s");
   CHECK(process_alive(*a));
 }
+
+TEST_CASE("an agent started with --peers connects to them and learns their transports", "[e2e][peers]") {
+  auto a = start_agent("peers-a");
+  auto b = start_agent("peers-b", {"--peers", a->address()});
+  const std::string want = "peer ready";
+  bool ready = false;
+  for (int i = 0; i < 200 && !ready; ++i) {  // up to 10 s; it takes milliseconds
+    std::ifstream f(test::temp_dir() + "/peers-b.log");
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ready = text.find(want) != std::string::npos && text.find(a->address()) != std::string::npos;
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(ready);
+}

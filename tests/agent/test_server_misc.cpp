@@ -37,7 +37,8 @@ TEST_CASE("agent flags parse into a validated config", "[server][config]") {
   auto p = parse({"--model", "m.gguf", "--listen", "127.0.0.1:0", "--max-cache-bytes", "2G", "--cache-ttl", "60",
                   "--threads", "2", "--ctx-size", "256", "--max-new-tokens", "64", "--max-request-cache-bytes",
                   "512MiB", "--max-message-bytes", "8M", "--metrics-listen", "[::1]:9100", "--log-format", "json",
-                  "--name", "agent-a", "--no-cuda-graphs"});
+                  "--name", "agent-a", "--no-cuda-graphs", "--peers", "10.0.0.2:7001,sharer:7002",
+                  "--prefix-cache-bytes", "64M", "--prefix-block-tokens", "32"});
   REQUIRE(p.config);
   const AgentConfig& c = *p.config;
   CHECK(c.model_path == "m.gguf");
@@ -56,6 +57,9 @@ TEST_CASE("agent flags parse into a validated config", "[server][config]") {
   CHECK(c.log_format == LogFormat::kJson);
   CHECK(c.name == "agent-a");
   CHECK_FALSE(c.cuda_graphs);
+  CHECK(c.peers == std::vector<std::string>{"10.0.0.2:7001", "sharer:7002"});
+  CHECK(c.prefix_cache_bytes == 64 * kMiB);
+  CHECK(c.prefix_block_tokens == 32);
 
   auto d = parse({"--model", "m", "--listen", "0.0.0.0:7001"});
   REQUIRE(d.config);
@@ -63,6 +67,9 @@ TEST_CASE("agent flags parse into a validated config", "[server][config]") {
   CHECK(d.config->max_message_bytes == 64 * kMiB);
   CHECK(d.config->log_format == LogFormat::kText);
   CHECK(d.config->cuda_graphs);
+  CHECK(d.config->peers.empty());
+  CHECK(d.config->prefix_cache_bytes == 512 * kMiB);
+  CHECK(d.config->prefix_block_tokens == 64);
 }
 
 TEST_CASE("bad agent flags are refused at startup with a message", "[server][config]") {
@@ -82,6 +89,10 @@ TEST_CASE("bad agent flags are refused at startup with a message", "[server][con
       {"--model", "m", "--listen", "h:1", "--tls-client-ca", "ca.pem"},  // mTLS without cert
       {"--model", "m", "--listen", "h:1", "--log-format", "xml"},
       {"--model", "m", "--listen", "h:1", "--bogus"},
+      {"--model", "m", "--listen", "h:1", "--peers", "sharer"},          // no port
+      {"--model", "m", "--listen", "h:1", "--peers", "a:1,b:0"},          // port 0 is not a peer
+      {"--model", "m", "--listen", "h:1", "--prefix-block-tokens", "0"},
+      {"--model", "m", "--listen", "h:1", "--prefix-cache-bytes", "lots"},
   };
   for (const auto& args : bad) {
     INFO(args.back());
@@ -182,6 +193,12 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   load.parallel = 8;
   load.active = 3;
   load.queued = 5;
+  load.prefix.query_tokens = 1100;
+  load.prefix.hit_tokens = 1024;
+  load.prefix.blocks_used = 16;
+  load.prefix.blocks_total = 20;
+  load.prefix.blocks_in_use = 4;
+  load.prefix.evictions = 2;
   const std::string text = m.render(st, load);
   const auto has = [&](const std::string& line) {
     INFO(line);
@@ -214,6 +231,14 @@ TEST_CASE("Prometheus exposition: HELP/TYPE, cumulative buckets, sum and count",
   has("kvbridge_engine_active_sequences 3");
   has("kvbridge_engine_queued_requests 5");
   has("kvbridge_engine_parallel 8");
+  has("# TYPE kvbridge_prefix_cache_hit_tokens_total counter");
+  has("kvbridge_prefix_cache_hit_tokens_total 1024");
+  has("kvbridge_prefix_cache_query_tokens_total 1100");
+  has("kvbridge_prefix_cache_evictions_total 2");
+  has("# TYPE kvbridge_kv_blocks_used gauge");
+  has("kvbridge_kv_blocks_used 16");
+  has("kvbridge_kv_blocks_free 4");
+  has("kvbridge_kv_blocks_in_use 4");
   has("kvbridge_context_pulls_total{requested=\"nccl\",used=\"grpc\"} 1");
   has("# TYPE kvbridge_cache_store_bytes gauge");
   has("kvbridge_cache_store_bytes 4096");

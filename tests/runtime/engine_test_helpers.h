@@ -52,6 +52,7 @@ struct Collect final : GenerateSink {
       ids.push_back(id);
       n = ids.size();
     }
+    cv.notify_all();
     if (on_each) on_each(n);
   }
   void on_done(Result<GenerateOutcome> out) override {
@@ -64,6 +65,11 @@ struct Collect final : GenerateSink {
     cv.wait(lock, [&] { return done.has_value(); });
     return *done;
   }
+  // Until n tokens have streamed (or the stream ended).
+  void wait_tokens(size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return ids.size() >= n || done.has_value(); });
+  }
 };
 
 struct Request {
@@ -71,16 +77,59 @@ struct Request {
   int32_t max_tokens = 8;
 };
 
-inline std::shared_ptr<Collect> submit(EngineLoop& e, const Request& r, CancelTokenPtr cancel = nullptr) {
+// A greedy Generate of r (EOS ignored) into `sink` (a new one when null), which it returns.
+inline std::shared_ptr<Collect> submit(EngineLoop& e, const Request& r, CancelTokenPtr cancel = nullptr,
+                                       std::shared_ptr<Collect> sink = nullptr) {
   SessionInput in;
   in.tokens = r.prompt;
   in.cancel = cancel ? cancel : std::make_shared<CancelToken>();
   GenerateOptions g;
   g.max_tokens = r.max_tokens;
   g.ignore_eos = true;
+  if (sink == nullptr) sink = std::make_shared<Collect>();
+  e.submit_generate(std::move(in), g, sink);
+  return sink;
+}
+
+// The same after one context cache (SessionInput::context_exact as given).
+inline std::shared_ptr<Collect> submit_after(EngineLoop& e, std::shared_ptr<const KvCache> context, bool exact,
+                                             const Request& r) {
+  SessionInput in;
+  in.context.push_back(std::move(context));
+  in.context_exact = exact;
+  in.tokens = r.prompt;
+  in.cancel = std::make_shared<CancelToken>();
+  GenerateOptions g;
+  g.max_tokens = r.max_tokens;
+  g.ignore_eos = true;
   auto sink = std::make_shared<Collect>();
   e.submit_generate(std::move(in), g, sink);
   return sink;
+}
+
+// Each request's tokens, run one at a time.
+inline std::vector<std::vector<int32_t>> run_alone(EngineLoop& e, const std::vector<Request>& reqs) {
+  std::vector<std::vector<int32_t>> out;
+  for (const Request& r : reqs) {
+    auto s = submit(e, r);
+    REQUIRE(s->wait().ok());
+    out.push_back(s->ids);
+  }
+  return out;
+}
+
+// Submits every request at once and checks each one's tokens against `alone`.
+inline void check_all_at_once(EngineLoop& e, const std::vector<Request>& reqs,
+                              const std::vector<std::vector<int32_t>>& alone) {
+  std::vector<std::shared_ptr<Collect>> sinks;
+  for (const Request& r : reqs) sinks.push_back(submit(e, r));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    INFO("request " << i);
+    const auto& out = sinks[i]->wait();
+    REQUIRE(out.ok());
+    CHECK(out->n_generated == reqs[i].max_tokens);
+    CHECK(sinks[i]->ids == alone[i]);
+  }
 }
 
 inline std::vector<Request> mixed_requests(int32_t n_vocab) {

@@ -159,27 +159,10 @@ TEST_CASE("engine: greedy tokens under batching equal the requests run one at a 
     INFO(m.path);
     CacheStore store(CacheStoreOptions{});
     const std::vector<Request> reqs = mixed_requests(std::min(m.config.n_vocab, 500));
-    std::vector<std::vector<int32_t>> alone;
-    {
-      auto e = engine(m, store, 1, 64);
-      for (const Request& r : reqs) {
-        auto s = submit(*e, r);
-        REQUIRE(s->wait().ok());
-        alone.push_back(s->ids);
-      }
-    }
+    const auto alone = run_alone(*engine(m, store, 1, 64), reqs);
     // All at once: 4 slots (the rest queue and join as others leave), 24-token steps (long prompts
     // run in chunks beside the others' decode tokens).
-    auto e = engine(m, store, 4, 24);
-    std::vector<std::shared_ptr<Collect>> sinks;
-    for (const Request& r : reqs) sinks.push_back(submit(*e, r));
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      INFO("request " << i);
-      const auto& out = sinks[i]->wait();
-      REQUIRE(out.ok());
-      CHECK(out->n_generated == reqs[i].max_tokens);
-      CHECK(sinks[i]->ids == alone[i]);
-    }
+    check_all_at_once(*engine(m, store, 4, 24), reqs, alone);
   }
 }
 
@@ -294,15 +277,7 @@ TEST_CASE("engine: a prefill in chunks stores the cache a generation then contin
   CHECK(pre->cache.n_tokens == 70);
   auto cached = store.get(pre->cache.id);
   REQUIRE(cached.ok());
-  SessionInput gin;
-  gin.context.push_back(cached->cache);
-  gin.tokens = prompt;
-  gin.cancel = std::make_shared<CancelToken>();
-  GenerateOptions g;
-  g.max_tokens = 10;
-  g.ignore_eos = true;
-  auto sink = std::make_shared<Collect>();
-  e->submit_generate(std::move(gin), g, sink);
+  auto sink = submit_after(*e, cached->cache, /*exact=*/false, {prompt, 10});
   REQUIRE(sink->wait().ok());
   // The context's cells were computed in chunks of at most 16 beside another sequence: the same
   // bits as in one piece, so the continuation is the same.
@@ -318,6 +293,7 @@ TEST_CASE("engine: beside generating sequences a prompt advances at most --prefi
   o.parallel = 4;
   o.max_batch_tokens = 64;
   o.prefill_chunk = 5;
+  o.prefill_step_factor = 0;  // always 5 (the chunker's sizing is tested on its own below)
   o.ctx_size = 256;
   std::mutex mu;
   std::vector<StepInfo> steps;
@@ -345,4 +321,68 @@ TEST_CASE("engine: beside generating sequences a prompt advances at most --prefi
   }
   CHECK(chunked);  // the long prompt ran in 5-token chunks beside the generation
   (void)whole;     // (the first prompt, alone, may have taken a whole step)
+}
+
+// The same checks on cuda:0 (exit 77, Skipped, without a usable GPU): continuous batching with
+// decode steps as CUDA graphs of several shapes, and prefix hits through the gathered segments.
+// cuBLAS may pick other algorithms for other row counts (RowMode is advisory there), so this
+// asserts the greedy tokens, which such rounding differences do not move for this model.
+TEST_CASE("engine on CUDA: greedy tokens under batching and prefix hits equal the requests run alone",
+          "[gpu][batching][engine][prefix]") {
+  auto dev = find_device("cuda:0");
+  if (!dev.ok()) {
+    std::printf("no CUDA device: %s; skipping\n", dev.status().to_string().c_str());
+    std::fflush(stdout);
+    std::exit(77);
+  }
+  auto m = load("stories260K/stories260K.gguf");
+  const int32_t V = std::min(m->config.n_vocab, 500);
+  CacheStore store(CacheStoreOptions{});
+  std::vector<Request> reqs = mixed_requests(V);
+  const std::vector<int32_t> shared = prompt_ids(80, 77, V);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> p = shared;
+    const std::vector<int32_t> tail = prompt_ids(5 + i, uint32_t(78 + i), V);
+    p.insert(p.end(), tail.begin(), tail.end());
+    reqs.push_back({p, 6 + i});
+  }
+  auto on_gpu = [&](EngineOptions& o) { o.device = &**dev; };
+  const auto alone = run_alone(*engine(*m, store, 1, 64, 64, on_gpu), reqs);
+  auto e = engine(*m, store, 4, 24, 64, [&](EngineOptions& o) {
+    on_gpu(o);
+    o.prefix_cache_bytes = uint64_t(1) << 28;
+    o.prefix_block_tokens = 16;
+  });
+  check_all_at_once(*e, reqs, alone);
+  // The last request again: its 80 shared tokens come from the cache's blocks on the device.
+  const uint64_t before = e->load().prefix.hit_tokens;
+  auto again = submit(*e, reqs.back());
+  REQUIRE(again->wait().ok());
+  CHECK(again->ids == alone.back());
+  CHECK(e->load().prefix.hit_tokens - before >= 80);
+}
+
+TEST_CASE("PrefillChunker sizes prompt chunks to keep mixed steps within the factor", "[batching]") {
+  PrefillChunker off(32, 0);
+  off.observe(4, 0, 0.010);
+  off.observe(4, 32, 0.100);
+  CHECK(off.chunk() == 32);
+  PrefillChunker c(32, 2.0);
+  CHECK(c.chunk() == 32);  // nothing measured yet
+  c.observe(4, 32, 0.100);  // a mixed step before any decode-only one: no basis
+  CHECK(c.chunk() == 32);
+  c.observe(4, 0, 0.010);  // decode-only steps take 10 ms
+  // 32 prompt tokens cost 90 ms beyond the decode rows: ~2.8 ms each; a 20 ms step has room for
+  // ~3.6 of them. Smoothed halfway each step, the chunk converges there and stays within [1, 32].
+  for (int i = 0; i < 20; ++i) c.observe(4, c.chunk(), 0.010 + 0.0028125 * c.chunk());
+  CHECK(c.chunk() >= 3);
+  CHECK(c.chunk() <= 4);
+  // Cheap prompt tokens (early in a prompt): back up to the cap.
+  for (int i = 0; i < 20; ++i) c.observe(4, c.chunk(), 0.010 + 0.0001 * c.chunk());
+  CHECK(c.chunk() == 32);
+  // A decode-only step that became slower (more sequences) leaves more room per step.
+  for (int i = 0; i < 30; ++i) c.observe(8, 0, 0.040);
+  for (int i = 0; i < 20; ++i) c.observe(8, c.chunk(), 0.040 + 0.0028125 * c.chunk());
+  CHECK(c.chunk() >= 13);
+  CHECK(c.chunk() <= 15);
 }

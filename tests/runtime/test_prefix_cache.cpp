@@ -185,33 +185,13 @@ TEST_CASE("prefix cache (engine): a hit streams a full prefill's tokens and two 
   std::vector<int32_t> s1 = prompt_ids(20, 6, V), s2 = prompt_ids(20, 7, V);
   s2[0] = s1[0] == 3 ? 4 : 3;
   const Request r1{concat(p, s1), 60}, r2{concat(p, s2), 12};
-  std::vector<int32_t> ref1, ref2;
-  {
-    auto e = engine(*m, store, 1, 64);
-    auto a = submit(*e, r1);
-    REQUIRE(a->wait().ok());
-    auto b = submit(*e, r2);
-    REQUIRE(b->wait().ok());
-    ref1 = a->ids;
-    ref2 = b->ids;
-  }
+  const auto refs = run_alone(*engine(*m, store, 1, 64), {r1, r2});
+  const std::vector<int32_t>& ref1 = refs[0];
+  const std::vector<int32_t>& ref2 = refs[1];
   auto e = engine(*m, store, 4, 64, 64, with_prefix(B, uint64_t(1) << 30));
   // r2 arrives once r1 streams, so r1's blocks are cached; r2 then runs beside r1.
-  std::promise<void> r1_streams;
-  auto a = std::make_shared<Collect>();
-  a->on_each = [&](size_t n) {
-    if (n == 1) r1_streams.set_value();
-  };
-  {
-    SessionInput in;
-    in.tokens = r1.prompt;
-    in.cancel = std::make_shared<CancelToken>();
-    GenerateOptions g;
-    g.max_tokens = r1.max_tokens;
-    g.ignore_eos = true;
-    e->submit_generate(std::move(in), g, a);
-  }
-  r1_streams.get_future().wait();
+  auto a = submit(*e, r1);
+  a->wait_tokens(1);
   CHECK(e->load().prefix.blocks_used == 7);  // r1's 116 tokens: 7 whole blocks
   std::atomic<uint64_t> used_while_both{0}, in_use_while_both{0};
   auto b = std::make_shared<Collect>();
@@ -221,15 +201,7 @@ TEST_CASE("prefix cache (engine): a hit streams a full prefill's tokens and two 
       in_use_while_both = e->load().prefix.blocks_in_use;
     }
   };
-  {
-    SessionInput in;
-    in.tokens = r2.prompt;
-    in.cancel = std::make_shared<CancelToken>();
-    GenerateOptions g;
-    g.max_tokens = r2.max_tokens;
-    g.ignore_eos = true;
-    e->submit_generate(std::move(in), g, b);
-  }
+  submit(*e, r2, nullptr, b);
   REQUIRE(b->wait().ok());
   REQUIRE(a->wait().ok());
   CHECK(a->ids == ref1);
@@ -268,23 +240,9 @@ TEST_CASE("prefix cache (engine): greedy tokens with shared prefixes under batch
       reqs.push_back({concat(pre, prompt_ids(1 + 9 * i, uint32_t(30 + i), V)), 4 + 3 * i});
     }
     reqs.push_back({pa, 6});
-    std::vector<std::vector<int32_t>> alone;
-    {
-      auto e = engine(*m, store, 1, 64);
-      for (const Request& r : reqs) {
-        auto s = submit(*e, r);
-        REQUIRE(s->wait().ok());
-        alone.push_back(s->ids);
-      }
-    }
+    const auto alone = run_alone(*engine(*m, store, 1, 64), reqs);
     auto e = engine(*m, store, 3, 24, 64, with_prefix(16, uint64_t(1) << 30));
-    std::vector<std::shared_ptr<Collect>> sinks;
-    for (const Request& r : reqs) sinks.push_back(submit(*e, r));
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      INFO("request " << i);
-      REQUIRE(sinks[i]->wait().ok());
-      CHECK(sinks[i]->ids == alone[i]);
-    }
+    check_all_at_once(*e, reqs, alone);
     CHECK(e->load().prefix.hit_tokens > 0);
   }
 }
@@ -300,21 +258,8 @@ TEST_CASE("prefix cache (engine): eviction under a small budget never touches an
   const Request r1{prompt_ids(81, 40, V), 80}, r2{prompt_ids(40, 41, V), 6};
   auto e = engine(*m, store, 2, 64, 64, with_prefix(B, four_blocks));
   REQUIRE(e->load().prefix.blocks_total == 4);
-  std::promise<void> r1_streams;
-  auto a = std::make_shared<Collect>();
-  a->on_each = [&](size_t n) {
-    if (n == 1) r1_streams.set_value();
-  };
-  {
-    SessionInput in;
-    in.tokens = r1.prompt;
-    in.cancel = std::make_shared<CancelToken>();
-    GenerateOptions g;
-    g.max_tokens = r1.max_tokens;
-    g.ignore_eos = true;
-    e->submit_generate(std::move(in), g, a);
-  }
-  r1_streams.get_future().wait();
+  auto a = submit(*e, r1);
+  a->wait_tokens(1);
   // r1's 5 whole blocks do not fit: 4 are cached, all in use by r1.
   CHECK(e->load().prefix.blocks_used == 4);
   auto b = submit(*e, r2);  // 2 blocks of its own, no room: nothing may be evicted while r1 runs
@@ -344,19 +289,8 @@ TEST_CASE("prefix cache (engine): a cancelled sequence's blocks are released at 
   CacheStore store(CacheStoreOptions{});
   auto e = engine(*m, store, 2, 64, 64, with_prefix(16, uint64_t(1) << 30));
   auto cancel = std::make_shared<CancelToken>();
-  std::promise<void> streaming;
-  auto s = std::make_shared<Collect>();
-  s->on_each = [&](size_t n) {
-    if (n == 1) streaming.set_value();
-  };
-  SessionInput in;
-  in.tokens = prompt_ids(64, 50, m->config.n_vocab);
-  in.cancel = cancel;
-  GenerateOptions g;
-  g.max_tokens = 150;
-  g.ignore_eos = true;
-  e->submit_generate(std::move(in), g, s);
-  streaming.get_future().wait();
+  auto s = submit(*e, {prompt_ids(64, 50, m->config.n_vocab), 150}, cancel);
+  s->wait_tokens(1);
   CHECK(e->load().prefix.blocks_in_use == 4);  // the 64 prompt tokens' blocks, cached when the prompt was done
   cancel->cancel();
   const auto& out = s->wait();
@@ -397,30 +331,13 @@ TEST_CASE("prefix cache (engine): a context cache passed in is a prefix like any
   {
     // Cells that may not be what a prefill computes (fused, quantized on the wire, imported) are
     // used as they are and never cached.
-    SessionInput in;
-    in.context.push_back(received);
-    in.tokens = prompt;
-    in.cancel = std::make_shared<CancelToken>();
-    GenerateOptions g;
-    g.max_tokens = 10;
-    g.ignore_eos = true;
-    auto s = std::make_shared<Collect>();
-    e->submit_generate(std::move(in), g, s);
+    auto s = submit_after(*e, received, /*exact=*/false, {prompt, 10});
     REQUIRE(s->wait().ok());
     CHECK(s->ids == ref);
     CHECK(e->load().prefix.blocks_used == 0);
     CHECK(e->load().prefix.query_tokens == 0);
   }
-  SessionInput in;
-  in.context.push_back(received);
-  in.context_exact = true;  // computed by this model from tokens
-  in.tokens = prompt;
-  in.cancel = std::make_shared<CancelToken>();
-  GenerateOptions g;
-  g.max_tokens = 10;
-  g.ignore_eos = true;
-  auto s = std::make_shared<Collect>();
-  e->submit_generate(std::move(in), g, s);
+  auto s = submit_after(*e, received, /*exact=*/true, {prompt, 10});  // computed by this model from tokens
   REQUIRE(s->wait().ok());
   CHECK(s->ids == ref);
   const PrefixCacheStats st = e->load().prefix;
