@@ -117,7 +117,7 @@ ParsedArgs parse_agent_args(int argc, const char* const* argv) {
                  "latency during a long prefill (default 32)");
   app.add_option("--prefill-step-factor", c.prefill_step_factor,
                  "While sequences are generating, size each step's prompt chunk so that the step takes at most "
-                 "this many times a step of theirs alone (measured); 0 = always --prefill-chunk (default 2)");
+                 "this many times a step of theirs alone (measured); 0 = always --prefill-chunk (default 2.5)");
   app.add_option("--max-queue", c.max_queue,
                  "Requests that may wait for a free sequence; more are refused with RESOURCE_EXHAUSTED (default 64)");
   app.add_option("--peers", raw.peers,

@@ -36,7 +36,7 @@ struct AgentConfig {
   int32_t parallel = 8;                 // --parallel: sequences computed at once (continuous batching)
   int32_t max_batch_tokens = 256;       // --max-batch-tokens: tokens per engine step (chunked prefill)
   int32_t prefill_chunk = 32;           // --prefill-chunk: prompt tokens per step beside decoding ones (at most)
-  double prefill_step_factor = 2.0;     // --prefill-step-factor: such a step <= this x a decode step; 0 = off
+  double prefill_step_factor = 2.5;     // --prefill-step-factor: such a step <= this x a decode step; 0 = off
   int32_t max_queue = 64;               // --max-queue: requests waiting for a sequence slot
   uint64_t prefix_cache_bytes = 512 * rpc::kMiB;  // --prefix-cache-bytes: automatic prefix caching; 0 = off
   int32_t prefix_block_tokens = 64;     // --prefix-block-tokens: tokens per prefix-cache block

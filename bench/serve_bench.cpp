@@ -3,6 +3,7 @@
 //
 //   serve_bench --model M.gguf [--model M2.gguf ...] [--synth SPEC:DTYPE] [--clients 1,2,4,8,16]
 //               [--prompt 256] [--gen 128] [--threads 2] [--max-batch-tokens 256] [--prefill-chunk 32]
+//               [--prefill-step-factor F]
 //               [--llama-server PATH] [--agent-bin PATH] [--passes load,prefill,prefix]
 //
 // Pass "load": for each N, a fresh kvbridge-agent (--parallel N) and, when --llama-server is
@@ -82,6 +83,7 @@ struct Args {
   std::vector<std::string> synth;  // "stories110M:n_ctx=4096:q8_0"
   std::vector<int> clients = {1, 2, 4, 8, 16};
   int prompt = 256, gen = 128, threads = 2, max_batch_tokens = 256, prefill_chunk = 32;
+  std::string prefill_step_factor;  // empty: the agent's default
   std::string llama_server, agent_bin;
   std::vector<std::string> passes = {"load", "prefill", "prefix"};
 };
@@ -116,6 +118,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--threads") a.threads = std::stoi(val());
     else if (k == "--max-batch-tokens") a.max_batch_tokens = std::stoi(val());
     else if (k == "--prefill-chunk") a.prefill_chunk = std::stoi(val());
+    else if (k == "--prefill-step-factor") a.prefill_step_factor = val();
     else if (k == "--llama-server") a.llama_server = val();
     else if (k == "--agent-bin") a.agent_bin = val();
     else if (k == "--passes") a.passes = split(val());
@@ -167,6 +170,7 @@ class KvbServer final : public Server {
               "--ctx-size", std::to_string(ctx_per_seq),
               "--max-queue", "256",
               "--metrics-listen", "127.0.0.1:0"};
+    if (!a_.prefill_step_factor.empty()) o.args.insert(o.args.end(), {"--prefill-step-factor", a_.prefill_step_factor});
     o.log_path = "/tmp/serve_bench_agent.log";
     proc_ = must(AgentProcess::start(o), "starting kvbridge-agent");
     metrics_port_ = 0;

@@ -100,7 +100,7 @@ struct EngineOptions {
   int32_t parallel = 8;
   int32_t max_batch_tokens = 256;
   int32_t prefill_chunk = 32;
-  double prefill_step_factor = 2.0;
+  double prefill_step_factor = 2.5;
   int32_t max_queue = 64;
   // Automatic prefix caching (runtime/prefix_cache.h): bytes of KV blocks kept for later requests
   // (0: off) and cells per block.
