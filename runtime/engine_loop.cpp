@@ -19,6 +19,10 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
   if (!model.tokenizer) return failed_precondition("the model has no tokenizer (pass --tokenizer)");
   if (opt.parallel < 1 || opt.max_queue < 0) return invalid_argument("parallel must be >= 1 and max_queue >= 0");
   if (opt.prefill_chunk < 1) return invalid_argument("prefill_chunk must be >= 1");
+  if (opt.prefill_step_factor < 0) return invalid_argument("prefill_step_factor must be >= 0");
+  if (opt.prefix_cache_bytes > 0 && opt.prefix_block_tokens < 1) {
+    return invalid_argument("prefix_block_tokens must be >= 1");
+  }
   if (opt.max_batch_tokens < opt.parallel) {
     return invalid_argument(fmt::format("max_batch_tokens ({}) must be at least parallel ({}): every decoding "
                                         "sequence needs its row in each step",
@@ -37,7 +41,6 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
   ro.n_batch = opt.max_batch_tokens;
   KVB_ASSIGN_OR_RETURN(e->runner_, ModelRunner::create(model, *e->backend_, ro));
   if (opt.prefix_cache_bytes > 0) {
-    if (opt.prefix_block_tokens < 1) return invalid_argument("prefix_block_tokens must be >= 1");
     PrefixCacheOptions po;
     po.block_tokens = opt.prefix_block_tokens;
     po.max_bytes = opt.prefix_cache_bytes;
@@ -45,7 +48,6 @@ Result<std::unique_ptr<EngineLoop>> EngineLoop::create(const Model& model, Cache
     const BufferType& mem = opt.session_buffers ? *opt.session_buffers : e->backend_->device().buffer_type();
     e->prefix_ = std::make_unique<PrefixCache>(po, e->kv_layout(), mem);
   }
-  if (opt.prefill_step_factor < 0) return invalid_argument("prefill_step_factor must be >= 0");
   e->chunker_.emplace(opt.prefill_chunk, opt.prefill_step_factor);
   e->thread_ = std::thread([p = e.get()] { p->run(); });
   return e;
@@ -161,8 +163,9 @@ void EngineLoop::run() {
     if (!sessions_.empty()) run_step();
     const size_t before = sessions_.size();
     sessions_.remove_if([](const std::unique_ptr<Session>& s) { return s->finished; });
-    if (sessions_.size() != before) {
-      if (prefix_ != nullptr) prefix_->refresh_gauges();  // their blocks are no longer in use
+    const bool removed = sessions_.size() != before;
+    if (prefix_ != nullptr) prefix_->refresh_gauges(/*force=*/removed);  // removed ones let their blocks go
+    if (removed) {
       std::lock_guard<std::mutex> lock(mu_);
       active_ = int32_t(sessions_.size());
     }

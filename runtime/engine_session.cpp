@@ -243,7 +243,6 @@ Result<CacheInfo> EngineLoop::keep(std::unique_ptr<KvCache> cache, uint32_t ttl_
   return store_.insert(std::shared_ptr<const KvCache>(std::move(cache)), io);
 }
 
-
 Status EngineLoop::start_cached(Session& s, const KvCache* context, int32_t cells) {
   const int32_t n_context = context ? context->n_tokens() : 0;
   if (context != nullptr) {
@@ -258,9 +257,9 @@ Status EngineLoop::start_cached(Session& s, const KvCache* context, int32_t cell
   const int32_t limit = int32_t(s.in.tokens.size()) - 1;
   const PrefixMatch m = prefix_->match(s.in.tokens, limit, n_context);
   s.prefix = m.blocks;
-  s.n_prefix = int32_t(m.blocks.size()) * m.block_tokens;
-  KVB_ASSIGN_OR_RETURN(s.cache, new_session_cache(cells - s.n_prefix));
-  KVB_RETURN_IF_ERROR(s.cache->set_pos0(s.n_prefix));
+  const int32_t n_blocks = int32_t(m.blocks.size()) * m.block_tokens;
+  KVB_ASSIGN_OR_RETURN(s.cache, new_session_cache(cells - n_blocks));
+  KVB_RETURN_IF_ERROR(s.cache->set_pos0(n_blocks));
   if (m.partial_n > 0) KVB_RETURN_IF_ERROR(s.cache->append_cells(*backend_, *m.partial, 0, m.partial_n));
   const int32_t have = std::min(n_context, limit);  // context cells the blocks did not cover
   if (m.tokens() < have) KVB_RETURN_IF_ERROR(s.cache->append_cells(*backend_, *context, m.tokens(), have - m.tokens()));
@@ -281,7 +280,6 @@ Status EngineLoop::share_prefix(Session& s) {
   const int32_t gained = int32_t(s.prefix.size() - had) * prefix_->block_tokens();
   if (gained == 0) return Status::Ok();
   KVB_RETURN_IF_ERROR(s.cache->drop_front(*backend_, gained));
-  s.n_prefix += gained;
   return backend_->synchronize();
 }
 
@@ -292,7 +290,6 @@ Result<std::unique_ptr<KvCache>> EngineLoop::take_cells(Session& s, const Buffer
   KVB_RETURN_IF_ERROR(out->append_cells(*backend_, *s.cache, 0, s.cache->n_tokens()));
   KVB_RETURN_IF_ERROR(backend_->synchronize());
   s.prefix.clear();
-  s.n_prefix = 0;
   s.cache.reset();
   return out;
 }

@@ -28,9 +28,8 @@ struct EngineLoop::Session {
   SessionInput in;            // in.tokens: the input, prefilled in chunks
   size_t fed = 0;             // input tokens already in the cache
   // The sequence's cells: the shared prefix blocks (runtime/prefix_cache.h), then its own cache,
-  // which continues them (cache->pos0() == n_prefix when there are blocks).
+  // which continues them (its pos0() is the blocks' cell count when there are blocks).
   std::vector<std::shared_ptr<const KvCache>> prefix;
-  int32_t n_prefix = 0;       // cells in `prefix`
   std::unique_ptr<KvCache> cache;
   int32_t capacity = 0;       // cells the sequence may fill (prefix and cache together)
   // in.tokens are all of the sequence's tokens from position 0 (a single context cache at
@@ -59,7 +58,8 @@ struct EngineLoop::Session {
   PrefillCallback prefill_done;
 
   int64_t prompt_left() const { return int64_t(in.tokens.size()) - int64_t(fed); }
-  int32_t n_cells() const { return n_prefix + cache->n_tokens(); }
+  int32_t n_prefix() const { return prefix.empty() ? 0 : cache->pos0(); }  // cells in `prefix`
+  int32_t n_cells() const { return n_prefix() + cache->n_tokens(); }
   SeqStep step(std::span<const int32_t> tokens, float* logits_out, bool decode) const {
     return SeqStep{cache.get(), tokens, logits_out, decode, prefix};
   }

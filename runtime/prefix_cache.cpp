@@ -85,12 +85,12 @@ PrefixMatch PrefixCache::match(std::span<const int32_t> tokens, int32_t limit, i
   }
   for (auto it = keys.rbegin(); it != keys.rend(); ++it) touch(*it, entries_.at(*it));  // deepest first
   hit_tokens_ += uint64_t(std::max(0, m.tokens() - counted_from));
-  refresh_gauges();
+  gauges_stale_ = true;  // m holds blocks
   return m;
 }
 
 bool PrefixCache::make_room() {
-  while (bytes_ + block_bytes_ > opt_.max_bytes) {
+  while ((entries_.size() + 1) * block_bytes_ > opt_.max_bytes) {
     // The least recently used block that nothing else holds.
     auto victim = lru_.end();
     for (auto it = lru_.end(); it != lru_.begin();) {
@@ -116,7 +116,7 @@ void PrefixCache::erase(uint64_t hash) {
   }
   lru_.erase(it->second.lru_pos);
   entries_.erase(it);
-  bytes_ -= block_bytes_;
+  blocks_used_ = entries_.size();
 }
 
 std::vector<std::shared_ptr<const KvCache>> PrefixCache::insert(std::span<const int32_t> tokens,
@@ -149,7 +149,7 @@ std::vector<std::shared_ptr<const KvCache>> PrefixCache::insert(std::span<const 
       e = &entries_[h];
       *e = Entry{std::shared_ptr<const KvCache>(std::move(block).value()), parent, lru_.begin()};
       children_[parent].push_back(h);
-      bytes_ += block_bytes_;
+      blocks_used_ = entries_.size();
     }
     held.push_back(e->block);
     keys.push_back(h);
@@ -165,15 +165,16 @@ std::vector<std::shared_ptr<const KvCache>> PrefixCache::insert(std::span<const 
     held.resize(size_t(start / b));
     for (const uint64_t h : made) erase(h);
   }
-  refresh_gauges();
+  gauges_stale_ = true;  // the caller may hold more blocks now
   return held;
 }
 
-void PrefixCache::refresh_gauges() {
+void PrefixCache::refresh_gauges(bool force) {
+  if (!force && !gauges_stale_) return;
   uint64_t in_use = 0;
   for (const auto& [h, e] : entries_) in_use += e.block.use_count() > 1 ? 1 : 0;
-  blocks_used_ = entries_.size();
   blocks_in_use_ = in_use;
+  gauges_stale_ = false;
 }
 
 PrefixCacheStats PrefixCache::stats() const {

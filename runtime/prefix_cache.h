@@ -58,7 +58,7 @@ struct PrefixCacheStats {
   uint64_t hit_tokens = 0;    // of those, found cached (whole blocks and copied cells)
   uint64_t blocks_used = 0;   // blocks held
   uint64_t blocks_total = 0;  // blocks the budget holds
-  uint64_t blocks_in_use = 0; // held by a running sequence too (as of the last refresh)
+  uint64_t blocks_in_use = 0; // held by a running sequence too (as of the last refresh_gauges())
   uint64_t evictions = 0;
 };
 
@@ -97,8 +97,11 @@ class PrefixCache {
                                                      std::vector<std::shared_ptr<const KvCache>> held,
                                                      const KvCache& cells, Backend& backend);
 
-  // Recounts the blocks in use (the engine calls it when sequences end); stats() reports the count.
-  void refresh_gauges();
+  // Recounts the blocks in use (held by anything besides the cache), which stats() reports: a scan
+  // of every block, done only after match() or insert() handed blocks out, or when `force`d (the
+  // engine forces it when sequences end and let theirs go). The engine calls it once per loop
+  // iteration, when no transient holders exist.
+  void refresh_gauges(bool force = false);
   PrefixCacheStats stats() const;
 
  private:
@@ -123,7 +126,7 @@ class PrefixCache {
   std::unordered_map<uint64_t, Entry> entries_;
   std::unordered_map<uint64_t, std::vector<uint64_t>> children_;  // parent key → child keys
   std::list<uint64_t> lru_;
-  uint64_t bytes_ = 0;
+  bool gauges_stale_ = false;  // match() or insert() ran since the last refresh_gauges()
 
   std::atomic<uint64_t> query_tokens_{0}, hit_tokens_{0}, evictions_{0}, blocks_used_{0}, blocks_in_use_{0};
 };

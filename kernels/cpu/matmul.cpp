@@ -16,6 +16,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <iterator>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/packed_weight.h"
@@ -240,13 +242,14 @@ Status matmul(OpContext& ctx, const Tensor& x, std::span<const MatmulOut> outs, 
   // any mode: int8 activations and byte dot products beat widening each block to f32 for a prompt
   // too (bench/gemm_bench quant: 1.07-1.22x at 512 rows, 1.3-1.7x at 32), and a row then computes
   // the same bits whatever mode or neighbours (PackedWeight::mode_invariant).
-  std::vector<OutPanels> ints, others;
-  for (const OutPanels& o : panels) (o.type >= kNumWeightTypes ? ints : others).push_back(o);
-  if (!ints.empty()) {
-    const int64_t n_int = renumber(ints);
-    KVB_RETURN_IF_ERROR(run_gemv(ctx, x.as<const float>(), n, k, ints, n_int));
-    if (others.empty()) return Status::Ok();
-    panels = std::move(others);
+  const auto is_int = [](const OutPanels& o) { return o.type >= kNumWeightTypes; };
+  const auto n_int = std::count_if(panels.begin(), panels.end(), is_int);
+  if (size_t(n_int) == panels.size()) return run_gemv(ctx, x.as<const float>(), n, k, panels, n_panels);
+  if (n_int > 0) {  // a mixed call: those outputs first, then the rest by mode
+    std::vector<OutPanels> ints;
+    std::copy_if(panels.begin(), panels.end(), std::back_inserter(ints), is_int);
+    KVB_RETURN_IF_ERROR(run_gemv(ctx, x.as<const float>(), n, k, ints, renumber(ints)));
+    std::erase_if(panels, is_int);
     n_panels = renumber(panels);
   }
   switch (mode) {

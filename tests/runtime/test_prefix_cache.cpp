@@ -134,6 +134,7 @@ TEST_CASE("prefix cache: a hit gives the logits of a full prefill (runner, f32 c
     CHECK(max_abs_diff(from_hit, from_scratch) <= 1e-4f);
     CHECK((*tail)->pos0() == 112);
     CHECK((*tail)->n_tokens() == 48);
+    pc.refresh_gauges();
     const PrefixCacheStats st = pc.stats();
     CHECK(st.query_tokens == b.size() - 1);
     CHECK(st.hit_tokens == 120);
