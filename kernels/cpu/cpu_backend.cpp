@@ -94,16 +94,6 @@ bool hardware_has_avx512_vnni() {
 #endif
 }
 
-// At the AVX-512 level without VNNI, the AVX2 quant kernels.
-const QuantKernels& quant_for(Isa isa) {
-#if KVB_CPU_X86
-  if (isa == Isa::kAvx512 && hardware_has_avx512_vnni()) return quant_kernels_avx512vnni();
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return quant_kernels_avx2();
-#endif
-  (void)isa;
-  return quant_kernels_generic();
-}
-
 const VecKernels& vec_for(Isa isa) {
 #if KVB_CPU_X86
   if (isa == Isa::kAvx512) return vec_kernels_avx512();
@@ -177,7 +167,7 @@ class CpuBackend final : public Backend {
     ctx_.pool = &pool_;
     ctx_.gemm = &gemm_for(isa);
     ctx_.vec = &vec_for(isa);
-    ctx_.quant = &quant_for(isa);
+    ctx_.quant = &quant_kernels_for(isa);
     ctx_.scratch = &scratch_;
   }
 
@@ -289,6 +279,16 @@ class CpuDevice final : public Device {
 };
 
 }  // namespace
+
+// At the AVX-512 level without VNNI, the AVX2 quant kernels.
+const QuantKernels& quant_kernels_for(Isa isa) {
+#if KVB_CPU_X86
+  if (isa == Isa::kAvx512 && hardware_has_avx512_vnni()) return quant_kernels_avx512vnni();
+  if (isa == Isa::kAvx512 || isa == Isa::kAvx2) return quant_kernels_avx2();
+#endif
+  (void)isa;
+  return quant_kernels_generic();
+}
 
 std::string_view isa_name(Isa isa) {
   switch (isa) {

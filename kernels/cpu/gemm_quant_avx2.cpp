@@ -153,10 +153,50 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
   }
 }
 
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+inline int hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+}
+
+// quantize_rows with one 32-input group in four ymm: the same bits (see the AVX-512 version).
+QuantizedRows quantize(const float* x, int64_t ldx, int n, int64_t k, void* storage) {
+  const QuantizedRowsStorage out = quantized_rows_storage(n, k, storage);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < k / 32; ++g) {
+      const float* xs = x + i * ldx + g * 32;
+      __m256 v[4];
+      for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xs + 8 * j);
+      const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                     _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+      const GroupScale gs = group_scale(hmax(m));
+      const __m256 inv = _mm256_set1_ps(gs.inv);
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));
+      // Packing interleaves the 128-bit lanes: [0..3 8..11 4..7 12..15 | ...]; the permute undoes it.
+      const __m256i p16 = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+      const __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16, p16b),
+                                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q + i * k + g * 32), p8);
+      out.d[i * (k / 32) + g] = gs.d;
+      out.sum16[i * (k / 16) + 2 * g] = gs.d * float(hsum(_mm256_add_epi32(q[0], q[1])));
+      out.sum16[i * (k / 16) + 2 * g + 1] = gs.d * float(hsum(_mm256_add_epi32(q[2], q[3])));
+    }
+  }
+  return QuantizedRows{out.q, out.d, out.sum16, k};
+}
+
 }  // namespace
 
 const QuantKernels& quant_kernels_avx2() {
-  static const QuantKernels k{"avx2", {gemv<true>, gemv<false>}};
+  static const QuantKernels k{"avx2", {gemv<true>, gemv<false>}, quantize};
   return k;
 }
 

@@ -162,10 +162,32 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
   }
 }
 
+// quantize_rows with one 32-input group in two zmm: the same bits (the product rounds once to f32,
+// and VCVTPS2DQ rounds to nearest even in the default MXCSR mode as the scalar code does).
+QuantizedRows quantize(const float* x, int64_t ldx, int n, int64_t k, void* storage) {
+  const QuantizedRowsStorage out = quantized_rows_storage(n, k, storage);
+  for (int i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < k / 32; ++g) {
+      const float* xs = x + i * ldx + g * 32;
+      const __m512 a = _mm512_loadu_ps(xs), b = _mm512_loadu_ps(xs + 16);
+      const GroupScale gs = group_scale(_mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))));
+      const __m512 inv = _mm512_set1_ps(gs.inv);
+      const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+      int8_t* qs = out.q + i * k + g * 32;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qs), _mm512_cvtsepi32_epi8(qa));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + 16), _mm512_cvtsepi32_epi8(qb));
+      out.d[i * (k / 32) + g] = gs.d;
+      out.sum16[i * (k / 16) + 2 * g] = gs.d * float(_mm512_reduce_add_epi32(qa));
+      out.sum16[i * (k / 16) + 2 * g + 1] = gs.d * float(_mm512_reduce_add_epi32(qb));
+    }
+  }
+  return QuantizedRows{out.q, out.d, out.sum16, k};
+}
+
 }  // namespace
 
 const QuantKernels& quant_kernels_avx512vnni() {
-  static const QuantKernels k{"avx512-vnni", {gemv<true>, gemv<false>}};
+  static const QuantKernels k{"avx512-vnni", {gemv<true>, gemv<false>}, quantize};
   return k;
 }
 

@@ -66,7 +66,7 @@ void gemv_u8(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, flo
 }  // namespace
 
 const QuantKernels& quant_kernels_generic() {
-  static const QuantKernels k{"generic", {gemv_u4, gemv_u8}};
+  static const QuantKernels k{"generic", {gemv_u4, gemv_u8}, quantize_rows};
   return k;
 }
 

@@ -119,7 +119,7 @@ Status run_gemv(OpContext& ctx, const float* x, int64_t n, int64_t k, const std:
   QuantizedRows xq;
   if (std::any_of(outs.begin(), outs.end(), [](const OutPanels& o) { return o.type >= kNumWeightTypes; })) {
     KVB_RETURN_IF_ERROR(ctx.scratch->reserve_shared(quantized_rows_bytes(int(n), k)));
-    xq = quantize_rows(x, k, int(n), k, ctx.scratch->shared());
+    xq = qkern.quantize(x, k, int(n), k, ctx.scratch->shared());
   }
   // Several chunks per thread: a descheduled worker then holds back only a small part of the op.
   const int64_t chunk = std::max<int64_t>(1, n_panels / (int64_t(ctx.pool->n_threads()) * 8));

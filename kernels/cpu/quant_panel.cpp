@@ -72,11 +72,20 @@ size_t quantized_rows_bytes(int n, int64_t k) {
          round_up64(size_t(n) * size_t(k / 16) * sizeof(float));
 }
 
-QuantizedRows quantize_rows(const float* x, int64_t ldx, int n, int64_t k, void* storage) {
+QuantizedRowsStorage quantized_rows_storage(int n, int64_t k, void* storage) {
   auto* base = static_cast<uint8_t*>(storage);
-  auto* q = reinterpret_cast<int8_t*>(base);
   auto* d = reinterpret_cast<float*>(base + round_up64(size_t(n) * size_t(k)));
   auto* sum16 = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(d) + round_up64(size_t(n) * size_t(k / 32) * sizeof(float)));
+  return {reinterpret_cast<int8_t*>(base), d, sum16};
+}
+
+GroupScale group_scale(float amax) {
+  const float d32 = amax / 127.0f;
+  return {d32 != 0.0f ? 1.0f / d32 : 0.0f, fp16_to_fp32(fp32_to_fp16(d32))};
+}
+
+QuantizedRows quantize_rows(const float* x, int64_t ldx, int n, int64_t k, void* storage) {
+  const QuantizedRowsStorage out = quantized_rows_storage(n, k, storage);
   for (int i = 0; i < n; ++i) {
     for (int64_t g = 0; g < k / 32; ++g) {
       const float* xs = x + i * ldx + g * 32;
@@ -85,24 +94,22 @@ QuantizedRows quantize_rows(const float* x, int64_t ldx, int n, int64_t k, void*
         const float a = std::fabs(xs[j]);
         amax = a > amax ? a : amax;  // std::fmax's NaN rules keep it from vectorizing
       }
-      const float d32 = amax / 127.0f;
-      const float id = d32 != 0.0f ? 1.0f / d32 : 0.0f;
-      const float dg = fp16_to_fp32(fp32_to_fp16(d32));
-      int8_t* qs = q + i * k + g * 32;
+      const GroupScale gs = group_scale(amax);
+      int8_t* qs = out.q + i * k + g * 32;
       int sums[2] = {0, 0};
       for (int j = 0; j < 32; ++j) {
-        // Round to nearest even, as std::nearbyint in the default mode but inline: |x * id| <= 127,
+        // Round to nearest even, as std::nearbyint in the default mode but inline: |x * inv| <= 127,
         // so adding 1.5 * 2^23 (where floats are whole numbers) rounds, and subtracting it is exact.
         constexpr float kRound = 12582912.0f;
-        qs[j] = int8_t((xs[j] * id + kRound) - kRound);
+        qs[j] = int8_t((xs[j] * gs.inv + kRound) - kRound);
         sums[j / 16] += qs[j];
       }
-      d[i * (k / 32) + g] = dg;
-      sum16[i * (k / 16) + 2 * g] = dg * float(sums[0]);
-      sum16[i * (k / 16) + 2 * g + 1] = dg * float(sums[1]);
+      out.d[i * (k / 32) + g] = gs.d;
+      out.sum16[i * (k / 16) + 2 * g] = gs.d * float(sums[0]);
+      out.sum16[i * (k / 16) + 2 * g + 1] = gs.d * float(sums[1]);
     }
   }
-  return QuantizedRows{q, d, sum16, k};
+  return QuantizedRows{out.q, out.d, out.sum16, k};
 }
 
 }  // namespace kvb::cpu

@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cpu/cpu_backend.h"  // Isa
 #include "kernels/cpu/gemm.h"
 
 namespace kvb::cpu {
@@ -54,8 +55,23 @@ struct QuantizedRows {
 };
 // Bytes of storage quantize_rows needs for n rows of k inputs.
 size_t quantized_rows_bytes(int n, int64_t k);
+// The writable arrays of QuantizedRows carved out of `storage` (quantized_rows_bytes(n, k) bytes).
+struct QuantizedRowsStorage {
+  int8_t* q;
+  float* d;
+  float* sum16;
+};
+QuantizedRowsStorage quantized_rows_storage(int n, int64_t k, void* storage);
+// The scalar part of quantizing one 32-input group whose largest |x| is amax: the factor that maps
+// x to q (127 / amax, or 0 for an all-zero group) and the f16-rounded scale d. Every ISA's
+// quantize calls it, so they all compute the same bits.
+struct GroupScale {
+  float inv;  // q = round-to-nearest-even(x * inv)
+  float d;    // f16(amax / 127) as f32
+};
+GroupScale group_scale(float amax);
 // Quantizes x [n][k] (rows ldx apart; k a multiple of 32) into `storage` (quantized_rows_bytes,
-// 64-byte aligned) and returns the view.
+// 64-byte aligned) and returns the view. The portable reference of QuantKernels::quantize.
 QuantizedRows quantize_rows(const float* x, int64_t ldx, int n, int64_t k, void* storage);
 
 struct QuantKernels {
@@ -63,8 +79,11 @@ struct QuantKernels {
   // panel of k inputs, with x quantized; only the nc valid columns of y rows (ldy apart) are touched.
   using GemvFn = void (*)(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float* y, int64_t ldy,
                           int nc, bool accumulate);
+  // quantize_rows, vectorized: the same bits.
+  using QuantizeFn = QuantizedRows (*)(const float* x, int64_t ldx, int n, int64_t k, void* storage);
   const char* name = "";
   GemvFn gemv[kNumQuantFormats] = {};
+  QuantizeFn quantize = nullptr;
 };
 
 const QuantKernels& quant_kernels_generic();
@@ -72,5 +91,7 @@ const QuantKernels& quant_kernels_generic();
 const QuantKernels& quant_kernels_avx2();        // AVX2: PMADDUBSW + PMADDWD
 const QuantKernels& quant_kernels_avx512vnni();  // AVX-512 F/BW/VL + VNNI: VPDPBUSD
 #endif
+// The table a backend pinned to `isa` uses (AVX-512 without VNNI gets the AVX2 kernels).
+const QuantKernels& quant_kernels_for(Isa isa);
 
 }  // namespace kvb::cpu

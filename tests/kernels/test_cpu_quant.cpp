@@ -4,6 +4,7 @@
 //     quantizes x the same way (per 32 inputs, d = amax / 127, round to nearest) and dots it with the
 //     dequantized weights, and loosely against the unquantized product;
 //   * prefill (n > 4, f32 micro-kernels on widened tiles) against the double product;
+//   * every ISA's activation quantizer against the portable one, bit for bit;
 //   * the affine form the packer reads (decode_affine) against dequantize_row, and bad shapes.
 // dequantize_row itself is checked bit for bit against gguf-py by tests/python/test_quant_blocks.py.
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/quant_panel.h"
 #include "kernels/cpu_test_util.h"
 #include "kernels/dtype.h"
 #include "kernels/quants.h"
@@ -293,6 +295,43 @@ TEST_CASE("matmul on GGUF block weights: every mode computes a row the same bits
     CHECK(q_both == ys[0]);
     CHECK(f_both == f_alone);
   }
+}
+
+TEST_CASE("every ISA quantizes activations to the bits of the portable quantize_rows", "[kernels]") {
+  // Rows of ordinary values, tiny values (f16 scales in the subnormal range), an all-zero group, exact
+  // halves after scaling (ties must round to even), and a row read with a stride (ldx > k).
+  constexpr int kRows = 5;
+  constexpr int64_t kK = 192, kLdx = 200;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(size_t(kRows * kLdx));
+  for (float& v : x) v = normal(rng);
+  for (int64_t j = 0; j < kK; ++j) x[size_t(kLdx + j)] *= 1e-6f;
+  for (int64_t j = 0; j < 32; ++j) x[size_t(2 * kLdx + j)] = 0.0f;
+  for (int64_t j = 0; j < 32; ++j) x[size_t(3 * kLdx + j)] = j == 0 ? 127.0f : float(j % 9) - 4.5f;  // inv = 1
+  const size_t bytes = cpu::quantized_rows_bytes(kRows, kK);
+  std::vector<uint8_t> want_buf(bytes + 64), got_buf(bytes + 64);
+  const auto aligned = [](std::vector<uint8_t>& b) {
+    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(b.data()) + 63) / 64 * 64);
+  };
+  const cpu::QuantizedRows want = cpu::quantize_rows(x.data(), kLdx, kRows, kK, aligned(want_buf));
+  for (cpu::Isa isa : {cpu::Isa::kGeneric, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+    if (int(isa) > int(cpu::detected_isa())) continue;
+    const cpu::QuantKernels& kern = cpu::quant_kernels_for(isa);
+    INFO(kern.name);
+    std::fill(got_buf.begin(), got_buf.end(), uint8_t(0xAB));
+    const cpu::QuantizedRows got = kern.quantize(x.data(), kLdx, kRows, kK, aligned(got_buf));
+    CHECK(std::memcmp(got.q, want.q, size_t(kRows * kK)) == 0);
+    CHECK(std::memcmp(got.d, want.d, size_t(kRows * kK / 32) * sizeof(float)) == 0);
+    CHECK(std::memcmp(got.sum16, want.sum16, size_t(kRows * kK / 16) * sizeof(float)) == 0);
+  }
+  // The ties really were ties, and rounded to even: -4.5 -> -4, -3.5 -> -4, 0.5 -> 0, 1.5 -> 2.
+  const int8_t* q3 = want.q + 3 * kK;
+  CHECK(int(q3[0]) == 127);
+  CHECK(int(q3[9]) == -4);
+  CHECK(int(q3[1]) == -4);
+  CHECK(int(q3[5]) == 0);
+  CHECK(int(q3[6]) == 2);
 }
 
 }  // namespace kvb::test

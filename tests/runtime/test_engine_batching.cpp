@@ -386,3 +386,23 @@ TEST_CASE("PrefillChunker sizes prompt chunks to keep mixed steps within the fac
   CHECK(c.chunk() >= 13);
   CHECK(c.chunk() <= 15);
 }
+
+TEST_CASE("PrefillChunker separates a mixed step's fixed cost from its per-token cost", "[batching]") {
+  // F32/F16/Q8_0 prompt rows take the prefill GEMM, a second pass over the weights whatever the
+  // chunk: here 13 ms, plus 0.15 ms a token, beside a 15 ms decode step. A per-token model charged
+  // the 13 ms to each token and settled on 1 token a step (measured: 256-token prompts beside one
+  // generation took 1 token per 28 ms step). The fitted line leaves room for (22.5 - 13) / 0.15 = 63.
+  PrefillChunker c(256, 2.5);
+  c.observe(1, 0, 0.015);
+  for (int i = 0; i < 30; ++i) c.observe(1, c.chunk(), 0.015 + 0.013 + 0.00015 * c.chunk());
+  CHECK(c.fixed_s() == Approx(0.013).epsilon(0.05));
+  CHECK(c.per_token_s() == Approx(0.00015).epsilon(0.05));
+  CHECK(c.chunk() >= 62);
+  CHECK(c.chunk() <= 64);
+  // A fixed cost beyond the room (30 ms against 22.5): no chunk meets the bound; the fewest such
+  // steps (the largest chunk) cost the generating sequences least.
+  PrefillChunker over(256, 2.5);
+  over.observe(1, 0, 0.015);
+  for (int i = 0; i < 30; ++i) over.observe(1, over.chunk(), 0.015 + 0.030 + 0.00015 * over.chunk());
+  CHECK(over.chunk() >= 250);
+}
