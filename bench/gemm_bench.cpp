@@ -27,6 +27,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -323,19 +324,72 @@ void run_ops() {
 
 // ---- (4) prompt rows on block-quantized weights ----
 
-// The two ways a prompt's rows can run through 4/5-bit and Q8_0 weights: the f32 GEMM
-// (RowMode::kPrefill: each weight block widened to f32, then the F32 micro-kernel) and the integer
-// kernels (RowMode::kDecode: activations quantized to int8 once, byte dot products on the packed
-// blocks, every weight panel read once for all row groups). Model-weighted tok/s, matmuls only,
-// for a prompt chunk beside decoding sequences (n = 32) and a long prompt alone (n = 512).
+// The two row modes on 4/5-bit and Q8_0 weights: RowMode::kPrefill and RowMode::kDecode. Q8_0
+// takes the f32 GEMM (each block widened to f32, the F32 micro-kernel) for the first and the f32
+// gemv for the second; GGUF block weights take the integer kernels (activations quantized to int8
+// once, byte dot products on the packed blocks) in both, so their two columns agree. The integer
+// column's multiply-adds per second are also shown against the VPDPBUSD peak measured in the same
+// run (AVX-512 VNNI machines). Model-weighted tok/s, matmuls only,
+// for decode batches (n = 1, 4, 8), a prompt chunk beside decoding sequences (n = 32) and a long
+// prompt alone (n = 512).
+// Multiply-adds per second of VPDPBUSD alone (12 independent chains of 64 each) on `threads`
+// threads at once: the ceiling of the integer kernels. 0 where the CPU has no AVX-512 VNNI.
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512vnni"))) double vnni_chains(int64_t iters) {
+  __m512i acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i w = _mm512_set1_epi8(3);
+  const __m512i x = _mm512_set1_epi8(1);
+  for (int64_t it = 0; it < iters; ++it) {
+    for (__m512i& a : acc) a = _mm512_dpbusd_epi32(a, w, x);
+    asm volatile("" : "+v"(w));  // keeps the loop from being folded
+  }
+  int64_t sum = 0;
+  for (const __m512i& a : acc) sum += _mm512_reduce_add_epi32(a);
+  return double(sum & 1);
+}
+#endif
+
+std::atomic<double> g_sink{0};  // keeps the chains' results live
+
+double vnni_peak_macs(int threads) {
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx512vnni")) return 0;
+  constexpr int64_t kIters = 50'000'000;
+  double best = 1e30;
+  for (int round = 0; round < kRounds; ++round) {
+    const auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back([] { g_sink += vnni_chains(kIters); });
+    for (std::thread& th : pool) th.join();
+    best = std::min(best, seconds_since(t0));
+  }
+  return double(threads) * double(kIters) * 12 * 64 / best;
+#else
+  (void)threads;
+  return 0;
+#endif
+}
+
+std::string fmt_pct(double f) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%.0f%%", 100 * f);
+  return buf;
+}
+
 void run_quant_rows() {
   constexpr kvb::DType kQuant[] = {kvb::DType::kQ4_0, kvb::DType::kQ4_1, kvb::DType::kQ5_1, kvb::DType::kQ8_0};
-  constexpr int64_t kRows[] = {32, 512};
+  constexpr int64_t kRows[] = {1, 4, 8, 32, 512};
   std::printf("\n== Prompt rows on quantized weights: f32 GEMM (kPrefill) vs integer kernels (kDecode), "
               "tok/s of a model's matmuls (higher is better) ==\n");
-  std::printf("%-8s %-6s %6s %12s %12s %8s\n", "threads", "dtype", "rows", "f32 gemm", "integer", "int/f32");
+  std::printf("%-8s %-6s %6s %12s %12s %8s %10s\n", "threads", "dtype", "rows", "kPrefill", "kDecode", "dec/pre",
+              "of peak");
+  double model_macs = 0;
+  for (const Shape& s : kShapes) model_macs += double(s.n_in * s.n_out) * s.per_model;
   for (int threads : g_threads) {
     auto be = make_backend(threads);
+    const double peak = vnni_peak_macs(threads);
+    if (peak > 0) std::printf("VPDPBUSD peak, %d thread(s): %.0f G multiply-adds/s\n", threads, peak / 1e9);
     for (kvb::DType t : kQuant) {
       std::vector<std::unique_ptr<kvb::Weight>> ws;
       for (const Shape& s : kShapes) {
@@ -360,8 +414,10 @@ void run_quant_rows() {
           }
           for (int m = 0; m < 2; ++m) model[m] += best[m] * s.per_model;
         }
-        std::printf("%-8d %-6s %6lld %12.0f %12.0f %7.2fx\n", threads, std::string(kvb::dtype_name(t)).c_str(), (long long)n,
-                    double(n) / model[0], double(n) / model[1], model[0] / model[1]);
+        const bool integer = t != kvb::DType::kQ8_0 && peak > 0;
+        const std::string of_peak = integer ? fmt_pct(double(n) * model_macs / model[1] / peak) : "-";
+        std::printf("%-8d %-6s %6lld %12.0f %12.0f %7.2fx %10s\n", threads, std::string(kvb::dtype_name(t)).c_str(),
+                    (long long)n, double(n) / model[0], double(n) / model[1], model[0] / model[1], of_peak.c_str());
       }
     }
   }
