@@ -11,7 +11,7 @@
 //       each token and shrinks the chunk to 1 token a step, which then pays the pass per token.
 // The next chunk is (room - a) / b with room = (factor - 1) x the decode-only step, between 1 and
 // max_chunk; when a alone exceeds the room no chunk meets the bound, and max_chunk makes the fewest
-// such steps. Until the window's chunk sizes differ enough to separate a from b, a is taken as 0.
+// such steps. a is 0 until the window's chunk sizes first spread enough to separate it from b.
 // With factor 0 (or before any decode-only step was measured) the chunk is max_chunk. The chunk
 // never changes what a sequence computes (a prompt row's bits do not depend on how its prompt is
 // cut: RowMode), only when.

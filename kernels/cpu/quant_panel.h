@@ -63,7 +63,7 @@ struct QuantizedRowsStorage {
 };
 QuantizedRowsStorage quantized_rows_storage(int n, int64_t k, void* storage);
 // The scalar part of quantizing one 32-input group whose largest |x| is amax: the factor that maps
-// x to q (127 / amax, or 0 for an all-zero group) and the f16-rounded scale d. Every ISA's
+// x to q (1 / (amax / 127) in f32, or 0 for an all-zero group) and the f16-rounded scale d. Every ISA's
 // quantize calls it, so they all compute the same bits.
 struct GroupScale {
   float inv;  // q = round-to-nearest-even(x * inv)
