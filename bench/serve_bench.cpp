@@ -12,7 +12,8 @@
 // ignored): kvbridge over gRPC Generate, llama-server over HTTP /completion with stream=true.
 // Reported: aggregate generated tokens/s (all tokens / wall time of the round), p50/p99 time to
 // first token and p50/p99 inter-token latency (gaps between streamed tokens, all clients pooled),
-// and the ratios kvbridge / llama-server and kvbridge(N) / kvbridge(1).
+// the ratios kvbridge / llama-server and kvbridge(N) / kvbridge(1), and the ceiling on the latter
+// that the N = 1 round implies (throughput_ceiling).
 // Pass "prefill": 4 running generations; a client then sends a 2048-token prompt. p99 inter-token
 // latency of the 4 while that prompt is prefilled (gaps that end inside the window from its send
 // to its first token) against their p99 with nothing beside them.
@@ -37,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -335,7 +337,21 @@ std::vector<Stream> run_clients(Server& server, int n, int prompt, int gen, int3
 
 struct LoadResult {
   double tok_s = 0, ttft_p50 = 0, ttft_p99 = 0, itl_p50 = 0, itl_p99 = 0;
+  double wall_s = 0;  // first send to last token of the round
 };
+
+// The most that N clients can gain over one, from one client's round alone. `one.wall_s` is a
+// prompt's prefill (its time to first token, P) plus its generation (wall - P). A prompt's rows
+// are compute-bound (the N = 1 round already runs all of them in one step, so sharing steps saves
+// no weight reads), so the last of N prompts finishes its prefill no earlier than N x P; its
+// sequence then needs the rest of its tokens, one step each, and a step that generates for
+// several sequences costs at least one that generates for one. The N round takes at least
+// N x P + (wall - P), so the throughput ratio is at most N x wall / (N x P + wall - P). A faster
+// single stream (smaller wall - P) lowers this ceiling.
+double throughput_ceiling(const LoadResult& one, int n) {
+  const double p = one.ttft_p50, gen = one.wall_s - p;
+  return n * one.wall_s / (n * p + gen);
+}
 
 LoadResult summarize(const std::vector<Stream>& streams) {
   LoadResult r;
@@ -350,7 +366,8 @@ LoadResult summarize(const std::vector<Stream>& streams) {
     ttft.push_back(seconds(s.sent, s.tokens.front()));
     for (size_t i = 1; i < s.tokens.size(); ++i) itl.push_back(seconds(s.tokens[i - 1], s.tokens[i]));
   }
-  r.tok_s = double(tokens) / std::max(1e-9, seconds(begin, end));
+  r.wall_s = std::max(1e-9, seconds(begin, end));
+  r.tok_s = double(tokens) / r.wall_s;
   r.ttft_p50 = percentile(ttft, 0.5);
   r.ttft_p99 = percentile(ttft, 0.99);
   r.itl_p50 = percentile(itl, 0.5);
@@ -361,12 +378,12 @@ LoadResult summarize(const std::vector<Stream>& streams) {
 void pass_load(const Args& a, const std::string& model, int32_t n_vocab) {
   fmt::print("\n## load: {} clients x ({} prompt + {} generated tokens), {} threads\n", fmt::join(a.clients, "/"),
              a.prompt, a.gen, a.threads);
-  fmt::print("{:>3} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n", "N", "server", "tok/s", "ttft p50", "ttft p99",
-             "itl p50", "itl p99", "vs N=1");
+  fmt::print("{:>3} {:>13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n", "N", "server", "tok/s", "ttft p50", "ttft p99",
+             "itl p50", "itl p99", "vs N=1", "ceiling");
   KvbServer kvb(a, model);
   std::unique_ptr<LlamaServer> llama;
   if (!a.llama_server.empty()) llama = std::make_unique<LlamaServer>(a, model);
-  double kvb_n1 = 0;
+  std::map<const Server*, LoadResult> first;  // each server's round at the first N (1 by default)
   for (int n : a.clients) {
     LoadResult k, l;
     for (Server* s : std::initializer_list<Server*>{&kvb, llama.get()}) {
@@ -376,13 +393,17 @@ void pass_load(const Args& a, const std::string& model, int32_t n_vocab) {
       const LoadResult r = summarize(run_clients(*s, n, a.prompt, a.gen, n_vocab, 1000 * uint32_t(n)));
       s->stop();
       (s == &kvb ? k : l) = r;
-      if (s == &kvb && n == a.clients.front()) kvb_n1 = r.tok_s;
-      fmt::print("{:>3} {:>13} {:>9.1f} {:>8.0f}ms {:>8.0f}ms {:>8.1f}ms {:>8.1f}ms {:>8.2f}x\n", n, s->name(), r.tok_s,
-                 r.ttft_p50 * 1e3, r.ttft_p99 * 1e3, r.itl_p50 * 1e3, r.itl_p99 * 1e3,
-                 s == &kvb ? r.tok_s / kvb_n1 : 0.0);
+      if (n == a.clients.front()) first[s] = r;
+      const LoadResult& one = first[s];
+      const int n1 = a.clients.front();
+      fmt::print("{:>3} {:>13} {:>9.1f} {:>8.0f}ms {:>8.0f}ms {:>8.1f}ms {:>8.1f}ms {:>8.2f}x {:>8.2f}x\n", n, s->name(),
+                 r.tok_s, r.ttft_p50 * 1e3, r.ttft_p99 * 1e3, r.itl_p50 * 1e3, r.itl_p99 * 1e3, r.tok_s / one.tok_s,
+                 n1 == 1 ? throughput_ceiling(one, n) : 0.0);
     }
     if (llama) fmt::print("{:>3} {:>13} {:>9.2f}x (throughput kvbridge / llama-server)\n", n, "ratio", k.tok_s / l.tok_s);
   }
+  fmt::print("(ceiling: the most N clients can gain over 1 given the N = 1 round's prefill time and generation time;"
+             " see throughput_ceiling)\n");
 }
 
 void pass_prefill(const Args& a, const std::string& model, int32_t n_vocab) {

@@ -5,7 +5,7 @@
 //   - attention runs once per sequence, over that sequence's cells only;
 //   - every projection is two matmuls per weight group: the prompt rows with RowMode::kPrefill, the
 //     decode rows with RowMode::kDecode, so that a row's bits never depend on its neighbours (one
-//     matmul for all rows when the weights are Weight::mode_invariant: GGUF block types on the CPU).
+//     matmul for all rows when the weights are Weight::mode_invariant: the CPU's, Q8_0 excepted).
 // Rows are laid out prompt sequences first, then decode sequences, each sequence's rows together.
 #include <fmt/format.h>
 
@@ -124,7 +124,7 @@ namespace {
 // a row the same way in every mode (Weight::mode_invariant), so that they are read once.
 Status split_matmul(Backend& b, const Tensor& x, std::span<const MatmulOut> outs, int64_t n_prompt) {
   if (std::all_of(outs.begin(), outs.end(), [](const MatmulOut& o) { return o.w->mode_invariant(); })) {
-    return b.matmul(x, outs, RowMode::kDecode);
+    return b.matmul(x, outs, RowMode::kAuto);  // the kernels for the row count; each row's bits alike
   }
   MatmulOut part[3];
   auto run = [&](int64_t r0, int64_t nr, RowMode mode) -> Status {

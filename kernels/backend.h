@@ -95,9 +95,9 @@ class Weight {
   virtual int64_t n_in() const = 0;
   virtual DType dtype() const = 0;       // the stored element type (F32, F16, BF16 or Q8_0)
   virtual size_t nbytes() const = 0;     // device bytes held, including packing padding
-  // True when every RowMode computes each row of a matmul with this weight the same way (the CPU's
-  // integer kernels for GGUF block types): the engine may then run prompt and decode rows in one
-  // call, reading the weight once per step.
+  // True when every RowMode computes each row of a matmul with this weight the same bits (the CPU
+  // backend's weights but Q8_0): the engine may then run prompt and decode rows in one call,
+  // reading the weight once per step.
   virtual bool mode_invariant() const { return false; }
 };
 

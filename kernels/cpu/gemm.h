@@ -8,6 +8,10 @@
 //            row blocks [k][mr]; F16/BF16/Q8_0 panels are first expanded into an f32 tile [kc][32]
 //            (unpack) that stays in L1 and is reused for every row block.
 //
+// Both regimes compute an F32/F16/BF16 output y[r][c] as one multiply-add chain in k order that
+// starts from y[r][c] when accumulating (else from 0), whatever the rows beside r or the k blocking,
+// so that gemv and GEMM give the same bits (PackedWeight::mode_invariant; Q8_0 is the exception).
+//
 // The ISA files are compiled with their own -m flags; nothing here may be called unless the CPU
 // supports that ISA (cpu_backend.cpp checks once).
 #pragma once

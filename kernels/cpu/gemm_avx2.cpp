@@ -65,16 +65,39 @@ inline void store_cols(__m256 (&acc)[N][NC], int c0, float* y, int64_t ldy, int 
   }
 }
 
+// Reads columns [8*c0, 8*(c0 + NC)) of N rows of y into acc (0 past column nc): store_cols' inverse.
+template <int N, int NC>
+inline void load_cols(__m256 (&acc)[N][NC], int c0, const float* y, int64_t ldy, int nc) {
+  for (int r = 0; r < N; ++r) {
+    for (int c = 0; c < NC; ++c) {
+      const float* yc = y + r * ldy + 8 * (c0 + c);
+      const int valid = clamp_cols(nc - 8 * (c0 + c));
+      alignas(32) float tmp[8] = {};
+      if (valid == 8) {
+        acc[r][c] = _mm256_loadu_ps(yc);
+        continue;
+      }
+      for (int j = 0; j < valid; ++j) tmp[j] = yc[j];
+      acc[r][c] = _mm256_load_ps(tmp);
+    }
+  }
+}
+
 // ---- gemv: N rows of x against vector columns [c0, c0 + NC) of one panel ----
 template <int N, int NC, class L>
 void gemv_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
                bool accumulate) {
-  // One accumulator chain per output whatever N, so that a row's bits do not depend on the rows
-  // beside it (RowMode, kernels/backend.h). Decode is memory-bound: NC >= 2 independent chains per
-  // row already stream faster than DRAM delivers.
+  // One accumulator chain per output whatever N, starting from y when accumulating, as the GEMM
+  // micro-kernel's does: a row's bits depend neither on the rows beside it nor on the RowMode
+  // (PackedWeight::mode_invariant). Decode is memory-bound: NC >= 2 independent chains per row
+  // already stream faster than DRAM delivers.
   __m256 acc[N][NC];
-  for (int r = 0; r < N; ++r)
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_ps();
+  if (accumulate) {
+    load_cols<N, NC>(acc, c0, y, ldy, nc);
+  } else {
+    for (int r = 0; r < N; ++r)
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm256_setzero_ps();
+  }
 #pragma GCC unroll 2
   for (int64_t kk = 0; kk < k; ++kk) {
     const uint8_t* pf = panel + kk * L::kRowBytes + kPrefetchBytes;
@@ -87,7 +110,7 @@ void gemv_cols(const uint8_t* panel, int64_t k, int c0, const float* x, int64_t 
       for (int r = 0; r < N; ++r) acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(x[r * ldx + kk]), w, acc[r][c]);
     }
   }
-  store_cols<N, NC>(acc, c0, y, ldy, nc, accumulate);
+  store_cols<N, NC>(acc, c0, y, ldy, nc, false);
 }
 
 template <int N, int NC>

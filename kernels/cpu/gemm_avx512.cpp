@@ -87,11 +87,16 @@ inline void store_rows(__m512 (&acc)[N][2], float* y, int64_t ldy, int nc, bool 
 template <int N, class L>
 void gemv_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, float* y, int64_t ldy, int nc,
                bool accumulate) {
-  // One accumulator chain per output whatever N, so that a row's bits do not depend on the rows
-  // beside it (RowMode, kernels/backend.h). Decode is memory-bound: two chains per row (128 bytes
-  // of f32 weights per 4-cycle FMA latency) already stream faster than DRAM delivers.
+  // One accumulator chain per output whatever N, starting from y when accumulating, as the GEMM
+  // micro-kernel's does: a row's bits depend neither on the rows beside it nor on the RowMode
+  // (PackedWeight::mode_invariant). Decode is memory-bound: two chains per row (128 bytes of f32
+  // weights per 4-cycle FMA latency) already stream faster than DRAM delivers.
+  const __mmask16 m0 = lo_mask(nc), m1 = hi_mask(nc);
   __m512 acc[N][2];
-  for (int r = 0; r < N; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int r = 0; r < N; ++r) {
+    acc[r][0] = accumulate ? _mm512_maskz_loadu_ps(m0, y + r * ldy) : _mm512_setzero_ps();
+    acc[r][1] = accumulate ? _mm512_maskz_loadu_ps(m1, y + r * ldy + 16) : _mm512_setzero_ps();
+  }
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < k; ++kk) {
     const uint8_t* pf = panel + kk * L::kRowBytes + kPrefetchBytes;
@@ -106,7 +111,7 @@ void gemv_rows(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, flo
       acc[r][1] = _mm512_fmadd_ps(xb, w1, acc[r][1]);
     }
   }
-  store_rows<N>(acc, y, ldy, nc, accumulate);
+  store_rows<N>(acc, y, ldy, nc, false);
 }
 
 template <int N>

@@ -2,6 +2,8 @@
 // vectorize with the baseline SIMD of the target (SSE2, NEON).
 #include "kernels/cpu/gemm.h"
 
+#include <algorithm>
+
 namespace kvb::cpu {
 namespace {
 
@@ -36,7 +38,9 @@ inline void store_rows(const float (*acc)[kPanel], int n, float* y, int64_t ldy,
 template <int kType>
 void gemv_plain(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
                 bool accumulate) {
+  // One chain per output, starting from y when accumulating, as micro's does (mode_invariant).
   float acc[kMaxGemvRows][kPanel] = {};
+  for (int r = 0; r < n && accumulate; ++r) std::copy_n(y + r * ldy, nc, acc[r]);
   float w[kPanel];
   for (int64_t kk = 0; kk < k; ++kk) {
     load_row<kType>(panel, kk, w);
@@ -45,7 +49,7 @@ void gemv_plain(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, in
       for (int c = 0; c < kPanel; ++c) acc[r][c] += xv * w[c];
     }
   }
-  store_rows(acc, n, y, ldy, nc, accumulate);
+  store_rows(acc, n, y, ldy, nc, false);
 }
 
 void gemv_q8(const uint8_t* panel, int64_t k, const float* x, int64_t ldx, int n, float* y, int64_t ldy, int nc,
@@ -91,7 +95,10 @@ void unpack_q8(const uint8_t* panel, int64_t k0, int64_t kc, float* tile) {
 void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int nc, bool load_c,
            const uint8_t* pf, size_t pf_bytes) {
   for (size_t line = 0; line < pf_bytes; line += 64) __builtin_prefetch(pf + line, 0, 3);
+  // Each output's chain continues from c (load_c), as gemv_plain's starts from y: the same bits
+  // in every RowMode and for any k blocking.
   float acc[kMr][kPanel] = {};
+  for (int i = 0; i < m && load_c; ++i) std::copy_n(c + i * ldc, nc, acc[i]);
   for (int64_t kk = 0; kk < kc; ++kk) {
     const float* bk = b + kk * kPanel;
     for (int i = 0; i < kMr; ++i) {
@@ -99,14 +106,7 @@ void micro(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, in
       for (int j = 0; j < kPanel; ++j) acc[i][j] += av * bk[j];
     }
   }
-  for (int i = 0; i < m; ++i) {
-    float* ci = c + i * ldc;
-    if (load_c) {
-      for (int j = 0; j < nc; ++j) ci[j] += acc[i][j];
-    } else {
-      for (int j = 0; j < nc; ++j) ci[j] = acc[i][j];
-    }
-  }
+  for (int i = 0; i < m; ++i) std::copy_n(acc[i], nc, c + i * ldc);
 }
 
 }  // namespace

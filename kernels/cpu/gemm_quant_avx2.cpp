@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "kernels/cpu/avx2_reduce.h"
 #include "kernels/cpu/quant_panel.h"
 
 namespace kvb::cpu {
@@ -153,12 +154,6 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
   }
 }
 
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
-
 inline int hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
@@ -176,7 +171,7 @@ QuantizedRows quantize(const float* x, int64_t ldx, int n, int64_t k, void* stor
       for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(xs + 8 * j);
       const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
                                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-      const GroupScale gs = group_scale(hmax(m));
+      const GroupScale gs = group_scale(avx2::hmax(m));
       const __m256 inv = _mm256_set1_ps(gs.inv);
       __m256i q[4];
       for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));

@@ -116,6 +116,8 @@ Result<std::unique_ptr<PackedWeight>> PackedWeight::pack(const Tensor& host, Thr
   return w;
 }
 
-bool PackedWeight::mode_invariant() const { return quant_format(dtype_) >= 0; }
+// Every kernel runs an output as one multiply-add chain in k order from y (or 0), except Q8_0's:
+// its gemv scales each 32-block's integer-valued sum, its GEMM multiplies widened f32 tiles.
+bool PackedWeight::mode_invariant() const { return dtype_ != DType::kQ8_0; }
 
 }  // namespace kvb::cpu

@@ -41,7 +41,8 @@ class PackedWeight final : public Weight {
   int64_t n_in() const override { return n_in_; }
   DType dtype() const override { return dtype_; }
   size_t nbytes() const override { return size_t(n_panels_) * panel_bytes_; }
-  // GGUF block types run through the integer kernels in every mode (matmul.cpp).
+  // True but for Q8_0: GGUF block types take the integer kernels in every mode (matmul.cpp), and
+  // F32/F16/BF16's gemv and GEMM run each output as the same multiply-add chain (gemm.h).
   bool mode_invariant() const override;
 
   int64_t n_panels() const { return n_panels_; }

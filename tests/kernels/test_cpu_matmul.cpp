@@ -184,4 +184,48 @@ TEST_CASE("cpu matmul and upload_weight reject bad input", "[kernels]") {
   CHECK(be.upload_weight(Tensor::make(DType::kF32, nullptr, {8, 8})).status().code() == StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("cpu matmul on F32/F16/BF16 weights: every mode computes a row the same bits (mode_invariant)",
+          "[kernels][batching]") {
+  // The decode kernels (gemv, <= 4 rows) and the blocked GEMM (micro-kernel over k blocks of
+  // 1024) must run each output as one multiply-add chain in k order that starts from y when
+  // accumulating, so that the engine may put prompt and decode rows in one call. Q8_0 is the
+  // exception (its gemv scales each 32-block's sum; its GEMM widens the block to f32 first).
+  const DType t = GENERATE(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0);
+  const int64_t n_in = GENERATE(96, 2080);  // 2080 > one k block: the GEMM's chains resume from y
+  const int64_t n_out = 70, n = 40;
+  CAPTURE(dtype_name(t), n_in);
+  HostWeight w = make_weight(t, n_out, n_in, uint32_t(n_in));
+  std::vector<float> x = random_floats(size_t(n * n_in), 21);
+  const std::vector<float> y0 = random_floats(size_t(n * n_out), 22);
+  const Tensor xt = Tensor::make(DType::kF32, x.data(), {n, n_in});
+  for (const BackendConfig& cfg : cpu_backends()) {
+    CAPTURE(cfg.label);
+    auto uw = cfg.backend->upload_weight(w.tensor());
+    REQUIRE(uw.ok());
+    CHECK(uw.value()->mode_invariant() == (t != DType::kQ8_0));
+    for (bool acc : {false, true}) {
+      CAPTURE(acc);
+      std::vector<std::vector<float>> ys;  // all n rows in one call, per mode
+      for (RowMode mode : {RowMode::kDecode, RowMode::kPrefill, RowMode::kAuto}) {
+        ys.push_back(y0);
+        REQUIRE(cfg.backend->matmul(xt, *uw.value(), Tensor::make(DType::kF32, ys.back().data(), {n, n_out}), acc,
+                                    mode)
+                    .ok());
+      }
+      // One row alone (the decode kernels) against the same row among 40 (the GEMM).
+      for (int64_t r : {0, 5, 39}) {
+        std::vector<float> one(y0.begin() + r * n_out, y0.begin() + (r + 1) * n_out);
+        REQUIRE(cfg.backend->matmul(Tensor::make(DType::kF32, x.data() + r * n_in, {1, n_in}), *uw.value(),
+                                    Tensor::make(DType::kF32, one.data(), {1, n_out}), acc, RowMode::kAuto)
+                    .ok());
+        if (t != DType::kQ8_0) CHECK(std::equal(one.begin(), one.end(), ys[1].begin() + r * n_out));
+      }
+      if (t != DType::kQ8_0) {
+        CHECK(ys[0] == ys[1]);
+        CHECK(ys[0] == ys[2]);
+      }
+    }
+  }
+}
+
 }  // namespace kvb::test

@@ -27,7 +27,8 @@ namespace {
 std::vector<size_t> scale_offsets(DType t) {
   switch (t) {
     case DType::kQ4_0:
-    case DType::kQ5_0: return {0};
+    case DType::kQ5_0:
+    case DType::kQ8_0: return {0};
     case DType::kQ4_1:
     case DType::kQ5_1:
     case DType::kQ4_K:
@@ -266,12 +267,12 @@ TEST_CASE("matmul on GGUF block weights: every mode computes a row the same bits
   const int64_t n_in = dtype_block_size(t) == 256 ? 512 : 96, n_out = 70, n = 40;
   CAPTURE(dtype_name(t));
   std::vector<uint8_t> bytes = random_blocks(t, n_out * n_in / dtype_block_size(t), 8);
-  const std::vector<float> f32w = random_floats(size_t(n_out * n_in), 9);
+  const std::vector<uint8_t> q8w = random_blocks(DType::kQ8_0, n_out * n_in / kQ8BlockSize, 9);
   const std::vector<float> x = random_floats(size_t(n * n_in), 10);
   for (const BackendConfig& cfg : cpu_backends()) {
     CAPTURE(cfg.label);
     auto w = cfg.backend->upload_weight(Tensor::make(t, bytes.data(), {n_out, n_in}));
-    auto wf = cfg.backend->upload_weight(Tensor::make(DType::kF32, const_cast<float*>(f32w.data()), {n_out, n_in}));
+    auto wf = cfg.backend->upload_weight(Tensor::make(DType::kQ8_0, const_cast<uint8_t*>(q8w.data()), {n_out, n_in}));
     REQUIRE(w.ok());
     REQUIRE(wf.ok());
     CHECK((*w)->mode_invariant());
@@ -284,7 +285,7 @@ TEST_CASE("matmul on GGUF block weights: every mode computes a row the same bits
     }
     CHECK(ys[0] == ys[1]);
     CHECK(ys[0] == ys[2]);
-    // With an f32 weight in the same call, each output is what its own call gives.
+    // With a Q8_0 weight (not mode invariant) in the same call, each output is what its own call gives.
     std::vector<float> q_both(size_t(n * n_out)), f_both(size_t(n * n_out)), f_alone(size_t(n * n_out));
     const MatmulOut both[] = {{w->get(), Tensor::make(DType::kF32, q_both.data(), {n, n_out}), false},
                               {wf->get(), Tensor::make(DType::kF32, f_both.data(), {n, n_out}), false}};
