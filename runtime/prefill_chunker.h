@@ -5,10 +5,10 @@
 // measured duration of decode-only steps and fits the extra time of a mixed step as a + b * c for
 // a chunk of c tokens, by least squares over the last kWindow mixed steps (recent ones weigh more):
 //   b — a prompt token's own cost (it grows with the prompt's context: attention);
-//   a — what any prompt rows cost at all: ~0 where they share the decode rows' weight reads (GGUF
-//       block weights on the CPU), a whole extra pass over the weights where they do not (F32/F16/
-//       Q8_0 prompt rows take the prefill GEMM). Without it, a per-token model charges that pass to
-//       each token and shrinks the chunk to 1 token a step, which then pays the pass per token.
+//   a — what any prompt rows cost at all: ~0 where they share the decode rows' weight reads
+//       (Weight::mode_invariant: the CPU's weights but Q8_0), a whole extra pass over the weights
+//       where they do not (Q8_0 on the CPU, CUDA). Without it, a per-token model charges that pass
+//       to each token and shrinks the chunk to 1 token a step, which then pays the pass per token.
 // The next chunk is (room - a) / b with room = (factor - 1) x the decode-only step, between 1 and
 // max_chunk; when a alone exceeds the room no chunk meets the bound, and max_chunk makes the fewest
 // such steps. a is 0 until the window's chunk sizes first spread enough to separate it from b.
