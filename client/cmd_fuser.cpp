@@ -140,7 +140,7 @@ void run_synth(const SynthArgs& a) {
 }  // namespace
 
 void register_fuser(CLI::App& app) {
-  CLI::App* f = app.add_subcommand("fuser", "Inspect kvbridge fusers and write synthetic ones");
+  CLI::App* f = app.add_subcommand("fuser", "Inspect kvbridge fusers, write synthetic ones, dump a trainer's inputs");
   f->require_subcommand(1);
 
   struct InfoArgs {
@@ -188,6 +188,7 @@ void register_fuser(CLI::App& app) {
     if (sa->receiver.empty() && sa->receiver_shape.empty()) throw CLI::RequiredError("--receiver or --receiver-shape");
     run_synth(*sa);
   });
+  register_fuser_dump(*f);
 }
 
 }  // namespace kvb::cli

@@ -44,6 +44,7 @@ void register_caches(CLI::App& app);    // client/cmd_caches.cpp
 void register_cache(CLI::App& app);     // client/cmd_cache.cpp: save|load|drop|pin
 void register_fuse(CLI::App& app);      // client/cmd_fuse.cpp
 void register_fuser(CLI::App& app);     // client/cmd_fuser.cpp: info|synth
+void register_fuser_dump(CLI::App& fuser);  // client/cmd_fuser_dump.cpp: fuser dump (a trainer's inputs)
 void register_chat_template(CLI::App& app);  // client/cmd_chat_template.cpp
 
 }  // namespace kvb::cli

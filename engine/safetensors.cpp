@@ -20,7 +20,7 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // as the reference implementa
 constexpr int64_t kMaxDim = int64_t(1) << 40;
 constexpr size_t kHeaderAlign = 8;
 
-size_t elem_size(DType t) { return t == DType::kF32 ? 4 : 2; }
+size_t elem_size(DType t) { return t == DType::kF32 || t == DType::kI32 ? 4 : 2; }
 
 bool dtype_from_safetensors(std::string_view s, DType& out) {
   if (s == "F32") {
@@ -29,6 +29,8 @@ bool dtype_from_safetensors(std::string_view s, DType& out) {
     out = DType::kF16;
   } else if (s == "BF16") {
     out = DType::kBF16;
+  } else if (s == "I32") {
+    out = DType::kI32;
   } else {
     return false;
   }
@@ -98,6 +100,8 @@ std::string_view safetensors_dtype_name(DType t) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    case DType::kI32:
+      return "I32";
     default:
       return "";
   }

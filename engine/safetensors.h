@@ -38,7 +38,7 @@ struct SafetensorsEntry {
   int64_t numel() const;
 };
 
-// "F32" / "F16" / "BF16" for the dtypes kvbridge reads and writes; "" for the others.
+// "F32" / "F16" / "BF16" / "I32" for the dtypes kvbridge reads and writes; "" for the others.
 std::string_view safetensors_dtype_name(DType t);
 
 // A read-only safetensors file mapped in memory. Move-only; tensor views stay valid (and at the

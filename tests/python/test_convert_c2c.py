@@ -36,75 +36,10 @@ except ImportError:
 TOL = 1e-5
 
 
-# ---------------------------------------------------------------------------------------------
-# A torch C2CProjector (state-dict names and forward as thu-nics/C2C rosetta/model/projector.py)
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim, eps=1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class StandardFFNLayer(nn.Module):
-    """x + W2 · GELU(W1 · RMSNorm(x)), bias-free (dropout is off at inference)."""
-
-    def __init__(self, hidden, inter):
-        super().__init__()
-        self.norm = RMSNorm(hidden)
-        self.w1 = nn.Linear(hidden, inter, bias=False)
-        self.w2 = nn.Linear(inter, hidden, bias=False)
-        self.act = nn.GELU()  # exact erf GELU
-
-    def forward(self, x):
-        return x + self.w2(self.act(self.w1(self.norm(x))))
-
-
-class FFNStack(nn.Module):
-    def __init__(self, n, hidden, inter):
-        super().__init__()
-        self.blocks = nn.ModuleList([StandardFFNLayer(hidden, inter) for _ in range(n)])
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return x
-
-
-class C2CProjector(nn.Module):
-    def __init__(self, source_dim, target_dim, source_num_heads, target_num_heads, hidden_dim, intermediate_dim,
-                 num_layers):
-        super().__init__()
-        in_dim = source_dim * source_num_heads + target_dim * target_num_heads
-        out_dim = target_dim * target_num_heads
-        self.target_num_heads, self.target_dim = target_num_heads, target_dim
-        for p in ("key", "value"):
-            setattr(self, f"{p}_in", nn.Linear(in_dim, hidden_dim))
-            setattr(self, f"{p}_mlp1", FFNStack(1, hidden_dim, intermediate_dim))
-            setattr(self, f"{p}_scalar_mlp2", FFNStack(1, hidden_dim, hidden_dim))
-            setattr(self, f"{p}_scalar_head", nn.Linear(hidden_dim, target_num_heads))
-            setattr(self, f"{p}_proj_mlp2", FFNStack(num_layers - 2, hidden_dim, intermediate_dim))
-            setattr(self, f"{p}_proj_out", nn.Linear(hidden_dim, out_dim))
-            setattr(self, f"{p}_gate_logit", nn.Parameter(torch.tensor(0.0)))
-        self.register_buffer("gate_temperature", torch.tensor(1.0))
-
-    def branch(self, p, source, target):
-        """source (B, Hs, N, Ds), target (B, Ht, N, Dt) -> fused target (B, Ht, N, Dt)."""
-        b, ht, n, dt = target.shape
-        xs = source.transpose(1, 2).reshape(b, n, -1)  # head-major flatten: h * D + d
-        xt = target.transpose(1, 2).reshape(b, n, -1)
-        x = getattr(self, f"{p}_in")(torch.cat([xs, xt], dim=-1))
-        x = getattr(self, f"{p}_mlp1")(x)
-        proj = getattr(self, f"{p}_proj_out")(getattr(self, f"{p}_proj_mlp2")(x))
-        proj = proj.reshape(b, n, ht, dt).transpose(1, 2)
-        weight = torch.sigmoid(getattr(self, f"{p}_scalar_head")(getattr(self, f"{p}_scalar_mlp2")(x)))
-        weight = weight.transpose(1, 2).unsqueeze(-1)  # (B, Ht, N, 1), broadcast over Dt
-        gate = (getattr(self, f"{p}_gate_logit") > 0).to(target.dtype)  # hard gate at inference
-        return target + gate * weight * proj
-
+# The torch C2CProjector (state-dict names and forward as thu-nics/C2C rosetta/model/projector.py) is
+# the fuser trainer's (fuser/train/c2c_torch.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fuser", "train"))
+from c2c_torch import C2CProjector  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 
