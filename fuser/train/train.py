@@ -103,16 +103,20 @@ def collate(examples, layers):
 
 
 def continuation_loss(receiver, projectors, layer_map, batch, temperature, fuse=True):
-    """Mean cross-entropy (nats) of continuation tokens 1.. over the (fused) context, and their count."""
+    """Mean cross-entropy (nats) of continuation tokens 1.. over the (fused) context, and their count.
+    fuse: True, False (the receiver alone) or "zero" (fused with all-zero sharer K/V: what the
+    projectors gain without the sharer's information)."""
     b, nc = batch["ctx"].shape
     with torch.no_grad():
         _, own = receiver(batch["ctx"], torch.arange(nc).expand(b, nc), mask=batch["cmask"])
     past = []
     for t, (k, v) in enumerate(own):
         if fuse:
-            s = layer_map[t]
-            k = projectors[t].fuse("key", batch["sk"][s], k, temperature)
-            v = projectors[t].fuse("value", batch["sv"][s], v, temperature)
+            sk, sv = batch["sk"][layer_map[t]], batch["sv"][layer_map[t]]
+            if fuse == "zero":
+                sk, sv = torch.zeros_like(sk), torch.zeros_like(sv)
+            k = projectors[t].fuse("key", sk, k, temperature)
+            v = projectors[t].fuse("value", sv, v, temperature)
         past.append((k, v))
     nk = batch["cont"].shape[1]
     pos = batch["lens"][:, None] + torch.arange(nk)[None]
@@ -249,12 +253,14 @@ def main(argv=None):
             metrics.setdefault("val_curve", []).append([step + 1, v])
             print(f"step {step + 1}: val {v:.4f} nats/token", file=sys.stderr)
     metrics["val_end"] = evaluate(receiver, projectors, layer_map, val, layers, a.batch)
+    metrics["val_end_sharer_zeroed"] = evaluate(receiver, projectors, layer_map, val, layers, a.batch, fuse="zero")
     metrics["train_curve"] = curve
     metrics["gates_on"] = {f"{t}.{b}": bool(getattr(pr, f"{b}_gate_logit") > 0)
                            for t, pr in enumerate(projectors) for b in ("key", "value")}
     metrics["seconds"] = time.time() - t0
     print(f"train: val nats/token {metrics['val_start']:.4f} -> {metrics['val_end']:.4f} "
-          f"(receiver alone {metrics['val_receiver_alone']:.4f}) in {metrics['seconds']:.0f} s", file=sys.stderr)
+          f"(receiver alone {metrics['val_receiver_alone']:.4f}; the trained fuser with the sharer's K/V zeroed "
+          f"{metrics['val_end_sharer_zeroed']:.4f}) in {metrics['seconds']:.0f} s", file=sys.stderr)
     config = dict(vars(a), train_meta=train.meta.get("examples"), n_train=len(train), n_val=len(val))
     write_fuser(a.out, cfg, projectors, {"train_config.json": config, "metrics.json": metrics})
     shutil.copyfile(os.path.join(a.template, "config.json"), os.path.join(a.out, "template_config.json"))

@@ -44,12 +44,14 @@ TEST_CASE("fuser safetensors: writer and reader round trip", "[fuser]") {
   const std::vector<uint16_t> b = {fp32_to_bf16(1.0f), fp32_to_bf16(-3.0f), fp32_to_bf16(0.5f)};
   const std::vector<uint16_t> c = {fp32_to_fp16(0.25f)};
   const float scalar = 42.0f;
+  const std::vector<int32_t> ids = {1, -7, 49151};
   const std::vector<SafetensorsTensor> tensors = {
       {"layer.a", DType::kF32, {2, 3}, a.data()},
       {"layer.b_bf16", DType::kBF16, {3}, b.data()},  // 6 bytes: the next f32 tensor starts misaligned
       {"scalar", DType::kF32, {}, &scalar},
       {"empty", DType::kF32, {0, 4}, nullptr},
       {"half", DType::kF16, {1, 1, 1, 1}, c.data()},
+      {"ids", DType::kI32, {3}, ids.data()},  // token ids (kvbridge fuser dump)
   };
   const std::string path = path_for("round_trip.safetensors");
   REQUIRE(write_safetensors(path, tensors, {{"format", "test"}, {"note", "x"}}).ok());
@@ -57,7 +59,7 @@ TEST_CASE("fuser safetensors: writer and reader round trip", "[fuser]") {
   Result<SafetensorsFile> f = SafetensorsFile::open(path);
   REQUIRE(f.ok());
   CHECK(f->metadata().at("format") == "test");
-  CHECK(f->entries().size() == 5);
+  CHECK(f->entries().size() == 6);
   CHECK(f->entries()[0].name == "layer.a");  // data order
   Result<Tensor> ta = f->tensor("layer.a");
   REQUIRE(ta.ok());
@@ -78,6 +80,10 @@ TEST_CASE("fuser safetensors: writer and reader round trip", "[fuser]") {
   CHECK(reinterpret_cast<uintptr_t>(ts->data) % 4 == 0);  // realigned copy
   CHECK(f->tensor("empty")->numel() == 0);
   CHECK(f->tensor("half")->n_dims == 4);
+  Result<Tensor> ti = f->tensor("ids");
+  REQUIRE(ti.ok());
+  CHECK(ti->dtype == DType::kI32);
+  CHECK(std::memcmp(ti->data, ids.data(), ids.size() * 4) == 0);
   CHECK(f->tensor("missing").status().code() == StatusCode::kNotFound);
   CHECK(f->find("missing") == nullptr);
 
