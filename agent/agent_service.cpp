@@ -151,10 +151,19 @@ class GenerateStream final : public GenerateSink {
   }
   void set_fuse_report(std::optional<FuseReport> r) { fuse_ = std::move(r); }
 
-  void on_token(int32_t id, std::string_view text) override {
+  void on_token(int32_t id, std::string_view text, const TokenLogprobs* lp) override {
     pb::GenerateResponse msg;
-    msg.mutable_token()->set_id(id);
-    msg.mutable_token()->set_text(std::string(text));
+    pb::TokenEvent* t = msg.mutable_token();
+    t->set_id(id);
+    t->set_text(std::string(text));
+    if (lp != nullptr) {
+      t->set_logprob(lp->logprob);
+      for (const auto& [top_id, top_lp] : lp->top) {
+        pb::TopLogprob* e = t->add_top();
+        e->set_id(top_id);
+        e->set_logprob(top_lp);
+      }
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (broken_ || final_) return;
     pending_.push_back(std::move(msg));

@@ -165,6 +165,29 @@ Result<SamplingParams> convert_sampling(const pb::SamplingParams& p) {
   return s;
 }
 
+// GenerateRequest.forced / logprobs / top_logprobs → the options (agent.proto's limits).
+Status convert_scoring(const pb::GenerateRequest& r, const RequestLimits& lim, runtime::GenerateOptions& o) {
+  const int32_t n_vocab = lim.tokenizer->n_vocab();
+  if (r.forced().ids_size() > lim.max_new_tokens) {
+    return invalid_argument(fmt::format("forced: {} tokens, at most --max-new-tokens {}", r.forced().ids_size(),
+                                        lim.max_new_tokens));
+  }
+  for (int i = 0; i < r.forced().ids_size(); ++i) {
+    const int32_t id = r.forced().ids(i);
+    if (id < 0 || id >= n_vocab) {
+      return invalid_argument(fmt::format("forced.ids[{}] = {} is outside the vocabulary [0, {})", i, id, n_vocab));
+    }
+    o.forced.push_back(id);
+  }
+  if (r.top_logprobs() > kMaxTopLogprobs) {
+    return invalid_argument(fmt::format("top_logprobs must be <= {}", kMaxTopLogprobs));
+  }
+  o.logprobs = r.logprobs();
+  o.top_logprobs = int32_t(r.top_logprobs());
+  if (!o.forced.empty()) o.max_tokens = int32_t(o.forced.size());
+  return Status::Ok();
+}
+
 Status check_ttl(uint32_t ttl_s) {
   if (ttl_s > kMaxTtlS) return invalid_argument(fmt::format("cache_ttl_seconds must be <= {}", kMaxTtlS));
   return Status::Ok();
@@ -202,6 +225,7 @@ Result<GenerateSpec> convert_generate(const pb::GenerateRequest& r, const Reques
   g.options.keep_cache = r.keep_cache();
   KVB_RETURN_IF_ERROR(check_ttl(r.cache_ttl_seconds()));
   g.options.cache_ttl_s = r.cache_ttl_seconds();
+  KVB_RETURN_IF_ERROR(convert_scoring(r, lim, g.options));
   if (g.session.context.size() == 1) {
     g.session.pull.reserve_cells = int32_t(std::min<int64_t>(
         int64_t(g.session.tokens.size()) + g.options.max_tokens, lim.ctx_size));

@@ -22,6 +22,7 @@ inline constexpr size_t kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopBytes = 256;
 inline constexpr size_t kMaxChatMessages = 1024;
 inline constexpr int32_t kDefaultMaxTokens = 128;
+inline constexpr uint32_t kMaxTopLogprobs = 20;  // GenerateRequest.top_logprobs
 
 // What validation needs to know about this agent.
 struct RequestLimits {

@@ -157,6 +157,18 @@ Result<v1::ListCachesResponse> AgentClient::list_caches() {
   return r;
 }
 
+Result<std::vector<int32_t>> AgentClient::tokenize(const std::string& text, bool raw) {
+  grpc::ClientContext ctx;
+  prepare(ctx);
+  v1::TokenizeRequest req;
+  req.add_texts(text);
+  req.set_raw(raw);
+  v1::TokenizeResponse r;
+  KVB_RETURN_IF_ERROR(from_grpc_status(stub_->Tokenize(&ctx, req, &r)));
+  if (r.tokens_size() != 1) return internal_error("Tokenize answered no token list");
+  return std::vector<int32_t>(r.tokens(0).ids().begin(), r.tokens(0).ids().end());
+}
+
 Status AgentClient::drop_cache(const std::string& cache_id) {
   grpc::ClientContext ctx;
   prepare(ctx);

@@ -155,6 +155,9 @@ class AgentClient {
   Result<ImportResult> load_cache(const std::string& path, const TransferProgress& progress = {});
 
   Result<v1::ListCachesResponse> list_caches();
+  // The agent's tokens for `text`: raw = the bytes exactly as given (no BOS, no dummy-prefix space:
+  // a continuation to score); otherwise as Generate's text input with BOS.
+  Result<std::vector<int32_t>> tokenize(const std::string& text, bool raw);
   Status drop_cache(const std::string& cache_id);
   Result<v1::CacheInfo> pin_cache(const std::string& cache_id, bool pinned = true);
 

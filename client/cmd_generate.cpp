@@ -2,6 +2,7 @@
 // optional context caches), printing tokens as they come.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "client/cli_remote.h"
@@ -28,6 +29,11 @@ struct GenerateArgs {
   std::string agent;
   std::vector<std::string> context;
   bool keep_cache = false;
+  std::string fuser;        // receiver mode: a FuserService for contexts of another model
+  bool fuser_embedded = false;  // ... or the agent's own --fuser
+  std::string score;        // a continuation to score (teacher-forced) instead of generating
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
   RemoteFlags remote;
   PullFlags pull;
 };
@@ -50,6 +56,34 @@ std::vector<int32_t> local_prompt(const GenerateArgs& a, const Tokenizer& tok) {
   return tok.encode(*text, chat_encode_options());
 }
 
+// One line per token on stderr: id, text, log-probability, then the top alternatives.
+void print_token_logprobs(const client::v1::TokenEvent& t) {
+  std::string line = fmt::format("{:>7} {:>16} {:>9.4f}", t.id(), fmt::format("\"{}\"", t.text()), t.logprob());
+  for (const auto& e : t.top()) line += fmt::format("  {}:{:.3f}", e.id(), e.logprob());
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
+// --score: the continuation's tokens streamed with their log-probabilities; the totals on stderr.
+void run_remote_score(client::AgentClient& agent, client::v1::GenerateRequest& req, const GenerateArgs& a) {
+  auto ids = agent.tokenize(a.score, /*raw=*/true);
+  exit_on_error(ids.status());
+  if (ids->empty()) exit_on_error(invalid_argument("--score: the text has no tokens"));
+  req.mutable_forced()->mutable_ids()->Add(ids->begin(), ids->end());
+  double sum = 0;
+  auto r = agent.generate(req, [&](const client::v1::TokenEvent& t) {
+    sum += t.logprob();
+    std::fwrite(t.text().data(), 1, t.text().size(), stdout);
+    if (a.logprobs || a.top_logprobs > 0) print_token_logprobs(t);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  exit_on_error(r.status());
+  const size_t n = ids->size();
+  std::fprintf(stderr, "scored %zu tokens (%zu bytes): log-probability %.4f nats, %.4f nats/token, %.4f bits/byte\n",
+               n, a.score.size(), sum, -sum / double(n), -sum / std::log(2.0) / double(a.score.size()));
+  if (a.stats) print_summary(*r);
+}
+
 void run_remote_generate(const GenerateArgs& a) {
   // The agent reads max_tokens 0 as its default (128), not as "nothing".
   if (a.n == 0) throw CLI::ValidationError("-n", "an agent generates at least one token");
@@ -68,7 +102,23 @@ void run_remote_generate(const GenerateArgs& a) {
   req.mutable_sampling()->set_seed(a.seed);
   a.pull.apply(req.mutable_pull());
   req.set_keep_cache(a.keep_cache);
+  if (a.fuser_embedded) req.mutable_fuser()->set_embedded(true);
+  if (!a.fuser.empty()) req.mutable_fuser()->set_address(a.fuser);
+  req.set_logprobs(a.logprobs);
+  req.set_top_logprobs(uint32_t(a.top_logprobs));
   std::fputs(a.prompt.c_str(), stdout);
+  if (!a.score.empty()) return run_remote_score(*agent, req, a);
+  if (a.logprobs || a.top_logprobs > 0) {
+    auto r = agent->generate(req, [](const client::v1::TokenEvent& t) {
+      std::fwrite(t.text().data(), 1, t.text().size(), stdout);
+      print_token_logprobs(t);
+      return true;
+    });
+    std::fputc('\n', stdout);
+    exit_on_error(r.status());
+    if (a.stats) print_summary(*r);
+    return;
+  }
   const client::v1::GenerateSummary s = stream_generate(*agent, req, a.stats);
   if (a.keep_cache && !a.stats) std::fprintf(stderr, "cache_id=%s\n", s.cache_id().c_str());
 }
@@ -133,6 +183,11 @@ void register_generate(CLI::App& app) {
       ->needs(agent);
   c->add_flag("--keep-cache", a->keep_cache, "Keep context + prompt + output as a new cache; print its id")
       ->needs(agent);
+  auto* fuser = c->add_option("--fuser", a->fuser, "FuserService (host:port) for contexts held by another model");
+  auto* fuser_embedded =
+      c->add_flag("--fuser-embedded", a->fuser_embedded, "Fuse contexts of another model with the agent's --fuser");
+  fuser->needs(agent)->excludes(fuser_embedded);
+  fuser_embedded->needs(agent);
   add_pull_flags(c, a->pull, "context caches pulled from other agents");
   add_remote_flags(c, a->remote);
   c->add_option("--tokenizer", a->tokenizer, "Tokenizer file for formats that keep it apart (llama2.c tokenizer.bin)");
@@ -148,6 +203,14 @@ void register_generate(CLI::App& app) {
   c->add_option("-c,--ctx-size", a->ctx, "Context size in tokens (default: the model's)")->check(CLI::Range(0, 1 << 24));
   c->add_option("--device", a->device, "cpu or cuda:N");
   c->add_flag("--stats", a->stats, "Print timing to stderr");
+  c->add_option("--score", a->score,
+                "Score this continuation (teacher-forced) after the prompt: per-token log-probabilities, "
+                "nats/token and bits/byte on stderr")
+      ->needs(agent);
+  c->add_flag("--logprobs", a->logprobs, "Print each token's log-probability on stderr")->needs(agent);
+  c->add_option("--top-logprobs", a->top_logprobs, "And the K most likely tokens at each step")
+      ->check(CLI::Range(0, 20))
+      ->needs(agent);
   c->callback([a, prompt, messages] {
     if (a->model.empty() && a->agent.empty()) throw CLI::RequiredError("--model or --agent");
     if (prompt->count() == 0 && messages->count() == 0) throw CLI::RequiredError("--prompt or --messages");

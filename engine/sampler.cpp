@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace kvb {
 
@@ -65,6 +66,26 @@ int32_t Sampler::sample(std::span<const float> logits) {
     if (r < acc) return candidates_[i].second;
   }
   return candidates_[keep - 1].second;
+}
+
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t id, int32_t k) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (float l : logits) mx = std::max(mx, l);
+  double sum = 0.0;
+  for (float l : logits) sum += std::exp(double(l) - double(mx));
+  const double log_z = double(mx) + std::log(sum);
+  TokenLogprobs out;
+  out.logprob = float(double(logits[size_t(id)]) - log_z);
+  const size_t kk = std::min(size_t(std::max(k, 0)), logits.size());
+  if (kk == 0) return out;
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(i);
+  std::partial_sort(ids.begin(), ids.begin() + std::ptrdiff_t(kk), ids.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  });
+  out.top.reserve(kk);
+  for (size_t i = 0; i < kk; ++i) out.top.emplace_back(ids[i], float(double(logits[size_t(ids[i])]) - log_z));
+  return out;
 }
 
 }  // namespace kvb

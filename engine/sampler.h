@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "kernels/status.h"
@@ -38,5 +39,15 @@ class Sampler {
 };
 
 int32_t argmax(std::span<const float> logits);
+
+// Log-probabilities of a next-token distribution: natural log of softmax(logits) at temperature 1,
+// before any sampling transform (what vLLM's logprobs and llama.cpp's n_probs report).
+struct TokenLogprobs {
+  float logprob = 0;                            // of `id`
+  std::vector<std::pair<int32_t, float>> top;   // the k most likely (id, logprob), most likely first,
+                                                // ties by id
+};
+// logits: [n_vocab]; id in [0, n_vocab); 0 <= k (capped at n_vocab). Sums in double.
+TokenLogprobs token_logprobs(std::span<const float> logits, int32_t id, int32_t k);
 
 }  // namespace kvb

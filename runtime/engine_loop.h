@@ -150,6 +150,13 @@ struct GenerateOptions {
   bool ignore_eos = false;
   bool keep_cache = false;         // store context + input + generated tokens as a new cache
   uint32_t cache_ttl_s = 0;        // for keep_cache; 0 = the store's default
+  // Teacher forcing (scoring): these tokens, each in [0, n_vocab), are streamed in order instead of
+  // sampled, each with its log-probability given everything before it. max_tokens, stop strings
+  // and EOS do not apply: generation ends after the last (FinishReason::kMaxTokens) or when the
+  // context is full.
+  std::vector<int32_t> forced;
+  bool logprobs = false;           // report each streamed token's log-probability (always with forced)
+  int32_t top_logprobs = 0;        // and the k most likely tokens' (0 = none)
 };
 
 struct GenerateOutcome {
@@ -175,8 +182,9 @@ class GenerateSink {
   // One sampled token, in order, and the text it completes: always valid UTF-8 (engine/
   // utf8_stream.h). Empty while the token's bytes are held back because they end inside a
   // character; the token that completes it carries the whole character. Invalid bytes come as
-  // U+FFFD. Every sampled token is reported, even with empty text.
-  virtual void on_token(int32_t id, std::string_view text) = 0;
+  // U+FFFD. Every sampled token is reported, even with empty text. `lp`: the token's
+  // log-probabilities when GenerateOptions asked for them, else null (valid during the call only).
+  virtual void on_token(int32_t id, std::string_view text, const TokenLogprobs* lp) = 0;
   // Exactly once, after the last on_token. Errors: RESOURCE_EXHAUSTED (input does not fit the
   // context, or the kept cache does not fit), CANCELLED, UNAVAILABLE (shutdown), and the
   // forward pass's own errors.

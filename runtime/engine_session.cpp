@@ -65,6 +65,15 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start(Task& t) {
   KVB_ASSIGN_OR_RETURN(const int64_t n_context, count_context(t.in, ctx_size_));
   const int64_t n_in = int64_t(t.in.tokens.size());
   int32_t cells = 0;
+  if (t.is_generate && !t.gen.forced.empty()) {
+    for (int32_t id : t.gen.forced) {
+      if (id < 0 || id >= model_.config.n_vocab) {
+        return invalid_argument(fmt::format("forced token {} is outside the vocabulary [0, {})", id,
+                                            model_.config.n_vocab));
+      }
+    }
+    t.gen.max_tokens = int32_t(t.gen.forced.size());  // what capacity and the stop rule count
+  }
   if (t.is_generate) {
     // Room for every token that can be fed: context + input + max_tokens (the last sampled token
     // is fed only for keep_cache), never more than the context size.
@@ -88,7 +97,9 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start(Task& t) {
   s->prefill_done = std::move(t.prefill_done);
   s->n_context = int32_t(n_context);
   s->n_prompt = int32_t(n_in);
-  for (const auto& stop : s->opt.stop) s->max_stop = std::max(s->max_stop, stop.size());
+  if (s->opt.forced.empty()) {  // stop strings do not apply to forced tokens
+    for (const auto& stop : s->opt.stop) s->max_stop = std::max(s->max_stop, stop.size());
+  }
 
   if (s->is_generate) s->logits.resize(static_cast<size_t>(model_.config.n_vocab));
   s->capacity = cells;
@@ -125,9 +136,12 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start(Task& t) {
 }
 
 bool EngineLoop::sample_and_stream(Session& s) {
-  const int32_t next = s.sampler.sample(s.logits);
+  const bool forcing = !s.opt.forced.empty();
+  const int32_t next = forcing ? s.opt.forced[s.n_forced++] : s.sampler.sample(s.logits);
+  std::optional<TokenLogprobs> lp;
+  if (s.opt.logprobs || forcing || s.opt.top_logprobs > 0) lp = token_logprobs(s.logits, next, s.opt.top_logprobs);
   if (!s.first_token) s.first_token = Clock::now();
-  if (!s.opt.ignore_eos && model_.is_eos(next)) {
+  if (!forcing && !s.opt.ignore_eos && model_.is_eos(next)) {
     finish_generate(s, FinishReason::kEos);
     return false;
   }
@@ -139,7 +153,7 @@ bool EngineLoop::sample_and_stream(Session& s) {
   s.utf8.push(piece, text);
   const size_t old_len = s.text.size();
   s.text += text;
-  s.sink->on_token(next, text);
+  s.sink->on_token(next, text, lp ? &*lp : nullptr);
 
   if (s.max_stop > 0 && !text.empty()) {
     // Only a match that ends inside the new piece is new.
@@ -151,7 +165,7 @@ bool EngineLoop::sample_and_stream(Session& s) {
       }
     }
   }
-  if (s.n_generated >= s.opt.max_tokens) {
+  if (forcing ? s.n_forced == s.opt.forced.size() : s.n_generated >= s.opt.max_tokens) {
     finish_generate(s, FinishReason::kMaxTokens);
     return false;
   }

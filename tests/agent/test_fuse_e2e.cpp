@@ -345,3 +345,76 @@ TEST_CASE("an agent refuses an embedded fuser built for another model at startup
   ss << f.rdbuf();
   CHECK_THAT(ss.str(), Catch::Contains("not this model"));
 }
+
+TEST_CASE("scoring a continuation over a fused context gives the receiver's log-probabilities over that cache",
+          "[e2e][fuse][scoring]") {
+  World& w = world();
+  auto sharer = start_agent(kSharer, "score-sharer");
+  auto receiver = start_agent(kReceiver, "score-receiver", {"--fuser", w.fuser_dir});
+  auto cs = must(AgentClient::connect(sharer->address(), {}));
+  auto cr = must(AgentClient::connect(receiver->address(), {}));
+  v1::PrefillRequest p;
+  p.set_text(kStory);
+  const v1::PrefillResponse cache = must(cs->prefill(p));
+  const Expected e = library_fused(kStory);
+
+  // The receiver's tokens of the input and of the continuation to score (raw: no dummy prefix).
+  const Tokenizer& rt = *w.receiver->tokenizer;
+  const std::vector<int32_t> input = rt.encode(kQuestion, EncodeOptions{false, false});
+  EncodeOptions raw{false, false};
+  raw.add_space_prefix = false;
+  const std::vector<int32_t> forced = rt.encode(" ran to the ball.", raw);
+  REQUIRE(forced.size() >= 4);
+  REQUIRE(forced == must(cr->tokenize(" ran to the ball.", true)));
+
+  v1::FuserRef embedded;
+  embedded.set_embedded(true);
+  v1::GenerateRequest r = fused_request(sharer->address(), cache.cache_id(), embedded);
+  r.mutable_tokens()->mutable_ids()->Add(input.begin(), input.end());
+  r.set_add_bos(false);
+  r.set_keep_cache(false);
+  r.mutable_forced()->mutable_ids()->Add(forced.begin(), forced.end());
+  r.set_top_logprobs(2);
+  std::vector<v1::TokenEvent> events;
+  const v1::GenerateSummary s = must(cr->generate(r, [&](const v1::TokenEvent& t) {
+    events.push_back(t);
+    return true;
+  }));
+  CHECK(s.stop_reason() == v1::STOP_REASON_MAX_TOKENS);
+  REQUIRE(events.size() == forced.size());
+
+  // The library's fused cache, then the input and the forced tokens through the receiver's runner.
+  auto backend = must(cpu_device().create_backend());
+  auto run = must(ModelRunner::create(*w.receiver, *backend));
+  const int32_t n_ctx = e.fused->n_tokens();
+  auto c = must(run->new_cache(n_ctx + int32_t(input.size() + forced.size()), DType::kF32));
+  REQUIRE(c->copy_from(*backend, *e.fused, n_ctx).ok());
+  std::vector<int32_t> tail = input;
+  tail.insert(tail.end(), forced.begin(), forced.end());
+  const size_t nv = size_t(w.receiver->config.n_vocab);
+  std::vector<float> logits(tail.size() * nv);
+  REQUIRE(run->forward(*c, tail, logits, true).ok());
+  double fused_sum = 0, plain_sum = 0;
+  for (size_t i = 0; i < forced.size(); ++i) {
+    const float* row = logits.data() + (input.size() - 1 + i) * nv;
+    const double mx = *std::max_element(row, row + nv);
+    double z = 0;
+    for (size_t j = 0; j < nv; ++j) z += std::exp(double(row[j]) - mx);
+    const double want = double(row[forced[i]]) - mx - std::log(z);
+    CAPTURE(i);
+    CHECK(events[i].id() == forced[i]);
+    CHECK(std::abs(events[i].logprob() - want) <= 1e-3);
+    REQUIRE(events[i].top_size() == 2);
+    CHECK(events[i].top(0).logprob() >= events[i].top(1).logprob());
+    fused_sum += events[i].logprob();
+  }
+  // The same continuation after the context as text (unfused) scores differently.
+  v1::GenerateRequest text;
+  text.set_text(std::string(kStory) + kQuestion);
+  text.mutable_forced()->mutable_ids()->Add(forced.begin(), forced.end());
+  must(cr->generate(text, [&](const v1::TokenEvent& t) {
+    plain_sum += t.logprob();
+    return true;
+  }));
+  CHECK(std::abs(fused_sum - plain_sum) > 1e-3);
+}

@@ -1,4 +1,4 @@
-// Request conversion: chat input rendered with the model's template, and its errors.
+// Request conversion: chat input rendered with the model's template, scoring fields, and their errors.
 #include <catch2/catch.hpp>
 
 #include "agent/request_convert.h"
@@ -116,6 +116,35 @@ TEST_CASE("pull.transport: empty is auto, the four names parse, anything else is
     CHECK(st.code() == StatusCode::kInvalidArgument);
     CHECK_THAT(st.message(), Catch::Contains("pull.transport") && Catch::Contains("cuda-ipc"));
   }
+}
+
+TEST_CASE("scoring fields: forced tokens set the length, bad ids and too many are INVALID_ARGUMENT", "[server]") {
+  const auto tok = tokenizer_with_template("");
+  pb::GenerateRequest r;
+  r.set_text("Once upon a time");
+  r.set_max_tokens(5);
+  for (int32_t id : {7, 2, 1023}) r.mutable_forced()->add_ids(id);
+  r.set_top_logprobs(4);
+  auto g = convert_generate(r, limits(*tok));
+  REQUIRE(g.ok());
+  CHECK(g->options.forced == std::vector<int32_t>{7, 2, 1023});
+  CHECK(g->options.max_tokens == 3);
+  CHECK(g->options.top_logprobs == 4);
+  CHECK_FALSE(g->options.logprobs);
+
+  pb::GenerateRequest bad = r;
+  bad.mutable_forced()->set_ids(1, 1024);  // the vocab has 1024 ids
+  CHECK(convert_generate(bad, limits(*tok)).status().code() == StatusCode::kInvalidArgument);
+  bad = r;
+  bad.mutable_forced()->set_ids(0, -1);
+  CHECK(convert_generate(bad, limits(*tok)).status().code() == StatusCode::kInvalidArgument);
+  bad = r;
+  bad.set_top_logprobs(kMaxTopLogprobs + 1);
+  CHECK(convert_generate(bad, limits(*tok)).status().code() == StatusCode::kInvalidArgument);
+  bad = r;
+  bad.clear_forced();
+  for (int i = 0; i < 65; ++i) bad.mutable_forced()->add_ids(3);  // --max-new-tokens is 64 here
+  CHECK(convert_generate(bad, limits(*tok)).status().code() == StatusCode::kInvalidArgument);
 }
 
 }  // namespace

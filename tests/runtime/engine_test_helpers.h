@@ -42,14 +42,16 @@ struct Collect final : GenerateSink {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<int32_t> ids;
+  std::vector<TokenLogprobs> logprobs;  // one per token, when the request asked for them
   std::optional<Result<GenerateOutcome>> done;
   std::function<void(size_t)> on_each;  // called after each token with the count (engine thread)
 
-  void on_token(int32_t id, std::string_view) override {
+  void on_token(int32_t id, std::string_view, const TokenLogprobs* lp) override {
     size_t n;
     {
       std::lock_guard<std::mutex> lock(mu);
       ids.push_back(id);
+      if (lp != nullptr) logprobs.push_back(*lp);
       n = ids.size();
     }
     cv.notify_all();
