@@ -192,10 +192,12 @@ void print_summary(const v1::GenerateSummary& s) {
                s.cache_id().empty() ? "" : " cache_id=", s.cache_id().c_str());
 }
 
-v1::GenerateSummary stream_generate(client::AgentClient& agent, const v1::GenerateRequest& req, bool summary) {
-  auto r = agent.generate(req, [](const v1::TokenEvent& t) {
+v1::GenerateSummary stream_generate(client::AgentClient& agent, const v1::GenerateRequest& req, bool summary,
+                                    const std::function<void(const v1::TokenEvent&)>& each) {
+  auto r = agent.generate(req, [&](const v1::TokenEvent& t) {
     std::fwrite(t.text().data(), 1, t.text().size(), stdout);
     std::fflush(stdout);
+    if (each) each(t);
     return true;
   });
   if (r.ok()) std::fwrite(r->tail_text().data(), 1, r->tail_text().size(), stdout);

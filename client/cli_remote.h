@@ -7,6 +7,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,10 +75,12 @@ std::string human_bytes(uint64_t n);
 // One line on stderr: "<what> 312 tokens, 390.0 KiB in 3.1 ms (0.12 GB/s)".
 void print_transfer_summary(const std::string& what, const client::TransferStats& st);
 
-// Runs a Generate, printing each token's text to stdout as it arrives, then a newline and, with
-// `summary`, the summary line (print_summary) on stderr. Exits on error.
+// Runs a Generate, printing each token's text to stdout as it arrives (and handing its event to
+// `each`, when given), then the tail text, a newline and, with `summary`, the summary line
+// (print_summary) on stderr. Exits on error.
 client::v1::GenerateSummary stream_generate(client::AgentClient& agent, const client::v1::GenerateRequest& req,
-                                            bool summary = true);
+                                            bool summary = true,
+                                            const std::function<void(const client::v1::TokenEvent&)>& each = {});
 // "stop=max_tokens context_tokens=300 prompt_tokens=5 generated_tokens=32 ttft_ms=1.90
 //  decode_ms=10.20 pulled_bytes=384000" on stderr: key=value, for people and for scripts.
 void print_summary(const client::v1::GenerateSummary& s);

@@ -56,9 +56,10 @@ std::vector<int32_t> local_prompt(const GenerateArgs& a, const Tokenizer& tok) {
   return tok.encode(*text, chat_encode_options());
 }
 
-// One line per token on stderr: id, text, log-probability, then the top alternatives.
+// One line per token on stderr: id, text (quoted, escaped), log-probability, then the top
+// alternatives.
 void print_token_logprobs(const client::v1::TokenEvent& t) {
-  std::string line = fmt::format("{:>7} {:>16} {:>9.4f}", t.id(), fmt::format("\"{}\"", t.text()), t.logprob());
+  std::string line = fmt::format("{:>7} {:>16} {:>9.4f}", t.id(), fmt::format("{:?}", t.text()), t.logprob());
   for (const auto& e : t.top()) line += fmt::format("  {}:{:.3f}", e.id(), e.logprob());
   std::fprintf(stderr, "%s\n", line.c_str());
 }
@@ -70,18 +71,13 @@ void run_remote_score(client::AgentClient& agent, client::v1::GenerateRequest& r
   if (ids->empty()) exit_on_error(invalid_argument("--score: the text has no tokens"));
   req.mutable_forced()->mutable_ids()->Add(ids->begin(), ids->end());
   double sum = 0;
-  auto r = agent.generate(req, [&](const client::v1::TokenEvent& t) {
+  (void)stream_generate(agent, req, a.stats, [&](const client::v1::TokenEvent& t) {
     sum += t.logprob();
-    std::fwrite(t.text().data(), 1, t.text().size(), stdout);
     if (a.logprobs || a.top_logprobs > 0) print_token_logprobs(t);
-    return true;
   });
-  std::fputc('\n', stdout);
-  exit_on_error(r.status());
   const size_t n = ids->size();
   std::fprintf(stderr, "scored %zu tokens (%zu bytes): log-probability %.4f nats, %.4f nats/token, %.4f bits/byte\n",
                n, a.score.size(), sum, -sum / double(n), -sum / std::log(2.0) / double(a.score.size()));
-  if (a.stats) print_summary(*r);
 }
 
 void run_remote_generate(const GenerateArgs& a) {
@@ -108,18 +104,9 @@ void run_remote_generate(const GenerateArgs& a) {
   req.set_top_logprobs(uint32_t(a.top_logprobs));
   std::fputs(a.prompt.c_str(), stdout);
   if (!a.score.empty()) return run_remote_score(*agent, req, a);
-  if (a.logprobs || a.top_logprobs > 0) {
-    auto r = agent->generate(req, [](const client::v1::TokenEvent& t) {
-      std::fwrite(t.text().data(), 1, t.text().size(), stdout);
-      print_token_logprobs(t);
-      return true;
-    });
-    std::fputc('\n', stdout);
-    exit_on_error(r.status());
-    if (a.stats) print_summary(*r);
-    return;
-  }
-  const client::v1::GenerateSummary s = stream_generate(*agent, req, a.stats);
+  std::function<void(const client::v1::TokenEvent&)> each;
+  if (a.logprobs || a.top_logprobs > 0) each = print_token_logprobs;
+  const client::v1::GenerateSummary s = stream_generate(*agent, req, a.stats, each);
   if (a.keep_cache && !a.stats) std::fprintf(stderr, "cache_id=%s\n", s.cache_id().c_str());
 }
 

@@ -137,7 +137,8 @@ Result<std::unique_ptr<EngineLoop::Session>> EngineLoop::start(Task& t) {
 
 bool EngineLoop::sample_and_stream(Session& s) {
   const bool forcing = !s.opt.forced.empty();
-  const int32_t next = forcing ? s.opt.forced[s.n_forced++] : s.sampler.sample(s.logits);
+  // Forced tokens are never cut short (no EOS or stop string), so the next is forced[n_generated].
+  const int32_t next = forcing ? s.opt.forced[size_t(s.n_generated)] : s.sampler.sample(s.logits);
   std::optional<TokenLogprobs> lp;
   if (s.opt.logprobs || forcing || s.opt.top_logprobs > 0) lp = token_logprobs(s.logits, next, s.opt.top_logprobs);
   if (!s.first_token) s.first_token = Clock::now();
@@ -165,7 +166,7 @@ bool EngineLoop::sample_and_stream(Session& s) {
       }
     }
   }
-  if (forcing ? s.n_forced == s.opt.forced.size() : s.n_generated >= s.opt.max_tokens) {
+  if (s.n_generated >= s.opt.max_tokens) {  // with forced tokens, max_tokens is their count (start)
     finish_generate(s, FinishReason::kMaxTokens);
     return false;
   }

@@ -48,7 +48,6 @@ struct EngineLoop::Session {
   bool last_fed = true;       // whether the last streamed token is in the cache
   int32_t prev = -1;          // previous token, for decode_token's leading-space rule
   int32_t n_context = 0, n_prompt = 0, n_generated = 0;
-  size_t n_forced = 0;        // forced tokens streamed so far
   size_t max_stop = 0;
   Utf8StreamDecoder utf8;     // holds back a character split over tokens until it is complete
   std::string text;           // what was streamed so far: valid UTF-8

@@ -26,7 +26,6 @@ metrics.json}; a progress line per --log-every steps on stderr.
 
 import argparse
 import json
-import math
 import os
 import shutil
 import struct
@@ -154,6 +153,27 @@ def temperature_at(step, steps, hard_fraction, final):
     return final ** (step / max(1, soft))
 
 
+def new_projectors(cfg):
+    """One untrained C2CProjector per receiver layer of a fuser config (config.json as a dict)."""
+    s, r, p = cfg["sharer"], cfg["receiver"], cfg["projector"]
+    return torch.nn.ModuleList([
+        C2CProjector(s["head_dim"], r["head_dim"], s["n_head_kv"], r["n_head_kv"], p["hidden_dim"],
+                     p["intermediate_dim"], p["num_layers"]) for _ in range(r["n_layer"])])
+
+
+def load_fuser(fuser_dir):
+    """(config dict, projectors) of a fuser directory in f32 (what write_fuser wrote)."""
+    with open(os.path.join(fuser_dir, "config.json")) as f:
+        cfg = json.load(f)
+    weights, _ = read_safetensors(os.path.join(fuser_dir, cfg.get("weights", "model.safetensors")))
+    projectors = new_projectors(cfg)
+    for t, proj in enumerate(projectors):
+        state = proj.state_dict()
+        prefix = f"projector.{t}."
+        proj.load_state_dict({n: torch.from_numpy(weights[prefix + n].copy()).view(state[n].shape) for n in state})
+    return cfg, projectors
+
+
 def write_fuser(out, template_cfg, projectors, extra):
     """config.json (the template's, dtype f32), model.safetensors in kvbridge's tensor order, extras."""
     os.makedirs(out, exist_ok=True)
@@ -205,7 +225,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     with open(os.path.join(a.template, "config.json")) as f:
         cfg = json.load(f)
-    s, r, p = cfg["sharer"], cfg["receiver"], cfg["projector"]
+    r = cfg["receiver"]
     layer_map = cfg["layer_map"]
     layers = sorted(set(layer_map))
     receiver = LlamaReceiver(a.receiver)
@@ -213,9 +233,7 @@ def main(argv=None):
     if (rc.n_layer, rc.n_head_kv, rc.head_dim) != (r["n_layer"], r["n_head_kv"], r["head_dim"]):
         sys.exit(f"train: {a.receiver} is not the receiver of {a.template} ({r})")
     train, val = Dataset(a.train, layers), Dataset(a.val, layers)
-    projectors = torch.nn.ModuleList([
-        C2CProjector(s["head_dim"], r["head_dim"], s["n_head_kv"], r["n_head_kv"], p["hidden_dim"],
-                     p["intermediate_dim"], p["num_layers"]) for _ in range(r["n_layer"])])
+    projectors = new_projectors(cfg)
     opt = torch.optim.AdamW(projectors.parameters(), lr=a.lr, weight_decay=a.weight_decay)
     warmup = max(1, int(a.steps * a.warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_at(st, a.steps, warmup))

@@ -154,12 +154,6 @@ void gemv(const uint8_t* panel, int64_t k, const QuantizedRows& x, int n, float*
   }
 }
 
-inline int hsum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
-}
-
 // quantize_rows with one 32-input group in four ymm: the same bits (see the AVX-512 version).
 QuantizedRows quantize(const float* x, int64_t ldx, int n, int64_t k, void* storage) {
   const QuantizedRowsStorage out = quantized_rows_storage(n, k, storage);
@@ -181,8 +175,8 @@ QuantizedRows quantize(const float* x, int64_t ldx, int n, int64_t k, void* stor
                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q + i * k + g * 32), p8);
       out.d[i * (k / 32) + g] = gs.d;
-      out.sum16[i * (k / 16) + 2 * g] = gs.d * float(hsum(_mm256_add_epi32(q[0], q[1])));
-      out.sum16[i * (k / 16) + 2 * g + 1] = gs.d * float(hsum(_mm256_add_epi32(q[2], q[3])));
+      out.sum16[i * (k / 16) + 2 * g] = gs.d * float(avx2::hsum(_mm256_add_epi32(q[0], q[1])));
+      out.sum16[i * (k / 16) + 2 * g + 1] = gs.d * float(avx2::hsum(_mm256_add_epi32(q[2], q[3])));
     }
   }
   return QuantizedRows{out.q, out.d, out.sum16, k};

@@ -81,24 +81,16 @@ def check_forward(cli, models, tmp):
 
 def fuser_check_cases(path, fuser_dir, receiver_gguf, val_dump):
     """The trained torch projectors on one validation example, as fuser_check cases."""
-    with open(os.path.join(fuser_dir, "config.json")) as f:
-        cfg = json.load(f)
+    cfg, projectors = trainer.load_fuser(fuser_dir)
     layer_map = cfg["layer_map"]
     layers = sorted(set(layer_map))
     data = trainer.Dataset(val_dump, layers)
     ctx, _, kv = data.examples[-1]
     receiver = LlamaReceiver(receiver_gguf)
-    s, r, p = cfg["sharer"], cfg["receiver"], cfg["projector"]
     tensors, meta, k = [], {}, 0
     with torch.no_grad():
         _, own = receiver(torch.from_numpy(ctx)[None], torch.arange(len(ctx))[None])
-        weights, _ = trainer.read_safetensors(os.path.join(fuser_dir, "model.safetensors"))
-        for t in range(r["n_layer"]):
-            proj = trainer.C2CProjector(s["head_dim"], r["head_dim"], s["n_head_kv"], r["n_head_kv"],
-                                        p["hidden_dim"], p["intermediate_dim"], p["num_layers"])
-            state = {n[len(f"projector.{t}."):]: torch.from_numpy(a.copy())
-                     for n, a in weights.items() if n.startswith(f"projector.{t}.")}
-            proj.load_state_dict({n: v.view(proj.state_dict()[n].shape) for n, v in state.items()})
+        for t, proj in enumerate(projectors):
             for is_v, br in ((0, "key"), (1, "value")):
                 src = torch.from_numpy(kv[layer_map[t]][is_v].copy())
                 tgt = own[t][is_v][0]
