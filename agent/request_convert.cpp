@@ -135,6 +135,7 @@ Result<std::vector<int32_t>> convert_input(const Req& r, bool has_context, const
     }
     EncodeOptions eo;
     eo.add_bos = r.has_add_bos() ? r.add_bos() : !has_context;
+    eo.add_space_prefix = !has_context;  // text after context caches continues them (agent.proto)
     ids = lim.tokenizer->encode(text, r.has_chat() ? chat_encode_options() : eo);
     if (ids.size() > size_t(lim.ctx_size)) {
       return resource_exhausted(

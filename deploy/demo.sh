@@ -12,8 +12,9 @@
 # 2. Different models. Agent C runs aidreams260K (other weights, other tokenizer). A fuser service
 #    (kvbridge-fuser) projects a stories260K agent's cache into C's cache space: C re-reads the
 #    context as its own tokens, pulls only the sharer layers the fuser's gates need, fuses, and
-#    continues. The fuser here has random weights of the right shapes (`kvbridge fuser synth`): it
-#    shows the data path and what travels, not the quality a trained C2C fuser gives.
+#    continues. The fuser is the trained one kvbridge ships (fuser/trained/stories260K-aidreams260K,
+#    fuser/train/README.md); C's bits per byte on what the sharer knows comes next are printed alone,
+#    with a random-weight fuser and with the trained one.
 #
 # Environment: KVBRIDGE_MODELS (default ../shared/models beside the checkout) must hold
 # smollm2-135m-instruct/, stories260K/ and aidreams260K/ (README: where to download them);
@@ -104,25 +105,41 @@ same_a=$(cmp -s "$work/prefix.out" "$work/text.out" && echo "the same answer as 
 echo "  time to first token $(field ttft_ms "$work/prefix.err") ms, $(field cached_tokens "$work/prefix.err") of" \
   "$(field prompt_tokens "$work/prefix.err") prompt tokens found in the cache; $same_a"
 
-# ---- 2. different models, through a fuser ----
+# ---- 2. different models, through a trained fuser ----
 other=$models/aidreams260K/aidreams260K.bin
 other_tok=$models/aidreams260K/tok512.bin
+trained=$root/fuser/trained/stories260K-aidreams260K
 [[ -f $other && -f $other_tok ]] || { echo "demo: $models/aidreams260K not found (set KVBRIDGE_MODELS)" >&2; exit 1; }
 echo
-"$cli" fuser synth --out "$work/fuser" --sharer "$model" --tokenizer-sharer "$tokenizer" \
+# F0: a fuser of the same pair with random weights (the shapes this demo used before fusers were trained).
+"$cli" fuser synth --out "$work/random" --sharer "$model" --tokenizer-sharer "$tokenizer" \
   --receiver "$other" --tokenizer-receiver "$other_tok" --hidden 64 --intermediate 64 --gates alternate >/dev/null
 start S "$agent_bin" --model "$model" --tokenizer "$tokenizer" --name S
-start F "$fuser_bin" --weights "$work/fuser"
-start C "$agent_bin" --model "$other" --tokenizer "$other_tok" --name C
-echo "C at $C runs aidreams260K (another model, another tokenizer); fuser F at $F:"
+start F "$fuser_bin" --weights "$trained"
+start F0 "$fuser_bin" --weights "$work/random"
+start C "$agent_bin" --model "$other" --tokenizer "$other_tok" --name C --prefix-cache-bytes 0
+echo "C at $C runs aidreams260K (another model, another tokenizer); fuser F at $F serves the shipped"
+echo "trained stories260K -> aidreams260K fuser ($trained):"
 "$cli" fuser info "$F" | sed 's/^/  /'
 echo
 # aidreams260K's context is 128 tokens: a short context.
-printf '%s' "Once upon a time, there was a little girl named Lily. She loved to play in the park with her ball." \
-  >"$work/context.txt"
+context="Once upon a time, there was a little girl named Lily. She loved to play in the park with her ball."
+prompt=" One day,"
+# stories260K's own greedy continuation of context + prompt: what the sharer knows comes next.
+next=" she saw a big, red ball. She wanted to play with it, but it was too high."
+printf '%s' "$context" >"$work/context.txt"
 echo "C continues from stories260K agent S's cache of a short context, fused by F:"
-"$cli" fuse --sharer "$S" --receiver "$C" --fuser "$F" --context-file "$work/context.txt" --prompt " One day," \
-  -n 15 2>"$work/fuse.err" | tee "$work/fuse.out"
+"$cli" fuse --sharer "$S" --receiver "$C" --fuser "$F" --context-file "$work/context.txt" --prompt "$prompt" \
+  -n 24 2>"$work/fuse.err" | tee "$work/fuse.out"
 sed 's/^/  [/; s/$/]/' "$work/fuse.err"
-echo "(A random-weight fuser of the right shapes: the text is not meaningful; the figures show what moved."
-echo " Gated-off layers never left A: bench/fuse_bench and docs/BENCHMARKS.md have the numbers.)"
+echo
+id=$("$cli" prefill --agent "$S" --text "$context" 2>/dev/null)
+# bpb AGENT ARGS...: the bits per byte C (or S) gives $next after $prompt (kvbridge generate --score).
+bpb() { "$cli" generate "$@" --score "$next" 2>&1 >/dev/null | sed -n 's/.*, \([0-9.]*\) bits\/byte$/\1/p'; }
+echo "How well each reads what S knows comes next (\"$next\"), in bits per byte (lower is better):"
+echo "  C alone, reading the context as text:  $(bpb --agent "$C" -p "$context$prompt")"
+echo "  C with S's cache, random-weight fuser: $(bpb --agent "$C" --context "$S/$id" --fuser "$F0" -p "$prompt")"
+echo "  C with S's cache, trained fuser F:     $(bpb --agent "$C" --context "$S/$id" --fuser "$F" -p "$prompt")"
+echo "  S itself (the sharer):                 $(bpb --agent "$S" -p "$context$prompt")"
+echo "(aidreams260K alone has never seen a children's story; fused, it reads one far better. A 260K-parameter"
+echo " receiver still writes poorly: docs/BENCHMARKS.md, \"Fuser training\", has the evaluation.)"

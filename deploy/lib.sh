@@ -18,7 +18,8 @@ start() {
   pids+=($!)
   local addr=""
   for _ in $(seq 400); do
-    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$work/$name.out")
+    # The child creates $name.out: until it has, there is nothing to read (and no error under set -e).
+    addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$work/$name.out" 2>/dev/null || true)
     [[ -n $addr ]] && break
     kill -0 "${pids[-1]}" 2>/dev/null || break
     sleep 0.05

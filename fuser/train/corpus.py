@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 STORY_PROMPTS = ["Once upon a time", "One day", "Lily", "Tom and his dog", "The little bird", "There was a girl",
@@ -76,10 +77,16 @@ def sample(cli, agent, kind, prompt, seed, temp, tokens):
     cmd = [cli, "generate", "--agent", agent.address, "-n", str(tokens), "--temp", f"{temp:.3f}", "--seed", str(seed),
            "--top-p", "0.95"]
     if kind == "instruct":
-        cmd += ["--messages", json.dumps([{"role": "user", "content": prompt}])]
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump([{"role": "user", "content": prompt}], f)
+        cmd += ["--messages", f.name]
     else:
         cmd += ["-p", prompt]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        if kind == "instruct":
+            os.unlink(f.name)
     if r.returncode != 0:
         sys.exit(f"corpus: {' '.join(cmd)} failed: {r.stderr}")
     return r.stdout.rstrip("\n")  # a plain prompt is echoed: the sample starts with it
