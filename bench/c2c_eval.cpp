@@ -327,7 +327,8 @@ void report(const Options& o, const Run& run) {
   fmt::print("{} examples ({} skipped: context too long for the receiver or continuation under 2 tokens), {} bytes "
              "scored; (c) notes: {} greedy sharer tokens{}, {} cut to fit the receiver's context, {:.1f} receiver "
              "tokens kept on average\n",
-             run.examples, run.skipped, B, o.note_tokens, o.note_chat ? " in reply to a chat request" : " after the context",
+             run.examples, run.skipped, B, o.note_tokens,
+             o.note_chat ? " in reply to a chat request" : " after the context",
              run.notes_cut, double(run.note_tokens_kept) / double(std::max<int64_t>(run.examples, 1)));
   fmt::print("{:<44} {:>10} {:>15} {:>13}\n", "mode", "bits/byte", "next-token acc", "TTFT p50 ms");
   auto row = [&](const std::string& label, const Totals& t) {
@@ -348,7 +349,8 @@ void report(const Options& o, const Run& run) {
   row(fmt::format("(c) text to text ({}-token note)", o.note_tokens), run.c);
   row("(d) sharer alone", run.d);
   const double a = run.a.bpb(B), c = run.c.bpb(B), b = mean(b_bpb), sd = stddev(b_bpb);
-  fmt::print("(b) vs (a): {:+.1f}% bits/byte ({:+.4f}, fuser sd {:.4f}); (b) vs (c): {:+.1f}%; TTFT (b) / (c): {:.2f}x\n",
+  fmt::print("(b) vs (a): {:+.1f}% bits/byte ({:+.4f}, fuser sd {:.4f}); (b) vs (c): {:+.1f}%; "
+             "TTFT (b) / (c): {:.2f}x\n",
              100 * (b - a) / a, b - a, sd, 100 * (b - c) / c, mean(b_ttft) / std::max(run.c.ttft_p50(), 1e-9));
   for (size_t f = 0; f < o.fusers.size(); ++f) fmt::print("fuser {}: {}\n", f + 1, o.fusers[f]);
   if (!o.baseline_fuser.empty()) fmt::print("baseline fuser: {}\n", o.baseline_fuser);

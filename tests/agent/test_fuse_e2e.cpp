@@ -418,3 +418,37 @@ TEST_CASE("scoring a continuation over a fused context gives the receiver's log-
   }));
   CHECK(std::abs(fused_sum - plain_sum) > 1e-3);
 }
+
+TEST_CASE("a sharer whose vocabulary uses no BOS: the receiver still starts the context with its own BOS",
+          "[e2e][fuse]") {
+  // SmolLM2 adds no BOS; stories260K (llama2.c) always starts with one, and kvbridge fuser dump
+  // trains fusers on contexts that do.
+  const std::string smol_path = test::model_path("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+  auto smol = must(load_model(smol_path));
+  World& w = world();
+  fuser::FuserConfig cfg = test::pair_fuser_config(model_identity(*smol), w.sharer_id, "SmolLM2-135M", "stories260K");
+  const std::string dir = test::temp_dir() + "/fuser-smollm2-stories";
+  REQUIRE(fuser::write_synthetic_fuser(dir, cfg, 3, fuser::GatePattern::kAllOn).ok());
+  auto sharer = start(KVB_AGENT_BIN, {"--model", smol_path, "--name", "smollm2-sharer"}, "smollm2-sharer");
+  auto receiver = start_agent(kSharer, "stories-receiver", {"--fuser", dir});
+  auto cs = must(AgentClient::connect(sharer->address(), {}));
+  auto cr = must(AgentClient::connect(receiver->address(), {}));
+  v1::PrefillRequest p;
+  p.set_text(kStory);
+  const v1::PrefillResponse cache = must(cs->prefill(p));
+  v1::FuserRef embedded;
+  embedded.set_embedded(true);
+  v1::GenerateRequest r = fused_request(sharer->address(), cache.cache_id(), embedded);
+  r.set_keep_cache(false);
+  const v1::GenerateSummary s = must(cr->generate(r));
+
+  const Tokenizer& st = *smol->tokenizer;
+  const std::vector<int32_t> sharer_ids = st.encode(kStory, EncodeOptions{true, false});
+  REQUIRE(sharer_ids.front() != st.bos());
+  const std::string text = st.decode(sharer_ids);
+  const Tokenizer& rt = *w.sharer->tokenizer;
+  const std::vector<int32_t> with_bos = rt.encode(text, EncodeOptions{true, false});
+  REQUIRE(with_bos.front() == rt.bos());
+  CHECK(s.context_tokens() == with_bos.size());
+  CHECK(s.fuse().fused_tokens() == with_bos.size());
+}
