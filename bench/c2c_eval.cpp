@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -256,7 +257,8 @@ void eval_example(const Options& o, Services& sv, const Model& sharer, const Mod
   const Scored d = score(*sv.cs, token_request(t.ctx_s), cont_s, t0);
   add(run.d, d, d.first_ms);
 
-  // (c): [BOS] note "\n" context, cut to the receiver's context (the note's end goes first).
+  // (c): [BOS] note "\n" context, cut to the receiver's context (the note's end goes first); a
+  // receiver without BOS (SmolLM2) reads the note first.
   const auto [note, note_ms] = write_note(o, *sv.cs, e);
   EncodeOptions plain{false, false};
   std::vector<int32_t> note_r = receiver.tokenizer->encode(note + "\n", plain);
@@ -266,9 +268,10 @@ void eval_example(const Options& o, Services& sv, const Model& sharer, const Mod
     ++run.notes_cut;
   }
   run.note_tokens_kept += int64_t(note_r.size());
-  std::vector<int32_t> c_ids = {t.ctx_r[0]};
+  const size_t n_bos = t.ctx_r[0] == receiver.tokenizer->bos() ? 1 : 0;
+  std::vector<int32_t> c_ids(t.ctx_r.begin(), t.ctx_r.begin() + ptrdiff_t(n_bos));
   c_ids.insert(c_ids.end(), note_r.begin(), note_r.end());
-  c_ids.insert(c_ids.end(), t.ctx_r.begin() + 1, t.ctx_r.end());
+  c_ids.insert(c_ids.end(), t.ctx_r.begin() + ptrdiff_t(n_bos), t.ctx_r.end());
   t0 = Clock::now();
   const Scored c = score(*sv.cr, token_request(c_ids), t.cont_r, t0);
   add(run.c, c, note_ms + c.first_ms);
