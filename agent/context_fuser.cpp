@@ -114,10 +114,9 @@ Result<FusedContext> ContextFuser::fuse(const std::string& sharer, const std::st
 
   // 2. The context as text, then as this model's tokens.
   KVB_ASSIGN_OR_RETURN(const SharerContext context, rpc.read_context(cache_id));
-  // A cache an agent holds starts its sequence: this model's tokens start as its own sequences do
-  // (its BOS when its vocab wants one), whether or not the sharer's vocab uses a BOS (SmolLM2's
-  // does not; a llama2.c receiver must still see its BOS). kvbridge fuser dump trains on the same.
-  const std::vector<int32_t> ids = model_.tokenizer->encode(context.text, EncodeOptions{true, false});
+  // This model's BOS whether or not the sharer's vocab uses one (SmolLM2's does not; a llama2.c
+  // receiver must still see its BOS); kvbridge fuser dump trains on the same (fuser/align.h).
+  const std::vector<int32_t> ids = fuser::reread_context(*model_.tokenizer, context.text);
   if (ids.empty()) return invalid_argument(fmt::format("cache {} on {} holds no text to fuse", cache_id, sharer));
   if (int64_t(ids.size()) > engine_.ctx_size()) {
     return resource_exhausted(fmt::format("the fused context of {} tokens exceeds the context size of {}", ids.size(),

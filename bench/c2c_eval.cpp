@@ -48,6 +48,7 @@
 #include "client/agent_client.h"
 #include "client/agent_process.h"
 #include "engine/model.h"
+#include "fuser/align.h"
 
 using namespace kvb;
 namespace v1 = ::kvbridge::v1;
@@ -189,25 +190,11 @@ Services start_services(const Options& o) {
   return s;
 }
 
-// Tokens of one example, as kvbridge fuser dump computes them (see the header).
-struct Tokens {
-  std::vector<int32_t> ctx_r, cont_r, ctx_s;
-  std::string ctx_text;  // the sharer's decoding of its context tokens
-};
-
-std::optional<Tokens> tokenize(const Model& sharer, const Model& receiver, const Example& e) {
-  const Tokenizer& st = *sharer.tokenizer;
-  const Tokenizer& rt = *receiver.tokenizer;
-  Tokens t;
-  t.ctx_s = st.encode(e.context, EncodeOptions{true, false});
-  t.ctx_text = st.decode(t.ctx_s);
-  t.ctx_r = rt.encode(t.ctx_text, EncodeOptions{true, false});
-  EncodeOptions raw{false, false};
-  raw.add_space_prefix = false;
-  t.cont_r = rt.encode(e.continuation, raw);
-  const size_t max_r = size_t(receiver.config.n_ctx_train);
-  if (t.ctx_r.size() < 2 || t.ctx_r.size() + 2 > max_r || t.cont_r.size() < 2) return std::nullopt;
-  if (t.ctx_r.size() + t.cont_r.size() > max_r) t.cont_r.resize(max_r - t.ctx_r.size());
+// Tokens of one example, as kvbridge fuser dump computes them (see the header); nullopt when the
+// example does not fit the receiver's context (fuser::fit_example).
+std::optional<fuser::ExampleTokens> tokenize(const Model& sharer, const Model& receiver, const Example& e) {
+  fuser::ExampleTokens t = fuser::example_tokens(*sharer.tokenizer, *receiver.tokenizer, e.context, e.continuation);
+  if (!fuser::fit_example(t, size_t(receiver.config.n_ctx_train))) return std::nullopt;
   return t;
 }
 
@@ -236,15 +223,16 @@ std::pair<std::string, double> write_note(const Options& o, AgentClient& sharer,
 
 void eval_example(const Options& o, Services& sv, const Model& sharer, const Model& receiver, const Example& e,
                   Run& run) {
-  const std::optional<Tokens> tk = tokenize(sharer, receiver, e);
+  const std::optional<fuser::ExampleTokens> tk = tokenize(sharer, receiver, e);
   if (!tk) {
     ++run.skipped;
     return;
   }
-  const Tokens& t = *tk;
+  const std::vector<int32_t>& ctx_r = tk->receiver_context;
+  const std::vector<int32_t>& cont_r = tk->continuation;
   // (a): the whole continuation after the receiver's own context; its text is the scored bytes.
   auto t0 = Clock::now();
-  const Scored a = score(*sv.cr, token_request(t.ctx_r), t.cont_r, t0);
+  const Scored a = score(*sv.cr, token_request(ctx_r), cont_r, t0);
   add(run.a, a, a.first_ms);
   const std::string& scored = a.text;
   run.bytes += int64_t(scored.size());
@@ -254,7 +242,7 @@ void eval_example(const Options& o, Services& sv, const Model& sharer, const Mod
   raw.add_space_prefix = false;
   const std::vector<int32_t> cont_s = sharer.tokenizer->encode(scored, raw);
   t0 = Clock::now();
-  const Scored d = score(*sv.cs, token_request(t.ctx_s), cont_s, t0);
+  const Scored d = score(*sv.cs, token_request(tk->sharer_context), cont_s, t0);
   add(run.d, d, d.first_ms);
 
   // (c): [BOS] note "\n" context, cut to the receiver's context (the note's end goes first); a
@@ -262,18 +250,18 @@ void eval_example(const Options& o, Services& sv, const Model& sharer, const Mod
   const auto [note, note_ms] = write_note(o, *sv.cs, e);
   EncodeOptions plain{false, false};
   std::vector<int32_t> note_r = receiver.tokenizer->encode(note + "\n", plain);
-  const size_t room = size_t(receiver.config.n_ctx_train) - t.ctx_r.size() - t.cont_r.size();
+  const size_t room = size_t(receiver.config.n_ctx_train) - ctx_r.size() - cont_r.size();
   if (note_r.size() > room) {
     note_r.resize(room);
     ++run.notes_cut;
   }
   run.note_tokens_kept += int64_t(note_r.size());
-  const size_t n_bos = t.ctx_r[0] == receiver.tokenizer->bos() ? 1 : 0;
-  std::vector<int32_t> c_ids(t.ctx_r.begin(), t.ctx_r.begin() + ptrdiff_t(n_bos));
+  const size_t n_bos = ctx_r[0] == receiver.tokenizer->bos() ? 1 : 0;
+  std::vector<int32_t> c_ids(ctx_r.begin(), ctx_r.begin() + ptrdiff_t(n_bos));
   c_ids.insert(c_ids.end(), note_r.begin(), note_r.end());
-  c_ids.insert(c_ids.end(), t.ctx_r.begin() + ptrdiff_t(n_bos), t.ctx_r.end());
+  c_ids.insert(c_ids.end(), ctx_r.begin() + ptrdiff_t(n_bos), ctx_r.end());
   t0 = Clock::now();
-  const Scored c = score(*sv.cr, token_request(c_ids), t.cont_r, t0);
+  const Scored c = score(*sv.cr, token_request(c_ids), cont_r, t0);
   add(run.c, c, note_ms + c.first_ms);
 
   // (b): one sharer Prefill serves every fuser; each fused request is timed from it.
@@ -282,17 +270,17 @@ void eval_example(const Options& o, Services& sv, const Model& sharer, const Mod
   p.set_text(e.context);
   const v1::PrefillResponse cache = must(sv.cs->prefill(p), "Prefill");
   const double prefill_ms = seconds_since(t0) * 1e3;
-  const std::vector<int32_t> first = {t.cont_r[0]};
-  const std::vector<int32_t> rest(t.cont_r.begin() + 1, t.cont_r.end());
+  const std::vector<int32_t> first = {cont_r[0]};
+  const std::vector<int32_t> rest(cont_r.begin() + 1, cont_r.end());
   for (size_t f = 0; f < sv.fusers.size(); ++f) {
     v1::GenerateRequest r = token_request(first);
     *r.add_context() = client::cache_ref(sv.sharer->address(), cache.cache_id());
     r.mutable_fuser()->set_address(sv.fusers[f]->address());
     t0 = Clock::now();
     Scored b = score(*sv.cr, r, rest, t0);
-    if (b.context_tokens != t.ctx_r.size()) {
+    if (b.context_tokens != ctx_r.size()) {
       die(internal_error(fmt::format("the receiver fused {} context tokens, {} expected", b.context_tokens,
-                                     t.ctx_r.size())),
+                                     ctx_r.size())),
           "fused scoring");
     }
     b.logprob.insert(b.logprob.begin(), a.logprob[0]);  // the unfused last context position

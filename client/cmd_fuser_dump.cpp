@@ -42,7 +42,8 @@ struct DumpArgs {
 };
 
 struct Example {
-  std::vector<int32_t> context, continuation, sharer_ids;
+  fuser::ExampleTokens t;
+  std::vector<int32_t> sharer_ids;  // aligned: one sharer token per receiver context token
 };
 
 struct Dump {
@@ -56,17 +57,12 @@ Example tokenize(const Model& sharer, const Model& receiver, const fuser::FuserC
                  const std::string& continuation, Dump& d) {
   const Tokenizer& st = *sharer.tokenizer;
   const Tokenizer& rt = *receiver.tokenizer;
-  Example e;
-  e.context = rt.encode(st.decode(st.encode(context, EncodeOptions{true, false})), EncodeOptions{true, false});
-  EncodeOptions cont;
-  cont.add_bos = false;
-  cont.add_space_prefix = false;
-  e.continuation = rt.encode(continuation, cont);
+  Example e{fuser::example_tokens(st, rt, context, continuation), {}};
   if (!cfg.align_enabled) {
-    e.sharer_ids = e.context;
+    e.sharer_ids = e.t.receiver_context;
     return e;
   }
-  auto a = fuser::align_tokens(e.context, rt, fuser::local_encoder(st), fuser::local_piece_texts(st),
+  auto a = fuser::align_tokens(e.t.receiver_context, rt, fuser::local_encoder(st), fuser::local_piece_texts(st),
                                fuser::sharer_specials(st), cfg.align_strategy);
   exit_on_error(a.status());
   d.n_multi += a->n_multi;
@@ -143,20 +139,18 @@ void run_dump(const DumpArgs& a) {
     }
     Example e = tokenize(**sharer, **receiver, *cfg, j["context"].get<std::string>(),
                          j["continuation"].get<std::string>(), d);
-    // The context must fit with at least 2 continuation tokens (one to predict from the context).
-    if (int64_t(e.context.size()) + 2 > max_tokens || e.continuation.size() < 2 || e.context.size() < 2) {
+    bool truncated = false;
+    if (!fuser::fit_example(e.t, size_t(max_tokens), &truncated)) {
       ++d.skipped;
       continue;
     }
-    if (int64_t(e.context.size() + e.continuation.size()) > max_tokens) {
-      e.continuation.resize(size_t(max_tokens) - e.context.size());
-      ++d.truncated;
-    }
+    d.truncated += truncated ? 1 : 0;
+    const std::vector<int32_t>& context = e.t.receiver_context;
     sharer_kv(**runner, layers, e.sharer_ids, d);
-    d.receiver_ids.insert(d.receiver_ids.end(), e.context.begin(), e.context.end());
-    d.receiver_ids.insert(d.receiver_ids.end(), e.continuation.begin(), e.continuation.end());
+    d.receiver_ids.insert(d.receiver_ids.end(), context.begin(), context.end());
+    d.receiver_ids.insert(d.receiver_ids.end(), e.t.continuation.begin(), e.t.continuation.end());
     d.offsets.push_back(int32_t(d.receiver_ids.size()));
-    d.context_lengths.push_back(int32_t(e.context.size()));
+    d.context_lengths.push_back(int32_t(context.size()));
     d.sharer_ids.insert(d.sharer_ids.end(), e.sharer_ids.begin(), e.sharer_ids.end());
     if (d.context_lengths.size() % 64 == 0) {
       std::fprintf(stderr, "\rdump: %zu examples", d.context_lengths.size());

@@ -244,4 +244,28 @@ bool same_vocabulary(const Tokenizer& a, const Tokenizer& b) {
          x.pieces == y.pieces && x.scores == y.scores && x.types == y.types && x.merges == y.merges;
 }
 
+std::vector<int32_t> reread_context(const Tokenizer& receiver, std::string_view text) {
+  return receiver.encode(text, EncodeOptions{true, false});
+}
+
+ExampleTokens example_tokens(const Tokenizer& sharer, const Tokenizer& receiver, std::string_view context,
+                             std::string_view continuation) {
+  ExampleTokens e;
+  e.sharer_context = sharer.encode(context, EncodeOptions{true, false});
+  e.receiver_context = reread_context(receiver, sharer.decode(e.sharer_context));
+  EncodeOptions raw{false, false};
+  raw.add_space_prefix = false;
+  e.continuation = receiver.encode(continuation, raw);
+  return e;
+}
+
+bool fit_example(ExampleTokens& e, size_t max_tokens, bool* truncated) {
+  const size_t n_ctx = e.receiver_context.size();
+  if (n_ctx < 2 || n_ctx + 2 > max_tokens || e.continuation.size() < 2) return false;
+  const bool cut = n_ctx + e.continuation.size() > max_tokens;
+  if (cut) e.continuation.resize(max_tokens - n_ctx);
+  if (truncated != nullptr) *truncated = cut;
+  return true;
+}
+
 }  // namespace kvb::fuser

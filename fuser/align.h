@@ -109,4 +109,24 @@ Result<Alignment> identity_alignment(std::span<const int32_t> receiver_ids, cons
 // implies this (the hash also covers the flags). O(n_vocab).
 bool same_vocabulary(const Tokenizer& a, const Tokenizer& b);
 
+// The receiver's tokens of a context re-read from another model's cache (receiver mode): a cache
+// an agent holds starts its sequence, so they start as the receiver's own sequences do (its BOS
+// when its vocab wants one), whether or not the sharer's vocab uses a BOS.
+std::vector<int32_t> reread_context(const Tokenizer& receiver, std::string_view text);
+
+// One training / evaluation example as receiver mode reads it (kvbridge fuser dump trains on
+// these, bench/c2c_eval scores them): the sharer's tokens of the context (as its Prefill of the
+// text makes them), the receiver's reread_context of their decoded text, and the continuation as
+// the receiver's raw tokens (no BOS, no dummy-prefix space).
+struct ExampleTokens {
+  std::vector<int32_t> sharer_context, receiver_context, continuation;
+};
+ExampleTokens example_tokens(const Tokenizer& sharer, const Tokenizer& receiver, std::string_view context,
+                             std::string_view continuation);
+
+// Fits an example into max_tokens receiver cells. false (skip it): either part has under 2 tokens,
+// or the context leaves no room for 2 continuation tokens (one is predicted from the context).
+// Otherwise the continuation is cut to fit; returns true and sets *truncated when it was cut.
+bool fit_example(ExampleTokens& e, size_t max_tokens, bool* truncated = nullptr);
+
 }  // namespace kvb::fuser
